@@ -1,0 +1,65 @@
+// The whole contract between the forward pass (Model/Llama.cs) and a compute backend.
+// Activations are F32 [tokens, features]; weights may be F32, F16 or BF16 [out, in]. Outputs come last.
+// GPU backends run every op asynchronously on one stream; only Download, Argmax and Synchronize wait.
+using LlamaRun.Model;
+using LlamaRun.Rope;
+
+namespace LlamaRun.Backends;
+
+/// <summary>The ops a Llama forward pass needs, implemented once per device.</summary>
+public interface IBackend : IDisposable
+{
+    /// <summary>"cpu" or "cuda".</summary>
+    string Name { get; }
+
+    /// <summary>Human-readable device description for logs.</summary>
+    string Device { get; }
+
+    /// <summary>Allocates a zero-filled [rows, cols] tensor.</summary>
+    Tensor Alloc(DType dtype, int rows, int cols);
+
+    /// <summary>Makes a tensor of host data; the CPU backend may alias it, so keep hostData alive as long as the tensor.</summary>
+    Tensor Upload(DType dtype, int rows, int cols, nint hostData);
+
+    /// <summary>Copies an F32 tensor to host memory, after all queued work.</summary>
+    void Download(Tensor src, Span<float> dst);
+
+    /// <summary>Allocates the KV cache; the backend picks its element type (F32 on CPU, BF16 on CUDA).</summary>
+    KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim);
+
+    /// <summary>dst[t, :] = table[tokens[t], :] as F32; dst is [tokens.Length, hidden].</summary>
+    void Embedding(ReadOnlySpan<int> tokens, Tensor table, Tensor dst);
+
+    /// <summary>dst[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * weight (weight F32 [1, n]).</summary>
+    void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps);
+
+    /// <summary>dst[T, out] = x[T, in] times weight[out, in] transposed.</summary>
+    void MatMul(Tensor x, Tensor weight, Tensor dst);
+
+    /// <summary>
+    /// Rotates q [T, heads*headDim] in place (cos/sin magnitude and query scale included), rotates k [T, kvDim] in place,
+    /// and stores k and v at positions startPos..startPos+T-1 of layer's cache. Pairs are (x[j], x[j + rotaryDim/2]).
+    /// </summary>
+    void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table);
+
+    /// <summary>
+    /// Causal grouped-query attention of q [T, heads*headDim] (query t at position startPos+t) over the cached
+    /// positions 0..startPos+t of layer, softmax scale 1/sqrt(headDim); dst is [T, heads*headDim].
+    /// </summary>
+    void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst);
+
+    /// <summary>Re-rotates the first `length` cached keys of every layer from table `from` to table `to`.</summary>
+    void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to);
+
+    /// <summary>dst = silu(gate) * up, element-wise.</summary>
+    void SwiGlu(Tensor gate, Tensor up, Tensor dst);
+
+    /// <summary>dst = x + y, element-wise (dst may alias x).</summary>
+    void Add(Tensor x, Tensor y, Tensor dst);
+
+    /// <summary>Index of the largest element of each row of x, first on ties; waits for queued work.</summary>
+    void Argmax(Tensor x, Span<int> dst);
+
+    /// <summary>Waits for all queued work.</summary>
+    void Synchronize();
+}
