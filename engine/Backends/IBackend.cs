@@ -15,6 +15,12 @@ public interface IBackend : IDisposable
     /// <summary>Human-readable device description for logs.</summary>
     string Device { get; }
 
+    /// <summary>Bytes of one KV-cache element on this backend (4 for F32, 2 for BF16).</summary>
+    int KvElementSize { get; }
+
+    /// <summary>Memory free for new allocations, in bytes (0 when unknown).</summary>
+    long FreeMemoryBytes { get; }
+
     /// <summary>Allocates a zero-filled [rows, cols] tensor.</summary>
     Tensor Alloc(DType dtype, int rows, int cols);
 

@@ -1,0 +1,186 @@
+// The Llama forward pass, written once against IBackend (DESIGN R1): embed, per layer attention and SwiGLU MLP
+// with pre-norms and residuals, final norm, lm_head. Run it through `llama-run -m DIR -p TEXT`.
+using LlamaRun.Backends;
+using LlamaRun.Rope;
+
+namespace LlamaRun.Model;
+
+/// <summary>Which rows of logits a forward pass returns.</summary>
+public enum LogitsRows { None, Last, All }
+
+/// <summary>A loaded Llama with its KV cache and activation buffers, ready to run on one backend.</summary>
+public sealed class Llama : IDisposable
+{
+    private readonly Activations _act;
+    private RopeTable? _cacheTable;   // the table the cached keys were rotated with
+    private int _cacheLength;         // positions 0.._cacheLength-1 hold valid keys and values
+
+    private Llama(LlamaConfig config, LlamaWeights weights, IBackend backend, int maxSeq, RopeSchedule rope, int maxBatch)
+    {
+        Config = config;
+        Weights = weights;
+        Backend = backend;
+        MaxSeq = maxSeq;
+        Rope = rope;
+        MaxBatch = maxBatch;
+        Cache = backend.AllocKvCache(config.NumHiddenLayers, maxSeq, config.NumKeyValueHeads, config.HeadDim);
+        _act = new Activations(backend, config, maxBatch);
+    }
+
+    public LlamaConfig Config { get; }
+    public LlamaWeights Weights { get; }
+    public IBackend Backend { get; }
+    public KvCache Cache { get; }
+    public RopeSchedule Rope { get; }
+
+    /// <summary>The context length the KV cache was allocated for.</summary>
+    public int MaxSeq { get; }
+
+    /// <summary>Tokens per chunk of a prefill (activation buffers hold this many rows).</summary>
+    public int MaxBatch { get; }
+
+    public int VocabSize => Config.VocabSize;
+
+    /// <summary>Wraps loaded weights with a KV cache for maxSeq positions and the given RoPE schedule.</summary>
+    public static Llama Create(LlamaConfig config, LlamaWeights weights, IBackend backend, int maxSeq, RopeSchedule rope, int maxBatch = 512)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxSeq, 1);
+        if (rope.Base.RotaryDim != config.RotaryDim)
+            throw new ArgumentException($"RoPE table has {rope.Base.InvFreq.Length} pairs but the model rotates {config.RotaryDim / 2}");
+        return new Llama(config, weights, backend, maxSeq, rope, Math.Min(maxBatch, maxSeq));
+    }
+
+    /// <summary>Bytes the KV cache of maxSeq positions takes with the given element size.</summary>
+    public static long KvCacheBytes(LlamaConfig config, int maxSeq, int elementSize) =>
+        2L * config.NumHiddenLayers * maxSeq * config.KvDim * elementSize;
+
+    /// <summary>Forgets the cached positions (a new sequence starts at position 0).</summary>
+    public void Reset()
+    {
+        _cacheLength = 0;
+        _cacheTable = null;
+    }
+
+    /// <summary>
+    /// Runs tokens at positions startPos.. (the cache must hold positions 0..startPos-1) and writes logits:
+    /// for Last, logits is [vocab] of the final token; for All, [tokens.Length, vocab]. ropeLength picks the RoPE table
+    /// of a length-dependent schedule (default startPos + tokens.Length; a caller that feeds one sequence in pieces
+    /// passes the whole length so every piece uses the same table).
+    /// </summary>
+    public void Forward(ReadOnlySpan<int> tokens, int startPos, LogitsRows rows, Span<float> logits, int ropeLength = 0)
+    {
+        int n = tokens.Length, vocab = Config.VocabSize;
+        if (n == 0) throw new ArgumentException("no tokens to run");
+        if (startPos < 0 || startPos > _cacheLength) throw new ArgumentOutOfRangeException(nameof(startPos), $"position {startPos} but only {_cacheLength} are cached");
+        if (startPos + n > MaxSeq) throw new ArgumentException($"{startPos + n} positions do not fit the context of {MaxSeq}");
+        long needed = rows switch { LogitsRows.All => (long)n * vocab, LogitsRows.Last => vocab, _ => 0 };
+        if (logits.Length < needed) throw new ArgumentException($"logits span holds {logits.Length} floats, {needed} needed");
+        foreach (int t in tokens)
+            if ((uint)t >= (uint)vocab) throw new ArgumentException($"token id {t} outside the vocabulary of {vocab}");
+
+        // One table for the whole call, chosen by the length it reaches (as transformers does for one forward pass);
+        // keys cached under another table are re-rotated first so every cached key matches the table in use.
+        var table = Rope.For(Math.Max(ropeLength, startPos + n));
+        if (_cacheTable is not null && startPos > 0 && !SameRotation(_cacheTable, table))
+            Backend.RerotateCache(Cache, startPos, _cacheTable, table);
+        _cacheTable = table;
+        _cacheLength = startPos;
+
+        for (int done = 0; done < n; done += MaxBatch)
+        {
+            int count = Math.Min(MaxBatch, n - done);
+            var chunkRows = rows == LogitsRows.All ? LogitsRows.All
+                : rows == LogitsRows.Last && done + count == n ? LogitsRows.Last : LogitsRows.None;
+            var dst = chunkRows == LogitsRows.All ? logits.Slice(done * vocab, count * vocab)
+                : chunkRows == LogitsRows.Last ? logits[..vocab] : default;
+            ForwardChunk(tokens.Slice(done, count), startPos + done, table, chunkRows, dst);
+            _cacheLength = startPos + done + count;
+        }
+    }
+
+    // Keys depend only on the frequencies and the cos/sin magnitude (the query scale touches queries alone).
+    private static bool SameRotation(RopeTable a, RopeTable b) =>
+        ReferenceEquals(a, b) || (a.Magnitude == b.Magnitude && a.InvFreq.AsSpan().SequenceEqual(b.InvFreq));
+
+    private void ForwardChunk(ReadOnlySpan<int> tokens, int pos, RopeTable table, LogitsRows rows, Span<float> logits)
+    {
+        var b = Backend;
+        var a = _act.Rows(tokens.Length);
+        float eps = Config.RmsNormEps;
+
+        b.Embedding(tokens, Weights.EmbedTokens, a.X);
+        for (int l = 0; l < Config.NumHiddenLayers; l++)
+        {
+            var w = Weights.Layers[l];
+            b.RmsNorm(a.X, w.InputLayernorm, a.Xb, eps);
+            b.MatMul(a.Xb, w.QProj, a.Q);
+            b.MatMul(a.Xb, w.KProj, a.K);
+            b.MatMul(a.Xb, w.VProj, a.V);
+            b.Rope(a.Q, a.K, a.V, Cache, l, pos, table);
+            b.Attention(a.Q, Cache, l, pos, a.Att);
+            b.MatMul(a.Att, w.OProj, a.Xb);
+            b.Add(a.X, a.Xb, a.X);
+
+            b.RmsNorm(a.X, w.PostAttentionLayernorm, a.Xb, eps);
+            b.MatMul(a.Xb, w.GateProj, a.Gate);
+            b.MatMul(a.Xb, w.UpProj, a.Up);
+            b.SwiGlu(a.Gate, a.Up, a.Gate);
+            b.MatMul(a.Gate, w.DownProj, a.Xb);
+            b.Add(a.X, a.Xb, a.X);
+        }
+        if (rows == LogitsRows.None) return;
+
+        int first = rows == LogitsRows.Last ? tokens.Length - 1 : 0;
+        var last = a.X.SliceRows(first, tokens.Length - first);
+        var normed = a.Xb.SliceRows(0, last.Rows);
+        b.RmsNorm(last, Weights.Norm, normed, eps);
+        // lm_head in blocks of LogitRows rows so the logits buffer stays small for large vocabularies.
+        int vocab = Config.VocabSize;
+        for (int r = 0; r < normed.Rows; r += _act.LogitRows)
+        {
+            int count = Math.Min(_act.LogitRows, normed.Rows - r);
+            var block = _act.Logits.SliceRows(0, count);
+            b.MatMul(normed.SliceRows(r, count), Weights.LmHead, block);
+            b.Download(block, logits.Slice(r * vocab, count * vocab));
+        }
+    }
+
+    public void Dispose()
+    {
+        _act.Dispose();
+        Cache.Dispose();
+    }
+
+    // Activation buffers, allocated once (DESIGN R7); Rows(n) hands out views of the first n rows.
+    private sealed class Activations : IDisposable
+    {
+        private readonly Tensor _x, _xb, _q, _k, _v, _att, _gate, _up;
+
+        public Activations(IBackend b, LlamaConfig c, int maxBatch)
+        {
+            _x = b.Alloc(DType.F32, maxBatch, c.HiddenSize);          // [batch, hidden] residual stream
+            _xb = b.Alloc(DType.F32, maxBatch, c.HiddenSize);         // [batch, hidden] normed input / branch output
+            _q = b.Alloc(DType.F32, maxBatch, c.QDim);                // [batch, heads * headDim]
+            _k = b.Alloc(DType.F32, maxBatch, c.KvDim);               // [batch, kvHeads * headDim]
+            _v = b.Alloc(DType.F32, maxBatch, c.KvDim);               // [batch, kvHeads * headDim]
+            _att = b.Alloc(DType.F32, maxBatch, c.QDim);              // [batch, heads * headDim] attention output
+            _gate = b.Alloc(DType.F32, maxBatch, c.IntermediateSize); // [batch, ffn]
+            _up = b.Alloc(DType.F32, maxBatch, c.IntermediateSize);   // [batch, ffn]
+            LogitRows = Math.Max(1, Math.Min(maxBatch, (int)Math.Min(128, (64L << 20) / 4 / c.VocabSize)));
+            Logits = b.Alloc(DType.F32, LogitRows, c.VocabSize);      // [LogitRows, vocab]
+        }
+
+        public int LogitRows { get; }
+        public Tensor Logits { get; }
+
+        public View Rows(int n) => new(_x.SliceRows(0, n), _xb.SliceRows(0, n), _q.SliceRows(0, n), _k.SliceRows(0, n),
+            _v.SliceRows(0, n), _att.SliceRows(0, n), _gate.SliceRows(0, n), _up.SliceRows(0, n));
+
+        public void Dispose()
+        {
+            foreach (var t in new[] { _x, _xb, _q, _k, _v, _att, _gate, _up, Logits }) t.Dispose();
+        }
+    }
+
+    private readonly record struct View(Tensor X, Tensor Xb, Tensor Q, Tensor K, Tensor V, Tensor Att, Tensor Gate, Tensor Up);
+}

@@ -1,0 +1,142 @@
+// `llama-run perplexity`: exp(mean NLL) over up to K consecutive non-overlapping windows of N tokens from the start,
+// every token of a window scored except the first. `--sweep METHODS --ctx-list L1,L2` prints a methods x lengths table.
+using System.Globalization;
+using System.Text;
+using LlamaRun.Model;
+using LlamaRun.Text;
+
+namespace LlamaRun.Cli.Commands;
+
+public static class Perplexity
+{
+    public const string Usage = "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --ctx N [--windows K] [--rope SPEC | --rope-table FILE] [--device D]\n" +
+                                "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --sweep METHOD,... --ctx-list N,... [--windows K] [--json]";
+
+    public static int Run(Args args)
+    {
+        int windows = args.Int("--windows", int.MaxValue, min: 1);
+        string? sweep = args.String("--sweep");
+        int[] ctxList = args.IntList("--ctx-list");
+        bool json = args.Has("--json");
+        int ctx = args.Int("--ctx", 0, min: 2);
+        string? textFile = args.String("-f", "--file"), idsFile = args.String("--ids");
+        if ((textFile is null) == (idsFile is null)) throw new UsageException("perplexity needs exactly one of -f TEXT or --ids FILE");
+
+        if (sweep is null)
+        {
+            if (ctx == 0) throw new UsageException("perplexity needs --ctx N (or --sweep with --ctx-list)");
+            using var s = ModelSession.Open(args, ctx, needTokenizer: textFile is not null);
+            args.RejectUnknown();
+            if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
+            var ids = LoadIds(s, textFile, idsFile);
+            var r = Evaluate(s.Model, ids, ctx, windows);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{{\"ctx\":{ctx},\"windows\":{r.Windows},\"tokens\":{r.Tokens},\"ppl\":{r.Ppl:R}}}"));
+            return 0;
+        }
+
+        if (ctxList.Length == 0) throw new UsageException("--sweep needs --ctx-list N1,N2,...");
+        if (args.Has("--rope") || args.Has("--rope-table")) throw new UsageException("--sweep names the methods; drop --rope/--rope-table");
+        string[] methods = sweep.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        using var session = ModelSession.Open(args, ctxList.Max(), needTokenizer: textFile is not null);
+        args.RejectUnknown();
+        var tokens = LoadIds(session, textFile, idsFile);
+        var table = new double[methods.Length, ctxList.Length];
+        for (int m = 0; m < methods.Length; m++)
+            for (int c = 0; c < ctxList.Length; c++)
+            {
+                var (rope, note) = ModelSession.ChooseRope(session.Config, ctxList[c], methods[m], null);
+                using var model = Llama.Create(session.Config, session.Weights, session.Backend, ctxList[c], rope);
+                table[m, c] = Evaluate(model, tokens, ctxList[c], windows).Ppl;
+                Console.Error.WriteLine($"{methods[m]} @ {ctxList[c]}: ppl {table[m, c]:F3}  ({note})");
+            }
+        Console.WriteLine(json ? SweepJson(methods, ctxList, table) : SweepMarkdown(methods, ctxList, table));
+        return 0;
+    }
+
+    /// <summary>Perplexity result: windows used, tokens scored, exp(mean NLL).</summary>
+    public sealed record Result(int Windows, long Tokens, double Ppl, double[] Nll);
+
+    /// <summary>Scores up to maxWindows windows of ctx tokens from the start of ids.</summary>
+    public static Result Evaluate(Llama model, int[] ids, int ctx, int maxWindows)
+    {
+        int w = (int)Math.Min(maxWindows, ids.Length / ctx);
+        if (w == 0) throw new UsageException($"the text has {ids.Length} tokens, fewer than one window of --ctx {ctx}");
+        int vocab = model.VocabSize, chunk = model.MaxBatch;
+        var logits = new float[(long)chunk * vocab];
+        var nll = new double[(long)w * (ctx - 1)];
+        long k = 0;
+        for (int win = 0; win < w; win++)
+        {
+            var window = ids.AsSpan(win * ctx, ctx);
+            model.Reset();
+            for (int start = 0; start < ctx; start += chunk)
+            {
+                int n = Math.Min(chunk, ctx - start);
+                model.Forward(window.Slice(start, n), start, LogitsRows.All, logits, ropeLength: ctx);
+                for (int i = 0; i < n; i++)
+                {
+                    int pos = start + i;
+                    if (pos + 1 >= ctx) break;
+                    nll[k++] = Nll(logits.AsSpan(i * vocab, vocab), window[pos + 1]);
+                }
+            }
+        }
+        double mean = nll.Average();
+        return new Result(w, k, Math.Exp(mean), nll);
+    }
+
+    /// <summary>-log softmax(logits)[target], in double, max-subtracted.</summary>
+    public static double Nll(ReadOnlySpan<float> logits, int target)
+    {
+        float max = float.NegativeInfinity;
+        foreach (float v in logits) max = MathF.Max(max, v);
+        double sum = 0;
+        foreach (float v in logits) sum += Math.Exp(v - max);
+        return Math.Log(sum) + max - logits[target];
+    }
+
+    /// <summary>Token ids from --ids (whitespace-separated) or from -f (paragraphs, as the held-out protocol).</summary>
+    public static int[] LoadIds(ModelSession s, string? textFile, string? idsFile)
+    {
+        if (idsFile is not null)
+        {
+            if (!File.Exists(idsFile)) throw new UsageException($"{idsFile}: no such file");
+            var parts = File.ReadAllText(idsFile).Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+            var ids = new int[parts.Length];
+            for (int i = 0; i < parts.Length; i++)
+                if (!int.TryParse(parts[i], NumberStyles.Integer, CultureInfo.InvariantCulture, out ids[i]) || (uint)ids[i] >= (uint)s.Config.VocabSize)
+                    throw new UsageException($"{idsFile}: item {i + 1} ('{parts[i]}') is not a token id below {s.Config.VocabSize}");
+            return ids;
+        }
+        if (!File.Exists(textFile)) throw new UsageException($"{textFile}: no such file");
+        return s.Tokenizer.EncodeParagraphs(File.ReadAllText(textFile!));
+    }
+
+    private static string SweepMarkdown(string[] methods, int[] ctxs, double[,] t)
+    {
+        var sb = new StringBuilder("| method |");
+        foreach (int c in ctxs) sb.Append(CultureInfo.InvariantCulture, $" {c} |");
+        sb.Append("\n|---|").Append(string.Concat(Enumerable.Repeat("---:|", ctxs.Length)));
+        for (int m = 0; m < methods.Length; m++)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"\n| {methods[m]} |");
+            for (int c = 0; c < ctxs.Length; c++) sb.Append(CultureInfo.InvariantCulture, $" {t[m, c]:F2} |");
+        }
+        return sb.ToString();
+    }
+
+    private static string SweepJson(string[] methods, int[] ctxs, double[,] t)
+    {
+        var sb = new StringBuilder("{\"ppl\":{");
+        for (int m = 0; m < methods.Length; m++)
+        {
+            if (m > 0) sb.Append(',');
+            sb.Append('"').Append(methods[m].Replace("\\", "\\\\").Replace("\"", "\\\"")).Append("\":{");
+            for (int c = 0; c < ctxs.Length; c++)
+                sb.Append(CultureInfo.InvariantCulture, $"{(c > 0 ? "," : "")}\"{ctxs[c]}\":{t[m, c]:R}");
+            sb.Append('}');
+        }
+        return sb.Append("}}").ToString();
+    }
+}

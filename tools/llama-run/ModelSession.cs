@@ -1,0 +1,121 @@
+// Everything a command needs to run a model: config, tokenizer, backend, weights, RoPE schedule, KV cache.
+// Shared flags: -m DIR, --ctx N, --device cpu|cuda|auto, --rope METHOD[:k=v,...], --rope-table FILE.
+using LlamaRun.Backends;
+using LlamaRun.Model;
+using LlamaRun.Rope;
+using LlamaRun.Text;
+
+namespace LlamaRun.Cli;
+
+/// <summary>A model loaded for one command, disposed as a whole.</summary>
+public sealed class ModelSession : IDisposable
+{
+    private ModelSession(string dir, LlamaConfig config, Tokenizer? tokenizer, IBackend backend, LlamaWeights weights, Llama model, string ropeNote)
+    {
+        Directory = dir;
+        Config = config;
+        TokenizerOrNull = tokenizer;
+        Backend = backend;
+        Weights = weights;
+        Model = model;
+        RopeNote = ropeNote;
+    }
+
+    public string Directory { get; }
+    public LlamaConfig Config { get; }
+    public Tokenizer? TokenizerOrNull { get; }
+    public Tokenizer Tokenizer => TokenizerOrNull ?? throw new UsageException($"{Directory}: no tokenizer.json or tokenizer.model");
+    public IBackend Backend { get; }
+    public LlamaWeights Weights { get; }
+    public Llama Model { get; }
+
+    /// <summary>One line on the RoPE table in use (empty within the trained length without scaling).</summary>
+    public string RopeNote { get; }
+
+    /// <summary>The model directory named by -m, or the embedded default model.</summary>
+    public static string ModelDirectory(Args args)
+    {
+        var dir = args.String("-m", "--model");
+        if (dir is null) return EmbeddedModel.Directory();
+        if (!System.IO.Directory.Exists(dir)) throw new UsageException($"{dir}: no such model directory");
+        if (!File.Exists(Path.Combine(dir, "config.json"))) throw new UsageException($"{dir}: no config.json in the model directory");
+        return dir;
+    }
+
+    /// <summary>Loads the model for a context of ctx tokens (0: the trained length).</summary>
+    public static ModelSession Open(Args args, int ctx, bool needTokenizer = true)
+    {
+        string dir = ModelDirectory(args);
+        string device = args.String("--device") ?? "auto";
+        string? ropeSpec = args.String("--rope");
+        string? ropeTable = args.String("--rope-table");
+        var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+        if (ctx <= 0) ctx = config.MaxPositionEmbeddings;
+        var tokenizer = needTokenizer || HasTokenizer(dir) ? Tokenizer.FromModelDirectory(dir) : null;
+        if (tokenizer is not null && tokenizer.VocabSize > config.VocabSize)
+            throw new UsageException($"{dir}: the tokenizer has {tokenizer.VocabSize} tokens but the model only {config.VocabSize}");
+
+        var (rope, note) = ChooseRope(config, ctx, ropeSpec, ropeTable);
+        var backend = BackendFactory.Create(device);
+        try
+        {
+            CheckMemory(backend, config, ctx);
+            var weights = LlamaWeights.Load(dir, config, backend);
+            var model = Llama.Create(config, weights, backend, ctx, rope);
+            return new ModelSession(dir, config, tokenizer, backend, weights, model, note);
+        }
+        catch
+        {
+            backend.Dispose();
+            throw;
+        }
+    }
+
+    private static bool HasTokenizer(string dir) =>
+        File.Exists(Path.Combine(dir, "tokenizer.json")) || File.Exists(Path.Combine(dir, "tokenizer.model"));
+
+    /// <summary>--rope-table, then --rope, then the checkpoint's own scaling, then the default method past the trained length.</summary>
+    public static (RopeSchedule Rope, string Note) ChooseRope(LlamaConfig config, int ctx, string? spec, string? tableFile)
+    {
+        if (spec is not null && tableFile is not null) throw new UsageException("give either --rope or --rope-table, not both");
+        if (tableFile is not null)
+        {
+            var t = RopeTableFile.Load(tableFile);
+            if (t.RotaryDim != config.RotaryDim)
+                throw new UsageException($"{tableFile}: the table has {t.InvFreq.Length} pairs, the model rotates {config.RotaryDim / 2}");
+            return (RopeSchedule.Fixed(t), $"rope: table {tableFile} ({t.Method})");
+        }
+        if (spec is not null)
+        {
+            var s = RopeMethods.Parse(spec, config, ctx);
+            return (s, "rope: " + RopeMethods.Describe(s, config, ctx));
+        }
+        if (config.Rope.Type != RopeType.Default)
+        {
+            var s = RopeMethods.FromConfig(config);
+            return (s, "rope: from config.json, " + RopeMethods.Describe(s, config, ctx));
+        }
+        if (ctx > config.MaxPositionEmbeddings)
+        {
+            var s = RopeMethods.Default(config, ctx);
+            return (s, $"rope: --ctx {ctx} is past the trained {config.MaxPositionEmbeddings}, using " + RopeMethods.Describe(s, config, ctx));
+        }
+        return (RopeMethods.FromConfig(config), "");
+    }
+
+    // Refuses a context whose KV cache (plus weights, on the CPU) would not fit, before allocating anything.
+    private static void CheckMemory(IBackend backend, LlamaConfig config, int ctx)
+    {
+        long kv = Llama.KvCacheBytes(config, ctx, backend.KvElementSize);
+        long free = backend.FreeMemoryBytes;
+        if (free > 0 && kv > free)
+            throw new UsageException($"--ctx {ctx} needs {kv / 1e9:F1} GB of KV cache but {backend.Name} has {free / 1e9:F1} GB free");
+    }
+
+    public void Dispose()
+    {
+        Model.Dispose();
+        Weights.Dispose();
+        Backend.Dispose();
+    }
+}
