@@ -1,0 +1,180 @@
+// Llama weights under their Hugging Face names, strictly loaded from a checkpoint and uploaded to a backend.
+// Matrices keep their checkpoint dtype (the CPU backend aliases the mapping); norms become F32. Exercise: dotnet test --filter WeightsTests
+using System.Runtime.InteropServices;
+using LlamaRun.Backends;
+
+namespace LlamaRun.Model;
+
+/// <summary>The weights of one decoder layer, named as in the checkpoint (model.layers.{i}.*).</summary>
+public sealed record LayerWeights(
+    Tensor InputLayernorm,          // F32 [1, hidden]
+    Tensor QProj,                   // [heads * headDim, hidden]
+    Tensor KProj,                   // [kvHeads * headDim, hidden]
+    Tensor VProj,                   // [kvHeads * headDim, hidden]
+    Tensor OProj,                   // [hidden, heads * headDim]
+    Tensor PostAttentionLayernorm,  // F32 [1, hidden]
+    Tensor GateProj,                // [intermediate, hidden]
+    Tensor UpProj,                  // [intermediate, hidden]
+    Tensor DownProj);               // [hidden, intermediate]
+
+/// <summary>All weights of a Llama checkpoint on one backend; owns the file mapping and host buffers until Dispose.</summary>
+public sealed class LlamaWeights : IDisposable
+{
+    private readonly Checkpoint _checkpoint;
+    private readonly List<Tensor> _owned;
+    private readonly List<nint> _hostBuffers;
+
+    private LlamaWeights(Checkpoint checkpoint, List<Tensor> owned, List<nint> hostBuffers,
+        Tensor embed, LayerWeights[] layers, Tensor norm, Tensor lmHead, long weightBytes)
+    {
+        _checkpoint = checkpoint;
+        _owned = owned;
+        _hostBuffers = hostBuffers;
+        EmbedTokens = embed;
+        Layers = layers;
+        Norm = norm;
+        LmHead = lmHead;
+        WeightBytes = weightBytes;
+    }
+
+    /// <summary>model.embed_tokens.weight: [vocab, hidden].</summary>
+    public Tensor EmbedTokens { get; }
+
+    /// <summary>model.layers.{i}.*, one entry per layer.</summary>
+    public LayerWeights[] Layers { get; }
+
+    /// <summary>model.norm.weight: F32 [1, hidden].</summary>
+    public Tensor Norm { get; }
+
+    /// <summary>lm_head.weight: [vocab, hidden]; the same tensor as EmbedTokens when the embeddings are tied.</summary>
+    public Tensor LmHead { get; }
+
+    /// <summary>Bytes of all distinct uploaded weight tensors.</summary>
+    public long WeightBytes { get; }
+
+    /// <summary>Tensor names that were present but ignored (rotary_emb.inv_freq buffers).</summary>
+    public IReadOnlyList<string> Ignored { get; private init; } = [];
+
+    /// <summary>Loads every weight of modelDir (a directory or a .safetensors file), checking names, shapes and dtypes against config.</summary>
+    public static LlamaWeights Load(string modelDir, LlamaConfig config, IBackend backend)
+    {
+        var checkpoint = Checkpoint.Open(modelDir);
+        var owned = new List<Tensor>();
+        var hostBuffers = new List<nint>();
+        try
+        {
+            var loader = new Loader(checkpoint, backend, owned, hostBuffers);
+            int h = config.HiddenSize, ff = config.IntermediateSize, q = config.QDim, kv = config.KvDim;
+
+            var expected = new HashSet<string>(StringComparer.Ordinal);
+            string N(string name) { expected.Add(name); return name; }
+
+            var embed = loader.Matrix(N("model.embed_tokens.weight"), config.VocabSize, h);
+            var layers = new LayerWeights[config.NumHiddenLayers];
+            for (int i = 0; i < layers.Length; i++)
+            {
+                string p = $"model.layers.{i}.";
+                layers[i] = new LayerWeights(
+                    InputLayernorm: loader.Vector(N(p + "input_layernorm.weight"), h),
+                    QProj: loader.Matrix(N(p + "self_attn.q_proj.weight"), q, h),
+                    KProj: loader.Matrix(N(p + "self_attn.k_proj.weight"), kv, h),
+                    VProj: loader.Matrix(N(p + "self_attn.v_proj.weight"), kv, h),
+                    OProj: loader.Matrix(N(p + "self_attn.o_proj.weight"), h, q),
+                    PostAttentionLayernorm: loader.Vector(N(p + "post_attention_layernorm.weight"), h),
+                    GateProj: loader.Matrix(N(p + "mlp.gate_proj.weight"), ff, h),
+                    UpProj: loader.Matrix(N(p + "mlp.up_proj.weight"), ff, h),
+                    DownProj: loader.Matrix(N(p + "mlp.down_proj.weight"), h, ff));
+            }
+            var norm = loader.Vector(N("model.norm.weight"), h);
+
+            Tensor lmHead;
+            const string lmName = "lm_head.weight";
+            expected.Add(lmName);
+            if (config.TieWordEmbeddings)
+            {
+                // A tied checkpoint may still carry lm_head (a copy of the embedding); check it, then use the embedding as transformers does.
+                if (checkpoint.Tensors.ContainsKey(lmName)) loader.Check(lmName, config.VocabSize, h);
+                lmHead = embed;
+            }
+            else
+            {
+                if (!checkpoint.Tensors.ContainsKey(lmName))
+                    throw ModelFormatException.In(checkpoint.Source, $"tensor \"{lmName}\" is missing and config.json has tie_word_embeddings false");
+                lmHead = loader.Matrix(lmName, config.VocabSize, h);
+            }
+
+            var ignored = new List<string>();
+            foreach (var name in checkpoint.Tensors.Keys.Order(StringComparer.Ordinal))
+            {
+                if (expected.Contains(name)) continue;
+                if (name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)) { ignored.Add(name); continue; }
+                throw ModelFormatException.In(checkpoint.FileOf(name).Path,
+                    $"unexpected tensor {SafeTensorsHeader.Quote(name)} ({checkpoint.Tensors[name].DTypeName}{checkpoint.Tensors[name].ShapeText}); config.json describes {config.NumHiddenLayers} Llama layers");
+            }
+            long bytes = owned.Sum(t => t.ByteLength);
+            return new LlamaWeights(checkpoint, owned, hostBuffers, embed, layers, norm, lmHead, bytes) { Ignored = ignored };
+        }
+        catch
+        {
+            Release(owned, hostBuffers);
+            checkpoint.Dispose();
+            throw;
+        }
+    }
+
+    private static unsafe void Release(List<Tensor> owned, List<nint> hostBuffers)
+    {
+        foreach (var t in owned)
+        {
+            try { t.Dispose(); } catch { /* Dispose paths never throw. */ }
+        }
+        owned.Clear();
+        foreach (var p in hostBuffers) NativeMemory.AlignedFree((void*)p);
+        hostBuffers.Clear();
+    }
+
+    /// <summary>Frees the backend tensors, then the host norm buffers, then unmaps the checkpoint.</summary>
+    public void Dispose()
+    {
+        Release(_owned, _hostBuffers);
+        _checkpoint.Dispose();
+    }
+
+    private sealed unsafe class Loader(Checkpoint checkpoint, IBackend backend, List<Tensor> owned, List<nint> hostBuffers)
+    {
+        // Checks tensor name is [rows, cols] (or [cols] when rows is 0) in F32, F16 or BF16.
+        public TensorInfo Check(string name, int rows, int cols)
+        {
+            if (!checkpoint.Tensors.TryGetValue(name, out var info))
+                throw ModelFormatException.In(checkpoint.Source, $"tensor \"{name}\" is missing (expected {(rows == 0 ? $"[{cols}]" : $"[{rows}, {cols}]")})");
+            long[] want = rows == 0 ? [cols] : [rows, cols];
+            string file = checkpoint.FileOf(name).Path;
+            if (!info.Shape.AsSpan().SequenceEqual(want))
+                throw ModelFormatException.In(file, $"tensor \"{name}\": expected shape {SafeTensorsHeader.ShapeText(want)}, got {info.ShapeText}");
+            if (info.WeightDType is null)
+                throw ModelFormatException.In(file, $"tensor \"{name}\": expected dtype F32, F16 or BF16, got {info.DTypeName}");
+            return info;
+        }
+
+        public Tensor Matrix(string name, int rows, int cols)
+        {
+            var info = Check(name, rows, cols);
+            var t = backend.Upload(info.WeightDType!.Value, rows, cols, checkpoint.DataPointer(name));
+            owned.Add(t);
+            return t;
+        }
+
+        // Norm weights are tiny; convert to F32 into an aligned host buffer that lives as long as the weights.
+        public Tensor Vector(string name, int n)
+        {
+            Check(name, 0, n);
+            float[] values = checkpoint.ReadF32(name);
+            var buffer = (float*)NativeMemory.AlignedAlloc((nuint)(n * sizeof(float)), 64);
+            hostBuffers.Add((nint)buffer);
+            values.CopyTo(new Span<float>(buffer, n));
+            var t = backend.Upload(DType.F32, 1, n, (nint)buffer);
+            owned.Add(t);
+            return t;
+        }
+    }
+}

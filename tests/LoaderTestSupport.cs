@@ -1,0 +1,89 @@
+// Helpers for the loader tests: repository and shared-data paths, temporary directories, and the one-line error assertion.
+// Used by SafeTensorsTests, ConfigTests, WeightsTests and LoaderFuzzTests.
+using LlamaRun.Model;
+using Xunit;
+
+namespace LlamaRun.Tests;
+
+internal static class LoaderTestSupport
+{
+    private static readonly Lazy<string> Root = new(() =>
+    {
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "Runtime.sln")) && Directory.Exists(Path.Combine(d.FullName, "tests", "fixtures")))
+                return d.FullName;
+        throw new InvalidOperationException("repository root (Runtime.sln) not found above " + AppContext.BaseDirectory);
+    });
+
+    private static readonly Lazy<string?> Shared = new(() =>
+    {
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
+        {
+            if (Directory.Exists(Path.Combine(d.FullName, "shared", "models"))) return Path.Combine(d.FullName, "shared");
+            if (d.Parent is not null && Directory.Exists(Path.Combine(d.Parent.FullName, "shared", "models")))
+                return Path.Combine(d.Parent.FullName, "shared");
+        }
+        return null;
+    });
+
+    public static string RepoRoot => Root.Value;
+
+    public static string HfTiny => Path.Combine(RepoRoot, "tests", "fixtures", "hf-tiny");
+
+    public static string[] HfTinyVariants =>
+        Directory.GetDirectories(HfTiny).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray()!;
+
+    /// Returns the path of a file or directory under shared/, or null (the caller returns early: test skipped) when absent.
+    public static string? SharedPath(string relative)
+    {
+        if (Shared.Value is null) return null;
+        string p = Path.Combine(Shared.Value, relative);
+        if (File.Exists(p) || Directory.Exists(p)) return p;
+        Console.WriteLine($"skipped: {relative} not found under {Shared.Value}");
+        return null;
+    }
+
+    /// Asserts that action throws ModelFormatException whose message is one line, names path, and holds every fragment.
+    public static ModelFormatException AssertModelError(Action action, string path, params string[] fragments)
+    {
+        var ex = Assert.Throws<ModelFormatException>(action);
+        Assert.DoesNotContain('\n', ex.Message);
+        Assert.DoesNotContain('\r', ex.Message);
+        Assert.StartsWith(path + ":", ex.Message);
+        foreach (var f in fragments) Assert.Contains(f, ex.Message);
+        return ex;
+    }
+}
+
+/// A directory under the system temp folder, deleted on Dispose.
+internal sealed class TempDir : IDisposable
+{
+    public TempDir()
+    {
+        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "llamarun-load-" + Guid.NewGuid().ToString("N")[..12]);
+        Directory.CreateDirectory(Path);
+    }
+
+    public string Path { get; }
+
+    public string File(string name) => System.IO.Path.Combine(Path, name);
+
+    public string Write(string name, byte[] bytes)
+    {
+        string p = File(name);
+        System.IO.File.WriteAllBytes(p, bytes);
+        return p;
+    }
+
+    public string Write(string name, string text)
+    {
+        string p = File(name);
+        System.IO.File.WriteAllText(p, text);
+        return p;
+    }
+
+    public void Dispose()
+    {
+        try { Directory.Delete(Path, true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+}
