@@ -27,7 +27,7 @@ public static class BaseChangeRope
         };
     }
 
-    /// <summary>Adjusted base frequency: plain RoPE with a different base (no interpolated pairs counted against it).</summary>
+    /// <summary>Adjusted base frequency: plain RoPE with a different base (a larger base slows every pair but the first).</summary>
     public static RopeTable Abf(int rotaryDim, double newTheta, double theta)
     {
         var inv = RopeMath.DefaultInvFreq(rotaryDim, newTheta);

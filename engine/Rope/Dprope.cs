@@ -137,10 +137,10 @@ public static class Dprope
             for (int c = 1; c < candidates.Count; c++) if (d[c][j] < d[best][j]) best = c;
             if (rule.Tolerance is { } tol)
             {
-                // Smallest divisor theta_j / omega_j among the candidates within tol of the best disturbance.
+                // The fastest frequency (smallest divisor theta_j / omega_j) among candidates within tol of the best.
+                double limit = d[best][j] + tol;
                 for (int c = 0; c < candidates.Count; c++)
-                    if (d[c][j] <= d[best][j] + tol && candidates[c].InvFreq[j] > candidates[best].InvFreq[j]) best = c;
-                if (best != 0 && d[0][j] <= d[best][j] + tol) best = 0;
+                    if (d[c][j] <= limit && candidates[c].InvFreq[j] > candidates[best].InvFreq[j]) best = c;
             }
             choice[j] = best;
             gain[j] = d[0][j] - d[best][j];

@@ -1,23 +1,41 @@
-// "dprope-plus", the default table for running past the trained context: DPRoPE's distribution argument with a
-// richer candidate set (intermediate factors s^(k/K) and the YaRN ramp), a tolerance that keeps the smallest factor
-// whose angle distribution is about as close as the best one, and YaRN's magnitude for the chosen factor.
+// "dprope-plus", the default table for running past the trained context: pairs that turned fully in training are
+// kept; the others take, from a richer DPRoPE candidate set (intermediate factors s^(k/K) and the YaRN ramp), the
+// smallest factor whose angle distribution is within a tolerance of the best; cos/sin get YaRN's magnitude.
 // Example: DpropePlus.Build(new DpropeSetup(64, 10000, 512, 4096), new DpropePlusOptions()).Describe().
 namespace LlamaRun.Rope;
 
 /// <summary>Knobs of dprope-plus; the defaults are the shipped recipe.</summary>
-public readonly record struct DpropePlusOptions(
-    int Steps = 4,
-    double Tolerance = 0.05,
-    bool YarnCandidate = true,
-    bool Magnitude = true,
-    bool QueryScale = false,
-    int SkipLayers = 2);
+public sealed record DpropePlusOptions
+{
+    /// <summary>Intermediate factors s^(k/Steps), k = 1..Steps, offered to every pair.</summary>
+    public int Steps { get; init; } = 4;
+
+    /// <summary>A pair keeps the fastest candidate whose disturbance is within Tolerance * ln(s) of the best.</summary>
+    public double Tolerance { get; init; } = 0.05;
+
+    /// <summary>Also offer the YaRN ramp's frequency (factor s, beta 32/1) to every pair.</summary>
+    public bool YarnCandidate { get; init; } = true;
+
+    /// <summary>Multiply cos/sin by YaRN's 0.1 ln(f) + 1 for the largest applied divisor f.</summary>
+    public bool Magnitude { get; init; } = true;
+
+    /// <summary>Add entropy-aware ABF's query scale max(1, log_L(m+1)) from layer SkipLayers on.</summary>
+    public bool QueryScale { get; init; }
+
+    public int SkipLayers { get; init; } = 2;
+
+    /// <summary>Pairs whose wavelength fits KeepTurns times into the trained length keep their frequency (0 = let the histogram decide).</summary>
+    public double KeepTurns { get; init; } = 4.0;
+
+    /// <summary>Histogram bins (the paper's 360 when null).</summary>
+    public int? Bins { get; init; }
+}
 
 /// <summary>The default context-extension method: DPRoPE with more candidates, a factor-preferring tolerance and magnitude.</summary>
 public static class DpropePlus
 {
     /// <summary>Candidates: extrapolation, plain / s^(k/Steps) for k = 1..Steps, and the YaRN ramp (factor s).</summary>
-    public static List<DpropeCandidate> Candidates(in DpropeSetup s, in DpropePlusOptions o)
+    public static List<DpropeCandidate> Candidates(in DpropeSetup s, DpropePlusOptions o)
     {
         if (o.Steps < 1) throw new ArgumentOutOfRangeException(nameof(o), "steps must be at least 1");
         var plain = RopeMath.DefaultInvFreq(s.RotaryDim, s.Theta);
@@ -33,11 +51,24 @@ public static class DpropePlus
     }
 
     /// <summary>The per-pair selection with every candidate's disturbance (tolerance is relative to ln s).</summary>
-    public static DpropeResult Select(in DpropeSetup s, in DpropePlusOptions o) =>
-        Dprope.Select(s, Candidates(s, o), new DpropeSelection(Tolerance: o.Tolerance * Math.Log(Math.Max(s.Scale, 1.0 + 1e-9))));
+    public static DpropeResult Select(DpropeSetup s, DpropePlusOptions o)
+    {
+        if (o.Bins is { } bins) s = s with { Bins = bins };
+        var candidates = Candidates(s, o);
+        var r = Dprope.Select(s, candidates, new DpropeSelection(Tolerance: o.Tolerance * Math.Log(Math.Max(s.Scale, 1.0 + 1e-9))));
+        // A pair that completed KeepTurns full turns in training saw every angle; extrapolating it keeps its
+        // distribution (its histogram differences are sampling noise of L points in many bins) and keeps the
+        // short-range resolution that slowing it would blur.
+        var choice = (int[])r.Choice.Clone();
+        var inv = (float[])r.InvFreq.Clone();
+        var plain = candidates[0].InvFreq;
+        for (int j = 0; j < plain.Length; j++)
+            if (o.KeepTurns > 0 && 2 * Math.PI / plain[j] * o.KeepTurns <= s.PretrainedLength) { choice[j] = 0; inv[j] = plain[j]; }
+        return r with { Choice = choice, InvFreq = inv };
+    }
 
     /// <summary>The dprope-plus table for target over pre-training length s (plain RoPE when s is at most 1).</summary>
-    public static RopeTable Build(in DpropeSetup s, in DpropePlusOptions o)
+    public static RopeTable Build(DpropeSetup s, DpropePlusOptions o)
     {
         if (s.Scale <= 1.0) return PlainRope.Default(s.RotaryDim, s.Theta) with { Method = "dprope-plus" };
         var r = Select(s, o);

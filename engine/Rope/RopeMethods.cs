@@ -93,9 +93,7 @@ public static class RopeMethods
             "dprope" => RopeSchedule.Fixed(Dprope.PaperTable(new DpropeSetup(dim, theta, trained, args.Int("target", Math.Max(targetCtx, trained)),
                 args.Int("bins", 360)), new DpropeSelection(args.Double("t", 0), args.OptionalInt("n")))),
             "dprope-plus" or "auto" => RopeSchedule.Fixed(DpropePlus.Build(
-                new DpropeSetup(dim, theta, trained, args.Int("target", Math.Max(targetCtx, trained)), args.Int("bins", 360)),
-                new DpropePlusOptions(args.Int("steps", 4), args.Double("tol", new DpropePlusOptions().Tolerance), args.Int("yarn", 1) != 0,
-                    args.Int("mag", 1) != 0, args.Int("q", 0) != 0, args.Int("skip", 2)))),
+                new DpropeSetup(dim, theta, trained, args.Int("target", Math.Max(targetCtx, trained))), PlusOptions(args))),
             _ => throw new ArgumentException($"--rope {spec}: unknown method '{method}' (expected one of {string.Join(", ", Names)})"),
         };
         args.EnsureAllUsed();
@@ -109,6 +107,17 @@ public static class RopeMethods
     /// <summary>Scaling-law critical base b^(log_{L/2pi}(L'/2pi)): the base whose slowest trained pair spans L' as it spanned L.</summary>
     public static double CriticalBase(double theta, int trained, int target) =>
         Math.Pow(theta, Math.Log(target / (2 * Math.PI)) / Math.Log(trained / (2 * Math.PI)));
+
+    private static DpropePlusOptions PlusOptions(SpecArgs a)
+    {
+        var d = new DpropePlusOptions();
+        return new DpropePlusOptions
+        {
+            Steps = a.Int("steps", d.Steps), Tolerance = a.Double("tol", d.Tolerance), YarnCandidate = a.Int("yarn", 1) != 0,
+            Magnitude = a.Int("mag", 1) != 0, QueryScale = a.Int("q", 0) != 0, SkipLayers = a.Int("skip", d.SkipLayers),
+            KeepTurns = a.Double("keep", d.KeepTurns), Bins = a.OptionalInt("bins"),
+        };
+    }
 
     private static double Required(double? v, string key, RopeType type) => v ?? throw Missing(key, type);
 
