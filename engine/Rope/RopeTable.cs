@@ -24,4 +24,20 @@ public sealed record RopeTable
     public QueryScale? QueryScale { get; init; }
 
     public int RotaryDim => InvFreq.Length * 2;
+
+    /// <summary>The context-extension factor the method was built for (1 for plain RoPE).</summary>
+    public double Factor { get; init; } = 1.0;
+
+    /// <summary>How many pairs turn slower than plain RoPE with the same base (0 for plain RoPE and ABF).</summary>
+    public int InterpolatedPairs { get; init; }
+
+    /// <summary>One line for logs: method, factor, interpolated pairs, magnitude and query scale.</summary>
+    public string Describe()
+    {
+        var text = FormattableString.Invariant(
+            $"rope {Method}: factor {Factor:0.###}, {InterpolatedPairs}/{InvFreq.Length} pairs interpolated");
+        if (Magnitude != 1f) text += FormattableString.Invariant($", magnitude {Magnitude:0.####}");
+        if (QueryScale is { } q) text += FormattableString.Invariant($", query scale log_{q.Context:0}(m+1) from layer {q.SkipLayers}");
+        return text;
+    }
 }

@@ -1,0 +1,110 @@
+// A RopeTable as a small JSON file (written by `rope-opt --out`, read by `llama-run --rope-table FILE`):
+// {"format":"llama-run-rope-table","version":1,"method":..,"factor":..,"interpolated_pairs":..,"magnitude":..,
+//  "query_scale":{"context":..,"skip_layers":..} or null,"inv_freq":[..]}. Errors name the file (ModelFormatException).
+using System.Text.Json;
+using LlamaRun.Model;
+
+namespace LlamaRun.Rope;
+
+/// <summary>Saves and loads RoPE tables as JSON.</summary>
+public static class RopeTableFile
+{
+    /// <summary>The value of the "format" member.</summary>
+    public const string Format = "llama-run-rope-table";
+
+    /// <summary>Writes the table to path (floats round-trip exactly).</summary>
+    public static void Save(RopeTable table, string path)
+    {
+        using var stream = File.Create(path);
+        Write(table, stream);
+    }
+
+    /// <summary>Writes the table as indented JSON to a stream.</summary>
+    public static void Write(RopeTable table, Stream stream)
+    {
+        using var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
+        w.WriteStartObject();
+        w.WriteString("format", Format);
+        w.WriteNumber("version", 1);
+        w.WriteString("method", table.Method);
+        w.WriteNumber("factor", table.Factor);
+        w.WriteNumber("interpolated_pairs", table.InterpolatedPairs);
+        w.WriteNumber("magnitude", table.Magnitude);
+        if (table.QueryScale is { } q)
+        {
+            w.WriteStartObject("query_scale");
+            w.WriteNumber("context", q.Context);
+            w.WriteNumber("skip_layers", q.SkipLayers);
+            w.WriteEndObject();
+        }
+        else w.WriteNull("query_scale");
+        w.WriteStartArray("inv_freq");
+        foreach (float f in table.InvFreq) w.WriteNumberValue(f);
+        w.WriteEndArray();
+        w.WriteEndObject();
+    }
+
+    /// <summary>Reads a table; expectedRotaryDim, when given, must equal 2 * inv_freq length.</summary>
+    public static RopeTable Load(string path, int? expectedRotaryDim = null)
+    {
+        byte[] bytes;
+        try { bytes = File.ReadAllBytes(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        { throw ModelFormatException.In(path, $"cannot read RoPE table: {e.Message}", e); }
+        try
+        {
+            using var doc = JsonDocument.Parse(bytes);
+            var table = Parse(path, doc.RootElement);
+            if (expectedRotaryDim is { } d && table.RotaryDim != d)
+                throw ModelFormatException.In(path, $"inv_freq has {table.InvFreq.Length} pairs, the model's rotary dim {d} needs {d / 2}");
+            return table;
+        }
+        catch (JsonException e) { throw ModelFormatException.In(path, $"not valid JSON: {e.Message}", e); }
+        catch (FormatException e) { throw ModelFormatException.In(path, $"a number is out of range: {e.Message}", e); }
+    }
+
+    private static RopeTable Parse(string path, JsonElement root)
+    {
+        if (root.ValueKind != JsonValueKind.Object) throw ModelFormatException.In(path, "expected a JSON object");
+        if (Get(path, root, "format", JsonValueKind.String).GetString() != Format)
+            throw ModelFormatException.In(path, $"\"format\" is not \"{Format}\"");
+        if (Get(path, root, "version", JsonValueKind.Number).GetInt32() != 1)
+            throw ModelFormatException.In(path, "unsupported \"version\" (expected 1)");
+        var arr = Get(path, root, "inv_freq", JsonValueKind.Array);
+        var inv = new float[arr.GetArrayLength()];
+        if (inv.Length == 0) throw ModelFormatException.In(path, "\"inv_freq\" is empty");
+        int i = 0;
+        foreach (var e in arr.EnumerateArray())
+        {
+            if (e.ValueKind != JsonValueKind.Number || !e.TryGetSingle(out float f) || !float.IsFinite(f) || f < 0)
+                throw ModelFormatException.In(path, $"inv_freq[{i}] is not a finite non-negative number");
+            inv[i++] = f;
+        }
+        float magnitude = Get(path, root, "magnitude", JsonValueKind.Number).GetSingle();
+        if (!float.IsFinite(magnitude) || magnitude <= 0) throw ModelFormatException.In(path, "\"magnitude\" must be positive");
+        double factor = Get(path, root, "factor", JsonValueKind.Number).GetDouble();
+        if (!double.IsFinite(factor) || factor <= 0) throw ModelFormatException.In(path, "\"factor\" must be positive");
+        QueryScale? q = null;
+        if (root.TryGetProperty("query_scale", out var qs) && qs.ValueKind != JsonValueKind.Null)
+        {
+            if (qs.ValueKind != JsonValueKind.Object) throw ModelFormatException.In(path, "\"query_scale\" must be an object or null");
+            float context = Get(path, qs, "context", JsonValueKind.Number).GetSingle();
+            int skip = Get(path, qs, "skip_layers", JsonValueKind.Number).GetInt32();
+            if (!(context > 1) || skip < 0) throw ModelFormatException.In(path, "\"query_scale\" needs context > 1 and skip_layers >= 0");
+            q = new QueryScale(context, skip);
+        }
+        return new RopeTable
+        {
+            Method = Get(path, root, "method", JsonValueKind.String).GetString()!,
+            InvFreq = inv, Magnitude = magnitude, Factor = factor, QueryScale = q,
+            InterpolatedPairs = root.TryGetProperty("interpolated_pairs", out var ip) && ip.ValueKind == JsonValueKind.Number ? ip.GetInt32() : 0,
+        };
+    }
+
+    private static JsonElement Get(string path, JsonElement obj, string name, JsonValueKind kind)
+    {
+        if (!obj.TryGetProperty(name, out var v)) throw ModelFormatException.In(path, $"missing \"{name}\"");
+        if (v.ValueKind != kind) throw ModelFormatException.In(path, $"\"{name}\" must be a {kind.ToString().ToLowerInvariant()}");
+        return v;
+    }
+}
