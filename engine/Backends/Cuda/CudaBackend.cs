@@ -1,0 +1,420 @@
+// IBackend on an NVIDIA GPU: checks shapes, then queues the kernels of kernels/*.cu on one stream (CudaKernels).
+// Owns the context, the stream, the kernel modules and small fixed work buffers; weights, activations and the KV
+// cache come from Alloc/Upload/AllocKvCache. LLAMA_SYNC=1 waits after every launch. Exercised by BackendOpsTests.
+using System.Text;
+using LlamaRun.Model;
+using LlamaRun.Rope;
+
+namespace LlamaRun.Backends.Cuda;
+
+/// <summary>The CUDA backend: every op runs asynchronously on one stream of one GPU.</summary>
+public sealed unsafe class CudaBackend : IBackend
+{
+    private const int AttentionScratchFloats = 4 << 20;   // split-K partials (m, l, acc[headDim]) for decode
+    private const int RopeSlots = 4;
+
+    private readonly int _device;
+    private readonly nint _context;
+    private readonly nint _stream;
+    private readonly KernelLibrary _kernels;
+    private readonly CudaKernels _launch;
+    private readonly int _smCount, _ccMajor;
+    private readonly ulong _attentionScratch;
+    private readonly ulong _ropeTables;                       // [RopeSlots, 512] f32 inverse-frequency tables
+    private readonly float[]?[] _ropeSlotContent = new float[RopeSlots][];
+    private int _ropeNextSlot;
+    private ulong _tokens;                                    // [_tokenCapacity] int token ids
+    private int _tokenCapacity;
+    private ulong _argmax;                                    // [_argmaxCapacity] int
+    private int _argmaxCapacity;
+    private bool _disposed;
+
+    /// <summary>Opens GPU <paramref name="device"/>, compiles or loads the cached kernels, and allocates work buffers.</summary>
+    public CudaBackend(int device = 0)
+    {
+        if (!TryInitialize(out string reason)) throw new CudaException(reason);
+        _device = device;
+        int dev, major, minor, sms;
+        Cu.Check(Cu.cuDeviceGet(&dev, device));
+        Cu.Check(Cu.cuDeviceGetAttribute(&major, Cu.DeviceAttributeComputeCapabilityMajor, dev));
+        Cu.Check(Cu.cuDeviceGetAttribute(&minor, Cu.DeviceAttributeComputeCapabilityMinor, dev));
+        Cu.Check(Cu.cuDeviceGetAttribute(&sms, Cu.DeviceAttributeMultiprocessorCount, dev));
+        if (major < 8) throw new CudaException($"GPU {device} has compute capability {major}.{minor}; llama-run needs 8.0 or newer (bf16 tensor cores)");
+        _ccMajor = major;
+        _smCount = sms;
+        byte* name = stackalloc byte[256];
+        Cu.Check(Cu.cuDeviceGetName(name, 256, dev));
+        nuint total;
+        Cu.Check(Cu.cuDeviceTotalMem(&total, dev));
+        nint ctx, stream;
+        Cu.Check(Cu.cuDevicePrimaryCtxRetain(&ctx, dev));
+        _context = ctx;
+        try
+        {
+            Cu.Check(Cu.cuCtxSetCurrent(ctx));
+            Cu.Check(Cu.cuStreamCreate(&stream, Cu.StreamNonBlocking));
+            _stream = stream;
+            _kernels = new KernelLibrary(major, minor, CudaKernels.EntryPoints);
+            _launch = new CudaKernels(_kernels, _stream, Environment.GetEnvironmentVariable("LLAMA_SYNC") == "1");
+            _attentionScratch = Malloc(AttentionScratchFloats * 4L);
+            _ropeTables = Malloc(RopeSlots * 512 * 4L);
+            EnsureTokens(4096);
+            EnsureArgmax(64);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+        Device = $"{System.Runtime.InteropServices.Marshal.PtrToStringUTF8((nint)name)} (cc {major}.{minor}, {sms} SMs, "
+            + $"{total / (1 << 20)} MiB, kernels {_kernels.Target} via NVRTC {KernelCompiler.NvrtcVersion})";
+    }
+
+    /// <summary>True when a CUDA driver, a GPU and NVRTC are present; otherwise reason says which is missing.</summary>
+    public static bool IsAvailable(out string reason) => TryInitialize(out reason);
+
+    /// <summary>Creates the backend, or returns null with a one-line reason (no driver, no GPU, no NVRTC, compile error).</summary>
+    public static CudaBackend? TryCreate(out string reason, int device = 0)
+    {
+        if (!TryInitialize(out reason)) return null;
+        try
+        {
+            return new CudaBackend(device);
+        }
+        catch (Exception e) when (e is CudaException or NvrtcException)
+        {
+            reason = e.Message.Split('\n')[0];
+            return null;
+        }
+    }
+
+    private static bool TryInitialize(out string reason)
+    {
+        if (!Cu.TryLoad(out reason)) return false;
+        if (!Nvrtc.TryLoad(out string nvrtc))
+        {
+            reason = nvrtc;
+            return false;
+        }
+        return true;
+    }
+
+    public string Name => "cuda";
+
+    public string Device { get; } = "";
+
+    private void Bind() => Cu.Check(Cu.cuCtxSetCurrent(_context));
+
+    private ulong Malloc(long bytes)
+    {
+        ulong p;
+        Cu.Check(Cu.cuMemAlloc(&p, (nuint)Math.Max(bytes, 1)));
+        return p;
+    }
+
+    private static void Free(ulong p)
+    {
+        if (p != 0) Cu.cuMemFree(p);   // dispose paths never throw
+    }
+
+    private Tensor Own(DType dtype, int rows, int cols, ulong p) =>
+        new(this, dtype, rows, cols, (nint)p, t =>
+        {
+            if (!_disposed && Cu.cuCtxSetCurrent(_context) == Cu.Success) Free((ulong)t.Pointer);
+        });
+
+    public Tensor Alloc(DType dtype, int rows, int cols)
+    {
+        Bind();
+        long bytes = (long)rows * cols * dtype.Size();
+        ulong p = Malloc(bytes);
+        Cu.Check(Cu.cuMemsetD8Async(p, 0, (nuint)bytes, _stream));
+        return Own(dtype, rows, cols, p);
+    }
+
+    public Tensor Upload(DType dtype, int rows, int cols, nint hostData)
+    {
+        Bind();
+        long bytes = (long)rows * cols * dtype.Size();
+        ulong p = Malloc(bytes);
+        if (bytes > 0)
+        {
+            Cu.Check(Cu.cuMemcpyHtoDAsync(p, (void*)hostData, (nuint)bytes, _stream));
+            Cu.Check(Cu.cuStreamSynchronize(_stream));
+        }
+        return Own(dtype, rows, cols, p);
+    }
+
+    public void Download(Tensor src, Span<float> dst)
+    {
+        Require(src, DType.F32, nameof(src));
+        if (dst.Length < src.Length) throw new ArgumentException($"destination holds {dst.Length} floats, {src} needs {src.Length}", nameof(dst));
+        DownloadBytes(src, MemoryMarshalBytes(dst), src.ByteLength);
+    }
+
+    /// <summary>Copies any tensor to host as F32 (bf16 and f16 converted), after all queued work; for tests and checks.</summary>
+    public void DownloadAsF32(Tensor src, Span<float> dst)
+    {
+        if (src.DType == DType.F32)
+        {
+            Download(src, dst);
+            return;
+        }
+        var raw = new ushort[src.Length];
+        DownloadBytes(src, System.Runtime.InteropServices.MemoryMarshal.AsBytes(raw.AsSpan()), src.ByteLength);
+        for (long i = 0; i < raw.LongLength; i++)
+            dst[(int)i] = src.DType == DType.BF16 ? DTypes.BF16ToF32(raw[i]) : DTypes.F16ToF32(raw[i]);
+    }
+
+    private static Span<byte> MemoryMarshalBytes(Span<float> s) => System.Runtime.InteropServices.MemoryMarshal.AsBytes(s);
+
+    private void DownloadBytes(Tensor src, Span<byte> dst, long bytes)
+    {
+        Bind();
+        fixed (byte* p = dst)
+        {
+            if (bytes > 0) Cu.Check(Cu.cuMemcpyDtoHAsync(p, (ulong)src.Pointer, (nuint)bytes, _stream));
+            Cu.Check(Cu.cuStreamSynchronize(_stream));
+        }
+    }
+
+    public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim)
+    {
+        var k = Alloc(DType.BF16, numLayers * maxSeq, numKvHeads * headDim);
+        var v = Alloc(DType.BF16, numLayers * maxSeq, numKvHeads * headDim);
+        return new KvCache(k, v, numLayers, maxSeq, numKvHeads, headDim);
+    }
+
+    private void EnsureTokens(int count)
+    {
+        if (count <= _tokenCapacity) return;
+        Cu.Check(Cu.cuStreamSynchronize(_stream));
+        Free(_tokens);
+        _tokens = 0;
+        _tokenCapacity = Math.Max(count, 2 * _tokenCapacity);
+        _tokens = Malloc(_tokenCapacity * 4L);
+    }
+
+    private void EnsureArgmax(int count)
+    {
+        if (count <= _argmaxCapacity) return;
+        Cu.Check(Cu.cuStreamSynchronize(_stream));
+        Free(_argmax);
+        _argmax = 0;
+        _argmaxCapacity = Math.Max(count, 2 * _argmaxCapacity);
+        _argmax = Malloc(_argmaxCapacity * 4L);
+    }
+
+    private static void Require(Tensor t, DType dtype, string name)
+    {
+        if (t.DType != dtype) throw new ArgumentException($"{name} must be {dtype.Name()}, got {t}", name);
+    }
+
+    private void RequireOwn(Tensor t, string name)
+    {
+        if (!ReferenceEquals(t.Backend, this)) throw new ArgumentException($"{name} {t} belongs to backend {t.Backend.Name}", name);
+    }
+
+    private static void RequireShape(Tensor t, int rows, int cols, string name)
+    {
+        if (t.Rows != rows || t.Cols != cols) throw new ArgumentException($"{name} is {t}, expected [{rows}, {cols}]", name);
+    }
+
+    public void Embedding(ReadOnlySpan<int> tokens, Tensor table, Tensor dst)
+    {
+        Bind();
+        RequireOwn(table, nameof(table));
+        Require(dst, DType.F32, nameof(dst));
+        RequireShape(dst, tokens.Length, table.Cols, nameof(dst));
+        foreach (int t in tokens)
+            if ((uint)t >= (uint)table.Rows) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} outside the vocabulary [0, {table.Rows})");
+        if (tokens.Length == 0) return;
+        EnsureTokens(tokens.Length);
+        fixed (int* p = tokens) Cu.Check(Cu.cuMemcpyHtoDAsync(_tokens, p, (nuint)(tokens.Length * 4), _stream));
+        string variant = table.DType switch { DType.F32 => "embedding_f32", DType.F16 => "embedding_f16", _ => "embedding_bf16" };
+        _launch.Embedding(variant, _tokens, (ulong)table.Pointer, (ulong)dst.Pointer, tokens.Length, table.Cols);
+    }
+
+    public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps)
+    {
+        Bind();
+        Require(x, DType.F32, nameof(x));
+        Require(weight, DType.F32, nameof(weight));
+        Require(dst, DType.F32, nameof(dst));
+        RequireShape(weight, 1, x.Cols, nameof(weight));
+        RequireShape(dst, x.Rows, x.Cols, nameof(dst));
+        if (x.Rows == 0) return;
+        _launch.RmsNorm((ulong)x.Pointer, (ulong)weight.Pointer, (ulong)dst.Pointer, x.Rows, x.Cols, eps);
+    }
+
+    public void MatMul(Tensor x, Tensor weight, Tensor dst)
+    {
+        Bind();
+        Require(x, DType.F32, nameof(x));
+        Require(dst, DType.F32, nameof(dst));
+        if (weight.Cols != x.Cols) throw new ArgumentException($"weight {weight} does not match x {x}", nameof(weight));
+        RequireShape(dst, x.Rows, weight.Rows, nameof(dst));
+        int tokens = x.Rows, inDim = x.Cols, outDim = weight.Rows;
+        if (tokens == 0 || outDim == 0) return;
+        if (weight.DType == DType.BF16 && tokens > CudaKernels.GemvMaxTokens)
+        {
+            _launch.GemmMmaBf16((ulong)x.Pointer, (ulong)weight.Pointer, (ulong)dst.Pointer, tokens, inDim, outDim);
+            return;
+        }
+        string variant = weight.DType switch
+        {
+            DType.F32 => "gemv_warp_per_row_f32", DType.F16 => "gemv_warp_per_row_f16", _ => "gemv_warp_per_row_bf16",
+        };
+        for (int t0 = 0; t0 < tokens; t0 += CudaKernels.GemvMaxTokens)
+        {
+            int n = Math.Min(CudaKernels.GemvMaxTokens, tokens - t0);
+            _launch.Gemv(variant, (ulong)x.Pointer + (ulong)((long)t0 * inDim * 4), (ulong)weight.Pointer,
+                (ulong)dst.Pointer + (ulong)((long)t0 * outDim * 4), n, inDim, outDim);
+        }
+    }
+
+    /// <summary>Device copy of a RoPE table's InvFreq, re-uploaded only when its contents change.</summary>
+    private ulong RopeTableOnDevice(RopeTable table)
+    {
+        float[] inv = table.InvFreq;
+        if (inv.Length > 512) throw new ArgumentException($"RoPE table has {inv.Length} pairs; at most 512 are supported", nameof(table));
+        for (int s = 0; s < RopeSlots; s++)
+            if (_ropeSlotContent[s] is { } c && c.AsSpan().SequenceEqual(inv)) return _ropeTables + (ulong)(s * 512 * 4);
+        int slot = _ropeNextSlot;
+        _ropeNextSlot = (_ropeNextSlot + 1) % RopeSlots;
+        var copy = (float[])inv.Clone();
+        _ropeSlotContent[slot] = copy;
+        ulong p = _ropeTables + (ulong)(slot * 512 * 4);
+        fixed (float* h = copy) Cu.Check(Cu.cuMemcpyHtoDAsync(p, h, (nuint)(copy.Length * 4), _stream));
+        return p;
+    }
+
+    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table)
+    {
+        Bind();
+        Require(q, DType.F32, nameof(q));
+        Require(k, DType.F32, nameof(k));
+        Require(v, DType.F32, nameof(v));
+        Require(cache.K, DType.BF16, "cache.K");
+        int hd = cache.HeadDim, tokens = q.Rows;
+        if (q.Cols % hd != 0) throw new ArgumentException($"q {q} is not a multiple of head dim {hd}", nameof(q));
+        RequireShape(k, tokens, cache.KvDim, nameof(k));
+        RequireShape(v, tokens, cache.KvDim, nameof(v));
+        if ((uint)layer >= (uint)cache.NumLayers) throw new ArgumentOutOfRangeException(nameof(layer));
+        if (startPos < 0 || startPos + tokens > cache.MaxSeq)
+            throw new ArgumentOutOfRangeException(nameof(startPos), $"positions [{startPos}, {startPos + tokens}) exceed the cache's {cache.MaxSeq}");
+        if (table.RotaryDim > hd) throw new ArgumentException($"rotary dim {table.RotaryDim} exceeds head dim {hd}", nameof(table));
+        if (tokens == 0) return;
+        ulong inv = RopeTableOnDevice(table);
+        var qs = table.QueryScale;
+        bool qsOn = qs is not null && layer >= qs.SkipLayers;
+        _launch.Rope((ulong)q.Pointer, (ulong)k.Pointer, (ulong)v.Pointer, (ulong)cache.K.Pointer, (ulong)cache.V.Pointer, inv,
+            tokens, q.Cols / hd, cache.NumKvHeads, hd, table.RotaryDim, startPos, layer * cache.MaxSeq + startPos,
+            table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0);
+    }
+
+    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst)
+    {
+        Bind();
+        Require(q, DType.F32, nameof(q));
+        Require(dst, DType.F32, nameof(dst));
+        int hd = cache.HeadDim, tokens = q.Rows, heads = q.Cols / hd;
+        if (q.Cols % hd != 0 || heads % cache.NumKvHeads != 0)
+            throw new ArgumentException($"q {q} does not split into heads of {hd} grouped over {cache.NumKvHeads} KV heads", nameof(q));
+        if (hd > CudaKernels.AttentionMaxHeadDim) throw new ArgumentException($"head dim {hd} above {CudaKernels.AttentionMaxHeadDim}", nameof(cache));
+        RequireShape(dst, tokens, q.Cols, nameof(dst));
+        if ((uint)layer >= (uint)cache.NumLayers) throw new ArgumentOutOfRangeException(nameof(layer));
+        if (startPos < 0 || startPos + tokens > cache.MaxSeq) throw new ArgumentOutOfRangeException(nameof(startPos));
+        if (tokens > 65535) throw new ArgumentException($"at most 65535 queries per call, got {tokens}", nameof(q));
+        if (tokens == 0) return;
+        int maxLen = startPos + tokens;
+        // Enough (head, query, split) blocks to fill the GPU about 4 times, at least 64 keys a split.
+        long wanted = Math.Max(1, 4L * _smCount / ((long)heads * tokens));
+        int splitLen = Math.Max(64, (int)((maxLen + wanted - 1) / wanted));
+        int splits = (maxLen + splitLen - 1) / splitLen;
+        while (splits > 1 && (long)tokens * heads * splits * (hd + 2) > AttentionScratchFloats)
+        {
+            splitLen *= 2;
+            splits = (maxLen + splitLen - 1) / splitLen;
+        }
+        ulong rowK = (ulong)cache.K.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
+        ulong rowV = (ulong)cache.V.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
+        _launch.AttentionSplit((ulong)q.Pointer, rowK, rowV, (ulong)dst.Pointer, _attentionScratch, tokens, heads,
+            cache.NumKvHeads, hd, startPos, splitLen, splits, 1f / MathF.Sqrt(hd));
+        if (splits > 1) _launch.AttentionCombine(_attentionScratch, (ulong)dst.Pointer, tokens, heads, hd, splits);
+    }
+
+    public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
+    {
+        Bind();
+        Require(cache.K, DType.BF16, "cache.K");
+        if (from.RotaryDim != to.RotaryDim || from.RotaryDim > cache.HeadDim)
+            throw new ArgumentException($"rotary dims {from.RotaryDim} and {to.RotaryDim} do not fit head dim {cache.HeadDim}", nameof(to));
+        if (length < 0 || length > cache.MaxSeq) throw new ArgumentOutOfRangeException(nameof(length));
+        if (length == 0) return;
+        ulong f = RopeTableOnDevice(from), t = RopeTableOnDevice(to);
+        _launch.Rerotate((ulong)cache.K.Pointer, f, t, cache.NumLayers, cache.MaxSeq, length, cache.NumKvHeads, cache.HeadDim,
+            from.RotaryDim, from.Magnitude, to.Magnitude);
+    }
+
+    public void SwiGlu(Tensor gate, Tensor up, Tensor dst)
+    {
+        Bind();
+        RequireElementwise(gate, up, dst);
+        if (dst.Length > 0) _launch.SwiGlu((ulong)gate.Pointer, (ulong)up.Pointer, (ulong)dst.Pointer, dst.Length);
+    }
+
+    public void Add(Tensor x, Tensor y, Tensor dst)
+    {
+        Bind();
+        RequireElementwise(x, y, dst);
+        if (dst.Length > 0) _launch.Add((ulong)x.Pointer, (ulong)y.Pointer, (ulong)dst.Pointer, dst.Length);
+    }
+
+    private static void RequireElementwise(Tensor a, Tensor b, Tensor dst)
+    {
+        Require(a, DType.F32, nameof(a));
+        Require(b, DType.F32, nameof(b));
+        Require(dst, DType.F32, nameof(dst));
+        if (a.Length != b.Length || a.Length != dst.Length)
+            throw new ArgumentException($"element-wise op on {a}, {b} -> {dst}: lengths differ", nameof(dst));
+    }
+
+    public void Argmax(Tensor x, Span<int> dst)
+    {
+        Bind();
+        Require(x, DType.F32, nameof(x));
+        if (dst.Length < x.Rows) throw new ArgumentException($"destination holds {dst.Length} ints, {x} has {x.Rows} rows", nameof(dst));
+        if (x.Rows == 0) return;
+        EnsureArgmax(x.Rows);
+        _launch.Argmax((ulong)x.Pointer, _argmax, x.Rows, x.Cols);
+        fixed (int* p = dst) Cu.Check(Cu.cuMemcpyDtoHAsync(p, _argmax, (nuint)(x.Rows * 4), _stream));
+        Cu.Check(Cu.cuStreamSynchronize(_stream));
+    }
+
+    public void Synchronize()
+    {
+        Bind();
+        Cu.Check(Cu.cuStreamSynchronize(_stream));
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        if (_context == 0) return;
+        if (Cu.cuCtxSetCurrent(_context) == Cu.Success)
+        {
+            if (_stream != 0) Cu.cuStreamSynchronize(_stream);
+            Free(_attentionScratch);
+            Free(_ropeTables);
+            Free(_tokens);
+            Free(_argmax);
+            _kernels?.Dispose();
+            if (_stream != 0) Cu.cuStreamDestroy(_stream);
+        }
+        Cu.cuDevicePrimaryCtxRelease(_device);
+    }
+
+    public override string ToString() => new StringBuilder("cuda: ").Append(Device).ToString();
+}

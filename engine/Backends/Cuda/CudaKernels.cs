@@ -1,0 +1,119 @@
+// Typed launchers, one per kernel: grid/block math, arguments from stack locals, cuLaunchKernel on the one stream.
+// No synchronization unless LLAMA_SYNC=1, which waits after every launch and names the kernel that failed.
+// Exercised by tests/BackendOpsTests.cs through CudaBackend.
+namespace LlamaRun.Backends.Cuda;
+
+internal sealed unsafe class CudaKernels
+{
+    public static readonly string[] EntryPoints =
+    [
+        "embedding_f32", "embedding_f16", "embedding_bf16", "rmsnorm_f32",
+        "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemm_mma_bf16",
+        "rope_f32", "rerotate_bf16", "attention_split_bf16", "attention_combine",
+        "swiglu_f32", "add_f32", "argmax_f32",
+    ];
+
+    public const int GemvMaxTokens = 8;
+    public const int AttentionMaxHeadDim = 256;
+
+    private readonly KernelLibrary _lib;
+    private readonly nint _stream;
+    private readonly bool _sync;
+
+    public CudaKernels(KernelLibrary lib, nint stream, bool sync)
+    {
+        _lib = lib;
+        _stream = stream;
+        _sync = sync;
+    }
+
+    private void Launch(string name, uint gx, uint gy, uint gz, uint block, void** args)
+    {
+        int r = Cu.cuLaunchKernel(_lib[name], gx, gy, gz, block, 1, 1, 0, _stream, args, null);
+        if (r != Cu.Success) throw new CudaException($"{Cu.ErrorName(r)}: launching {name} grid ({gx}, {gy}, {gz}) block {block}");
+        if (_sync)
+        {
+            r = Cu.cuStreamSynchronize(_stream);
+            if (r != Cu.Success) throw new CudaException($"{Cu.ErrorName(r)}: in kernel {name} (LLAMA_SYNC=1)");
+        }
+    }
+
+    private static uint Blocks(long n, int block) => (uint)Math.Min((n + block - 1) / block, 65535L * 16);
+
+    public void Embedding(string variant, ulong tokens, ulong table, ulong dst, int numTokens, int hidden)
+    {
+        void** a = stackalloc void*[] { &tokens, &table, &dst, &numTokens, &hidden };
+        Launch(variant, Blocks(hidden, 256), (uint)Math.Min(numTokens, 65535), 1, 256, a);
+    }
+
+    public void RmsNorm(ulong x, ulong weight, ulong dst, int rows, int n, float eps)
+    {
+        void** a = stackalloc void*[] { &x, &weight, &dst, &n, &eps };
+        Launch("rmsnorm_f32", (uint)rows, 1, 1, n >= 4096 ? 1024u : 256u, a);
+    }
+
+    public void Gemv(string variant, ulong x, ulong weight, ulong dst, int tokens, int inDim, int outDim)
+    {
+        void** a = stackalloc void*[] { &x, &weight, &dst, &tokens, &inDim, &outDim };
+        Launch(variant, (uint)((outDim + 7) / 8), 1, 1, 256, a);
+    }
+
+    public void GemmMmaBf16(ulong x, ulong weight, ulong dst, int m, int k, int n)
+    {
+        void** a = stackalloc void*[] { &x, &weight, &dst, &m, &k, &n };
+        Launch("gemm_mma_bf16", (uint)((n + 127) / 128), (uint)((m + 127) / 128), 1, 256, a);
+    }
+
+    public void Rope(ulong q, ulong k, ulong v, ulong kcache, ulong vcache, ulong invFreq, int tokens, int numHeads,
+        int numKvHeads, int headDim, int rotaryDim, int startPos, int cacheRow0, float magnitude,
+        float queryScaleContext, int queryScaleOn)
+    {
+        void** a = stackalloc void*[]
+        {
+            &q, &k, &v, &kcache, &vcache, &invFreq, &numHeads, &numKvHeads, &headDim, &rotaryDim, &startPos, &cacheRow0,
+            &magnitude, &queryScaleContext, &queryScaleOn,
+        };
+        Launch("rope_f32", (uint)tokens, 1, 1, 256, a);
+    }
+
+    public void Rerotate(ulong kcache, ulong invFrom, ulong invTo, int numLayers, int maxSeq, int length, int numKvHeads,
+        int headDim, int rotaryDim, float magFrom, float magTo)
+    {
+        void** a = stackalloc void*[] { &kcache, &invFrom, &invTo, &maxSeq, &numKvHeads, &headDim, &rotaryDim, &magFrom, &magTo };
+        Launch("rerotate_bf16", (uint)length, (uint)numLayers, 1, 128, a);
+    }
+
+    public void AttentionSplit(ulong q, ulong kcache, ulong vcache, ulong dst, ulong partial, int tokens, int numHeads,
+        int numKvHeads, int headDim, int startPos, int splitLen, int splits, float scale)
+    {
+        void** a = stackalloc void*[]
+        {
+            &q, &kcache, &vcache, &dst, &partial, &numHeads, &numKvHeads, &headDim, &startPos, &splitLen, &splits, &scale,
+        };
+        Launch("attention_split_bf16", (uint)numHeads, (uint)tokens, (uint)splits, 128, a);
+    }
+
+    public void AttentionCombine(ulong partial, ulong dst, int tokens, int numHeads, int headDim, int splits)
+    {
+        void** a = stackalloc void*[] { &partial, &dst, &numHeads, &headDim, &splits };
+        Launch("attention_combine", (uint)numHeads, (uint)tokens, 1, 128, a);
+    }
+
+    public void SwiGlu(ulong gate, ulong up, ulong dst, long n)
+    {
+        void** a = stackalloc void*[] { &gate, &up, &dst, &n };
+        Launch("swiglu_f32", Blocks(n, 256), 1, 1, 256, a);
+    }
+
+    public void Add(ulong x, ulong y, ulong dst, long n)
+    {
+        void** a = stackalloc void*[] { &x, &y, &dst, &n };
+        Launch("add_f32", Blocks(n, 256), 1, 1, 256, a);
+    }
+
+    public void Argmax(ulong x, ulong dst, int rows, int cols)
+    {
+        void** a = stackalloc void*[] { &x, &dst, &cols };
+        Launch("argmax_f32", (uint)rows, 1, 1, 256, a);
+    }
+}

@@ -1,0 +1,83 @@
+// Fused rotary embedding (CpuOps.Rope): rotates q and k in place by angle pos * invFreq[j] on pairs
+// (x[j], x[j + rotaryDim/2]), cos/sin times magnitude, q times the query scale of (layer, pos); stores k and v as
+// bf16 into the KV cache rows cacheRow0 + t. rerotate_bf16 moves cached keys from one table to another.
+// Exercised by tests/BackendOpsTests.cs Rope and Rerotate.
+#include "common.cuh"
+
+// kernels
+
+// One block per token t; threads stride over (head, pair) items and pass-through dims beyond rotaryDim.
+extern "C" __global__ void rope_f32(float* q, float* k, const float* v, bf16* kcache, bf16* vcache, const float* invFreq,
+    int numHeads, int numKvHeads, int headDim, int rotaryDim, int startPos, int cacheRow0,
+    float magnitude, float queryScaleContext, int queryScaleOn)
+{
+    int t = blockIdx.x, pos = startPos + t, half = rotaryDim / 2, rest = headDim - rotaryDim;
+    float qs = queryScaleOn ? fmaxf(1.0f, logf((float)(pos + 1)) / logf(queryScaleContext)) : 1.0f;
+    int perHead = half + rest;
+    float* qr = q + (i64)t * numHeads * headDim;
+    for (int e = threadIdx.x; e < numHeads * perHead; e += blockDim.x)
+    {
+        int hh = e / perHead, j = e % perHead;
+        float* x = qr + hh * headDim;
+        if (j < half)
+        {
+            float sn, cs;
+            sincosf((float)pos * invFreq[j], &sn, &cs);
+            cs *= magnitude; sn *= magnitude;
+            float x0 = x[j], x1 = x[j + half];
+            x[j] = (x0 * cs - x1 * sn) * qs;
+            x[j + half] = (x1 * cs + x0 * sn) * qs;
+        }
+        else
+        {
+            int d = rotaryDim + (j - half);
+            x[d] = x[d] * qs;
+        }
+    }
+    int kvDim = numKvHeads * headDim;
+    float* kr = k + (i64)t * kvDim;
+    bf16* kc = kcache + (i64)(cacheRow0 + t) * kvDim;
+    for (int e = threadIdx.x; e < numKvHeads * perHead; e += blockDim.x)
+    {
+        int hh = e / perHead, j = e % perHead, o = hh * headDim;
+        if (j < half)
+        {
+            float sn, cs;
+            sincosf((float)pos * invFreq[j], &sn, &cs);
+            cs *= magnitude; sn *= magnitude;
+            float x0 = kr[o + j], x1 = kr[o + j + half];
+            float y0 = x0 * cs - x1 * sn, y1 = x1 * cs + x0 * sn;
+            kr[o + j] = y0; kr[o + j + half] = y1;
+            kc[o + j] = f32_to_bf16(y0); kc[o + j + half] = f32_to_bf16(y1);
+        }
+        else
+        {
+            int d = o + rotaryDim + (j - half);
+            kc[d] = f32_to_bf16(kr[d]);
+        }
+    }
+    const float* vr = v + (i64)t * kvDim;
+    bf16* vc = vcache + (i64)(cacheRow0 + t) * kvDim;
+    for (int d = threadIdx.x; d < kvDim; d += blockDim.x) vc[d] = f32_to_bf16(vr[d]);
+}
+
+// Grid (length, numLayers): key at position p of every layer goes from rotation p*from (magnitude magFrom)
+// to rotation p*to (magnitude magTo): undo the old rotation, apply the new one.
+extern "C" __global__ void rerotate_bf16(bf16* kcache, const float* invFrom, const float* invTo,
+    int maxSeq, int numKvHeads, int headDim, int rotaryDim, float magFrom, float magTo)
+{
+    int p = blockIdx.x, layer = blockIdx.y, half = rotaryDim / 2, kvDim = numKvHeads * headDim;
+    bf16* kr = kcache + ((i64)layer * maxSeq + p) * kvDim;
+    for (int e = threadIdx.x; e < numKvHeads * half; e += blockDim.x)
+    {
+        int hh = e / half, j = e % half, o = hh * headDim;
+        float sf, cf, st, ct;
+        sincosf((float)p * invFrom[j], &sf, &cf);
+        sincosf((float)p * invTo[j], &st, &ct);
+        float x0 = bf16_to_f32(kr[o + j]) / magFrom, x1 = bf16_to_f32(kr[o + j + half]) / magFrom;
+        float y0 = x0 * cf + x1 * sf, y1 = x1 * cf - x0 * sf;
+        ct *= magTo; st *= magTo;
+        kr[o + j] = f32_to_bf16(y0 * ct - y1 * st);
+        kr[o + j + half] = f32_to_bf16(y1 * ct + y0 * st);
+    }
+}
