@@ -19,19 +19,19 @@ public static class SvgPlot
         var s = c.Setup;
         var plain = PlainRope.Default(s.RotaryDim, s.Theta).InvFreq;
         var chosen = pairs.Count > 0 ? pairs.Where(j => j < plain.Length).Take(4).ToList() : DefaultPairs(plain, s.PretrainedLength);
-        int height = 70 + PanelH + 60 + BottomH + 40;
+        int height = 70 + PanelH + 80 + BottomH + 60;
         var sb = new StringBuilder();
         sb.Append(F($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{Width}\" height=\"{height}\" viewBox=\"0 0 {Width} {height}\" font-family=\"DejaVu Sans, Arial, sans-serif\" font-size=\"12\">\n"));
         sb.Append(F($"<rect width=\"{Width}\" height=\"{height}\" fill=\"white\"/>\n"));
         sb.Append(F($"<text x=\"{Width / 2}\" y=\"24\" text-anchor=\"middle\" font-size=\"16\" font-weight=\"bold\">RoPE angle distributions and disturbance: rotary dim {s.RotaryDim}, base {s.Theta:0.###}, {s.PretrainedLength} -> {s.TargetLength} tokens</text>\n"));
         sb.Append(F($"<text x=\"{Width / 2}\" y=\"44\" text-anchor=\"middle\" fill=\"#444\">share of positions per angle bin ({s.Bins} bins over [0, 2pi)); selected table: {Esc(c.SavedName)}</text>\n"));
-        int n = chosen.Count, gap = 30;
+        int n = chosen.Count, gap = 70;
         double pw = (Width - 2 * Margin - (n - 1) * gap) / (double)Math.Max(n, 1);
         for (int i = 0; i < n; i++)
             AnglePanel(sb, s, plain, c.Saved.InvFreq, chosen[i], Margin + i * (pw + gap), 70, pw, PanelH);
-        Legend(sb, Margin, 70 + PanelH + 34, [("pre-trained, m < " + s.PretrainedLength, "#888888", true),
+        Legend(sb, Margin, 70 + PanelH + 52, [("pre-trained, m < " + s.PretrainedLength, "#888888", true),
             ("extrapolated, m < " + s.TargetLength, "#d62728", false), (c.SavedName + ", m < " + s.TargetLength, "#1f77b4", false)]);
-        DisturbancePanel(sb, c, plain, Margin, 70 + PanelH + 80, Width - 2 * Margin, BottomH - 50);
+        DisturbancePanel(sb, c, plain, Margin, 70 + PanelH + 100, Width - 2 * Margin, BottomH - 50);
         sb.Append("</svg>\n");
         return sb.ToString();
     }
@@ -133,11 +133,13 @@ public static class SvgPlot
         double cx = x;
         foreach (var (label, color, fill) in items)
         {
+            double width = 36 + 6.6 * label.Length;
+            if (cx > x && cx + width > Width - 10) { cx = x; y += 18; } // wrap to the next row
             sb.Append(fill
                 ? F($"<rect x=\"{cx:0.#}\" y=\"{y - 9:0.#}\" width=\"18\" height=\"10\" fill=\"{color}\" fill-opacity=\"0.35\"/>")
                 : F($"<line x1=\"{cx:0.#}\" y1=\"{y - 4:0.#}\" x2=\"{cx + 18:0.#}\" y2=\"{y - 4:0.#}\" stroke=\"{color}\" stroke-width=\"2.5\"/>"));
             sb.Append(F($"<text x=\"{cx + 24:0.#}\" y=\"{y:0.#}\">{Esc(label)}</text>\n"));
-            cx += 36 + 6.6 * label.Length;
+            cx += width;
         }
     }
 
