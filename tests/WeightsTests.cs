@@ -15,6 +15,8 @@ internal sealed class RecordingBackend(int failAfterUploads = int.MaxValue) : IB
     public int Freed;
 
     public string Name => "recording";
+    public int KvElementSize => 4;
+    public long FreeMemoryBytes => 0;
     public string Device => "none";
 
     public Tensor Upload(DType dtype, int rows, int cols, nint hostData)

@@ -88,17 +88,17 @@ public sealed class ModelSession : IDisposable
         if (spec is not null)
         {
             var s = RopeMethods.Parse(spec, config, ctx);
-            return (s, "rope: " + RopeMethods.Describe(s, config, ctx));
+            return (s, "rope: " + RopeMethods.Describe(s));
         }
         if (config.Rope.Type != RopeType.Default)
         {
             var s = RopeMethods.FromConfig(config);
-            return (s, "rope: from config.json, " + RopeMethods.Describe(s, config, ctx));
+            return (s, "rope: from config.json, " + RopeMethods.Describe(s));
         }
         if (ctx > config.MaxPositionEmbeddings)
         {
             var s = RopeMethods.Default(config, ctx);
-            return (s, $"rope: --ctx {ctx} is past the trained {config.MaxPositionEmbeddings}, using " + RopeMethods.Describe(s, config, ctx));
+            return (s, $"rope: --ctx {ctx} is past the trained {config.MaxPositionEmbeddings}, using " + RopeMethods.Describe(s));
         }
         return (RopeMethods.FromConfig(config), "");
     }

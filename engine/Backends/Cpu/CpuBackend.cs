@@ -13,6 +13,25 @@ public sealed unsafe class CpuBackend : IBackend
 {
     public string Name => "cpu";
 
+    public int KvElementSize => 4;
+
+    /// <summary>MemAvailable of /proc/meminfo (0 where that file does not exist).</summary>
+    public long FreeMemoryBytes
+    {
+        get
+        {
+            try
+            {
+                foreach (var line in File.ReadLines("/proc/meminfo"))
+                    if (line.StartsWith("MemAvailable:", StringComparison.Ordinal))
+                        return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
+            }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+            return 0;
+        }
+    }
+
     public string Device =>
         $"CPU, {CpuParallel.Threads} threads, {(Vector512.IsHardwareAccelerated ? "AVX-512" : Vector256.IsHardwareAccelerated ? "AVX2" : "scalar")}";
 

@@ -36,6 +36,7 @@ internal static unsafe class Cu
     public static delegate* unmanaged<nint, int> cuStreamSynchronize;
     public static delegate* unmanaged<ulong*, nuint, int> cuMemAlloc;
     public static delegate* unmanaged<ulong, int> cuMemFree;
+    public static delegate* unmanaged<nuint*, nuint*, int> cuMemGetInfo;
     public static delegate* unmanaged<ulong, void*, nuint, nint, int> cuMemcpyHtoDAsync;
     public static delegate* unmanaged<void*, ulong, nuint, nint, int> cuMemcpyDtoHAsync;
     public static delegate* unmanaged<ulong, ulong, nuint, nint, int> cuMemcpyDtoDAsync;
@@ -88,6 +89,7 @@ internal static unsafe class Cu
         cuStreamSynchronize = (delegate* unmanaged<nint, int>)Get("cuStreamSynchronize");
         cuMemAlloc = (delegate* unmanaged<ulong*, nuint, int>)Get("cuMemAlloc_v2");
         cuMemFree = (delegate* unmanaged<ulong, int>)Get("cuMemFree_v2");
+        cuMemGetInfo = (delegate* unmanaged<nuint*, nuint*, int>)Get("cuMemGetInfo_v2");
         cuMemcpyHtoDAsync = (delegate* unmanaged<ulong, void*, nuint, nint, int>)Get("cuMemcpyHtoDAsync_v2");
         cuMemcpyDtoHAsync = (delegate* unmanaged<void*, ulong, nuint, nint, int>)Get("cuMemcpyDtoHAsync_v2");
         cuMemcpyDtoDAsync = (delegate* unmanaged<ulong, ulong, nuint, nint, int>)Get("cuMemcpyDtoDAsync_v2");

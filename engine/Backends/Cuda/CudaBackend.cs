@@ -101,6 +101,19 @@ public sealed unsafe class CudaBackend : IBackend
 
     public string Name => "cuda";
 
+    public int KvElementSize => 2;
+
+    public long FreeMemoryBytes
+    {
+        get
+        {
+            Bind();
+            nuint free, total;
+            Cu.Check(Cu.cuMemGetInfo(&free, &total));
+            return (long)free;
+        }
+    }
+
     public string Device { get; } = "";
 
     private void Bind() => Cu.Check(Cu.cuCtxSetCurrent(_context));
