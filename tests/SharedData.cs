@@ -41,3 +41,13 @@ public static class SharedData
         return null;
     }
 }
+
+/// <summary>A fact that is reported as skipped when any of the named ../shared entries is absent.</summary>
+public sealed class SharedFactAttribute : Xunit.FactAttribute
+{
+    public SharedFactAttribute(params string[] paths)
+    {
+        foreach (var p in paths)
+            if (SharedData.Path(p) is null) { Skip = $"../shared/{p} is not available"; break; }
+    }
+}

@@ -29,7 +29,7 @@ public static class Perplexity
             args.RejectUnknown();
             if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
             var ids = LoadIds(s, textFile, idsFile);
-            var r = Evaluate(s.Model, ids, ctx, windows);
+            var r = Run(() => Evaluation.Perplexity(s.Model, ids, ctx, windows));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{{\"ctx\":{ctx},\"windows\":{r.Windows},\"tokens\":{r.Tokens},\"ppl\":{r.Ppl:R}}}"));
             return 0;
@@ -47,53 +47,17 @@ public static class Perplexity
             {
                 var (rope, note) = ModelSession.ChooseRope(session.Config, ctxList[c], methods[m], null);
                 using var model = Llama.Create(session.Config, session.Weights, session.Backend, ctxList[c], rope);
-                table[m, c] = Evaluate(model, tokens, ctxList[c], windows).Ppl;
+                table[m, c] = Run(() => Evaluation.Perplexity(model, tokens, ctxList[c], windows)).Ppl;
                 Console.Error.WriteLine($"{methods[m]} @ {ctxList[c]}: ppl {table[m, c]:F3}  ({note})");
             }
         Console.WriteLine(json ? SweepJson(methods, ctxList, table) : SweepMarkdown(methods, ctxList, table));
         return 0;
     }
 
-    /// <summary>Perplexity result: windows used, tokens scored, exp(mean NLL).</summary>
-    public sealed record Result(int Windows, long Tokens, double Ppl, double[] Nll);
-
-    /// <summary>Scores up to maxWindows windows of ctx tokens from the start of ids.</summary>
-    public static Result Evaluate(Llama model, int[] ids, int ctx, int maxWindows)
+    private static PerplexityResult Run(Func<PerplexityResult> f)
     {
-        int w = (int)Math.Min(maxWindows, ids.Length / ctx);
-        if (w == 0) throw new UsageException($"the text has {ids.Length} tokens, fewer than one window of --ctx {ctx}");
-        int vocab = model.VocabSize, chunk = model.MaxBatch;
-        var logits = new float[(long)chunk * vocab];
-        var nll = new double[(long)w * (ctx - 1)];
-        long k = 0;
-        for (int win = 0; win < w; win++)
-        {
-            var window = ids.AsSpan(win * ctx, ctx);
-            model.Reset();
-            for (int start = 0; start < ctx; start += chunk)
-            {
-                int n = Math.Min(chunk, ctx - start);
-                model.Forward(window.Slice(start, n), start, LogitsRows.All, logits, ropeLength: ctx);
-                for (int i = 0; i < n; i++)
-                {
-                    int pos = start + i;
-                    if (pos + 1 >= ctx) break;
-                    nll[k++] = Nll(logits.AsSpan(i * vocab, vocab), window[pos + 1]);
-                }
-            }
-        }
-        double mean = nll.Average();
-        return new Result(w, k, Math.Exp(mean), nll);
-    }
-
-    /// <summary>-log softmax(logits)[target], in double, max-subtracted.</summary>
-    public static double Nll(ReadOnlySpan<float> logits, int target)
-    {
-        float max = float.NegativeInfinity;
-        foreach (float v in logits) max = MathF.Max(max, v);
-        double sum = 0;
-        foreach (float v in logits) sum += Math.Exp(v - max);
-        return Math.Log(sum) + max - logits[target];
+        try { return f(); }
+        catch (ArgumentException e) { throw new UsageException(e.Message); }
     }
 
     /// <summary>Token ids from --ids (whitespace-separated) or from -f (paragraphs, as the held-out protocol).</summary>
