@@ -118,12 +118,25 @@ public sealed class TokenizerTests(ITestOutputHelper output)
         int[] got = tok.Encode(text, addBos: false);   // sentencepiece's encode of the whole file: no BOS
         AssertSameIds(expected, got);
 
-        var sw = Stopwatch.StartNew();
-        const int runs = 3;
-        for (int i = 0; i < runs; i++) got = tok.Encode(text, addBos: false);
-        double ms = sw.Elapsed.TotalMilliseconds / runs;
-        output.WriteLine($"Pride and Prejudice: {text.Length} chars -> {got.Length} ids in {ms:F0} ms (warm, mean of {runs})");
-        Assert.True(ms < 1000, $"encoding took {ms:F0} ms, budget 1000 ms");
+        // Warm JIT, cold word cache: freshly loaded tokenizers, best of 3. Wall time is reported, but the budget
+        // is checked on process CPU time, which other work on a shared machine does not inflate.
+        double wallMs = double.MaxValue, cpuMs = double.MaxValue;
+        using var self = Process.GetCurrentProcess();
+        for (int run = 0; run < 3; run++)
+        {
+            var fresh = Tokenizer.Load(SharedData.Path(Llama2Model)!);
+            self.Refresh();
+            var cpu0 = self.TotalProcessorTime;
+            var sw = Stopwatch.StartNew();
+            got = fresh.Encode(text, addBos: false);
+            wallMs = Math.Min(wallMs, sw.Elapsed.TotalMilliseconds);
+            self.Refresh();
+            cpuMs = Math.Min(cpuMs, (self.TotalProcessorTime - cpu0).TotalMilliseconds);
+        }
+        output.WriteLine($"Pride and Prejudice: {text.Length} chars -> {got.Length} ids in {wallMs:F0} ms wall, " +
+                         $"{cpuMs:F0} ms CPU (fresh tokenizer, warm JIT, best of 3)");
+        AssertSameIds(expected, got);
+        Assert.True(cpuMs < 1000, $"encoding took {cpuMs:F0} ms of CPU, budget 1000 ms");
         Assert.Equal(text, tok.Decode(got));
     }
 

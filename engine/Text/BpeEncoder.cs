@@ -2,6 +2,7 @@
 // remaining segment is normalized and pre-tokenized, and each word is merged by merge rank (lowest first,
 // leftmost on ties), with ignore_merges, byte_fallback and fuse_unk. Words are cached.
 // Exercised by `dotnet test tests/Tests.csproj --filter FullyQualifiedName~Tokenizer`.
+using System.Runtime.CompilerServices;
 using System.Buffers;
 using System.Collections.Concurrent;
 using System.Text;
@@ -12,6 +13,7 @@ internal sealed class BpeEncoder : ITokenEncoder
 {
     private const int MaxCachedWordLength = 128;
     private const int MaxCacheEntries = 1 << 18;
+    private int _cacheSize;
 
     private readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _vocab;
     private readonly Dictionary<long, (int Rank, int Id)> _merges;
@@ -61,6 +63,7 @@ internal sealed class BpeEncoder : ITokenEncoder
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void EncodeSegment(string segment, bool first, List<int> output)
     {
         string normalized = _normalizer.Length > 0 ? BpePreTokenizer.Normalize(segment, _normalizer) : segment;
@@ -112,11 +115,17 @@ internal sealed class BpeEncoder : ITokenEncoder
         MergeWord(word, output);
         if (cacheable)
         {
-            if (_cache.Count >= MaxCacheEntries) _cache.Clear();
+            // ConcurrentDictionary.Count takes every lock, so the size is tracked separately.
+            if (Interlocked.Increment(ref _cacheSize) > MaxCacheEntries)
+            {
+                _cache.Clear();
+                Interlocked.Exchange(ref _cacheSize, 0);
+            }
             _cacheLookup.TryAdd(word, output.GetRange(start, output.Count - start).ToArray());
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void MergeWord(ReadOnlySpan<char> word, List<int> output)
     {
         BpeSymbol[] symbols = ArrayPool<BpeSymbol>.Shared.Rent(word.Length * 4);

@@ -1,6 +1,8 @@
 // The BPE merge loop shared by the SentencePiece and Hugging Face encoders: a doubly linked list of
 // symbols plus a priority queue of candidate pairs, so a long word merges in O(n log n), not O(n^2).
 // Exercised through Tokenizer.Encode by `dotnet test tests/Tests.csproj --filter FullyQualifiedName~Tokenizer`.
+using System.Runtime.CompilerServices;
+
 namespace LlamaRun.Text;
 
 /// One symbol of a word being merged: a span of the source text, its token id (-1 when unknown),
@@ -39,6 +41,7 @@ internal static class BpeMerger
 
     /// Links symbols[0..count) in order, merges until no pair applies; returns the index of the first symbol
     /// (follow Next until -1). Merged-away symbols keep Length 0.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int Merge<TRule>(Span<BpeSymbol> symbols, ref TRule rule) where TRule : struct, IBpePairRule
     {
         int n = symbols.Length;
@@ -75,6 +78,7 @@ internal static class BpeMerger
         return 0;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Offer<TRule>(Span<BpeSymbol> symbols, PriorityQueue<Candidate, Priority> queue, ref TRule rule,
         int left, int right) where TRule : struct, IBpePairRule
     {

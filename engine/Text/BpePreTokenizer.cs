@@ -2,6 +2,7 @@
 // Prepend/Replace normalizers; Split (regex or string), ByteLevel, Metaspace and Digits pre-tokenizers.
 // Regexes run on one UTF-16 unit per code point so \p{L}/\p{N} see astral characters as Rust's regex does.
 // Exercised by `dotnet test tests/Tests.csproj --filter FullyQualifiedName~Tokenizer`.
+using System.Runtime.CompilerServices;
 using System.Globalization;
 using System.Text;
 using System.Text.RegularExpressions;
@@ -106,6 +107,7 @@ internal static class BpePreTokenizer
     }
 
     /// Splits by a regex with the given behaviour; astral code points are matched as single characters.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void SplitByRegex(ReadOnlyMemory<char> piece, Regex regex, SplitBehavior behavior,
         List<ReadOnlyMemory<char>> output)
     {
@@ -194,6 +196,7 @@ internal static class BpePreTokenizer
     }
 
     /// Maps text to its byte-level form (UTF-8 bytes, each shown as one character) into dst; returns the length.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int ToByteLevel(ReadOnlySpan<char> text, Span<char> dst)
     {
         Span<byte> utf8 = stackalloc byte[4];
