@@ -189,6 +189,32 @@ public sealed class TokenizerTests(ITestOutputHelper output)
         Assert.Contains(emoji, id => tok.TokenToPiece(id) == "<0xF0>");
     }
 
+    [Theory]
+    [InlineData(Llama2Model)]
+    [InlineData("models/stories260K/tokenizer.json")]
+    public void WordByWordEncodingEqualsWholeTextMerging(string rel)
+    {
+        if (SharedData.Path(rel) is not { } path || SharedData.Path("corpora/janeausten/pride_and_prejudice.txt") is not { } corpus)
+        {
+            output.WriteLine($"SKIPPED: {rel} or the corpus not found");
+            return;
+        }
+        string text = File.ReadAllText(corpus)[..60_000] + "  double  spaces,\ttabs 中文 🦙 ½ \n\n end ";
+        var tok = Tokenizer.Load(path);
+        void SetWordwise(bool on)
+        {
+            if (tok.Encoder is SentencePieceBpe spm) spm.Wordwise = on;
+            else if (tok.Encoder is BpeEncoder bpe) bpe.Wordwise = on;
+        }
+        bool enabled = tok.Encoder switch { SentencePieceBpe spm => spm.Wordwise, BpeEncoder bpe => bpe.Wordwise, _ => false };
+        Assert.True(enabled, "this vocabulary should allow word-by-word encoding");
+        int[] wordwise = tok.Encode(text);
+        SetWordwise(false);
+        int[] whole = tok.Encode(text);
+        AssertSameIds(whole, wordwise);
+        output.WriteLine($"{whole.Length} ids identical");
+    }
+
     public static TheoryData<string> StreamingCases => new()
     {
         Llama2Model,

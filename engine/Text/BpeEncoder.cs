@@ -20,6 +20,14 @@ internal sealed class BpeEncoder : ITokenEncoder
     private readonly int[] _byteIds;           // <0xNN> token per byte for byte_fallback, -1 when absent
     private readonly int _unkId;
     private readonly bool _byteFallback, _fuseUnk, _ignoreMerges, _byteLevel;
+    // No pre-tokenizer, and no token has U+2581 after another character: no merge crosses the start of a
+    // "▁word", so such words are encoded (and cached) one by one with the same result.
+    private bool _wordwise;
+
+    /// Tests switch word-by-word encoding off to check that it changes nothing.
+    internal bool Wordwise { get => _wordwise; set => _wordwise = value && _wordwiseSafe; }
+
+    private readonly bool _wordwiseSafe;
     private readonly AddedTokenMatcher? _added;
     private readonly NormalizerStep[] _normalizer;
     private readonly PreTokenizerStep[] _preTokenizer;
@@ -41,6 +49,9 @@ internal sealed class BpeEncoder : ITokenEncoder
         _byteLevel = preTokenizer.Length > 0 && preTokenizer[^1] is PreTokenizerStep.ByteLevel;
         if (added.Count > 0) _added = new AddedTokenMatcher(added);
         _cacheLookup = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
+        const char space = SentencePieceBpe.SpaceSymbol;
+        _wordwise = _wordwiseSafe = preTokenizer.Length == 0 && vocab.ContainsKey(space.ToString()) &&
+                    vocab.Keys.All(k => k.AsSpan().TrimStart(space).IndexOf(space) < 0);
         _byteIds = new int[256];
         for (int b = 0; b < 256; b++) _byteIds[b] = vocab.TryGetValue($"<0x{b:X2}>", out int id) ? id : -1;
         if (_byteFallback && Array.IndexOf(_byteIds, -1) >= 0) _byteFallback = false;
@@ -68,6 +79,18 @@ internal sealed class BpeEncoder : ITokenEncoder
     {
         string normalized = _normalizer.Length > 0 ? BpePreTokenizer.Normalize(segment, _normalizer) : segment;
         if (normalized.Length == 0) return;
+        if (_wordwise)
+        {
+            for (int start = 0; start < normalized.Length;)
+            {
+                int end = start + 1;
+                while (end < normalized.Length && !(normalized[end] == SentencePieceBpe.SpaceSymbol &&
+                                                     normalized[end - 1] != SentencePieceBpe.SpaceSymbol)) end++;
+                EncodeWord(normalized.AsSpan(start, end - start), output);
+                start = end;
+            }
+            return;
+        }
         var words = _preTokenizer.Length > 0
             ? BpePreTokenizer.Run(normalized.AsMemory(), first, _preTokenizer)
             : [normalized.AsMemory()];

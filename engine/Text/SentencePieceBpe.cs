@@ -21,7 +21,12 @@ internal sealed class SentencePieceBpe : ITokenEncoder
     private readonly bool _hasUnused;
     // When no piece has U+2581 after a non-U+2581 character, no merge crosses the start of a word, so words
     // are encoded independently (same result) and cached.
-    private readonly bool _wordwise;
+    private bool _wordwise;
+
+    /// Tests switch word-by-word encoding off to check that it changes nothing.
+    internal bool Wordwise { get => _wordwise; set => _wordwise = value && _wordwiseSafe; }
+
+    private readonly bool _wordwiseSafe;
     private readonly ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _cacheLookup;
     private const int MaxCachedWordLength = 64;
@@ -71,7 +76,7 @@ internal sealed class SentencePieceBpe : ITokenEncoder
             throw ModelFormatException.In(path, "byte_fallback is set but not all 256 <0xNN> pieces exist");
         _lookup = _pieces.GetAlternateLookup<ReadOnlySpan<char>>();
         _cacheLookup = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
-        _wordwise = _pieces.ContainsKey(SpaceSymbol.ToString()) && _pieces.Keys.All(p => p.AsSpan().TrimStart(SpaceSymbol).IndexOf(SpaceSymbol) < 0);
+        _wordwise = _wordwiseSafe = _pieces.ContainsKey(SpaceSymbol.ToString()) && _pieces.Keys.All(p => p.AsSpan().TrimStart(SpaceSymbol).IndexOf(SpaceSymbol) < 0);
         if (userDefined.Count > 0) _userDefined = new AddedTokenMatcher(userDefined);
     }
 

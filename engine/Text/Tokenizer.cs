@@ -145,6 +145,8 @@ public sealed class Tokenizer
 
     internal DecodeTable DecodeData => _decode;
 
+    internal ITokenEncoder Encoder => _encoder;
+
     internal void CheckId(int id, int position)
     {
         if ((uint)id >= (uint)_pieces.Length)
