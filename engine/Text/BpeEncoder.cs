@@ -24,7 +24,7 @@ internal sealed class BpeEncoder : ITokenEncoder
     // "▁word", so such words are encoded (and cached) one by one with the same result.
     private bool _wordwise;
 
-    /// Tests switch word-by-word encoding off to check that it changes nothing.
+    // Tests switch word-by-word encoding off to check that it changes nothing.
     internal bool Wordwise { get => _wordwise; set => _wordwise = value && _wordwiseSafe; }
 
     private readonly bool _wordwiseSafe;
@@ -192,6 +192,17 @@ internal sealed class BpeEncoder : ITokenEncoder
     }
 
     internal static long PairKey(int left, int right) => ((long)left << 32) | (uint)right;
+
+    // long.GetHashCode folds the halves with XOR, so (left, right) pairs of small ids collide in bulk;
+    // a multiplicative hash spreads them.
+    internal sealed class PairComparer : IEqualityComparer<long>
+    {
+        public static readonly PairComparer Instance = new();
+
+        public bool Equals(long a, long b) => a == b;
+
+        public int GetHashCode(long key) => (int)(((ulong)key * 0x9E3779B97F4A7C15UL) >> 32);
+    }
 
     private readonly struct RankRule(Dictionary<long, (int Rank, int Id)> merges) : IBpePairRule
     {

@@ -96,7 +96,7 @@ internal static class BpeJsonLoader
 
     private static Dictionary<long, (int Rank, int Id)> ReadMerges(string path, JsonElement model, Dictionary<string, int> vocab)
     {
-        var merges = new Dictionary<long, (int, int)>();
+        var merges = new Dictionary<long, (int, int)>(BpeEncoder.PairComparer.Instance);
         if (!model.TryGetProperty("merges", out var arr) || arr.ValueKind != JsonValueKind.Array) return merges;
         merges.EnsureCapacity(arr.GetArrayLength());
         var lookup = vocab.GetAlternateLookup<ReadOnlySpan<char>>();

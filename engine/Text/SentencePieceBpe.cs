@@ -23,7 +23,7 @@ internal sealed class SentencePieceBpe : ITokenEncoder
     // are encoded independently (same result) and cached.
     private bool _wordwise;
 
-    /// Tests switch word-by-word encoding off to check that it changes nothing.
+    // Tests switch word-by-word encoding off to check that it changes nothing.
     internal bool Wordwise { get => _wordwise; set => _wordwise = value && _wordwiseSafe; }
 
     private readonly bool _wordwiseSafe;
@@ -134,7 +134,7 @@ internal sealed class SentencePieceBpe : ITokenEncoder
         }
     }
 
-    /// BPE over norm[start, start + length): split into symbols, merge, emit.
+    // BPE over norm[start, start + length): split into symbols, merge, emit.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void EncodeRange(char[] norm, int start, int length, List<int> output)
     {
@@ -178,7 +178,7 @@ internal sealed class SentencePieceBpe : ITokenEncoder
         return o;
     }
 
-    /// One symbol per code point (a valid surrogate pair is one), or per user-defined piece.
+    // One symbol per code point (a valid surrogate pair is one), or per user-defined piece.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int Split(ReadOnlySpan<char> s, int from, BpeSymbol[] symbols)
     {
@@ -235,7 +235,7 @@ internal sealed class SentencePieceBpe : ITokenEncoder
         }
     }
 
-    /// An UNUSED piece produced by a merge is split back into the two pieces that formed it.
+    // An UNUSED piece produced by a merge is split back into the two pieces that formed it.
     private void Resegment(string piece, Dictionary<string, (string Left, string Right)> reverse, List<int> output)
     {
         int id = _pieces.TryGetValue(piece, out int v) ? v : -1;

@@ -135,7 +135,7 @@ internal sealed class SentencePieceProto
         types.Add((PieceType)type);
     }
 
-    /// Protobuf wire format: varint tags (field << 3 | wire type), varints, fixed32/64, length-delimited.
+    // Protobuf wire format: varint tags (field << 3 | wire type), varints, fixed32/64, length-delimited.
     private ref struct ProtoReader(ReadOnlySpan<byte> data)
     {
         private readonly ReadOnlySpan<byte> _data = data;
