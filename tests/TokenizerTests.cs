@@ -118,12 +118,25 @@ public sealed class TokenizerTests(ITestOutputHelper output)
         int[] got = tok.Encode(text, addBos: false);   // sentencepiece's encode of the whole file: no BOS
         AssertSameIds(expected, got);
 
-        var sw = Stopwatch.StartNew();
-        const int runs = 3;
-        for (int i = 0; i < runs; i++) got = tok.Encode(text, addBos: false);
-        double ms = sw.Elapsed.TotalMilliseconds / runs;
-        output.WriteLine($"Pride and Prejudice: {text.Length} chars -> {got.Length} ids in {ms:F0} ms (warm, mean of {runs})");
-        Assert.True(ms < 1000, $"encoding took {ms:F0} ms, budget 1000 ms");
+        // Warm JIT, cold word cache: freshly loaded tokenizers, best of 3. Wall time is reported, but the budget
+        // is checked on process CPU time, which other work on a shared machine does not inflate.
+        double wallMs = double.MaxValue, cpuMs = double.MaxValue;
+        using var self = Process.GetCurrentProcess();
+        for (int run = 0; run < 3; run++)
+        {
+            var fresh = Tokenizer.Load(SharedData.Path(Llama2Model)!);
+            self.Refresh();
+            var cpu0 = self.TotalProcessorTime;
+            var sw = Stopwatch.StartNew();
+            got = fresh.Encode(text, addBos: false);
+            wallMs = Math.Min(wallMs, sw.Elapsed.TotalMilliseconds);
+            self.Refresh();
+            cpuMs = Math.Min(cpuMs, (self.TotalProcessorTime - cpu0).TotalMilliseconds);
+        }
+        output.WriteLine($"Pride and Prejudice: {text.Length} chars -> {got.Length} ids in {wallMs:F0} ms wall, " +
+                         $"{cpuMs:F0} ms CPU (fresh tokenizer, warm JIT, best of 3)");
+        AssertSameIds(expected, got);
+        Assert.True(cpuMs < 1000, $"encoding took {cpuMs:F0} ms of CPU, budget 1000 ms");
         Assert.Equal(text, tok.Decode(got));
     }
 
@@ -174,6 +187,32 @@ public sealed class TokenizerTests(ITestOutputHelper output)
         Assert.True(once.Length < "Once upon a time".Length, "merges should shorten plain English");
         int[] emoji = tok.Encode("🦙", addBos: false);
         Assert.Contains(emoji, id => tok.TokenToPiece(id) == "<0xF0>");
+    }
+
+    [Theory]
+    [InlineData(Llama2Model)]
+    [InlineData("models/stories260K/tokenizer.json")]
+    public void WordByWordEncodingEqualsWholeTextMerging(string rel)
+    {
+        if (SharedData.Path(rel) is not { } path || SharedData.Path("corpora/janeausten/pride_and_prejudice.txt") is not { } corpus)
+        {
+            output.WriteLine($"SKIPPED: {rel} or the corpus not found");
+            return;
+        }
+        string text = File.ReadAllText(corpus)[..60_000] + "  double  spaces,\ttabs 中文 🦙 ½ \n\n end ";
+        var tok = Tokenizer.Load(path);
+        void SetWordwise(bool on)
+        {
+            if (tok.Encoder is SentencePieceBpe spm) spm.Wordwise = on;
+            else if (tok.Encoder is BpeEncoder bpe) bpe.Wordwise = on;
+        }
+        bool enabled = tok.Encoder switch { SentencePieceBpe spm => spm.Wordwise, BpeEncoder bpe => bpe.Wordwise, _ => false };
+        Assert.True(enabled, "this vocabulary should allow word-by-word encoding");
+        int[] wordwise = tok.Encode(text);
+        SetWordwise(false);
+        int[] whole = tok.Encode(text);
+        AssertSameIds(whole, wordwise);
+        output.WriteLine($"{whole.Length} ids identical");
     }
 
     public static TheoryData<string> StreamingCases => new()

@@ -2,6 +2,7 @@
 // remaining segment is normalized and pre-tokenized, and each word is merged by merge rank (lowest first,
 // leftmost on ties), with ignore_merges, byte_fallback and fuse_unk. Words are cached.
 // Exercised by `dotnet test tests/Tests.csproj --filter FullyQualifiedName~Tokenizer`.
+using System.Runtime.CompilerServices;
 using System.Buffers;
 using System.Collections.Concurrent;
 using System.Text;
@@ -12,12 +13,21 @@ internal sealed class BpeEncoder : ITokenEncoder
 {
     private const int MaxCachedWordLength = 128;
     private const int MaxCacheEntries = 1 << 18;
+    private int _cacheSize;
 
     private readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _vocab;
     private readonly Dictionary<long, (int Rank, int Id)> _merges;
     private readonly int[] _byteIds;           // <0xNN> token per byte for byte_fallback, -1 when absent
     private readonly int _unkId;
     private readonly bool _byteFallback, _fuseUnk, _ignoreMerges, _byteLevel;
+    // No pre-tokenizer, and no token has U+2581 after another character: no merge crosses the start of a
+    // "▁word", so such words are encoded (and cached) one by one with the same result.
+    private bool _wordwise;
+
+    // Tests switch word-by-word encoding off to check that it changes nothing.
+    internal bool Wordwise { get => _wordwise; set => _wordwise = value && _wordwiseSafe; }
+
+    private readonly bool _wordwiseSafe;
     private readonly AddedTokenMatcher? _added;
     private readonly NormalizerStep[] _normalizer;
     private readonly PreTokenizerStep[] _preTokenizer;
@@ -39,6 +49,9 @@ internal sealed class BpeEncoder : ITokenEncoder
         _byteLevel = preTokenizer.Length > 0 && preTokenizer[^1] is PreTokenizerStep.ByteLevel;
         if (added.Count > 0) _added = new AddedTokenMatcher(added);
         _cacheLookup = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
+        const char space = SentencePieceBpe.SpaceSymbol;
+        _wordwise = _wordwiseSafe = preTokenizer.Length == 0 && vocab.ContainsKey(space.ToString()) &&
+                    vocab.Keys.All(k => k.AsSpan().TrimStart(space).IndexOf(space) < 0);
         _byteIds = new int[256];
         for (int b = 0; b < 256; b++) _byteIds[b] = vocab.TryGetValue($"<0x{b:X2}>", out int id) ? id : -1;
         if (_byteFallback && Array.IndexOf(_byteIds, -1) >= 0) _byteFallback = false;
@@ -61,10 +74,23 @@ internal sealed class BpeEncoder : ITokenEncoder
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void EncodeSegment(string segment, bool first, List<int> output)
     {
         string normalized = _normalizer.Length > 0 ? BpePreTokenizer.Normalize(segment, _normalizer) : segment;
         if (normalized.Length == 0) return;
+        if (_wordwise)
+        {
+            for (int start = 0; start < normalized.Length;)
+            {
+                int end = start + 1;
+                while (end < normalized.Length && !(normalized[end] == SentencePieceBpe.SpaceSymbol &&
+                                                     normalized[end - 1] != SentencePieceBpe.SpaceSymbol)) end++;
+                EncodeWord(normalized.AsSpan(start, end - start), output);
+                start = end;
+            }
+            return;
+        }
         var words = _preTokenizer.Length > 0
             ? BpePreTokenizer.Run(normalized.AsMemory(), first, _preTokenizer)
             : [normalized.AsMemory()];
@@ -112,11 +138,17 @@ internal sealed class BpeEncoder : ITokenEncoder
         MergeWord(word, output);
         if (cacheable)
         {
-            if (_cache.Count >= MaxCacheEntries) _cache.Clear();
+            // ConcurrentDictionary.Count takes every lock, so the size is tracked separately.
+            if (Interlocked.Increment(ref _cacheSize) > MaxCacheEntries)
+            {
+                _cache.Clear();
+                Interlocked.Exchange(ref _cacheSize, 0);
+            }
             _cacheLookup.TryAdd(word, output.GetRange(start, output.Count - start).ToArray());
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void MergeWord(ReadOnlySpan<char> word, List<int> output)
     {
         BpeSymbol[] symbols = ArrayPool<BpeSymbol>.Shared.Rent(word.Length * 4);
@@ -160,6 +192,17 @@ internal sealed class BpeEncoder : ITokenEncoder
     }
 
     internal static long PairKey(int left, int right) => ((long)left << 32) | (uint)right;
+
+    // long.GetHashCode folds the halves with XOR, so (left, right) pairs of small ids collide in bulk;
+    // a multiplicative hash spreads them.
+    internal sealed class PairComparer : IEqualityComparer<long>
+    {
+        public static readonly PairComparer Instance = new();
+
+        public bool Equals(long a, long b) => a == b;
+
+        public int GetHashCode(long key) => (int)(((ulong)key * 0x9E3779B97F4A7C15UL) >> 32);
+    }
 
     private readonly struct RankRule(Dictionary<long, (int Rank, int Id)> merges) : IBpePairRule
     {

@@ -96,30 +96,37 @@ internal static class BpeJsonLoader
 
     private static Dictionary<long, (int Rank, int Id)> ReadMerges(string path, JsonElement model, Dictionary<string, int> vocab)
     {
-        var merges = new Dictionary<long, (int, int)>();
+        var merges = new Dictionary<long, (int, int)>(BpeEncoder.PairComparer.Instance);
         if (!model.TryGetProperty("merges", out var arr) || arr.ValueKind != JsonValueKind.Array) return merges;
+        merges.EnsureCapacity(arr.GetArrayLength());
+        var lookup = vocab.GetAlternateLookup<ReadOnlySpan<char>>();
+        char[] joined = new char[256];
         int rank = 0;
         foreach (var m in arr.EnumerateArray())
         {
-            string? a, b;
+            string left, right;
+            int sp = -1;
             if (m.ValueKind == JsonValueKind.String)
             {
-                string s = m.GetString()!;
-                int sp = s.IndexOf(' ');
-                if (sp <= 0 || sp != s.LastIndexOf(' ')) throw ModelFormatException.In(path, $"merge {rank} '{s}' is not 'a b'");
-                a = s[..sp];
-                b = s[(sp + 1)..];
+                left = right = m.GetString()!;
+                sp = left.IndexOf(' ');
+                if (sp <= 0 || sp != left.LastIndexOf(' ')) throw ModelFormatException.In(path, $"merge {rank} '{left}' is not 'a b'");
             }
             else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2)
             {
-                a = m[0].GetString();
-                b = m[1].GetString();
+                left = m[0].GetString() ?? "";
+                right = m[1].GetString() ?? "";
             }
             else throw ModelFormatException.In(path, $"merge {rank} is neither \"a b\" nor [a, b]");
-            if (a is null || b is null || !vocab.TryGetValue(a, out int ia) || !vocab.TryGetValue(b, out int ib))
+            var a = sp < 0 ? left.AsSpan() : left.AsSpan(0, sp);
+            var b = sp < 0 ? right.AsSpan() : right.AsSpan(sp + 1);
+            if (joined.Length < a.Length + b.Length) joined = new char[a.Length + b.Length];
+            a.CopyTo(joined);
+            b.CopyTo(joined.AsSpan(a.Length));
+            if (!lookup.TryGetValue(a, out int ia) || !lookup.TryGetValue(b, out int ib))
                 throw ModelFormatException.In(path, $"merge {rank} ('{a}', '{b}') uses a piece missing from the vocabulary");
-            if (!vocab.TryGetValue(a + b, out int merged))
-                throw ModelFormatException.In(path, $"merge {rank} result '{a + b}' is missing from the vocabulary");
+            if (!lookup.TryGetValue(joined.AsSpan(0, a.Length + b.Length), out int merged))
+                throw ModelFormatException.In(path, $"merge {rank} result '{a}{b}' is missing from the vocabulary");
             merges.TryAdd(BpeEncoder.PairKey(ia, ib), (rank, merged));   // the first (best) rank wins
             rank++;
         }

@@ -1,10 +1,12 @@
 // The BPE merge loop shared by the SentencePiece and Hugging Face encoders: a doubly linked list of
 // symbols plus a priority queue of candidate pairs, so a long word merges in O(n log n), not O(n^2).
 // Exercised through Tokenizer.Encode by `dotnet test tests/Tests.csproj --filter FullyQualifiedName~Tokenizer`.
+using System.Runtime.CompilerServices;
+
 namespace LlamaRun.Text;
 
-/// One symbol of a word being merged: a span of the source text, its token id (-1 when unknown),
-/// its neighbours, and a version that changes whenever the symbol changes (stale queue entries see it).
+// One symbol of a word being merged: a span of the source text, its token id (-1 when unknown),
+// its neighbours, and a version that changes whenever the symbol changes (stale queue entries see it).
 internal struct BpeSymbol
 {
     public int Start;
@@ -15,7 +17,7 @@ internal struct BpeSymbol
     public int Version;
 }
 
-/// Decides whether two adjacent symbols merge: key orders the candidates (lowest first), id is the result.
+// Decides whether two adjacent symbols merge: key orders the candidates (lowest first), id is the result.
 internal interface IBpePairRule
 {
     bool TryPair(in BpeSymbol left, in BpeSymbol right, out float key, out int mergedId);
@@ -37,8 +39,9 @@ internal static class BpeMerger
 
     [ThreadStatic] private static PriorityQueue<Candidate, Priority>? t_queue;
 
-    /// Links symbols[0..count) in order, merges until no pair applies; returns the index of the first symbol
-    /// (follow Next until -1). Merged-away symbols keep Length 0.
+    // Links symbols[0..count) in order, merges until no pair applies; returns the index of the first symbol
+    // (follow Next until -1). Merged-away symbols keep Length 0.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int Merge<TRule>(Span<BpeSymbol> symbols, ref TRule rule) where TRule : struct, IBpePairRule
     {
         int n = symbols.Length;
@@ -75,6 +78,7 @@ internal static class BpeMerger
         return 0;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Offer<TRule>(Span<BpeSymbol> symbols, PriorityQueue<Candidate, Priority> queue, ref TRule rule,
         int left, int right) where TRule : struct, IBpePairRule
     {

@@ -2,6 +2,7 @@
 // Prepend/Replace normalizers; Split (regex or string), ByteLevel, Metaspace and Digits pre-tokenizers.
 // Regexes run on one UTF-16 unit per code point so \p{L}/\p{N} see astral characters as Rust's regex does.
 // Exercised by `dotnet test tests/Tests.csproj --filter FullyQualifiedName~Tokenizer`.
+using System.Runtime.CompilerServices;
 using System.Globalization;
 using System.Text;
 using System.Text.RegularExpressions;
@@ -28,7 +29,7 @@ internal abstract record PreTokenizerStep
 
 internal static class BpePreTokenizer
 {
-    /// GPT-2's pattern, used by a ByteLevel pre-tokenizer with use_regex.
+    // GPT-2's pattern, used by a ByteLevel pre-tokenizer with use_regex.
     public static readonly Regex Gpt2Pattern = new(
         @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+", RegexOptions.Compiled);
 
@@ -49,7 +50,7 @@ internal static class BpePreTokenizer
         return s;
     }
 
-    /// Runs the steps over one segment; the pieces returned are the words BPE encodes.
+    // Runs the steps over one segment; the pieces returned are the words BPE encodes.
     public static List<ReadOnlyMemory<char>> Run(ReadOnlyMemory<char> segment, bool firstSegment,
         IReadOnlyList<PreTokenizerStep> steps)
     {
@@ -105,7 +106,8 @@ internal static class BpePreTokenizer
         }
     }
 
-    /// Splits by a regex with the given behaviour; astral code points are matched as single characters.
+    // Splits by a regex with the given behaviour; astral code points are matched as single characters.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void SplitByRegex(ReadOnlyMemory<char> piece, Regex regex, SplitBehavior behavior,
         List<ReadOnlyMemory<char>> output)
     {
@@ -144,8 +146,8 @@ internal static class BpePreTokenizer
         if (from < piece.Length) output.Add(piece[from..]);
     }
 
-    /// One UTF-16 unit per code point: an astral letter becomes 'a', digit '0', mark U+0300, anything else
-    /// U+E000 (private use); map[k] is the offset in the original of collapsed unit k (map[len] = end).
+    // One UTF-16 unit per code point: an astral letter becomes 'a', digit '0', mark U+0300, anything else
+    // U+E000 (private use); map[k] is the offset in the original of collapsed unit k (map[len] = end).
     private static ReadOnlySpan<char> CollapseAstral(ReadOnlySpan<char> s, out int[] map)
     {
         var buf = new char[s.Length];
@@ -178,7 +180,7 @@ internal static class BpePreTokenizer
         return buf.AsSpan(0, o);
     }
 
-    /// GPT-2's reversible byte -> printable character table.
+    // GPT-2's reversible byte -> printable character table.
     public static char[] ByteToChar { get; } = BuildByteTable();
 
     private static char[] BuildByteTable()
@@ -193,7 +195,8 @@ internal static class BpePreTokenizer
         return table;
     }
 
-    /// Maps text to its byte-level form (UTF-8 bytes, each shown as one character) into dst; returns the length.
+    // Maps text to its byte-level form (UTF-8 bytes, each shown as one character) into dst; returns the length.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int ToByteLevel(ReadOnlySpan<char> text, Span<char> dst)
     {
         Span<byte> utf8 = stackalloc byte[4];

@@ -2,7 +2,9 @@
 // ' ' -> U+2581), split into characters (user-defined pieces whole), merge the pair whose merged piece
 // scores highest (leftmost on ties), then byte-fallback or unk for what is left unknown.
 // Exercised by `dotnet test tests/Tests.csproj --filter FullyQualifiedName~Tokenizer`.
+using System.Runtime.CompilerServices;
 using System.Buffers;
+using System.Collections.Concurrent;
 using LlamaRun.Model;
 
 namespace LlamaRun.Text;
@@ -17,6 +19,19 @@ internal sealed class SentencePieceBpe : ITokenEncoder
     private readonly int[] _byteIds;                    // <0xNN> piece per byte value, -1 when absent
     private readonly AddedTokenMatcher? _userDefined;
     private readonly bool _hasUnused;
+    // When no piece has U+2581 after a non-U+2581 character, no merge crosses the start of a word, so words
+    // are encoded independently (same result) and cached.
+    private bool _wordwise;
+
+    // Tests switch word-by-word encoding off to check that it changes nothing.
+    internal bool Wordwise { get => _wordwise; set => _wordwise = value && _wordwiseSafe; }
+
+    private readonly bool _wordwiseSafe;
+    private readonly ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _cacheLookup;
+    private const int MaxCachedWordLength = 64;
+    private const int MaxCacheEntries = 1 << 18;
+    private int _cacheSize;
 
     public SentencePieceBpe(SentencePieceProto proto, string path)
     {
@@ -60,6 +75,8 @@ internal sealed class SentencePieceBpe : ITokenEncoder
         if (proto.ByteFallback && Array.IndexOf(_byteIds, -1) >= 0)
             throw ModelFormatException.In(path, "byte_fallback is set but not all 256 <0xNN> pieces exist");
         _lookup = _pieces.GetAlternateLookup<ReadOnlySpan<char>>();
+        _cacheLookup = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
+        _wordwise = _wordwiseSafe = _pieces.ContainsKey(SpaceSymbol.ToString()) && _pieces.Keys.All(p => p.AsSpan().TrimStart(SpaceSymbol).IndexOf(SpaceSymbol) < 0);
         if (userDefined.Count > 0) _userDefined = new AddedTokenMatcher(userDefined);
     }
 
@@ -67,26 +84,75 @@ internal sealed class SentencePieceBpe : ITokenEncoder
 
     public int ByteId(byte b) => _byteIds[b];
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Encode(ReadOnlySpan<char> text, List<int> output)
     {
         if (text.IsEmpty) return;
         char[] norm = ArrayPool<char>.Shared.Rent(text.Length + 1);
-        BpeSymbol[] symbols = ArrayPool<BpeSymbol>.Shared.Rent(text.Length + 1);
         try
         {
             int len = Normalize(text, norm);
-            int count = Split(norm.AsSpan(0, len), symbols);
+            if (!_wordwise)
+            {
+                EncodeRange(norm, 0, len, output);
+                return;
+            }
+            for (int start = 0; start < len;)
+            {
+                int end = start + 1;
+                while (end < len && !(norm[end] == SpaceSymbol && norm[end - 1] != SpaceSymbol)) end++;
+                EncodeWord(norm, start, end - start, output);
+                start = end;
+            }
+        }
+        finally
+        {
+            ArrayPool<char>.Shared.Return(norm);
+        }
+    }
+
+    private void EncodeWord(char[] norm, int start, int length, List<int> output)
+    {
+        var word = norm.AsSpan(start, length);
+        bool cacheable = length <= MaxCachedWordLength;
+        if (cacheable && _cacheLookup.TryGetValue(word, out var cached))
+        {
+            output.AddRange(cached);
+            return;
+        }
+        int first = output.Count;
+        EncodeRange(norm, start, length, output);
+        if (cacheable)
+        {
+            // ConcurrentDictionary.Count takes every lock, so the size is tracked separately.
+            if (Interlocked.Increment(ref _cacheSize) > MaxCacheEntries)
+            {
+                _cache.Clear();
+                Interlocked.Exchange(ref _cacheSize, 0);
+            }
+            _cacheLookup.TryAdd(word, output.GetRange(first, output.Count - first).ToArray());
+        }
+    }
+
+    // BPE over norm[start, start + length): split into symbols, merge, emit.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void EncodeRange(char[] norm, int start, int length, List<int> output)
+    {
+        BpeSymbol[] symbols = ArrayPool<BpeSymbol>.Shared.Rent(length + 1);
+        try
+        {
+            int count = Split(norm.AsSpan(0, start + length), start, symbols);
             var rule = new PieceRule(this, norm, _hasUnused);
             int first = BpeMerger.Merge(symbols.AsSpan(0, count), ref rule);
             Emit(norm, symbols, first, rule.Reverse, output);
         }
         finally
         {
-            ArrayPool<char>.Shared.Return(norm);
             ArrayPool<BpeSymbol>.Shared.Return(symbols);
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int Normalize(ReadOnlySpan<char> text, char[] dst)
     {
         int start = 0, end = text.Length;
@@ -112,11 +178,12 @@ internal sealed class SentencePieceBpe : ITokenEncoder
         return o;
     }
 
-    /// One symbol per code point (a valid surrogate pair is one), or per user-defined piece.
-    private int Split(ReadOnlySpan<char> s, BpeSymbol[] symbols)
+    // One symbol per code point (a valid surrogate pair is one), or per user-defined piece.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private int Split(ReadOnlySpan<char> s, int from, BpeSymbol[] symbols)
     {
         int count = 0;
-        for (int i = 0; i < s.Length;)
+        for (int i = from; i < s.Length;)
         {
             int len, id;
             if (_userDefined is not null && _userDefined.MatchAt(s, i, out int udLen, out int udId))
@@ -135,6 +202,7 @@ internal sealed class SentencePieceBpe : ITokenEncoder
         return count;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Emit(char[] text, BpeSymbol[] symbols, int first, Dictionary<string, (string, string)>? reverse,
         List<int> output)
     {
@@ -167,7 +235,7 @@ internal sealed class SentencePieceBpe : ITokenEncoder
         }
     }
 
-    /// An UNUSED piece produced by a merge is split back into the two pieces that formed it.
+    // An UNUSED piece produced by a merge is split back into the two pieces that formed it.
     private void Resegment(string piece, Dictionary<string, (string Left, string Right)> reverse, List<int> output)
     {
         int id = _pieces.TryGetValue(piece, out int v) ? v : -1;

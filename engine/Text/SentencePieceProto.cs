@@ -59,8 +59,9 @@ internal sealed class SentencePieceProto
             else r.Skip(wire);
         }
         if (pieces.Count == 0) throw new FormatException("it holds no pieces");
+        if (trainer.IsEmpty) throw new FormatException($"no trainer_spec after {pieces.Count} pieces (truncated?)");
 
-        int modelType = 1, unk = 0, bos = 1, eos = 2, pad = -1;
+        int modelType = 1, vocabSize = pieces.Count, unk = 0, bos = 1, eos = 2, pad = -1;
         bool byteFallback = false, suffix = false;
         string unkSurface = " \u2047 ";
         r = new ProtoReader(trainer);
@@ -70,6 +71,7 @@ internal sealed class SentencePieceProto
             switch (field)
             {
                 case 3 when wire == 0: modelType = (int)r.Varint(); break;
+                case 4 when wire == 0: vocabSize = (int)r.Varint(); break;
                 case 24 when wire == 0: suffix = r.Varint() != 0; break;
                 case 35 when wire == 0: byteFallback = r.Varint() != 0; break;
                 case 40 when wire == 0: unk = (int)r.Varint(); break;
@@ -80,6 +82,9 @@ internal sealed class SentencePieceProto
                 default: r.Skip(wire); break;
             }
         }
+
+        if (vocabSize > pieces.Count)   // more pieces is fine: tools append pieces without updating the spec
+            throw new FormatException($"trainer_spec.vocab_size is {vocabSize} but the file holds {pieces.Count} pieces");
 
         string name = "";
         int charsMap = 0;
@@ -130,7 +135,7 @@ internal sealed class SentencePieceProto
         types.Add((PieceType)type);
     }
 
-    /// Protobuf wire format: varint tags (field << 3 | wire type), varints, fixed32/64, length-delimited.
+    // Protobuf wire format: varint tags (field << 3 | wire type), varints, fixed32/64, length-delimited.
     private ref struct ProtoReader(ReadOnlySpan<byte> data)
     {
         private readonly ReadOnlySpan<byte> _data = data;

@@ -5,7 +5,7 @@ using System.Text;
 
 namespace LlamaRun.Text;
 
-/// Turns token ids into text one at a time; the chunks concatenate to Tokenizer.Decode of all ids.
+/// <summary>Turns token ids into text one at a time; the chunks concatenate to Tokenizer.Decode of all ids.</summary>
 public sealed class StreamingDecoder
 {
     private readonly Tokenizer _tokenizer;
@@ -15,14 +15,14 @@ public sealed class StreamingDecoder
 
     internal StreamingDecoder(Tokenizer tokenizer) => _tokenizer = tokenizer;
 
-    /// Text completed by id (possibly empty while a multi-byte character is still incomplete).
+    /// <summary>Text completed by id (possibly empty while a multi-byte character is still incomplete).</summary>
     public string Append(int id)
     {
         _tokenizer.CheckId(id, -1);
         return Convert(_tokenizer.DecodeData.BytesOf(id, ref _started), flush: false);
     }
 
-    /// Ends the stream: returns what is still held (U+FFFD for an unfinished character) and resets.
+    /// <summary>Ends the stream: returns what is still held (U+FFFD for an unfinished character) and resets.</summary>
     public string Flush()
     {
         string rest = Convert([], flush: true);

@@ -8,19 +8,19 @@ using LlamaRun.Model;
 
 namespace LlamaRun.Text;
 
-/// Encodes one piece of raw text (no BOS) by appending token ids.
+// Encodes one piece of raw text (no BOS) by appending token ids.
 internal interface ITokenEncoder
 {
     void Encode(ReadOnlySpan<char> text, List<int> output);
 }
 
-/// How the leading space that encoding added is removed on decode.
+// How the leading space that encoding added is removed on decode.
 internal enum LeadingSpaceRule { Keep, StripFirstPiece, StripFirstToken }
 
-/// Per-token bytes contributed to decoded text (empty for control/special tokens).
+// Per-token bytes contributed to decoded text (empty for control/special tokens).
 internal sealed record DecodeTable(byte[][] Bytes, bool[] IsByte, LeadingSpaceRule Rule)
 {
-    /// The bytes of id, with the leading space removed when it is the first token that produces text.
+    // The bytes of id, with the leading space removed when it is the first token that produces text.
     public ReadOnlySpan<byte> BytesOf(int id, ref bool started)
     {
         ReadOnlySpan<byte> b = Bytes[id];
@@ -31,7 +31,7 @@ internal sealed record DecodeTable(byte[][] Bytes, bool[] IsByte, LeadingSpaceRu
     }
 }
 
-/// A SentencePiece or Hugging Face BPE tokenizer that turns text into token ids and back.
+/// <summary>A SentencePiece or Hugging Face BPE tokenizer that turns text into token ids and back.</summary>
 public sealed class Tokenizer
 {
     private readonly string[] _pieces;
@@ -48,16 +48,16 @@ public sealed class Tokenizer
         EosId = eosId;
     }
 
-    /// Number of token ids (the largest id plus one).
+    /// <summary>Number of token ids (the largest id plus one).</summary>
     public int VocabSize => _pieces.Length;
 
-    /// Id of the beginning-of-sequence token, or -1 when the tokenizer has none.
+    /// <summary>Id of the beginning-of-sequence token, or -1 when the tokenizer has none.</summary>
     public int BosId { get; }
 
-    /// Id of the end-of-sequence token, or -1 when the tokenizer has none.
+    /// <summary>Id of the end-of-sequence token, or -1 when the tokenizer has none.</summary>
     public int EosId { get; }
 
-    /// Loads a tokenizer.model (SentencePiece) or tokenizer.json (Hugging Face) file, chosen by its extension.
+    /// <summary>Loads a tokenizer.model (SentencePiece) or tokenizer.json (Hugging Face) file, chosen by its extension.</summary>
     public static Tokenizer Load(string path)
     {
         if (!File.Exists(path)) throw ModelFormatException.In(path, "tokenizer file not found");
@@ -66,7 +66,7 @@ public sealed class Tokenizer
             : FromSentencePiece(path);
     }
 
-    /// Loads dir/tokenizer.json if present, else dir/tokenizer.model.
+    /// <summary>Loads dir/tokenizer.json if present, else dir/tokenizer.model.</summary>
     public static Tokenizer FromModelDirectory(string dir)
     {
         string json = Path.Combine(dir, "tokenizer.json"), model = Path.Combine(dir, "tokenizer.model");
@@ -75,7 +75,7 @@ public sealed class Tokenizer
         throw ModelFormatException.In(dir, "no tokenizer.json or tokenizer.model in this directory");
     }
 
-    /// Token ids of text, with BOS first when addBos is set and the tokenizer has one.
+    /// <summary>Token ids of text, with BOS first when addBos is set and the tokenizer has one.</summary>
     public int[] Encode(string text, bool addBos = true)
     {
         ArgumentNullException.ThrowIfNull(text);
@@ -85,8 +85,7 @@ public sealed class Tokenizer
         return [.. ids];
     }
 
-    /// Encodes text line by line ('\n'-separated) with the newline byte token after every line and one BOS
-    /// at the start, the protocol the austen model was trained and evaluated with.
+    /// <summary>Encodes each '\n'-separated line, appending NewlineId after every line, after one BOS (the austen protocol).</summary>
     public int[] EncodeParagraphs(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
@@ -105,7 +104,7 @@ public sealed class Tokenizer
         return [.. ids];
     }
 
-    /// The token that stands for a newline: the <0x0A> byte piece, or what "\n" alone encodes to.
+    /// <summary>The token that stands for a newline: the &lt;0x0A&gt; byte piece, or the one token "\n" encodes to.</summary>
     public int NewlineId
     {
         get
@@ -123,7 +122,7 @@ public sealed class Tokenizer
         }
     }
 
-    /// Text of ids; control/special tokens produce nothing and invalid UTF-8 becomes U+FFFD.
+    /// <summary>Text of ids; control/special tokens produce nothing and invalid UTF-8 becomes U+FFFD.</summary>
     public string Decode(ReadOnlySpan<int> ids)
     {
         for (int i = 0; i < ids.Length; i++) CheckId(ids[i], i);
@@ -133,17 +132,19 @@ public sealed class Tokenizer
         return Encoding.UTF8.GetString(buffer.WrittenSpan);
     }
 
-    /// The vocabulary entry of id as stored in the tokenizer file (e.g. "▁the", "Ġthe", "<0x0A>", "<s>").
+    /// <summary>The vocabulary entry of id as stored in the tokenizer file (e.g. "▁the", "Ġthe", "&lt;0x0A&gt;").</summary>
     public string TokenToPiece(int id)
     {
         CheckId(id, -1);
         return _pieces[id];
     }
 
-    /// A decoder that turns ids into text one at a time without ever splitting a UTF-8 character.
+    /// <summary>A decoder that turns ids into text one at a time without ever splitting a UTF-8 character.</summary>
     public StreamingDecoder CreateStreamingDecoder() => new(this);
 
     internal DecodeTable DecodeData => _decode;
+
+    internal ITokenEncoder Encoder => _encoder;
 
     internal void CheckId(int id, int position)
     {

@@ -3,7 +3,7 @@
 // Exercised by `dotnet test tests/Tests.csproj --filter FullyQualifiedName~Tokenizer`.
 namespace LlamaRun.Text;
 
-/// An added token of a tokenizer.json (content matched literally; lstrip/rstrip absorb whitespace around it).
+// An added token of a tokenizer.json (content matched literally; lstrip/rstrip absorb whitespace around it).
 internal sealed record AddedToken(string Content, int Id, bool Special, bool LStrip = false, bool RStrip = false,
     bool SingleWord = false);
 
@@ -22,7 +22,7 @@ internal sealed class AddedTokenMatcher
 
     public bool IsEmpty => _byFirst.Count == 0;
 
-    /// True when an added token starts at pos (the longest one wins).
+    // True when an added token starts at pos (the longest one wins).
     public bool MatchAt(ReadOnlySpan<char> text, int pos, out int length, out int id)
     {
         var t = Find(text, pos);
@@ -43,7 +43,7 @@ internal sealed class AddedTokenMatcher
         return null;
     }
 
-    /// Splits text into plain segments (Token null) and added tokens, applying lstrip/rstrip to the text around.
+    // Splits text into plain segments (Token null) and added tokens, applying lstrip/rstrip to the text around.
     public void Split(ReadOnlySpan<char> text, List<(int Start, int Length, AddedToken? Token)> parts)
     {
         int segStart = 0, i = 0;
