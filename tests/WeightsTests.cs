@@ -17,6 +17,7 @@ internal sealed class RecordingBackend(int failAfterUploads = int.MaxValue) : IB
     public string Name => "recording";
     public int KvElementSize => 4;
     public long FreeMemoryBytes => 0;
+    public void Round(Tensor x, DType dtype) => throw new NotSupportedException();
     public string Device => "none";
 
     public Tensor Upload(DType dtype, int rows, int cols, nint hostData)

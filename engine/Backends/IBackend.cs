@@ -63,6 +63,9 @@ public interface IBackend : IDisposable
     /// <summary>dst = x + y, element-wise (dst may alias x).</summary>
     void Add(Tensor x, Tensor y, Tensor dst);
 
+    /// <summary>Rounds an F32 tensor in place to the nearest value of dtype (nearest even), as a bf16/f16 framework would store it.</summary>
+    void Round(Tensor x, DType dtype);
+
     /// <summary>Index of the largest element of each row of x, first on ties; waits for queued work.</summary>
     void Argmax(Tensor x, Span<int> dst);
 

@@ -11,12 +11,13 @@ public enum LogitsRows { None, Last, All }
 /// <summary>A loaded Llama with its KV cache and activation buffers, ready to run on one backend.</summary>
 public sealed class Llama : IDisposable
 {
-    private readonly Activations _act;
+    private readonly Buffers _act;
     private RopeTable? _cacheTable;   // the table the cached keys were rotated with
     private int _cacheLength;         // positions 0.._cacheLength-1 hold valid keys and values
 
-    private Llama(LlamaConfig config, LlamaWeights weights, IBackend backend, int maxSeq, RopeSchedule rope, int maxBatch)
+    private Llama(LlamaConfig config, LlamaWeights weights, IBackend backend, int maxSeq, RopeSchedule rope, int maxBatch, DType activations)
     {
+        Activations = activations;
         Config = config;
         Weights = weights;
         Backend = backend;
@@ -24,7 +25,7 @@ public sealed class Llama : IDisposable
         Rope = rope;
         MaxBatch = maxBatch;
         Cache = backend.AllocKvCache(config.NumHiddenLayers, maxSeq, config.NumKeyValueHeads, config.HeadDim);
-        _act = new Activations(backend, config, maxBatch);
+        _act = new Buffers(backend, config, maxBatch);
     }
 
     public LlamaConfig Config { get; }
@@ -41,13 +42,17 @@ public sealed class Llama : IDisposable
 
     public int VocabSize => Config.VocabSize;
 
+    /// <summary>F32 computes in f32; BF16 or F16 rounds every op's output to that type, as a framework computing in it would.</summary>
+    public DType Activations { get; }
+
     /// <summary>Wraps loaded weights with a KV cache for maxSeq positions and the given RoPE schedule.</summary>
-    public static Llama Create(LlamaConfig config, LlamaWeights weights, IBackend backend, int maxSeq, RopeSchedule rope, int maxBatch = 512)
+    public static Llama Create(LlamaConfig config, LlamaWeights weights, IBackend backend, int maxSeq, RopeSchedule rope,
+        int maxBatch = 512, DType activations = DType.F32)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxSeq, 1);
         if (rope.Base.RotaryDim != config.RotaryDim)
             throw new ArgumentException($"RoPE table has {rope.Base.InvFreq.Length} pairs but the model rotates {config.RotaryDim / 2}");
-        return new Llama(config, weights, backend, maxSeq, rope, Math.Min(maxBatch, maxSeq));
+        return new Llama(config, weights, backend, maxSeq, rope, Math.Min(maxBatch, maxSeq), activations);
     }
 
     /// <summary>Bytes the KV cache of maxSeq positions takes with the given element size.</summary>
@@ -113,20 +118,31 @@ public sealed class Llama : IDisposable
         {
             var w = Weights.Layers[l];
             b.RmsNorm(a.X, w.InputLayernorm, a.Xb, eps);
+            R(a.Xb);
             b.MatMul(a.Xb, w.QProj, a.Q);
             b.MatMul(a.Xb, w.KProj, a.K);
             b.MatMul(a.Xb, w.VProj, a.V);
+            R(a.Q); R(a.K); R(a.V);
             b.Rope(a.Q, a.K, a.V, Cache, l, pos, table);
+            R(a.Q);
             b.Attention(a.Q, Cache, l, pos, a.Att);
+            R(a.Att);
             b.MatMul(a.Att, w.OProj, a.Xb);
+            R(a.Xb);
             b.Add(a.X, a.Xb, a.X);
+            R(a.X);
 
             b.RmsNorm(a.X, w.PostAttentionLayernorm, a.Xb, eps);
+            R(a.Xb);
             b.MatMul(a.Xb, w.GateProj, a.Gate);
             b.MatMul(a.Xb, w.UpProj, a.Up);
+            R(a.Gate); R(a.Up);
             b.SwiGlu(a.Gate, a.Up, a.Gate);
+            R(a.Gate);
             b.MatMul(a.Gate, w.DownProj, a.Xb);
+            R(a.Xb);
             b.Add(a.X, a.Xb, a.X);
+            R(a.X);
         }
         if (rows == LogitsRows.None) return;
 
@@ -134,6 +150,7 @@ public sealed class Llama : IDisposable
         var last = a.X.SliceRows(first, tokens.Length - first);
         var normed = a.Xb.SliceRows(0, last.Rows);
         b.RmsNorm(last, Weights.Norm, normed, eps);
+        R(normed);
         // lm_head in blocks of LogitRows rows so the logits buffer stays small for large vocabularies.
         int vocab = Config.VocabSize;
         for (int r = 0; r < normed.Rows; r += _act.LogitRows)
@@ -141,8 +158,15 @@ public sealed class Llama : IDisposable
             int count = Math.Min(_act.LogitRows, normed.Rows - r);
             var block = _act.Logits.SliceRows(0, count);
             b.MatMul(normed.SliceRows(r, count), Weights.LmHead, block);
+            R(block);
             b.Download(block, logits.Slice(r * vocab, count * vocab));
         }
+    }
+
+    // Rounds an activation to the compute type when emulating a bf16/f16 framework (no-op for F32).
+    private void R(Tensor t)
+    {
+        if (Activations != DType.F32) Backend.Round(t, Activations);
     }
 
     public void Dispose()
@@ -152,11 +176,11 @@ public sealed class Llama : IDisposable
     }
 
     // Activation buffers, allocated once (DESIGN R7); Rows(n) hands out views of the first n rows.
-    private sealed class Activations : IDisposable
+    private sealed class Buffers : IDisposable
     {
         private readonly Tensor _x, _xb, _q, _k, _v, _att, _gate, _up;
 
-        public Activations(IBackend b, LlamaConfig c, int maxBatch)
+        public Buffers(IBackend b, LlamaConfig c, int maxBatch)
         {
             _x = b.Alloc(DType.F32, maxBatch, c.HiddenSize);          // [batch, hidden] residual stream
             _xb = b.Alloc(DType.F32, maxBatch, c.HiddenSize);         // [batch, hidden] normed input / branch output

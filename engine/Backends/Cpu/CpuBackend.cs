@@ -166,6 +166,12 @@ public sealed unsafe class CpuBackend : IBackend
             dst[r] = CpuOps.Argmax(new ReadOnlySpan<float>((float*)x.Pointer + (nint)r * x.Cols, x.Cols));
     }
 
+    public void Round(Tensor x, DType dtype)
+    {
+        Check(x, nameof(x), DType.F32);
+        CpuOps.Round((float*)x.Pointer, x.Length, dtype);
+    }
+
     public void Synchronize() { }
 
     public void Dispose() { }

@@ -405,6 +405,11 @@ public sealed unsafe class CudaBackend : IBackend
         Cu.Check(Cu.cuStreamSynchronize(_stream));
     }
 
+    public void Round(Tensor x, DType dtype)
+    {
+        if (dtype != DType.F32) throw new NotSupportedException("bf16/f16 activation rounding is not available on the CUDA backend yet");
+    }
+
     public void Synchronize()
     {
         Bind();

@@ -1,0 +1,35 @@
+// Rounding F32 activations to the precision of a narrower type, in place, to reproduce a framework that computes
+// in bf16 or f16 (transformers with torch_dtype bfloat16 rounds after every op). Tests: CpuOpsTests.Round*.
+using System.Runtime.Intrinsics;
+using LlamaRun.Model;
+
+namespace LlamaRun.Backends.Cpu;
+
+public static unsafe partial class CpuOps
+{
+    /// <summary>x[i] = (float)(dtype)x[i], round to nearest even; F32 leaves x unchanged.</summary>
+    public static void Round(float* x, long n, DType dtype)
+    {
+        if (dtype == DType.F32) return;
+        long i = 0;
+        if (dtype == DType.BF16 && Vector256.IsHardwareAccelerated)
+        {
+            // bf16 keeps the top 16 bits: add 0x7fff plus the lowest kept bit, then clear the low half.
+            var bias = Vector256.Create(0x7fffu);
+            var one = Vector256.Create(1u);
+            var mask = Vector256.Create(0xffff0000u);
+            var expMask = Vector256.Create(0x7f800000u);
+            for (; i + 8 <= n; i += 8)
+            {
+                var u = Vector256.Load((uint*)x + i);
+                var rounded = (u + bias + ((u >> 16) & one)) & mask;
+                // Inf and NaN (exponent all ones) keep their bits but truncated, NaN forced quiet.
+                var special = Vector256.Equals(u & expMask, expMask);
+                var kept = (u & mask) | (Vector256.Create(0x00400000u) & Vector256.GreaterThan(u & Vector256.Create(0x007fffffu), Vector256<uint>.Zero));
+                Vector256.ConditionalSelect(special, kept, rounded).Store((uint*)x + i);
+            }
+        }
+        for (; i < n; i++)
+            x[i] = dtype == DType.BF16 ? DTypes.BF16ToF32(DTypes.F32ToBF16(x[i])) : DTypes.F16ToF32(DTypes.F32ToF16(x[i]));
+    }
+}
