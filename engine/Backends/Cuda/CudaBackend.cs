@@ -274,14 +274,15 @@ public sealed unsafe class CudaBackend : IBackend
     }
 
     /// <summary>Device copy of a RoPE table's InvFreq, re-uploaded only when its contents change.</summary>
-    private ulong RopeTableOnDevice(RopeTable table)
+    private ulong RopeTableOnDevice(RopeTable table, ulong keep = 0)
     {
         float[] inv = table.InvFreq;
         if (inv.Length > 512) throw new ArgumentException($"RoPE table has {inv.Length} pairs; at most 512 are supported", nameof(table));
         for (int s = 0; s < RopeSlots; s++)
             if (_ropeSlotContent[s] is { } c && c.AsSpan().SequenceEqual(inv)) return _ropeTables + (ulong)(s * 512 * 4);
         int slot = _ropeNextSlot;
-        _ropeNextSlot = (_ropeNextSlot + 1) % RopeSlots;
+        if (_ropeTables + (ulong)(slot * 512 * 4) == keep) slot = (slot + 1) % RopeSlots;   // never evict the other operand
+        _ropeNextSlot = (slot + 1) % RopeSlots;
         var copy = (float[])inv.Clone();
         _ropeSlotContent[slot] = copy;
         ulong p = _ropeTables + (ulong)(slot * 512 * 4);
@@ -352,7 +353,7 @@ public sealed unsafe class CudaBackend : IBackend
             throw new ArgumentException($"rotary dims {from.RotaryDim} and {to.RotaryDim} do not fit head dim {cache.HeadDim}", nameof(to));
         if (length < 0 || length > cache.MaxSeq) throw new ArgumentOutOfRangeException(nameof(length));
         if (length == 0) return;
-        ulong f = RopeTableOnDevice(from), t = RopeTableOnDevice(to);
+        ulong f = RopeTableOnDevice(from), t = RopeTableOnDevice(to, keep: f);
         _launch.Rerotate((ulong)cache.K.Pointer, f, t, cache.NumLayers, cache.MaxSeq, length, cache.NumKvHeads, cache.HeadDim,
             from.RotaryDim, from.Magnitude, to.Magnitude);
     }
