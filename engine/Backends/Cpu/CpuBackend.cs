@@ -1,0 +1,193 @@
+// IBackend on the host CPU: checks shapes (one ArgumentException per violation) and calls CpuOps.
+// Tensors are 64-byte aligned native memory (Alloc) or aliases of caller memory (Upload); the KV cache is F32.
+// Test: CpuBackendTests (shape errors, Upload aliasing, a whole layer step against CpuOps).
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using LlamaRun.Model;
+using LlamaRun.Rope;
+
+namespace LlamaRun.Backends.Cpu;
+
+/// <summary>The CPU backend: SIMD, multi-threaded, and the numerical reference for the other backends.</summary>
+public sealed unsafe class CpuBackend : IBackend
+{
+    public string Name => "cpu";
+
+    public string Device =>
+        $"CPU, {CpuParallel.Threads} threads, {(Vector512.IsHardwareAccelerated ? "AVX-512" : Vector256.IsHardwareAccelerated ? "AVX2" : "scalar")}";
+
+    public Tensor Alloc(DType dtype, int rows, int cols)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(rows);
+        ArgumentOutOfRangeException.ThrowIfNegative(cols);
+        nuint bytes = (nuint)((long)rows * cols * dtype.Size());
+        void* p = NativeMemory.AlignedAlloc(Math.Max(bytes, 64), 64);
+        NativeMemory.Clear(p, bytes);
+        return new Tensor(this, dtype, rows, cols, (nint)p, static t => NativeMemory.AlignedFree((void*)t.Pointer));
+    }
+
+    public Tensor Upload(DType dtype, int rows, int cols, nint hostData)
+    {
+        if (hostData == 0 && (long)rows * cols > 0) throw new ArgumentException("hostData is null", nameof(hostData));
+        return new Tensor(this, dtype, rows, cols, hostData, null);
+    }
+
+    public void Download(Tensor src, Span<float> dst)
+    {
+        Check(src, nameof(src), DType.F32);
+        if (dst.Length < src.Length) throw new ArgumentException($"dst holds {dst.Length} floats, src {src} needs {src.Length}", nameof(dst));
+        new ReadOnlySpan<float>((void*)src.Pointer, checked((int)src.Length)).CopyTo(dst);
+    }
+
+    public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(numLayers);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSeq);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(numKvHeads);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(headDim);
+        int rows = checked(numLayers * maxSeq), kvDim = checked(numKvHeads * headDim);
+        return new KvCache(Alloc(DType.F32, rows, kvDim), Alloc(DType.F32, rows, kvDim), numLayers, maxSeq, numKvHeads, headDim);
+    }
+
+    public void Embedding(ReadOnlySpan<int> tokens, Tensor table, Tensor dst)
+    {
+        Check(table, nameof(table));
+        Check(dst, nameof(dst), DType.F32);
+        Shape(dst, nameof(dst), tokens.Length, table.Cols);
+        foreach (int id in tokens)
+            if ((uint)id >= (uint)table.Rows) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {id} outside the vocabulary [0, {table.Rows})");
+        CpuOps.Embedding(tokens, (void*)table.Pointer, (float*)dst.Pointer, table.DType, table.Cols);
+    }
+
+    public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps)
+    {
+        Check(x, nameof(x), DType.F32);
+        Check(weight, nameof(weight), DType.F32);
+        Check(dst, nameof(dst), DType.F32);
+        Shape(weight, nameof(weight), 1, x.Cols);
+        Shape(dst, nameof(dst), x.Rows, x.Cols);
+        CpuOps.RmsNorm((float*)x.Pointer, (float*)weight.Pointer, (float*)dst.Pointer, x.Rows, x.Cols, eps);
+    }
+
+    public void MatMul(Tensor x, Tensor weight, Tensor dst)
+    {
+        Check(x, nameof(x), DType.F32);
+        Check(weight, nameof(weight));
+        Check(dst, nameof(dst), DType.F32);
+        if (weight.Cols != x.Cols) throw new ArgumentException($"weight {weight} does not match x {x}: inner sizes {weight.Cols} != {x.Cols}", nameof(weight));
+        Shape(dst, nameof(dst), x.Rows, weight.Rows);
+        CpuOps.MatMul((float*)x.Pointer, (void*)weight.Pointer, (float*)dst.Pointer, weight.DType, x.Rows, x.Cols, weight.Rows);
+    }
+
+    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table)
+    {
+        int heads = QueryHeads(q, cache);
+        CheckCache(cache);
+        Check(k, nameof(k), DType.F32);
+        Check(v, nameof(v), DType.F32);
+        Shape(k, nameof(k), q.Rows, cache.KvDim);
+        Shape(v, nameof(v), q.Rows, cache.KvDim);
+        CheckPositions(cache, layer, startPos, q.Rows);
+        ArgumentNullException.ThrowIfNull(table);
+        if (table.RotaryDim > cache.HeadDim) throw new ArgumentException($"rotary dim {table.RotaryDim} of table '{table.Method}' exceeds head dim {cache.HeadDim}", nameof(table));
+        var p = new RopeParams(q.Rows, heads, cache.NumKvHeads, cache.HeadDim, startPos, layer);
+        CpuOps.Rope((float*)q.Pointer, (float*)k.Pointer, (float*)v.Pointer, (float*)cache.LayerK(layer).Pointer,
+            (float*)cache.LayerV(layer).Pointer, table, p);
+    }
+
+    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst)
+    {
+        int heads = QueryHeads(q, cache);
+        CheckCache(cache);
+        Check(dst, nameof(dst), DType.F32);
+        Shape(dst, nameof(dst), q.Rows, q.Cols);
+        CheckPositions(cache, layer, startPos, q.Rows);
+        var p = new AttentionParams(q.Rows, heads, cache.NumKvHeads, cache.HeadDim, startPos);
+        CpuOps.Attention((float*)q.Pointer, (float*)cache.LayerK(layer).Pointer, (float*)cache.LayerV(layer).Pointer, (float*)dst.Pointer, p);
+    }
+
+    public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
+    {
+        CheckCache(cache);
+        ArgumentNullException.ThrowIfNull(from);
+        ArgumentNullException.ThrowIfNull(to);
+        if ((uint)length > (uint)cache.MaxSeq) throw new ArgumentOutOfRangeException(nameof(length), $"length {length} outside [0, {cache.MaxSeq}]");
+        if (from.RotaryDim != to.RotaryDim) throw new ArgumentException($"rotary dims differ: '{from.Method}' {from.RotaryDim}, '{to.Method}' {to.RotaryDim}", nameof(to));
+        if (from.RotaryDim > cache.HeadDim) throw new ArgumentException($"rotary dim {from.RotaryDim} exceeds head dim {cache.HeadDim}", nameof(from));
+        if (!(from.Magnitude > 0 && float.IsFinite(from.Magnitude))) throw new ArgumentException($"magnitude {from.Magnitude} of '{from.Method}' is not positive and finite", nameof(from));
+        CpuOps.RerotateCache((float*)cache.K.Pointer, cache.NumLayers, cache.MaxSeq, length, cache.NumKvHeads, cache.HeadDim, from, to);
+    }
+
+    public void SwiGlu(Tensor gate, Tensor up, Tensor dst)
+    {
+        Check(gate, nameof(gate), DType.F32);
+        Check(up, nameof(up), DType.F32);
+        Check(dst, nameof(dst), DType.F32);
+        Shape(up, nameof(up), gate.Rows, gate.Cols);
+        Shape(dst, nameof(dst), gate.Rows, gate.Cols);
+        CpuOps.SwiGlu((float*)gate.Pointer, (float*)up.Pointer, (float*)dst.Pointer, gate.Length);
+    }
+
+    public void Add(Tensor x, Tensor y, Tensor dst)
+    {
+        Check(x, nameof(x), DType.F32);
+        Check(y, nameof(y), DType.F32);
+        Check(dst, nameof(dst), DType.F32);
+        Shape(y, nameof(y), x.Rows, x.Cols);
+        Shape(dst, nameof(dst), x.Rows, x.Cols);
+        CpuOps.Add((float*)x.Pointer, (float*)y.Pointer, (float*)dst.Pointer, x.Length);
+    }
+
+    public void Argmax(Tensor x, Span<int> dst)
+    {
+        Check(x, nameof(x), DType.F32);
+        if (x.Cols == 0 && x.Rows > 0) throw new ArgumentException($"x {x} has empty rows", nameof(x));
+        if (dst.Length < x.Rows) throw new ArgumentException($"dst holds {dst.Length} ints, x {x} has {x.Rows} rows", nameof(dst));
+        for (int r = 0; r < x.Rows; r++)
+            dst[r] = CpuOps.Argmax(new ReadOnlySpan<float>((float*)x.Pointer + (nint)r * x.Cols, x.Cols));
+    }
+
+    public void Synchronize() { }
+
+    public void Dispose() { }
+
+    private void Check(Tensor t, string name, DType? dtype = null)
+    {
+        ArgumentNullException.ThrowIfNull(t, name);
+        if (!ReferenceEquals(t.Backend, this)) throw new ArgumentException($"{name} {t} belongs to backend '{t.Backend.Name}', not to this cpu backend", name);
+        if (dtype is { } d && t.DType != d) throw new ArgumentException($"{name} is {t}, expected dtype {d.Name()}", name);
+        if (t.Pointer == 0 && t.Length > 0) throw new ArgumentException($"{name} {t} has no storage", name);
+    }
+
+    private static void Shape(Tensor t, string name, int rows, int cols)
+    {
+        if (t.Rows != rows || t.Cols != cols) throw new ArgumentException($"{name} is {t}, expected [{rows}, {cols}]", name);
+    }
+
+    private void CheckCache(KvCache cache)
+    {
+        ArgumentNullException.ThrowIfNull(cache);
+        Check(cache.K, "cache.K", DType.F32);
+        Check(cache.V, "cache.V", DType.F32);
+        Shape(cache.K, "cache.K", cache.NumLayers * cache.MaxSeq, cache.KvDim);
+        Shape(cache.V, "cache.V", cache.NumLayers * cache.MaxSeq, cache.KvDim);
+    }
+
+    private int QueryHeads(Tensor q, KvCache cache)
+    {
+        Check(q, nameof(q), DType.F32);
+        ArgumentNullException.ThrowIfNull(cache);
+        if (q.Cols % cache.HeadDim != 0) throw new ArgumentException($"q {q} is not a whole number of heads of dim {cache.HeadDim}", nameof(q));
+        int heads = q.Cols / cache.HeadDim;
+        if (heads == 0 || heads % cache.NumKvHeads != 0)
+            throw new ArgumentException($"q {q} has {heads} heads, not a positive multiple of the cache's {cache.NumKvHeads} kv heads", nameof(q));
+        return heads;
+    }
+
+    private static void CheckPositions(KvCache cache, int layer, int startPos, int tokens)
+    {
+        if ((uint)layer >= (uint)cache.NumLayers) throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} outside [0, {cache.NumLayers})");
+        if (startPos < 0 || (long)startPos + tokens > cache.MaxSeq)
+            throw new ArgumentOutOfRangeException(nameof(startPos), $"positions [{startPos}, {startPos + tokens}) outside the cache's [0, {cache.MaxSeq})");
+    }
+}

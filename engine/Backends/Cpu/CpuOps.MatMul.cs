@@ -1,0 +1,203 @@
+// CPU matmul dst[T, out] = x[T, in] . weight[out, in]^T for F32, F16 and BF16 weights, f32 accumulation.
+// Decode (T < 4) streams each weight row once with 4 independent FMA accumulators (memory-bound);
+// prefill takes 4 tokens per weight-row pass so the row is loaded once per 4 tokens. Test: CpuOpsTests.MatMul*.
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using System.Numerics.Tensors;
+using LlamaRun.Model;
+
+namespace LlamaRun.Backends.Cpu;
+
+/// <summary>Reads 8 consecutive weights of one row as f32 (F32 directly, BF16 by a 16-bit shift).</summary>
+internal unsafe interface IWeightRow
+{
+    static abstract Vector256<float> Load8(void* w, nint i);
+    static abstract float Load1(void* w, nint i);
+}
+
+internal unsafe struct F32Row : IWeightRow
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(void* w, nint i) => Vector256.Load((float*)w + i);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Load1(void* w, nint i) => ((float*)w)[i];
+}
+
+internal unsafe struct Bf16Row : IWeightRow
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(void* w, nint i)
+    {
+        if (Avx2.IsSupported)
+            return Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32((ushort*)w + i), 16).AsSingle();
+        var wide = Vector256.WidenLower(Vector128.Load((ushort*)w + i).ToVector256Unsafe());
+        return Vector256.ShiftLeft(wide, 16).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Load1(void* w, nint i) => DTypes.BF16ToF32(((ushort*)w)[i]);
+}
+
+public static unsafe partial class CpuOps
+{
+    [ThreadStatic] private static float[]? _rowScratch;
+
+    private static float[] RowScratch(int n)
+    {
+        var s = _rowScratch;
+        if (s is null || s.Length < n) _rowScratch = s = new float[Math.Max(n, 1024)];
+        return s;
+    }
+
+    /// <summary>dst[t, o] = sum_i x[t, i] * weight[o, i] for t below tokens, o below outDim; multi-threaded.</summary>
+    public static void MatMul(float* x, void* weight, float* dst, DType weightType, int tokens, int inDim, int outDim)
+    {
+        if (tokens <= 0 || outDim <= 0) return;
+        if (inDim <= 0)
+        {
+            new Span<float>(dst, checked(tokens * outDim)).Clear();
+            return;
+        }
+        int wSize = weightType.Size();
+        // Rows per work item: about 64 KiB of weights (stays in L2 while its token chunk streams past),
+        // but small enough that every thread gets several items at decode.
+        int rowChunk = Math.Clamp(65536 / (inDim * wSize), 4, 256);
+        rowChunk = Math.Min(rowChunk, Math.Max(4, outDim / (CpuParallel.Threads * 8)));
+        int rowChunks = (outDim + rowChunk - 1) / rowChunk;
+        int tokenChunk = tokens <= 64 ? tokens : 64;
+        int tokenChunks = (tokens + tokenChunk - 1) / tokenChunk;
+        int items = rowChunks * tokenChunks;
+        nint xp = (nint)x, wp = (nint)weight, dp = (nint)dst;
+
+        void Item(int item)
+        {
+            int r0 = item % rowChunks * rowChunk, t0 = item / rowChunks * tokenChunk;
+            int rows = Math.Min(rowChunk, outDim - r0), toks = Math.Min(tokenChunk, tokens - t0);
+            float* xs = (float*)xp + (nint)t0 * inDim;
+            float* ds = (float*)dp + (nint)t0 * outDim + r0;
+            byte* ws = (byte*)wp + (nint)r0 * inDim * wSize;
+            switch (weightType)
+            {
+                case DType.F32: MatMulBlock<F32Row>(xs, ws, ds, toks, rows, inDim, outDim); break;
+                case DType.BF16: MatMulBlock<Bf16Row>(xs, ws, ds, toks, rows, inDim, outDim); break;
+                default:
+                    // F16: convert the block's rows once (TensorPrimitives' vectorized Half->float), then f32 path.
+                    var scratch = RowScratch(rows * inDim);
+                    fixed (float* s = scratch)
+                    {
+                        TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(ws, rows * inDim), new Span<float>(s, rows * inDim));
+                        MatMulBlock<F32Row>(xs, s, ds, toks, rows, inDim, outDim);
+                    }
+                    break;
+            }
+        }
+
+        if (items == 1 || (long)tokens * inDim * outDim < 32768)
+        {
+            for (int i = 0; i < items; i++) Item(i);
+        }
+        else
+        {
+            CpuParallel.For(items, Item);
+        }
+    }
+
+    // x [toks, inDim] (row stride inDim), w [rows, inDim], dst row stride dstStride.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void MatMulBlock<TW>(float* x, void* w, float* dst, int toks, int rows, int inDim, int dstStride)
+        where TW : struct, IWeightRow
+    {
+        int t = 0;
+        nint rowBytes = (nint)inDim * (typeof(TW) == typeof(F32Row) ? 4 : 2);
+        for (; t + 4 <= toks; t += 4)
+        {
+            float* x0 = x + (nint)t * inDim;
+            float* d0 = dst + (nint)t * dstStride;
+            for (int r = 0; r < rows; r++)
+                Dot4<TW>((byte*)w + r * rowBytes, x0, inDim, d0 + r, dstStride);
+        }
+        for (; t < toks; t++)
+        {
+            float* xt = x + (nint)t * inDim;
+            float* dt = dst + (nint)t * dstStride;
+            for (int r = 0; r < rows; r++)
+                dt[r] = Dot1<TW>((byte*)w + r * rowBytes, xt, inDim);
+        }
+    }
+
+    // One weight row times one token: 4 accumulators of 8 lanes hide the FMA latency while streaming the row.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Dot1<TW>(void* w, float* x, int n) where TW : struct, IWeightRow
+    {
+        var a0 = Vector256<float>.Zero;
+        var a1 = Vector256<float>.Zero;
+        var a2 = Vector256<float>.Zero;
+        var a3 = Vector256<float>.Zero;
+        nint i = 0;
+        for (; i <= n - 32; i += 32)
+        {
+            a0 = Vector256.MultiplyAddEstimate(TW.Load8(w, i), Vector256.Load(x + i), a0);
+            a1 = Vector256.MultiplyAddEstimate(TW.Load8(w, i + 8), Vector256.Load(x + i + 8), a1);
+            a2 = Vector256.MultiplyAddEstimate(TW.Load8(w, i + 16), Vector256.Load(x + i + 16), a2);
+            a3 = Vector256.MultiplyAddEstimate(TW.Load8(w, i + 24), Vector256.Load(x + i + 24), a3);
+        }
+        for (; i <= n - 8; i += 8)
+            a0 = Vector256.MultiplyAddEstimate(TW.Load8(w, i), Vector256.Load(x + i), a0);
+        float s = Vector256.Sum((a0 + a1) + (a2 + a3));
+        for (; i < n; i++) s += TW.Load1(w, i) * x[i];
+        return s;
+    }
+
+    // One weight row times 4 consecutive tokens (row stride n): each weight vector is loaded once for 4 FMAs.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot4<TW>(void* w, float* x, int n, float* dst, int dstStride) where TW : struct, IWeightRow
+    {
+        float* x1 = x + n, x2 = x1 + n, x3 = x2 + n;
+        var a0 = Vector256<float>.Zero;
+        var a1 = Vector256<float>.Zero;
+        var a2 = Vector256<float>.Zero;
+        var a3 = Vector256<float>.Zero;
+        var b0 = Vector256<float>.Zero;
+        var b1 = Vector256<float>.Zero;
+        var b2 = Vector256<float>.Zero;
+        var b3 = Vector256<float>.Zero;
+        nint i = 0;
+        for (; i <= n - 16; i += 16)
+        {
+            var wa = TW.Load8(w, i);
+            var wb = TW.Load8(w, i + 8);
+            a0 = Vector256.MultiplyAddEstimate(wa, Vector256.Load(x + i), a0);
+            a1 = Vector256.MultiplyAddEstimate(wa, Vector256.Load(x1 + i), a1);
+            a2 = Vector256.MultiplyAddEstimate(wa, Vector256.Load(x2 + i), a2);
+            a3 = Vector256.MultiplyAddEstimate(wa, Vector256.Load(x3 + i), a3);
+            b0 = Vector256.MultiplyAddEstimate(wb, Vector256.Load(x + i + 8), b0);
+            b1 = Vector256.MultiplyAddEstimate(wb, Vector256.Load(x1 + i + 8), b1);
+            b2 = Vector256.MultiplyAddEstimate(wb, Vector256.Load(x2 + i + 8), b2);
+            b3 = Vector256.MultiplyAddEstimate(wb, Vector256.Load(x3 + i + 8), b3);
+        }
+        for (; i <= n - 8; i += 8)
+        {
+            var wa = TW.Load8(w, i);
+            a0 = Vector256.MultiplyAddEstimate(wa, Vector256.Load(x + i), a0);
+            a1 = Vector256.MultiplyAddEstimate(wa, Vector256.Load(x1 + i), a1);
+            a2 = Vector256.MultiplyAddEstimate(wa, Vector256.Load(x2 + i), a2);
+            a3 = Vector256.MultiplyAddEstimate(wa, Vector256.Load(x3 + i), a3);
+        }
+        float s0 = Vector256.Sum(a0 + b0), s1 = Vector256.Sum(a1 + b1);
+        float s2 = Vector256.Sum(a2 + b2), s3 = Vector256.Sum(a3 + b3);
+        for (; i < n; i++)
+        {
+            float wi = TW.Load1(w, i);
+            s0 += wi * x[i];
+            s1 += wi * x1[i];
+            s2 += wi * x2[i];
+            s3 += wi * x3[i];
+        }
+        dst[0] = s0;
+        dst[dstStride] = s1;
+        dst[2 * dstStride] = s2;
+        dst[3 * dstStride] = s3;
+    }
+}

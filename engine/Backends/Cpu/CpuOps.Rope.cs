@@ -1,0 +1,124 @@
+// CPU rotary embedding from a RopeTable (per-pair InvFreq, cos/sin Magnitude, optional QueryScale) plus KV-cache store,
+// and the re-rotation of cached keys when the table changes. Test: CpuOpsTests.Rope*, CpuOpsTests.RerotateCache.
+// Numerics as transformers: angle = f32(p) * InvFreq[j] in f32; cos/sin of that f32 angle (computed in double,
+// rounded to f32) times Magnitude in f32; out = x*cos - y*sin / y*cos + x*sin with each product rounded (no FMA).
+using LlamaRun.Rope;
+
+namespace LlamaRun.Backends.Cpu;
+
+/// <summary>Shape of one Rope call: q [Tokens, Heads*HeadDim], k and v [Tokens, KvHeads*HeadDim], positions StartPos+t.</summary>
+public readonly record struct RopeParams(int Tokens, int Heads, int KvHeads, int HeadDim, int StartPos, int Layer);
+
+public static unsafe partial class CpuOps
+{
+    /// <summary>Rotates q and k in place, scales q by the table's QueryScale, and stores k, v into rows StartPos+t of kCache, vCache (the layer's [maxSeq, kvDim] block).</summary>
+    public static void Rope(float* q, float* k, float* v, float* kCache, float* vCache, RopeTable table, RopeParams p)
+    {
+        int half = table.InvFreq.Length, kvDim = p.KvHeads * p.HeadDim, qDim = p.Heads * p.HeadDim;
+        if (p.Tokens <= 0) return;
+        nint qp = (nint)q, kp = (nint)k, vp = (nint)v, kc = (nint)kCache, vc = (nint)vCache;
+        const int TokenChunk = 16;
+        void Chunk(int c)
+        {
+            Span<float> cos = stackalloc float[half];
+            Span<float> sin = stackalloc float[half];
+            int t1 = Math.Min(p.Tokens, (c + 1) * TokenChunk);
+            for (int t = c * TokenChunk; t < t1; t++)
+            {
+                int pos = p.StartPos + t;
+                CosSin(table, pos, cos, sin);
+                float* qt = (float*)qp + (nint)t * qDim;
+                float* kt = (float*)kp + (nint)t * kvDim;
+                for (int h = 0; h < p.Heads; h++) RotatePairs(qt + h * p.HeadDim, cos, sin);
+                for (int h = 0; h < p.KvHeads; h++) RotatePairs(kt + h * p.HeadDim, cos, sin);
+                if (table.QueryScale is { } qs)
+                {
+                    float s = qs.At(p.Layer, pos);
+                    for (int i = 0; i < qDim; i++) qt[i] *= s;
+                }
+                new ReadOnlySpan<float>(kt, kvDim).CopyTo(new Span<float>((float*)kc + (nint)pos * kvDim, kvDim));
+                new ReadOnlySpan<float>((float*)vp + (nint)t * kvDim, kvDim).CopyTo(new Span<float>((float*)vc + (nint)pos * kvDim, kvDim));
+            }
+        }
+        int chunks = (p.Tokens + TokenChunk - 1) / TokenChunk;
+        if ((long)p.Tokens * (qDim + kvDim) < 65536)
+        {
+            for (int c = 0; c < chunks; c++) Chunk(c);
+        }
+        else
+        {
+            CpuParallel.For(chunks, Chunk);
+        }
+    }
+
+    /// <summary>Re-rotates cached keys at positions 0..length-1 of every layer so they equal keys rotated with table `to` instead of `from`.</summary>
+    /// <remarks>
+    /// Each pair is un-rotated with the exact inverse of from's f32 cos/sin (in double, dividing by cos^2+sin^2, which also
+    /// removes from's Magnitude), rounded to f32 (which recovers the original key whenever the stored rounding error is
+    /// under half an ulp), then rotated with to's cos/sin by the same f32 formula as <see cref="Rope"/>. The result is the
+    /// directly rotated key, or within a few ulps of the pair's norm of it.
+    /// </remarks>
+    public static void RerotateCache(float* kCache, int numLayers, int maxSeq, int length, int kvHeads, int headDim, RopeTable from, RopeTable to)
+    {
+        int half = from.InvFreq.Length, kvDim = kvHeads * headDim;
+        if (length <= 0 || numLayers <= 0) return;
+        nint kc = (nint)kCache;
+        void Position(int pos)
+        {
+            Span<float> c0 = stackalloc float[half];
+            Span<float> s0 = stackalloc float[half];
+            Span<float> c1 = stackalloc float[half];
+            Span<float> s1 = stackalloc float[half];
+            CosSin(from, pos, c0, s0);
+            CosSin(to, pos, c1, s1);
+            for (int l = 0; l < numLayers; l++)
+            {
+                float* row = (float*)kc + ((nint)l * maxSeq + pos) * kvDim;
+                for (int h = 0; h < kvHeads; h++)
+                {
+                    float* x = row + h * headDim;
+                    for (int j = 0; j < half; j++)
+                    {
+                        double c = c0[j], s = s0[j], a = x[j], b = x[j + half], det = c * c + s * s;
+                        float u = (float)((c * a + s * b) / det), w = (float)((c * b - s * a) / det);
+                        x[j] = u * c1[j] - w * s1[j];
+                        x[j + half] = w * c1[j] + u * s1[j];
+                    }
+                }
+            }
+        }
+        if ((long)length * numLayers * kvDim < 65536)
+        {
+            for (int pos = 0; pos < length; pos++) Position(pos);
+        }
+        else
+        {
+            CpuParallel.For(length, Position);
+        }
+    }
+
+    // cos[j], sin[j] of the f32 angle f32(pos) * InvFreq[j], each times Magnitude.
+    internal static void CosSin(RopeTable table, int pos, Span<float> cos, Span<float> sin)
+    {
+        float fp = pos, mag = table.Magnitude;
+        var inv = table.InvFreq;
+        for (int j = 0; j < inv.Length; j++)
+        {
+            float angle = fp * inv[j];
+            cos[j] = (float)Math.Cos(angle) * mag;
+            sin[j] = (float)Math.Sin(angle) * mag;
+        }
+    }
+
+    // Pairs (x[j], x[j + half]) for j < half = cos.Length; dims from 2*half on are left alone.
+    private static void RotatePairs(float* x, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
+    {
+        int half = cos.Length;
+        for (int j = 0; j < half; j++)
+        {
+            float a = x[j], b = x[j + half];
+            x[j] = a * cos[j] - b * sin[j];
+            x[j + half] = b * cos[j] + a * sin[j];
+        }
+    }
+}
