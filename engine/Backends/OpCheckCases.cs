@@ -95,6 +95,8 @@ public static class OpCheckCases
         c.Add(new(OpKind.Attention, "Llama-3-8B prefill", Bf16Cache) { T = 256, Heads = 32, KvHeads = 8, HeadDim = 128 });
         c.Add(new(OpKind.Attention, "tiny fixture chunked prefill", Bf16Cache) { T = 33, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 31 });
         c.Add(new(OpKind.Attention, "awkward", Bf16Cache) { T = 127, Heads = 6, KvHeads = 3, HeadDim = 64, StartPos = 1 });
+        c.Add(new(OpKind.Attention, "group of 16, untiled kernel", Bf16Cache) { T = 3, Heads = 16, KvHeads = 1, HeadDim = 64, StartPos = 200 });
+        c.Add(new(OpKind.Attention, "head dim 256, untiled kernel", Bf16Cache) { T = 2, Heads = 2, KvHeads = 1, HeadDim = 256, StartPos = 70 });
         c.Add(new(OpKind.Attention, "query scale", Bf16Cache) { T = 4, Heads = 4, KvHeads = 1, HeadDim = 32, StartPos = 1025, QueryScale = true });
 
         c.Add(new(OpKind.Rerotate, "dynamic NTK switch", Bf16Cache) { T = 100, Heads = 8, KvHeads = 8, HeadDim = 64 });

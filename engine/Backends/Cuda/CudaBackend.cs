@@ -329,9 +329,12 @@ public sealed unsafe class CudaBackend : IBackend
         if (tokens > 65535) throw new ArgumentException($"at most 65535 queries per call, got {tokens}", nameof(q));
         if (tokens == 0) return;
         int maxLen = startPos + tokens;
-        // Enough (head, query, split) blocks to fill the GPU about 4 times, at least 64 keys a split.
-        long wanted = Math.Max(1, 4L * _smCount / ((long)heads * tokens));
-        int splitLen = Math.Max(64, (int)((maxLen + wanted - 1) / wanted));
+        bool tiled = hd <= CudaKernels.TiledMaxHeadDim && hd % 8 == 0 && heads / cache.NumKvHeads <= CudaKernels.TiledMaxGroup;
+        int units = tiled ? cache.NumKvHeads : heads;
+        // Enough (head, query, split) blocks to fill the GPU about 4 times, at least one 64-key tile a split.
+        long wanted = Math.Max(1, 4L * _smCount / ((long)units * tokens));
+        int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
+        splitLen = Math.Max(CudaKernels.TiledKeys, (splitLen + CudaKernels.TiledKeys - 1) / CudaKernels.TiledKeys * CudaKernels.TiledKeys);
         int splits = (maxLen + splitLen - 1) / splitLen;
         while (splits > 1 && (long)tokens * heads * splits * (hd + 2) > AttentionScratchFloats)
         {
@@ -340,7 +343,7 @@ public sealed unsafe class CudaBackend : IBackend
         }
         ulong rowK = (ulong)cache.K.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
         ulong rowV = (ulong)cache.V.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
-        _launch.AttentionSplit((ulong)q.Pointer, rowK, rowV, (ulong)dst.Pointer, _attentionScratch, tokens, heads,
+        _launch.AttentionSplit(tiled, (ulong)q.Pointer, rowK, rowV, (ulong)dst.Pointer, _attentionScratch, tokens, heads,
             cache.NumKvHeads, hd, startPos, splitLen, splits, 1f / MathF.Sqrt(hd));
         if (splits > 1) _launch.AttentionCombine(_attentionScratch, (ulong)dst.Pointer, tokens, heads, hd, splits);
     }
