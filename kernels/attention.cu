@@ -2,12 +2,18 @@
 // attention_split_bf16: one block per (head, query, key split); 4 warps stride over the split's keys with an
 // online softmax (running max m, sum l, weighted values acc); then the warps merge in shared memory. With one
 // split the block writes dst; with several (decode, long contexts) it writes (m, l, acc) and attention_combine
-// merges the splits. Exercised by tests/BackendOpsTests.cs Attention.
+// merges the splits. attention_tiled_bf16 (head dim <= 128, up to 8 query heads per KV head) is the fast path: one
+// block per (KV head, query, split) stages 64-key K/V tiles in shared memory with 16-byte loads, so every query
+// head of the group shares one read of the cache. Exercised by tests/BackendOpsTests.cs Attention.
 #include "common.cuh"
 
 #define ATT_WARPS 4
 #define ATT_MAX_HEAD_DIM 256
 #define ATT_PER_LANE (ATT_MAX_HEAD_DIM / 32)
+#define TILE_KEYS 64
+#define TILE_MAX_HEAD_DIM 128
+#define TILE_MAX_GROUP 8
+#define TILE_ROW (TILE_MAX_HEAD_DIM + 8)   // bf16 per shared row: 16-byte aligned, rows offset by 4 banks
 
 // kernels
 
@@ -124,5 +130,106 @@ extern "C" __global__ void attention_combine(const float* partial, float* dst, i
             if (!(ls == 0.0f && ms == NEG_INF)) a += in[s * (headDim + 2) + 2 + d] * expf(ms - mAll);
         }
         out[d] = a / lAll;
+    }
+}
+
+// Grid (numKvHeads, T, splits), 128 threads; group = numHeads / numKvHeads <= 8, headDim <= 128 and a multiple of 8.
+// Per 64-key tile: stage K and V; scores s[g][j] = q_g . k_j * scale; per head an online-softmax update (running
+// max and sum in shared memory); then each thread updates its (head, dim) outputs. Output as attention_split_bf16.
+extern "C" __global__ void __launch_bounds__(128) attention_tiled_bf16(
+    const float* q, const bf16* kcache, const bf16* vcache, float* dst, float* partial,
+    int numHeads, int numKvHeads, int headDim, int startPos, int splitLen, int splits, float scale)
+{
+    __shared__ __align__(16) bf16 ks[TILE_KEYS][TILE_ROW];
+    __shared__ __align__(16) bf16 vs[TILE_KEYS][TILE_ROW];
+    __shared__ float qs[TILE_MAX_GROUP][TILE_MAX_HEAD_DIM];
+    __shared__ float ps[TILE_MAX_GROUP][TILE_KEYS];
+    __shared__ float mrun[TILE_MAX_GROUP], lrun[TILE_MAX_GROUP], corr[TILE_MAX_GROUP];
+    int kvh = blockIdx.x, t = blockIdx.y, s = blockIdx.z, tid = threadIdx.x;
+    int lane = tid & 31, warp = tid >> 5;
+    int group = numHeads / numKvHeads, kvDim = numKvHeads * headDim, chunks = headDim / 8;
+    int len = startPos + t + 1, begin = s * splitLen, end = min(len, begin + splitLen);
+    const float* qr = q + ((i64)t * numHeads + (i64)kvh * group) * headDim;
+    for (int i = tid; i < group * headDim; i += 128) qs[i / headDim][i % headDim] = qr[i] * scale;
+    if (tid < TILE_MAX_GROUP) { mrun[tid] = NEG_INF; lrun[tid] = 0.0f; }
+    float acc[TILE_MAX_GROUP];   // outputs o = tid + 128 * i, as (head o / headDim, dim o % headDim)
+#pragma unroll
+    for (int i = 0; i < TILE_MAX_GROUP; i++) acc[i] = 0.0f;
+    const bf16* kbase = kcache + (i64)kvh * headDim;
+    const bf16* vbase = vcache + (i64)kvh * headDim;
+    for (int k0 = begin; k0 < end; k0 += TILE_KEYS)
+    {
+        int n = min(TILE_KEYS, end - k0);
+        __syncthreads();   // previous tile fully consumed (and q, stats initialised)
+        for (int c = tid; c < n * chunks; c += 128)
+        {
+            int j = c / chunks, d = (c % chunks) * 8;
+            i64 off = (i64)(k0 + j) * kvDim + d;
+            *(uint4*)&ks[j][d] = *(const uint4*)(kbase + off);
+            *(uint4*)&vs[j][d] = *(const uint4*)(vbase + off);
+        }
+        __syncthreads();
+        for (int idx = tid; idx < group * TILE_KEYS; idx += 128)
+        {
+            int g = idx / TILE_KEYS, j = idx % TILE_KEYS;
+            float sc = NEG_INF;
+            if (j < n)
+            {
+                sc = 0.0f;
+                const u32* kr = (const u32*)&ks[j][0];
+                for (int d2 = 0; d2 < headDim / 2; d2++)
+                {
+                    u32 kk = kr[d2];
+                    sc += qs[g][2 * d2] * __uint_as_float(kk << 16) + qs[g][2 * d2 + 1] * __uint_as_float(kk & 0xffff0000u);
+                }
+            }
+            ps[g][j] = sc;
+        }
+        __syncthreads();
+        for (int g = warp; g < group; g += 4)
+        {
+            float a = ps[g][lane], b = ps[g][lane + 32];
+            float tmax = warp_max(fmaxf(a, b));
+            float mold = mrun[g];
+            float mnew = fmaxf(mold, tmax);
+            float ea = expf(a - mnew), eb = expf(b - mnew);
+            ps[g][lane] = ea;
+            ps[g][lane + 32] = eb;
+            float sum = warp_sum(ea + eb);
+            if (lane == 0)
+            {
+                float cr = mold == NEG_INF ? 0.0f : expf(mold - mnew);
+                corr[g] = cr;
+                lrun[g] = lrun[g] * cr + sum;
+                mrun[g] = mnew;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < TILE_MAX_GROUP; i++)
+        {
+            int o = tid + 128 * i, g = o / headDim, d = o % headDim;
+            if (g < group)
+            {
+                float a = acc[i] * corr[g];
+                for (int j = 0; j < n; j++) a += ps[g][j] * bf16_to_f32(vs[j][d]);
+                acc[i] = a;
+            }
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < TILE_MAX_GROUP; i++)
+    {
+        int o = tid + 128 * i, g = o / headDim, d = o % headDim;
+        if (g >= group) continue;
+        int h = kvh * group + g;
+        if (splits == 1) dst[((i64)t * numHeads + h) * headDim + d] = acc[i] / lrun[g];
+        else
+        {
+            float* out = partial + (((i64)t * numHeads + h) * splits + s) * (headDim + 2);
+            if (d == 0) { out[0] = mrun[g]; out[1] = lrun[g]; }
+            out[2 + d] = acc[i];
+        }
     }
 }

@@ -14,6 +14,33 @@ __device__ __forceinline__ void unpack_bf16x8(uint4 w, float* f)
     f[6] = __uint_as_float(w.w << 16); f[7] = __uint_as_float(w.w & 0xffff0000u);
 }
 
+// Weights are read once: bypass L1 so the activations stay cached there.
+__device__ __forceinline__ uint4 load_stream(const bf16* p)
+{
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+// acc[t] += dot(8 weights, x[t, k..k+8]) for every token t < T; x points at column k of token 0.
+__device__ __forceinline__ void gemv_accum8(uint4 wv, const float* x, int T, int in, float* acc)
+{
+    float wf[8];
+    unpack_bf16x8(wv, wf);
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++)
+    {
+        if (t < T)
+        {
+            const float4* xp = (const float4*)(x + (i64)t * in);
+            float4 a = xp[0], b = xp[1];
+            acc[t] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w
+                    + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
+        }
+    }
+}
+
 __device__ __forceinline__ void gemv_store(float* acc, float* dst, int T, int out, int row)
 {
     int lane = threadIdx.x & 31;
@@ -38,24 +65,17 @@ extern "C" __global__ void gemv_warp_per_row_bf16(const float* x, const bf16* we
     for (int t = 0; t < GEMV_MAX_T; t++) acc[t] = 0.0f;
     if ((in & 7) == 0)
     {
-#pragma unroll 4
-        for (int k = lane * 8; k < in; k += 256)
+        // Eight independent 16-byte weight loads in flight per lane before the first use (HBM latency hiding).
+        int k = lane * 8;
+        for (; k + 7 * 256 < in; k += 8 * 256)
         {
-            uint4 wv = __ldg((const uint4*)(w + k));
-            float wf[8];
-            unpack_bf16x8(wv, wf);
+            uint4 wv[8];
 #pragma unroll
-            for (int t = 0; t < GEMV_MAX_T; t++)
-            {
-                if (t < T)
-                {
-                    const float4* xp = (const float4*)(x + (i64)t * in + k);
-                    float4 a = xp[0], b = xp[1];
-                    acc[t] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w
-                            + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
-                }
-            }
+            for (int u = 0; u < 8; u++) wv[u] = load_stream(w + k + u * 256);
+#pragma unroll
+            for (int u = 0; u < 8; u++) gemv_accum8(wv[u], x + k + u * 256, T, in, acc);
         }
+        for (; k < in; k += 256) gemv_accum8(load_stream(w + k), x + k, T, in, acc);
     }
     else
     {

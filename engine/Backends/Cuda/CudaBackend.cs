@@ -287,14 +287,15 @@ public sealed unsafe class CudaBackend : IBackend
     }
 
     /// <summary>Device copy of a RoPE table's InvFreq, re-uploaded only when its contents change.</summary>
-    private ulong RopeTableOnDevice(RopeTable table)
+    private ulong RopeTableOnDevice(RopeTable table, ulong keep = 0)
     {
         float[] inv = table.InvFreq;
         if (inv.Length > 512) throw new ArgumentException($"RoPE table has {inv.Length} pairs; at most 512 are supported", nameof(table));
         for (int s = 0; s < RopeSlots; s++)
             if (_ropeSlotContent[s] is { } c && c.AsSpan().SequenceEqual(inv)) return _ropeTables + (ulong)(s * 512 * 4);
         int slot = _ropeNextSlot;
-        _ropeNextSlot = (_ropeNextSlot + 1) % RopeSlots;
+        if (_ropeTables + (ulong)(slot * 512 * 4) == keep) slot = (slot + 1) % RopeSlots;   // never evict the other operand
+        _ropeNextSlot = (slot + 1) % RopeSlots;
         var copy = (float[])inv.Clone();
         _ropeSlotContent[slot] = copy;
         ulong p = _ropeTables + (ulong)(slot * 512 * 4);
@@ -341,9 +342,12 @@ public sealed unsafe class CudaBackend : IBackend
         if (tokens > 65535) throw new ArgumentException($"at most 65535 queries per call, got {tokens}", nameof(q));
         if (tokens == 0) return;
         int maxLen = startPos + tokens;
-        // Enough (head, query, split) blocks to fill the GPU about 4 times, at least 64 keys a split.
-        long wanted = Math.Max(1, 4L * _smCount / ((long)heads * tokens));
-        int splitLen = Math.Max(64, (int)((maxLen + wanted - 1) / wanted));
+        bool tiled = hd <= CudaKernels.TiledMaxHeadDim && hd % 8 == 0 && heads / cache.NumKvHeads <= CudaKernels.TiledMaxGroup;
+        int units = tiled ? cache.NumKvHeads : heads;
+        // Enough (head, query, split) blocks to fill the GPU about 4 times, at least one 64-key tile a split.
+        long wanted = Math.Max(1, 4L * _smCount / ((long)units * tokens));
+        int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
+        splitLen = Math.Max(CudaKernels.TiledKeys, (splitLen + CudaKernels.TiledKeys - 1) / CudaKernels.TiledKeys * CudaKernels.TiledKeys);
         int splits = (maxLen + splitLen - 1) / splitLen;
         while (splits > 1 && (long)tokens * heads * splits * (hd + 2) > AttentionScratchFloats)
         {
@@ -352,7 +356,7 @@ public sealed unsafe class CudaBackend : IBackend
         }
         ulong rowK = (ulong)cache.K.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
         ulong rowV = (ulong)cache.V.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
-        _launch.AttentionSplit((ulong)q.Pointer, rowK, rowV, (ulong)dst.Pointer, _attentionScratch, tokens, heads,
+        _launch.AttentionSplit(tiled, (ulong)q.Pointer, rowK, rowV, (ulong)dst.Pointer, _attentionScratch, tokens, heads,
             cache.NumKvHeads, hd, startPos, splitLen, splits, 1f / MathF.Sqrt(hd));
         if (splits > 1) _launch.AttentionCombine(_attentionScratch, (ulong)dst.Pointer, tokens, heads, hd, splits);
     }
@@ -365,7 +369,7 @@ public sealed unsafe class CudaBackend : IBackend
             throw new ArgumentException($"rotary dims {from.RotaryDim} and {to.RotaryDim} do not fit head dim {cache.HeadDim}", nameof(to));
         if (length < 0 || length > cache.MaxSeq) throw new ArgumentOutOfRangeException(nameof(length));
         if (length == 0) return;
-        ulong f = RopeTableOnDevice(from), t = RopeTableOnDevice(to);
+        ulong f = RopeTableOnDevice(from), t = RopeTableOnDevice(to, keep: f);
         _launch.Rerotate((ulong)cache.K.Pointer, f, t, cache.NumLayers, cache.MaxSeq, length, cache.NumKvHeads, cache.HeadDim,
             from.RotaryDim, from.Magnitude, to.Magnitude);
     }

@@ -9,12 +9,13 @@ internal sealed unsafe class CudaKernels
     [
         "embedding_f32", "embedding_f16", "embedding_bf16", "rmsnorm_f32",
         "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemm_mma_bf16",
-        "rope_f32", "rerotate_bf16", "attention_split_bf16", "attention_combine",
+        "rope_f32", "rerotate_bf16", "attention_split_bf16", "attention_tiled_bf16", "attention_combine",
         "swiglu_f32", "add_f32", "argmax_f32",
     ];
 
     public const int GemvMaxTokens = 8;
     public const int AttentionMaxHeadDim = 256;
+    public const int TiledMaxHeadDim = 128, TiledMaxGroup = 8, TiledKeys = 64;
 
     private readonly KernelLibrary _lib;
     private readonly nint _stream;
@@ -83,14 +84,16 @@ internal sealed unsafe class CudaKernels
         Launch("rerotate_bf16", (uint)length, (uint)numLayers, 1, 128, a);
     }
 
-    public void AttentionSplit(ulong q, ulong kcache, ulong vcache, ulong dst, ulong partial, int tokens, int numHeads,
+    /// <summary>tiled: grid over KV heads (attention_tiled_bf16); else over query heads (attention_split_bf16).</summary>
+    public void AttentionSplit(bool tiled, ulong q, ulong kcache, ulong vcache, ulong dst, ulong partial, int tokens, int numHeads,
         int numKvHeads, int headDim, int startPos, int splitLen, int splits, float scale)
     {
         void** a = stackalloc void*[]
         {
             &q, &kcache, &vcache, &dst, &partial, &numHeads, &numKvHeads, &headDim, &startPos, &splitLen, &splits, &scale,
         };
-        Launch("attention_split_bf16", (uint)numHeads, (uint)tokens, (uint)splits, 128, a);
+        if (tiled) Launch("attention_tiled_bf16", (uint)numKvHeads, (uint)tokens, (uint)splits, 128, a);
+        else Launch("attention_split_bf16", (uint)numHeads, (uint)tokens, (uint)splits, 128, a);
     }
 
     public void AttentionCombine(ulong partial, ulong dst, int tokens, int numHeads, int headDim, int splits)

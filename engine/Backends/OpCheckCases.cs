@@ -1,0 +1,118 @@
+// The op case table shared by tests/BackendOpsTests.cs, `llama-run check` and the kernel benchmarks: one line per
+// case with op, shape, tolerance (NMSE bound) and the model the shape comes from. Run by OpCheck.Run.
+using LlamaRun.Model;
+
+namespace LlamaRun.Backends;
+
+/// <summary>The ops OpCheck compares between two backends.</summary>
+public enum OpKind { Embedding, RmsNorm, MatMul, Rope, Attention, Rerotate, SwiGlu, Add, Argmax }
+
+/// <summary>One op at one shape: T = tokens/rows, N = features (in), Out = outputs (out, vocab), plus attention geometry.</summary>
+public sealed record OpCase(OpKind Op, string Source, double MaxNmse)
+{
+    public int T { get; init; } = 1;
+    public int N { get; init; } = 1;
+    public int Out { get; init; } = 1;
+    public DType Weight { get; init; } = DType.F32;
+    public int Heads { get; init; } = 1;
+    public int KvHeads { get; init; } = 1;
+    public int HeadDim { get; init; } = 64;
+    public int RotaryDim { get; init; }
+    public int StartPos { get; init; }
+    public float Theta { get; init; } = 10000f;
+    public float Magnitude { get; init; } = 1f;
+    public bool QueryScale { get; init; }
+
+    /// <summary>Inject NaN (and where meaningful +Inf) into the inputs to check special-value parity.</summary>
+    public bool Specials { get; init; }
+
+    /// <summary>Unique, readable name used as the test case id.</summary>
+    public string Name => Op switch
+    {
+        OpKind.Embedding => $"embedding {Weight.Name()} vocab={Out} hidden={N} T={T}",
+        OpKind.RmsNorm => $"rmsnorm rows={T} n={N}",
+        OpKind.MatMul => $"matmul {Weight.Name()} T={T} in={N} out={Out}",
+        OpKind.Rope or OpKind.Rerotate or OpKind.Attention =>
+            $"{Op.ToString().ToLowerInvariant()} T={T} heads={Heads}/{KvHeads} hd={HeadDim} rot={Rot} pos={StartPos} theta={Theta} mag={Magnitude}{(QueryScale ? " qscale" : "")}",
+        OpKind.SwiGlu => $"swiglu n={N}",
+        OpKind.Add => $"add n={N}",
+        _ => $"argmax rows={T} cols={N}",
+    } + (Specials ? " nan/inf" : "") + $" ({Source})";
+
+    public int Rot => RotaryDim == 0 ? HeadDim : RotaryDim;
+
+    public override string ToString() => Name;
+}
+
+/// <summary>The case table: real Llama shapes and awkward ones (1, 31, 33, 127, 1025).</summary>
+public static class OpCheckCases
+{
+    // f32 math differs only in summation order (~1e-14). Prefill matmul over bf16 weights rounds activations to bf16
+    // for the tensor cores, and the CUDA KV cache is bf16: both give NMSE near 2e-6, so those bounds are 10x that.
+    private const double F32 = 1e-9, Bf16Act = 2e-5, Bf16Cache = 3e-5;
+
+    public static IReadOnlyList<OpCase> All { get; } = Build();
+
+    private static List<OpCase> Build()
+    {
+        var c = new List<OpCase>();
+        foreach (var dt in new[] { DType.F32, DType.F16, DType.BF16 })
+        {
+            c.Add(new(OpKind.Embedding, "Llama-2-7B", F32) { Weight = dt, Out = 32000, N = 4096, T = 7 });
+            c.Add(new(OpKind.Embedding, "awkward", F32) { Weight = dt, Out = 33, N = 127, T = 1 });
+        }
+        c.Add(new(OpKind.RmsNorm, "Llama-2-7B decode", 1e-10) { T = 1, N = 4096 });
+        c.Add(new(OpKind.RmsNorm, "Llama-2-7B prefill", 1e-10) { T = 64, N = 4096 });
+        c.Add(new(OpKind.RmsNorm, "Llama-3-70B", 1e-10) { T = 3, N = 8192 });
+        foreach (int n in new[] { 1, 31, 33, 127, 1025 }) c.Add(new(OpKind.RmsNorm, "awkward", 1e-10) { T = 2, N = n });
+        c.Add(new(OpKind.RmsNorm, "awkward", 1e-10) { T = 3, N = 33, Specials = true });
+
+        foreach (var dt in new[] { DType.BF16, DType.F16, DType.F32 })
+        {
+            c.Add(new(OpKind.MatMul, "Llama-2-7B q_proj decode", F32) { Weight = dt, T = 1, N = 4096, Out = 4096 });
+            c.Add(new(OpKind.MatMul, "awkward", F32) { Weight = dt, T = 3, N = 33, Out = 31 });
+            c.Add(new(OpKind.MatMul, "awkward", F32) { Weight = dt, T = 5, N = 1025, Out = 127 });
+            c.Add(new(OpKind.MatMul, "awkward", dt == DType.BF16 ? Bf16Act : F32) { Weight = dt, T = 13, N = 31, Out = 1 });
+        }
+        c.Add(new(OpKind.MatMul, "Llama-2-7B down_proj decode", F32) { Weight = DType.BF16, T = 1, N = 11008, Out = 4096 });
+        c.Add(new(OpKind.MatMul, "tiny lm_head", F32) { Weight = DType.BF16, T = 8, N = 64, Out = 32000 });
+        c.Add(new(OpKind.MatMul, "Llama-2-7B q_proj prefill", Bf16Act) { Weight = DType.BF16, T = 512, N = 4096, Out = 4096 });
+        c.Add(new(OpKind.MatMul, "Llama-2-7B up_proj prefill", Bf16Act) { Weight = DType.BF16, T = 130, N = 4096, Out = 11008 });
+        c.Add(new(OpKind.MatMul, "awkward", Bf16Act) { Weight = DType.BF16, T = 33, N = 1025, Out = 127 });
+        c.Add(new(OpKind.MatMul, "awkward", Bf16Act) { Weight = DType.BF16, T = 127, N = 31, Out = 33 });
+        c.Add(new(OpKind.MatMul, "awkward", Bf16Act) { Weight = DType.BF16, T = 9, N = 64, Out = 1 });
+        c.Add(new(OpKind.MatMul, "awkward", F32) { Weight = DType.BF16, T = 2, N = 33, Out = 5, Specials = true });
+
+        c.Add(new(OpKind.Rope, "Llama-2-7B decode", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 17 });
+        c.Add(new(OpKind.Rope, "Llama-3-8B prefill", Bf16Cache) { T = 64, Heads = 32, KvHeads = 8, HeadDim = 128, Theta = 500000f });
+        c.Add(new(OpKind.Rope, "Llama-3-8B at 16k", Bf16Cache) { T = 3, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16381, Theta = 500000f });
+        c.Add(new(OpKind.Rope, "YaRN magnitude + query scale", Bf16Cache) { T = 5, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 5000, Magnitude = 1.13f, QueryScale = true });
+        c.Add(new(OpKind.Rope, "partial rotary", Bf16Cache) { T = 31, Heads = 3, KvHeads = 1, HeadDim = 64, RotaryDim = 32, StartPos = 2 });
+
+        c.Add(new(OpKind.Attention, "Llama-2-7B decode", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 0 });
+        c.Add(new(OpKind.Attention, "Llama-3-8B decode", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 1024 });
+        c.Add(new(OpKind.Attention, "Llama-3-8B decode at 16k", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16383, Theta = 500000f });
+        c.Add(new(OpKind.Attention, "Llama-3-8B prefill", Bf16Cache) { T = 256, Heads = 32, KvHeads = 8, HeadDim = 128 });
+        c.Add(new(OpKind.Attention, "tiny fixture chunked prefill", Bf16Cache) { T = 33, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 31 });
+        c.Add(new(OpKind.Attention, "awkward", Bf16Cache) { T = 127, Heads = 6, KvHeads = 3, HeadDim = 64, StartPos = 1 });
+        c.Add(new(OpKind.Attention, "group of 16, untiled kernel", Bf16Cache) { T = 3, Heads = 16, KvHeads = 1, HeadDim = 64, StartPos = 200 });
+        c.Add(new(OpKind.Attention, "head dim 256, untiled kernel", Bf16Cache) { T = 2, Heads = 2, KvHeads = 1, HeadDim = 256, StartPos = 70 });
+        c.Add(new(OpKind.Attention, "query scale", Bf16Cache) { T = 4, Heads = 4, KvHeads = 1, HeadDim = 32, StartPos = 1025, QueryScale = true });
+
+        c.Add(new(OpKind.Rerotate, "dynamic NTK switch", Bf16Cache) { T = 100, Heads = 8, KvHeads = 8, HeadDim = 64 });
+        c.Add(new(OpKind.Rerotate, "Llama-3-8B long", Bf16Cache) { T = 4100, Heads = 32, KvHeads = 8, HeadDim = 128, Theta = 500000f });
+
+        foreach (int n in new[] { 1, 31, 33, 127, 1025, 11008 * 4 })
+        {
+            c.Add(new(OpKind.SwiGlu, n == 11008 * 4 ? "Llama-2-7B FFN x4" : "awkward", 1e-10) { N = n });
+            c.Add(new(OpKind.Add, n == 11008 * 4 ? "Llama-2-7B FFN x4" : "awkward", 1e-12) { N = n });
+        }
+        c.Add(new(OpKind.Add, "awkward", 1e-12) { N = 33, Specials = true });
+
+        c.Add(new(OpKind.Argmax, "Llama-2-7B logits", 0) { T = 1, N = 32000 });
+        c.Add(new(OpKind.Argmax, "Llama-3-8B logits, prefill rows", 0) { T = 4, N = 128256 });
+        foreach (int n in new[] { 1, 31, 33, 1025 }) c.Add(new(OpKind.Argmax, "awkward, ties", 0) { T = 3, N = n });
+        c.Add(new(OpKind.Argmax, "awkward", 0) { T = 2, N = 127, Specials = true });
+        return c;
+    }
+}

@@ -1,0 +1,91 @@
+// Every CUDA op against the CPU op on the shared case table (NMSE, max abs, NaN/Inf parity, guard rows): DESIGN R8.
+// Skips without a GPU. Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~BackendOpsTests.Rope"
+using LlamaRun.Backends;
+using LlamaRun.Backends.Cpu;
+using LlamaRun.Backends.Cuda;
+using LlamaRun.Model;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace LlamaRun.Tests;
+
+/// <summary>One CPU and one CUDA backend shared by all cases of the class.</summary>
+public sealed class BackendPair : IDisposable
+{
+    private readonly Lazy<CudaBackend> _cuda = new(() => new CudaBackend());
+    public CpuBackend Cpu { get; } = new();
+    public CudaBackend Cuda => _cuda.Value;
+
+    public void Dispose()
+    {
+        if (_cuda.IsValueCreated) _cuda.Value.Dispose();
+        Cpu.Dispose();
+    }
+}
+
+public sealed class BackendOpsTests(BackendPair backends, ITestOutputHelper output) : IClassFixture<BackendPair>
+{
+    private void Check(string name)
+    {
+        var r = OpCheck.Run(backends.Cpu, backends.Cuda, OpCases.Find(name));
+        output.WriteLine($"{r.Shape}: nmse {r.Nmse:E2}, max abs {r.MaxAbs:E2} {r.Detail}");
+        Assert.True(r.Pass, $"{r.Shape}: {r.Detail}");
+    }
+
+    [CudaTheory, MemberData(nameof(OpCases.Embedding), MemberType = typeof(OpCases))]
+    public void Embedding(string name) => Check(name);
+
+    [CudaTheory, MemberData(nameof(OpCases.RmsNorm), MemberType = typeof(OpCases))]
+    public void RmsNorm(string name) => Check(name);
+
+    [CudaTheory, MemberData(nameof(OpCases.MatMul), MemberType = typeof(OpCases))]
+    public void MatMul(string name) => Check(name);
+
+    [CudaTheory, MemberData(nameof(OpCases.Rope), MemberType = typeof(OpCases))]
+    public void Rope(string name) => Check(name);
+
+    [CudaTheory, MemberData(nameof(OpCases.Attention), MemberType = typeof(OpCases))]
+    public void Attention(string name) => Check(name);
+
+    [CudaTheory, MemberData(nameof(OpCases.Rerotate), MemberType = typeof(OpCases))]
+    public void Rerotate(string name) => Check(name);
+
+    [CudaTheory, MemberData(nameof(OpCases.SwiGlu), MemberType = typeof(OpCases))]
+    public void SwiGlu(string name) => Check(name);
+
+    [CudaTheory, MemberData(nameof(OpCases.Add), MemberType = typeof(OpCases))]
+    public void Add(string name) => Check(name);
+
+    [CudaTheory, MemberData(nameof(OpCases.Argmax), MemberType = typeof(OpCases))]
+    public void Argmax(string name) => Check(name);
+
+    [CudaFact]
+    public void ShapeErrorsAreArgumentExceptions()
+    {
+        var g = backends.Cuda;
+        using var x = g.Alloc(DType.F32, 2, 64);
+        using var w = g.Alloc(DType.BF16, 8, 63);
+        using var y = g.Alloc(DType.F32, 2, 8);
+        var e = Assert.Throws<ArgumentException>(() => g.MatMul(x, w, y));
+        Assert.Contains("does not match", e.Message);
+        using var table = g.Alloc(DType.BF16, 10, 64);
+        Assert.Throws<ArgumentOutOfRangeException>(() => g.Embedding([3, 10], table, y));
+    }
+
+    [Fact]
+    public void AvailabilityIsExplainedInOneLine()
+    {
+        if (CudaBackend.IsAvailable(out string reason)) return;
+        Assert.False(string.IsNullOrWhiteSpace(reason));
+        Assert.DoesNotContain('\n', reason);
+        Assert.Null(CudaBackend.TryCreate(out string again));
+        Assert.Equal(reason, again);
+    }
+
+    [Fact]
+    public void CaseTableIsComplete()
+    {
+        foreach (var op in Enum.GetValues<OpKind>()) Assert.Contains(OpCheckCases.All, c => c.Op == op);
+        Assert.Equal(OpCheckCases.All.Count, OpCheckCases.All.Select(c => c.Name).Distinct().Count());
+    }
+}
