@@ -4,7 +4,7 @@ using LlamaRun.Cli;
 using LlamaRun.Cli.Commands;
 using LlamaRun.Model;
 
-string[] switches = ["--no-bos", "--json", "-h", "--help"];
+string[] switches = ["--no-bos", "--json", "--ops-only", "-h", "--help"];
 try
 {
     if (args.Length > 0 && (args[0] is "-h" or "--help" or "help"))
@@ -22,6 +22,7 @@ try
         "perplexity" => Perplexity.Run(a),
         "tokenize" => Tokenize.Run(a),
         "passkey" => Passkey.Run(a),
+        "check" => Check.Run(a),
         _ => throw new UsageException($"unknown command '{command}' (see llama-run --help)"),
     };
 }
@@ -43,4 +44,4 @@ static string Flatten(string s) => s.ReplaceLineEndings(" ");
 
 static string Help() => string.Join('\n',
     "llama-run: run Llama checkpoints (Hugging Face config.json + safetensors + tokenizer).",
-    "", "  " + Generate.Usage, "  " + Perplexity.Usage.Replace("\n", "\n  "), "  " + Tokenize.Usage, "  " + Passkey.Usage);
+    "", "  " + Generate.Usage, "  " + Perplexity.Usage.Replace("\n", "\n  "), "  " + Tokenize.Usage, "  " + Passkey.Usage, "  " + Check.Usage);
