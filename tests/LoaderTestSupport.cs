@@ -7,41 +7,15 @@ namespace LlamaRun.Tests;
 
 internal static class LoaderTestSupport
 {
-    private static readonly Lazy<string> Root = new(() =>
-    {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
-            if (File.Exists(Path.Combine(d.FullName, "Runtime.sln")) && Directory.Exists(Path.Combine(d.FullName, "tests", "fixtures")))
-                return d.FullName;
-        throw new InvalidOperationException("repository root (Runtime.sln) not found above " + AppContext.BaseDirectory);
-    });
-
-    private static readonly Lazy<string?> Shared = new(() =>
-    {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
-        {
-            if (Directory.Exists(Path.Combine(d.FullName, "shared", "models"))) return Path.Combine(d.FullName, "shared");
-            if (d.Parent is not null && Directory.Exists(Path.Combine(d.Parent.FullName, "shared", "models")))
-                return Path.Combine(d.Parent.FullName, "shared");
-        }
-        return null;
-    });
-
-    public static string RepoRoot => Root.Value;
+    public static string RepoRoot => SharedData.RepoRoot ?? throw new InvalidOperationException("repository root (Runtime.sln) not found above " + AppContext.BaseDirectory);
 
     public static string HfTiny => Path.Combine(RepoRoot, "tests", "fixtures", "hf-tiny");
 
     public static string[] HfTinyVariants =>
         Directory.GetDirectories(HfTiny).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray()!;
 
-    /// Returns the path of a file or directory under shared/, or null (the caller returns early: test skipped) when absent.
-    public static string? SharedPath(string relative)
-    {
-        if (Shared.Value is null) return null;
-        string p = Path.Combine(Shared.Value, relative);
-        if (File.Exists(p) || Directory.Exists(p)) return p;
-        Console.WriteLine($"skipped: {relative} not found under {Shared.Value}");
-        return null;
-    }
+    /// Returns the path of a file or directory under ../shared, or null when absent (the caller returns early).
+    public static string? SharedPath(string relative) => SharedData.Path(relative);
 
     /// Asserts that action throws ModelFormatException whose message is one line, names path, and holds every fragment.
     public static ModelFormatException AssertModelError(Action action, string path, params string[] fragments)

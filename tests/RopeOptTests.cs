@@ -63,7 +63,7 @@ public class RopeOptTests
     [Fact]
     public void ReadsTheModelDirectory()
     {
-        var model = RopeTestPaths.RepoFile("models/austen");
+        var model = SharedData.RepoPath("models/austen");
         if (model is null) return;
         var (code, stdout, stderr) = Run("-m", model, "--target", "2048", "--json");
         Assert.True(code == 0, stderr);

@@ -159,7 +159,7 @@ public class RopeTableTests
     public void HfTinyFixtureConfigsMatchTheseParameters()
     {
         // Guards the hand-built records above against the fixture files drifting.
-        var dir = RopeTestPaths.RepoFile("tests/fixtures/hf-tiny");
+        var dir = SharedData.RepoPath("tests/fixtures/hf-tiny");
         if (dir is null) return;
         foreach (var name in new[] { "default", "linear", "dynamic", "yarn", "yarn-b", "llama3", "longrope" })
         {
