@@ -4,6 +4,7 @@
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace LlamaRun.Backends.Cpu;
 
@@ -55,16 +56,22 @@ public static unsafe partial class CpuOps
             float* acc = sp + nq * lenMax;   // [nq, hd]; scores are [nq, lenMax], query r = ti * group + g
             float* kh = kCache + kvh * hd;
             float* vh = vCache + kvh * hd;
-            float* q0 = q + (nint)t0 * qDim + kvh * group * hd;
+            nint* qr = stackalloc nint[nq];
+            for (int r = 0; r < nq; r++) qr[r] = (nint)(q + (nint)(t0 + r / group) * qDim + (kvh * group + r % group) * hd);
+            // Scores: each K row is loaded once for all queries of the block that can see it, four dot products at a time.
             for (int s = 0; s < lenMax; s++)
             {
                 float* kr = kh + (nint)s * kvDim;
-                for (int ti = Math.Max(0, s - p.StartPos - t0); ti < nt; ti++)
+                int r = Math.Max(0, s - p.StartPos - t0) * group;
+                for (; r + 4 <= nq; r += 4)
                 {
-                    float* qt = q0 + (nint)ti * qDim;
-                    float* st = sp + (nint)ti * group * lenMax + s;
-                    for (int g = 0; g < group; g++) st[(nint)g * lenMax] = Dot(qt + g * hd, kr, hd) * scale;
+                    var d = Dot4((float*)qr[r], (float*)qr[r + 1], (float*)qr[r + 2], (float*)qr[r + 3], kr, hd) * scale;
+                    sp[(nint)r * lenMax + s] = d.GetElement(0);
+                    sp[(nint)(r + 1) * lenMax + s] = d.GetElement(1);
+                    sp[(nint)(r + 2) * lenMax + s] = d.GetElement(2);
+                    sp[(nint)(r + 3) * lenMax + s] = d.GetElement(3);
                 }
+                for (; r < nq; r++) sp[(nint)r * lenMax + s] = Dot((float*)qr[r], kr, hd) * scale;
             }
             for (int r = 0; r < nq; r++)
             {
@@ -75,11 +82,51 @@ public static unsafe partial class CpuOps
                 float inv = 1f / TensorPrimitives.Sum(scores);
                 TensorPrimitives.Multiply(scores, inv, scores);
             }
-            for (int r = 0; r < nq; r++)
-                WeightedSum(sp + (nint)r * lenMax, vh, acc + r * hd, p.StartPos + t0 + r / group + 1, hd, kvDim);
+            // Values, in tiles of 64 rows that stay in L1 while every query of the block accumulates over them.
+            new Span<float>(acc, nq * hd).Clear();
+            const int ValueTile = 64;
+            for (int s0 = 0; s0 < lenMax; s0 += ValueTile)
+            {
+                for (int r = Math.Max(0, s0 - p.StartPos - t0) * group; r < nq; r++)
+                {
+                    int end = Math.Min(s0 + ValueTile, p.StartPos + t0 + r / group + 1);
+                    AccumulateWeighted(sp + (nint)r * lenMax, vh, acc + r * hd, s0, end, hd, kvDim);
+                }
+            }
             for (int ti = 0; ti < nt; ti++)
                 new ReadOnlySpan<float>(acc + ti * group * hd, group * hd).CopyTo(new Span<float>(dst + (nint)(t0 + ti) * qDim + kvh * group * hd, group * hd));
         }
+    }
+
+    // Four queries against one key: one accumulator each, combined by a horizontal-add tree.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> Dot4(float* q0, float* q1, float* q2, float* q3, float* k, int n)
+    {
+        var a0 = Vector256<float>.Zero;
+        var a1 = Vector256<float>.Zero;
+        var a2 = Vector256<float>.Zero;
+        var a3 = Vector256<float>.Zero;
+        int i = 0;
+        for (; i <= n - 8; i += 8)
+        {
+            var kv = Vector256.Load(k + i);
+            a0 = Vector256.MultiplyAddEstimate(kv, Vector256.Load(q0 + i), a0);
+            a1 = Vector256.MultiplyAddEstimate(kv, Vector256.Load(q1 + i), a1);
+            a2 = Vector256.MultiplyAddEstimate(kv, Vector256.Load(q2 + i), a2);
+            a3 = Vector256.MultiplyAddEstimate(kv, Vector256.Load(q3 + i), a3);
+        }
+        Vector128<float> sum;
+        if (Avx.IsSupported)
+        {
+            var t = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
+            sum = t.GetLower() + t.GetUpper();
+        }
+        else
+        {
+            sum = Vector128.Create(Vector256.Sum(a0), Vector256.Sum(a1), Vector256.Sum(a2), Vector256.Sum(a3));
+        }
+        for (; i < n; i++) sum += Vector128.Create(q0[i], q1[i], q2[i], q3[i]) * k[i];
+        return sum;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -99,19 +146,19 @@ public static unsafe partial class CpuOps
         return s;
     }
 
-    // out[c] = sum over s < len of w[s] * v[s * stride + c], accumulated in registers 32 (then 8) columns at a time.
+    // output[c] += sum over s in [sStart, sEnd) of w[s] * v[s * stride + c], in registers 32 (then 8) columns at a time.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void WeightedSum(float* w, float* v, float* output, int len, int hd, int stride)
+    private static void AccumulateWeighted(float* w, float* v, float* output, int sStart, int sEnd, int hd, int stride)
     {
         int c = 0;
         for (; c + 32 <= hd; c += 32)
         {
-            var a0 = Vector256<float>.Zero;
-            var a1 = Vector256<float>.Zero;
-            var a2 = Vector256<float>.Zero;
-            var a3 = Vector256<float>.Zero;
-            float* vc = v + c;
-            for (int s = 0; s < len; s++, vc += stride)
+            var a0 = Vector256.Load(output + c);
+            var a1 = Vector256.Load(output + c + 8);
+            var a2 = Vector256.Load(output + c + 16);
+            var a3 = Vector256.Load(output + c + 24);
+            float* vc = v + (nint)sStart * stride + c;
+            for (int s = sStart; s < sEnd; s++, vc += stride)
             {
                 var ws = Vector256.Create(w[s]);
                 a0 = Vector256.MultiplyAddEstimate(ws, Vector256.Load(vc), a0);
@@ -126,15 +173,15 @@ public static unsafe partial class CpuOps
         }
         for (; c + 8 <= hd; c += 8)
         {
-            var a0 = Vector256<float>.Zero;
-            float* vc = v + c;
-            for (int s = 0; s < len; s++, vc += stride) a0 = Vector256.MultiplyAddEstimate(Vector256.Create(w[s]), Vector256.Load(vc), a0);
+            var a0 = Vector256.Load(output + c);
+            float* vc = v + (nint)sStart * stride + c;
+            for (int s = sStart; s < sEnd; s++, vc += stride) a0 = Vector256.MultiplyAddEstimate(Vector256.Create(w[s]), Vector256.Load(vc), a0);
             a0.Store(output + c);
         }
         for (; c < hd; c++)
         {
-            float a = 0;
-            for (int s = 0; s < len; s++) a += w[s] * v[(nint)s * stride + c];
+            float a = output[c];
+            for (int s = sStart; s < sEnd; s++) a += w[s] * v[(nint)s * stride + c];
             output[c] = a;
         }
     }
