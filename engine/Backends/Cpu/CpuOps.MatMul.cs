@@ -4,12 +4,11 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
-using System.Numerics.Tensors;
 using LlamaRun.Model;
 
 namespace LlamaRun.Backends.Cpu;
 
-/// <summary>Reads 8 consecutive weights of one row as f32 (F32 directly, BF16 by a 16-bit shift).</summary>
+/// <summary>Reads 8 consecutive weights of one row as f32 (F32 directly, BF16 by a 16-bit shift, F16 by bit moves).</summary>
 internal unsafe interface IWeightRow
 {
     static abstract Vector256<float> Load8(void* w, nint i);
@@ -40,17 +39,33 @@ internal unsafe struct Bf16Row : IWeightRow
     public static float Load1(void* w, nint i) => DTypes.BF16ToF32(((ushort*)w)[i]);
 }
 
+// F16 by integer bit moves (exact for normals, subnormals, zeros, infinities and NaNs): the exponent is rebiased by
+// adding 112 << 23; infinities/NaNs get another 112 << 23; subnormals are renormalized by one exact f32 subtraction.
+internal unsafe struct F16Row : IWeightRow
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(void* w, nint i)
+    {
+        var h = Avx2.IsSupported
+            ? Avx2.ConvertToVector256Int32((ushort*)w + i)
+            : Vector256.WidenLower(Vector128.Load((ushort*)w + i).ToVector256Unsafe()).AsInt32();
+        var sign = Vector256.ShiftLeft(h & Vector256.Create(0x8000), 16);
+        var o = Vector256.ShiftLeft(h & Vector256.Create(0x7fff), 13);
+        var exp = o & Vector256.Create(0x0f800000);
+        o += Vector256.Create(0x38000000);
+        o += Vector256.Equals(exp, Vector256.Create(0x0f800000)) & Vector256.Create(0x38000000);
+        var sub = (o + Vector256.Create(0x00800000)).AsSingle() - Vector256.Create(0x38800000).AsSingle();
+        var f = Vector256.ConditionalSelect(Vector256.Equals(exp, Vector256<int>.Zero).AsSingle(), sub, o.AsSingle());
+        return (f.AsInt32() | sign).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Load1(void* w, nint i) => DTypes.F16ToF32(((ushort*)w)[i]);
+}
+
 public static unsafe partial class CpuOps
 {
-    [ThreadStatic] private static float[]? _rowScratch;
     [ThreadStatic] private static float[]? _pairScratch;
-
-    private static float[] RowScratch(int n)
-    {
-        var s = _rowScratch;
-        if (s is null || s.Length < n) _rowScratch = s = new float[Math.Max(n, 1024)];
-        return s;
-    }
 
     /// <summary>dst[t, o] = sum_i x[t, i] * weight[o, i] for t below tokens, o below outDim; multi-threaded.</summary>
     public static void MatMul(float* x, void* weight, float* dst, DType weightType, int tokens, int inDim, int outDim)
@@ -120,15 +135,7 @@ public static unsafe partial class CpuOps
         {
             case DType.F32: MatMulBlock<F32Row>(xs, ws, ds, toks, rows, inDim, outDim); break;
             case DType.BF16: MatMulBlock<Bf16Row>(xs, ws, ds, toks, rows, inDim, outDim); break;
-            default:
-                // F16: convert the block's rows once (TensorPrimitives' vectorized Half->float), then the f32 path.
-                var scratch = RowScratch(rows * inDim);
-                fixed (float* s = scratch)
-                {
-                    TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(ws, rows * inDim), new Span<float>(s, rows * inDim));
-                    MatMulBlock<F32Row>(xs, s, ds, toks, rows, inDim, outDim);
-                }
-                break;
+            default: MatMulBlock<F16Row>(xs, ws, ds, toks, rows, inDim, outDim); break;
         }
     }
 
