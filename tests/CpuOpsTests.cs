@@ -1,5 +1,6 @@
 // CPU SIMD ops against plain scalar loops that accumulate in double, at every length 0..256 (DESIGN R9).
 // Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~CpuOpsTests"
+using System.Runtime.Intrinsics;
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Model;
 using Xunit;
@@ -227,5 +228,24 @@ public unsafe class CpuOpsTests
                 Close(e, dst[t * outDim + o], 2e-7 * Math.Sqrt(inDim + 1) * (mag + 1e-6), $"MatMul {dtype} T={tokens} in={inDim} [{t},{o}]");
             }
         Assert.Equal(42f, dst[^1]);
+    }
+
+    [Fact]
+    public void F16WeightLoadIsExactForEveryBitPattern()
+    {
+        var bits = new ushort[65536];
+        for (int i = 0; i < bits.Length; i++) bits[i] = (ushort)i;
+        fixed (ushort* bp = bits)
+            for (int i = 0; i < bits.Length; i += 8)
+            {
+                var got = F16Row.Load8(bp, i);
+                for (int k = 0; k < 8; k++)
+                {
+                    float e = DTypes.F16ToF32(bits[i + k]);
+                    float g = got.GetElement(k);
+                    if (float.IsNaN(e)) Assert.True(float.IsNaN(g), $"F16 0x{i + k:x4}");
+                    else Assert.True(BitConverter.SingleToInt32Bits(e) == BitConverter.SingleToInt32Bits(g), $"F16 0x{i + k:x4}: expected {e:R}, got {g:R}");
+                }
+            }
     }
 }

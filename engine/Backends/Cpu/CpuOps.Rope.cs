@@ -51,13 +51,11 @@ public static unsafe partial class CpuOps
         }
     }
 
+    // Numerics: each pair is un-rotated with the exact inverse of from's f32 cos/sin (in double, dividing by
+    // cos^2 + sin^2, which also removes from's Magnitude) and rounded to f32, which recovers the original key whenever
+    // the stored rounding error is under half an ulp; it is then rotated with to's cos/sin by the same f32 formula as
+    // Rope. The result is the directly rotated key, or within about an ulp of the pair's norm of it.
     /// <summary>Re-rotates cached keys at positions 0..length-1 of every layer so they equal keys rotated with table `to` instead of `from`.</summary>
-    /// <remarks>
-    /// Each pair is un-rotated with the exact inverse of from's f32 cos/sin (in double, dividing by cos^2+sin^2, which also
-    /// removes from's Magnitude), rounded to f32 (which recovers the original key whenever the stored rounding error is
-    /// under half an ulp), then rotated with to's cos/sin by the same f32 formula as <see cref="Rope"/>. The result is the
-    /// directly rotated key, or within a few ulps of the pair's norm of it.
-    /// </remarks>
     public static void RerotateCache(float* kCache, int numLayers, int maxSeq, int length, int kvHeads, int headDim, RopeTable from, RopeTable to)
     {
         int half = from.InvFreq.Length, kvDim = kvHeads * headDim;
