@@ -28,6 +28,7 @@ public sealed unsafe class CudaBackend : IBackend
     private ulong _argmax;                                    // [_argmaxCapacity] int
     private int _argmaxCapacity;
     private bool _disposed;
+    private readonly bool _flashAttention = Environment.GetEnvironmentVariable("LLAMA_FLASH_ATTENTION") != "0";
 
     /// <summary>Opens GPU <paramref name="device"/>, compiles or loads the cached kernels, and allocates work buffers.</summary>
     public CudaBackend(int device = 0)
@@ -328,6 +329,14 @@ public sealed unsafe class CudaBackend : IBackend
         if (startPos < 0 || startPos + tokens > cache.MaxSeq) throw new ArgumentOutOfRangeException(nameof(startPos));
         if (tokens > 65535) throw new ArgumentException($"at most 65535 queries per call, got {tokens}", nameof(q));
         if (tokens == 0) return;
+        ulong rowK = (ulong)cache.K.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
+        ulong rowV = (ulong)cache.V.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
+        if (tokens >= CudaKernels.FlashMinTokens && hd is 64 or 128 && _flashAttention)
+        {
+            _launch.AttentionFlash((ulong)q.Pointer, rowK, rowV, (ulong)dst.Pointer, tokens, heads, cache.NumKvHeads, hd, startPos,
+                1.4426950408889634f / MathF.Sqrt(hd));
+            return;
+        }
         int maxLen = startPos + tokens;
         bool tiled = hd <= CudaKernels.TiledMaxHeadDim && hd % 8 == 0 && heads / cache.NumKvHeads <= CudaKernels.TiledMaxGroup;
         int units = tiled ? cache.NumKvHeads : heads;
@@ -341,8 +350,6 @@ public sealed unsafe class CudaBackend : IBackend
             splitLen *= 2;
             splits = (maxLen + splitLen - 1) / splitLen;
         }
-        ulong rowK = (ulong)cache.K.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
-        ulong rowV = (ulong)cache.V.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
         _launch.AttentionSplit(tiled, (ulong)q.Pointer, rowK, rowV, (ulong)dst.Pointer, _attentionScratch, tokens, heads,
             cache.NumKvHeads, hd, startPos, splitLen, splits, 1f / MathF.Sqrt(hd));
         if (splits > 1) _launch.AttentionCombine(_attentionScratch, (ulong)dst.Pointer, tokens, heads, hd, splits);

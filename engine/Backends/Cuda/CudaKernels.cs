@@ -10,12 +10,14 @@ internal sealed unsafe class CudaKernels
         "embedding_f32", "embedding_f16", "embedding_bf16", "rmsnorm_f32",
         "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemm_mma_bf16",
         "rope_f32", "rerotate_bf16", "attention_split_bf16", "attention_tiled_bf16", "attention_combine",
+        "attention_flash_hd64_bf16", "attention_flash_hd128_bf16",
         "swiglu_f32", "add_f32", "argmax_f32",
     ];
 
     public const int GemvMaxTokens = 8;
     public const int AttentionMaxHeadDim = 256;
     public const int TiledMaxHeadDim = 128, TiledMaxGroup = 8, TiledKeys = 64;
+    public const int FlashMinTokens = 32;
 
     private readonly KernelLibrary _lib;
     private readonly nint _stream;
@@ -94,6 +96,13 @@ internal sealed unsafe class CudaKernels
         };
         if (tiled) Launch("attention_tiled_bf16", (uint)numKvHeads, (uint)tokens, (uint)splits, 128, a);
         else Launch("attention_split_bf16", (uint)numHeads, (uint)tokens, (uint)splits, 128, a);
+    }
+
+    public void AttentionFlash(ulong q, ulong kcache, ulong vcache, ulong dst, int tokens, int numHeads, int numKvHeads,
+        int headDim, int startPos, float scaleLog2)
+    {
+        void** a = stackalloc void*[] { &q, &kcache, &vcache, &dst, &tokens, &numHeads, &numKvHeads, &startPos, &scaleLog2 };
+        Launch(headDim == 64 ? "attention_flash_hd64_bf16" : "attention_flash_hd128_bf16", (uint)((tokens + 63) / 64), (uint)numHeads, 1, 128, a);
     }
 
     public void AttentionCombine(ulong partial, ulong dst, int tokens, int numHeads, int headDim, int splits)
