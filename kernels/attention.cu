@@ -28,7 +28,7 @@ __device__ __forceinline__ void ldmatrix_x2_trans(const bf16* p, u32& b0, u32& b
 {
     u32 addr;
     asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(addr));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(addr) : "memory");
 }
 
 // Flash attention (prefill): block = 4 warps = 64 queries of head blockIdx.y; each warp owns 16 query rows. Per

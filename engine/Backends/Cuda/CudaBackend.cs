@@ -269,7 +269,8 @@ public sealed unsafe class CudaBackend : IBackend
         for (int t0 = 0; t0 < tokens; t0 += CudaKernels.GemvMaxTokens)
         {
             int n = Math.Min(CudaKernels.GemvMaxTokens, tokens - t0);
-            _launch.Gemv(variant, (ulong)x.Pointer + (ulong)((long)t0 * inDim * 4), (ulong)weight.Pointer,
+            _launch.Gemv(n == 1 && weight.DType == DType.BF16 ? "gemv_warp_per_row_t1_bf16" : variant,
+                (ulong)x.Pointer + (ulong)((long)t0 * inDim * 4), (ulong)weight.Pointer,
                 (ulong)dst.Pointer + (ulong)((long)t0 * outDim * 4), n, inDim, outDim);
         }
     }
