@@ -52,7 +52,7 @@ internal sealed unsafe class CudaKernels
     public void RmsNorm(ulong x, ulong weight, ulong dst, int rows, int n, float eps)
     {
         void** a = stackalloc void*[] { &x, &weight, &dst, &n, &eps };
-        Launch("rmsnorm_f32", (uint)rows, 1, 1, n >= 4096 ? 1024u : 256u, a);
+        Launch("rmsnorm_f32", (uint)rows, 1, 1, n >= 8192 ? 512u : 256u, a);
     }
 
     public void Gemv(string variant, ulong x, ulong weight, ulong dst, int tokens, int inDim, int outDim)
