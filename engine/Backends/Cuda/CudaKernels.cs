@@ -86,29 +86,39 @@ internal sealed unsafe class CudaKernels
         Launch("rerotate_bf16", (uint)length, (uint)numLayers, 1, 128, a);
     }
 
-    /// <summary>tiled: grid over KV heads (attention_tiled_bf16); else over query heads (attention_split_bf16).</summary>
-    public void AttentionSplit(bool tiled, ulong q, ulong kcache, ulong vcache, ulong dst, ulong partial, int tokens, int numHeads,
-        int numKvHeads, int headDim, int startPos, int splitLen, int splits, float scale)
+    /// <summary>Picks the attention variant: flash (prefill, head dim 64/128), tiled or per-head split-K plus combine.</summary>
+    public void Attention(ulong q, ulong kcache, ulong vcache, ulong dst, ulong partial, long partialFloats, int tokens,
+        int numHeads, int numKvHeads, int headDim, int startPos, int smCount, bool flash)
     {
+        float scale = 1f / MathF.Sqrt(headDim);
+        if (flash && tokens >= FlashMinTokens && headDim is 64 or 128)
+        {
+            float scaleLog2 = scale * 1.4426950408889634f;   // softmax in the exp2 domain
+            void** f = stackalloc void*[] { &q, &kcache, &vcache, &dst, &tokens, &numHeads, &numKvHeads, &startPos, &scaleLog2 };
+            Launch(headDim == 64 ? "attention_flash_hd64_bf16" : "attention_flash_hd128_bf16", (uint)((tokens + 63) / 64), (uint)numHeads, 1, 128, f);
+            return;
+        }
+        bool tiled = headDim <= TiledMaxHeadDim && headDim % 8 == 0 && numHeads / numKvHeads <= TiledMaxGroup;
+        int units = tiled ? numKvHeads : numHeads, maxLen = startPos + tokens;
+        // Enough (head, query, split) blocks to fill the GPU about 4 times, at least one 64-key tile a split.
+        long wanted = Math.Max(1, 4L * smCount / ((long)units * tokens));
+        int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
+        splitLen = Math.Max(TiledKeys, (splitLen + TiledKeys - 1) / TiledKeys * TiledKeys);
+        int splits = (maxLen + splitLen - 1) / splitLen;
+        while (splits > 1 && (long)tokens * numHeads * splits * (headDim + 2) > partialFloats)
+        {
+            splitLen *= 2;
+            splits = (maxLen + splitLen - 1) / splitLen;
+        }
         void** a = stackalloc void*[]
         {
             &q, &kcache, &vcache, &dst, &partial, &numHeads, &numKvHeads, &headDim, &startPos, &splitLen, &splits, &scale,
         };
         if (tiled) Launch("attention_tiled_bf16", (uint)numKvHeads, (uint)tokens, (uint)splits, 128, a);
         else Launch("attention_split_bf16", (uint)numHeads, (uint)tokens, (uint)splits, 128, a);
-    }
-
-    public void AttentionFlash(ulong q, ulong kcache, ulong vcache, ulong dst, int tokens, int numHeads, int numKvHeads,
-        int headDim, int startPos, float scaleLog2)
-    {
-        void** a = stackalloc void*[] { &q, &kcache, &vcache, &dst, &tokens, &numHeads, &numKvHeads, &startPos, &scaleLog2 };
-        Launch(headDim == 64 ? "attention_flash_hd64_bf16" : "attention_flash_hd128_bf16", (uint)((tokens + 63) / 64), (uint)numHeads, 1, 128, a);
-    }
-
-    public void AttentionCombine(ulong partial, ulong dst, int tokens, int numHeads, int headDim, int splits)
-    {
-        void** a = stackalloc void*[] { &partial, &dst, &numHeads, &headDim, &splits };
-        Launch("attention_combine", (uint)numHeads, (uint)tokens, 1, 128, a);
+        if (splits <= 1) return;
+        void** c = stackalloc void*[] { &partial, &dst, &numHeads, &headDim, &splits };
+        Launch("attention_combine", (uint)numHeads, (uint)tokens, 1, 128, c);
     }
 
     public void SwiGlu(ulong gate, ulong up, ulong dst, long n)
