@@ -4,7 +4,8 @@
 // split the block writes dst; with several (decode, long contexts) it writes (m, l, acc) and attention_combine
 // merges the splits. attention_tiled_bf16 (head dim <= 128, up to 8 query heads per KV head) is the fast path: one
 // block per (KV head, query, split) stages 64-key K/V tiles in shared memory with 16-byte loads, so every query
-// head of the group shares one read of the cache. Exercised by tests/BackendOpsTests.cs Attention.
+// head of the group shares one read of the cache. attention_flash_hd{64,128}_bf16: prefill on tensor cores.
+// Exercised by tests/BackendOpsTests.cs Attention.
 #include "common.cuh"
 
 #define ATT_WARPS 4
@@ -14,6 +15,154 @@
 #define TILE_MAX_HEAD_DIM 128
 #define TILE_MAX_GROUP 8
 #define TILE_ROW (TILE_MAX_HEAD_DIM + 8)   // bf16 per shared row: 16-byte aligned, rows offset by 4 banks
+
+__device__ __forceinline__ void mma_bf16(float* c, const u32* a, u32 b0, u32 b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// B fragment (k = key, n = dim) of row-major V [key][dim]: two transposed 8x8 bf16 matrices from shared memory.
+__device__ __forceinline__ void ldmatrix_x2_trans(const bf16* p, u32& b0, u32& b1)
+{
+    u32 addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(addr) : "memory");
+}
+
+// Flash attention (prefill): block = 4 warps = 64 queries of head blockIdx.y; each warp owns 16 query rows. Per
+// 64-key tile: S = Q K^T on tensor cores (Q pre-scaled by log2(e)/sqrt(HD), bf16), causal mask, online softmax in
+// the exp2 domain, O += P V with P reused from the S registers as bf16. f32 accumulation throughout.
+template <int HD>
+__device__ __forceinline__ void flash_attention(const float* q, const bf16* kcache, const bf16* vcache, float* dst,
+    int T, int numHeads, int numKvHeads, int startPos, float scaleLog2)
+{
+    __shared__ __align__(16) bf16 ks[64][HD + 8];
+    __shared__ __align__(16) bf16 vs[64][HD + 8];
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tig = lane & 3;
+    int h = blockIdx.y, m0 = (gridDim.x - 1 - blockIdx.x) * 64;   // heaviest (latest) query tiles first
+    int kvh = h / (numHeads / numKvHeads), kvDim = numKvHeads * HD, qStride = numHeads * HD;
+    int r0 = m0 + warp * 16 + g, r1 = r0 + 8;
+    u32 qa[HD / 16][4];
+    {
+        const float* q0 = q + (i64)min(r0, T - 1) * qStride + h * HD;
+        const float* q1 = q + (i64)min(r1, T - 1) * qStride + h * HD;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++)
+        {
+            int c = kk * 16 + tig * 2;
+            qa[kk][0] = pack_bf16x2(q0[c] * scaleLog2, q0[c + 1] * scaleLog2);
+            qa[kk][1] = pack_bf16x2(q1[c] * scaleLog2, q1[c + 1] * scaleLog2);
+            qa[kk][2] = pack_bf16x2(q0[c + 8] * scaleLog2, q0[c + 9] * scaleLog2);
+            qa[kk][3] = pack_bf16x2(q1[c + 8] * scaleLog2, q1[c + 9] * scaleLog2);
+        }
+    }
+    float o[HD / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < HD / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+    float mrow0 = NEG_INF, mrow1 = NEG_INF, lrow0 = 0.0f, lrow1 = 0.0f;
+    int qpos0 = startPos + r0, qpos1 = startPos + r1;
+    int kend = startPos + min(m0 + 63, T - 1) + 1;
+    const bf16* kbase = kcache + (i64)kvh * HD;
+    const bf16* vbase = vcache + (i64)kvh * HD;
+    for (int k0 = 0; k0 < kend; k0 += 64)
+    {
+        __syncthreads();
+        for (int c = tid; c < 64 * (HD / 8); c += 128)
+        {
+            int j = c / (HD / 8), d = (c % (HD / 8)) * 8;
+            uint4 kv = {0u, 0u, 0u, 0u}, vv = {0u, 0u, 0u, 0u};
+            if (k0 + j < kend)
+            {
+                kv = *(const uint4*)(kbase + (i64)(k0 + j) * kvDim + d);
+                vv = *(const uint4*)(vbase + (i64)(k0 + j) * kvDim + d);
+            }
+            *(uint4*)&ks[j][d] = kv;
+            *(uint4*)&vs[j][d] = vv;
+        }
+        __syncthreads();
+        float s[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+            {
+                u32 b0 = *(const u32*)&ks[nt * 8 + g][kk * 16 + tig * 2];
+                u32 b1 = *(const u32*)&ks[nt * 8 + g][kk * 16 + tig * 2 + 8];
+                mma_bf16(s[nt], qa[kk], b0, b1);
+            }
+        float mx0 = mrow0, mx1 = mrow1;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                int key = k0 + nt * 8 + tig * 2 + e;
+                if (key > qpos0) s[nt][e] = NEG_INF;
+                if (key > qpos1) s[nt][2 + e] = NEG_INF;
+                mx0 = fmaxf(mx0, s[nt][e]);
+                mx1 = fmaxf(mx1, s[nt][2 + e]);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        float c0 = exp2f(mrow0 - mx0), c1 = exp2f(mrow1 - mx1);
+        mrow0 = mx0;
+        mrow1 = mx1;
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+        {
+            s[nt][0] = exp2f(s[nt][0] - mx0); s[nt][1] = exp2f(s[nt][1] - mx0);
+            s[nt][2] = exp2f(s[nt][2] - mx1); s[nt][3] = exp2f(s[nt][3] - mx1);
+            sum0 += s[nt][0] + s[nt][1];
+            sum1 += s[nt][2] + s[nt][3];
+        }
+        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
+        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
+        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
+        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
+        lrow0 = lrow0 * c0 + sum0;
+        lrow1 = lrow1 * c1 + sum1;
+#pragma unroll
+        for (int nt = 0; nt < HD / 8; nt++) { o[nt][0] *= c0; o[nt][1] *= c0; o[nt][2] *= c1; o[nt][3] *= c1; }
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+        {
+            u32 pa[4] = {
+                pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]),
+            };
+#pragma unroll
+            for (int nt = 0; nt < HD / 8; nt++)
+            {
+                u32 b0, b1;
+                ldmatrix_x2_trans(&vs[kk * 16 + (lane & 15)][nt * 8], b0, b1);
+                mma_bf16(o[nt], pa, b0, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < HD / 8; nt++)
+    {
+        int col = h * HD + nt * 8 + tig * 2;
+        if (r0 < T)
+        {
+            dst[(i64)r0 * qStride + col] = o[nt][0] / lrow0;
+            dst[(i64)r0 * qStride + col + 1] = o[nt][1] / lrow0;
+        }
+        if (r1 < T)
+        {
+            dst[(i64)r1 * qStride + col] = o[nt][2] / lrow1;
+            dst[(i64)r1 * qStride + col + 1] = o[nt][3] / lrow1;
+        }
+    }
+}
+
 
 // kernels
 
@@ -232,4 +381,17 @@ extern "C" __global__ void __launch_bounds__(128) attention_tiled_bf16(
             out[2 + d] = acc[i];
         }
     }
+}
+
+// Grid (ceil(T / 64), numHeads), 128 threads; kcache/vcache point at the layer's first row.
+extern "C" __global__ void __launch_bounds__(128) attention_flash_hd64_bf16(const float* q, const bf16* kcache,
+    const bf16* vcache, float* dst, int T, int numHeads, int numKvHeads, int startPos, float scaleLog2)
+{
+    flash_attention<64>(q, kcache, vcache, dst, T, numHeads, numKvHeads, startPos, scaleLog2);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_flash_hd128_bf16(const float* q, const bf16* kcache,
+    const bf16* vcache, float* dst, int T, int numHeads, int numKvHeads, int startPos, float scaleLog2)
+{
+    flash_attention<128>(q, kcache, vcache, dst, T, numHeads, numKvHeads, startPos, scaleLog2);
 }

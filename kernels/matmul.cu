@@ -1,5 +1,5 @@
 // MatMul dst[T, out] = x[T, in] * weight[out, in]^T (CpuOps.MatMul). x and dst are f32; weight is f32, f16 or bf16.
-// gemv_warp_per_row_*: decode (T <= 8): one warp per output row, weights read once for all T tokens, 16-byte loads.
+// gemv_warp_per_row_*: decode (T <= 8; t1: one token): one warp per output row, weights read once for all T tokens, 16-byte loads.
 // gemm_mma_bf16: prefill: 128x128x32 tiles, mma.sync m16n8k16 bf16 with f32 accumulation; x rounded to bf16 on load.
 // Exercised by tests/BackendOpsTests.cs MatMul; timed by bench/KernelBenchmarks.cs MatMul.
 #include "common.cuh"
@@ -24,12 +24,13 @@ __device__ __forceinline__ uint4 load_stream(const bf16* p)
 }
 
 // acc[t] += dot(8 weights, x[t, k..k+8]) for every token t < T; x points at column k of token 0.
+template <int MAXT>
 __device__ __forceinline__ void gemv_accum8(uint4 wv, const float* x, int T, int in, float* acc)
 {
     float wf[8];
     unpack_bf16x8(wv, wf);
 #pragma unroll
-    for (int t = 0; t < GEMV_MAX_T; t++)
+    for (int t = 0; t < MAXT; t++)
     {
         if (t < T)
         {
@@ -41,28 +42,28 @@ __device__ __forceinline__ void gemv_accum8(uint4 wv, const float* x, int T, int
     }
 }
 
+template <int MAXT>
 __device__ __forceinline__ void gemv_store(float* acc, float* dst, int T, int out, int row)
 {
     int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int t = 0; t < GEMV_MAX_T; t++)
+    for (int t = 0; t < MAXT; t++)
     {
         float s = warp_sum(acc[t]);
         if (lane == 0 && t < T) dst[(i64)t * out + row] = s;
     }
 }
 
-// kernels
-
-// T <= 8 tokens; block of 256 threads = 8 rows. The 16-byte path needs in % 8 == 0 (rows then stay 16-byte aligned).
-extern "C" __global__ void gemv_warp_per_row_bf16(const float* x, const bf16* weight, float* dst, int T, int in, int out)
+// T <= MAXT tokens; block of 256 threads = 8 rows. The 16-byte path needs in % 8 == 0 (rows stay 16-byte aligned).
+template <int MAXT>
+__device__ __forceinline__ void gemv_bf16(const float* x, const bf16* weight, float* dst, int T, int in, int out)
 {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (row >= out) return;
     const bf16* w = weight + (i64)row * in;
-    float acc[GEMV_MAX_T];
+    float acc[MAXT];
 #pragma unroll
-    for (int t = 0; t < GEMV_MAX_T; t++) acc[t] = 0.0f;
+    for (int t = 0; t < MAXT; t++) acc[t] = 0.0f;
     if ((in & 7) == 0)
     {
         // Eight independent 16-byte weight loads in flight per lane before the first use (HBM latency hiding).
@@ -73,9 +74,9 @@ extern "C" __global__ void gemv_warp_per_row_bf16(const float* x, const bf16* we
 #pragma unroll
             for (int u = 0; u < 8; u++) wv[u] = load_stream(w + k + u * 256);
 #pragma unroll
-            for (int u = 0; u < 8; u++) gemv_accum8(wv[u], x + k + u * 256, T, in, acc);
+            for (int u = 0; u < 8; u++) gemv_accum8<MAXT>(wv[u], x + k + u * 256, T, in, acc);
         }
-        for (; k < in; k += 256) gemv_accum8(load_stream(w + k), x + k, T, in, acc);
+        for (; k < in; k += 256) gemv_accum8<MAXT>(load_stream(w + k), x + k, T, in, acc);
     }
     else
     {
@@ -83,11 +84,24 @@ extern "C" __global__ void gemv_warp_per_row_bf16(const float* x, const bf16* we
         {
             float wk = bf16_to_f32(w[k]);
 #pragma unroll
-            for (int t = 0; t < GEMV_MAX_T; t++)
+            for (int t = 0; t < MAXT; t++)
                 if (t < T) acc[t] += wk * x[(i64)t * in + k];
         }
     }
-    gemv_store(acc, dst, T, out, row);
+    gemv_store<MAXT>(acc, dst, T, out, row);
+}
+
+// kernels
+
+extern "C" __global__ void gemv_warp_per_row_bf16(const float* x, const bf16* weight, float* dst, int T, int in, int out)
+{
+    gemv_bf16<GEMV_MAX_T>(x, weight, dst, T, in, out);
+}
+
+// Decode of one token: no per-token predicates, fewer registers.
+extern "C" __global__ void gemv_warp_per_row_t1_bf16(const float* x, const bf16* weight, float* dst, int T, int in, int out)
+{
+    gemv_bf16<1>(x, weight, dst, 1, in, out);
 }
 
 extern "C" __global__ void gemv_warp_per_row_f16(const float* x, const f16* weight, float* dst, int T, int in, int out)
@@ -105,7 +119,7 @@ extern "C" __global__ void gemv_warp_per_row_f16(const float* x, const f16* weig
         for (int t = 0; t < GEMV_MAX_T; t++)
             if (t < T) acc[t] += wk * x[(i64)t * in + k];
     }
-    gemv_store(acc, dst, T, out, row);
+    gemv_store<GEMV_MAX_T>(acc, dst, T, out, row);
 }
 
 extern "C" __global__ void gemv_warp_per_row_f32(const float* x, const float* weight, float* dst, int T, int in, int out)
@@ -123,7 +137,7 @@ extern "C" __global__ void gemv_warp_per_row_f32(const float* x, const float* we
         for (int t = 0; t < GEMV_MAX_T; t++)
             if (t < T) acc[t] += wk * x[(i64)t * in + k];
     }
-    gemv_store(acc, dst, T, out, row);
+    gemv_store<GEMV_MAX_T>(acc, dst, T, out, row);
 }
 
 #define BM 128

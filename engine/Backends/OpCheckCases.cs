@@ -93,6 +93,7 @@ public static class OpCheckCases
         c.Add(new(OpKind.Attention, "Llama-3-8B decode", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 1024 });
         c.Add(new(OpKind.Attention, "Llama-3-8B decode at 16k", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16383, Theta = 500000f });
         c.Add(new(OpKind.Attention, "Llama-3-8B prefill", Bf16Cache) { T = 256, Heads = 32, KvHeads = 8, HeadDim = 128 });
+        c.Add(new(OpKind.Attention, "Llama-3-8B chunked prefill", Bf16Cache) { T = 100, Heads = 8, KvHeads = 2, HeadDim = 128, StartPos = 1000 });
         c.Add(new(OpKind.Attention, "tiny fixture chunked prefill", Bf16Cache) { T = 33, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 31 });
         c.Add(new(OpKind.Attention, "awkward", Bf16Cache) { T = 127, Heads = 6, KvHeads = 3, HeadDim = 64, StartPos = 1 });
         c.Add(new(OpKind.Attention, "group of 16, untiled kernel", Bf16Cache) { T = 3, Heads = 16, KvHeads = 1, HeadDim = 64, StartPos = 200 });

@@ -112,7 +112,7 @@ static void Bench(CudaBackend g)
         double s = Time(g, 50, _ => g.Attention(q, cache, 0, ctx - 1, o));
         Row("attention decode", $"heads {heads}/{kv} hd 128 ctx {ctx}", s, $"{2.0 * 2 * ctx * kv * 128 / s / 1e9:F0} GB/s");
     }
-    foreach (int t in new[] { 512, 4096 })
+    foreach (int t in new[] { 512, 4096, 16384 })
     {
         using var cache = g.AllocKvCache(1, t, 8, 128);
         using var q = Random(g, DType.F32, t, 32 * 128, 4);
@@ -121,7 +121,7 @@ static void Bench(CudaBackend g)
         using var o = g.Alloc(DType.F32, t, 32 * 128);
         double sr = Time(g, 10, _ => g.Rope(q, k, v, cache, 0, 0, table));
         Row("rope", $"T {t} heads 32/8 hd 128", sr, $"{(t * (32 + 8 + 8) * 128 * 8.0 + t * 16 * 128 * 2.0) / sr / 1e9:F0} GB/s");
-        double s = Time(g, 3, _ => g.Attention(q, cache, 0, 0, o));
+        double s = Time(g, t > 4096 ? 2 : 5, _ => g.Attention(q, cache, 0, 0, o));
         Row("attention prefill", $"T {t} heads 32/8 hd 128 causal", s, $"{4.0 * t * t / 2 * 32 * 128 / s / 1e12:F2} TFLOP/s");
     }
 }

@@ -11,7 +11,6 @@ namespace LlamaRun.Backends.Cuda;
 public sealed unsafe class CudaBackend : IBackend
 {
     private const int AttentionScratchFloats = 4 << 20;   // split-K partials (m, l, acc[headDim]) for decode
-    private const int RopeSlots = 4;
 
     private readonly int _device;
     private readonly nint _context;
@@ -20,14 +19,14 @@ public sealed unsafe class CudaBackend : IBackend
     private readonly CudaKernels _launch;
     private readonly int _smCount, _ccMajor;
     private readonly ulong _attentionScratch;
-    private readonly ulong _ropeTables;                       // [RopeSlots, 512] f32 inverse-frequency tables
-    private readonly float[]?[] _ropeSlotContent = new float[RopeSlots][];
-    private int _ropeNextSlot;
+    private readonly ulong _ropeTables;                       // [RopeTableSlots.Slots, 512] f32 InvFreq
+    private readonly RopeTableSlots _rope = null!;
     private ulong _tokens;                                    // [_tokenCapacity] int token ids
     private int _tokenCapacity;
     private ulong _argmax;                                    // [_argmaxCapacity] int
     private int _argmaxCapacity;
     private bool _disposed;
+    private readonly bool _flashAttention = Environment.GetEnvironmentVariable("LLAMA_FLASH_ATTENTION") != "0";
 
     /// <summary>Opens GPU <paramref name="device"/>, compiles or loads the cached kernels, and allocates work buffers.</summary>
     public CudaBackend(int device = 0)
@@ -57,7 +56,8 @@ public sealed unsafe class CudaBackend : IBackend
             _kernels = new KernelLibrary(major, minor, CudaKernels.EntryPoints);
             _launch = new CudaKernels(_kernels, _stream, Environment.GetEnvironmentVariable("LLAMA_SYNC") == "1");
             _attentionScratch = Malloc(AttentionScratchFloats * 4L);
-            _ropeTables = Malloc(RopeSlots * 512 * 4L);
+            _ropeTables = Malloc(RopeTableSlots.Bytes);
+            _rope = new RopeTableSlots(_ropeTables, _stream);
             EnsureTokens(4096);
             EnsureArgmax(64);
         }
@@ -281,26 +281,10 @@ public sealed unsafe class CudaBackend : IBackend
         for (int t0 = 0; t0 < tokens; t0 += CudaKernels.GemvMaxTokens)
         {
             int n = Math.Min(CudaKernels.GemvMaxTokens, tokens - t0);
-            _launch.Gemv(variant, (ulong)x.Pointer + (ulong)((long)t0 * inDim * 4), (ulong)weight.Pointer,
+            _launch.Gemv(n == 1 && weight.DType == DType.BF16 ? "gemv_warp_per_row_t1_bf16" : variant,
+                (ulong)x.Pointer + (ulong)((long)t0 * inDim * 4), (ulong)weight.Pointer,
                 (ulong)dst.Pointer + (ulong)((long)t0 * outDim * 4), n, inDim, outDim);
         }
-    }
-
-    /// <summary>Device copy of a RoPE table's InvFreq, re-uploaded only when its contents change.</summary>
-    private ulong RopeTableOnDevice(RopeTable table, ulong keep = 0)
-    {
-        float[] inv = table.InvFreq;
-        if (inv.Length > 512) throw new ArgumentException($"RoPE table has {inv.Length} pairs; at most 512 are supported", nameof(table));
-        for (int s = 0; s < RopeSlots; s++)
-            if (_ropeSlotContent[s] is { } c && c.AsSpan().SequenceEqual(inv)) return _ropeTables + (ulong)(s * 512 * 4);
-        int slot = _ropeNextSlot;
-        if (_ropeTables + (ulong)(slot * 512 * 4) == keep) slot = (slot + 1) % RopeSlots;   // never evict the other operand
-        _ropeNextSlot = (slot + 1) % RopeSlots;
-        var copy = (float[])inv.Clone();
-        _ropeSlotContent[slot] = copy;
-        ulong p = _ropeTables + (ulong)(slot * 512 * 4);
-        fixed (float* h = copy) Cu.Check(Cu.cuMemcpyHtoDAsync(p, h, (nuint)(copy.Length * 4), _stream));
-        return p;
     }
 
     public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table)
@@ -319,7 +303,7 @@ public sealed unsafe class CudaBackend : IBackend
             throw new ArgumentOutOfRangeException(nameof(startPos), $"positions [{startPos}, {startPos + tokens}) exceed the cache's {cache.MaxSeq}");
         if (table.RotaryDim > hd) throw new ArgumentException($"rotary dim {table.RotaryDim} exceeds head dim {hd}", nameof(table));
         if (tokens == 0) return;
-        ulong inv = RopeTableOnDevice(table);
+        ulong inv = _rope.Get(table);
         var qs = table.QueryScale;
         bool qsOn = qs is not null && layer >= qs.SkipLayers;
         _launch.Rope((ulong)q.Pointer, (ulong)k.Pointer, (ulong)v.Pointer, (ulong)cache.K.Pointer, (ulong)cache.V.Pointer, inv,
@@ -341,24 +325,10 @@ public sealed unsafe class CudaBackend : IBackend
         if (startPos < 0 || startPos + tokens > cache.MaxSeq) throw new ArgumentOutOfRangeException(nameof(startPos));
         if (tokens > 65535) throw new ArgumentException($"at most 65535 queries per call, got {tokens}", nameof(q));
         if (tokens == 0) return;
-        int maxLen = startPos + tokens;
-        bool tiled = hd <= CudaKernels.TiledMaxHeadDim && hd % 8 == 0 && heads / cache.NumKvHeads <= CudaKernels.TiledMaxGroup;
-        int units = tiled ? cache.NumKvHeads : heads;
-        // Enough (head, query, split) blocks to fill the GPU about 4 times, at least one 64-key tile a split.
-        long wanted = Math.Max(1, 4L * _smCount / ((long)units * tokens));
-        int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
-        splitLen = Math.Max(CudaKernels.TiledKeys, (splitLen + CudaKernels.TiledKeys - 1) / CudaKernels.TiledKeys * CudaKernels.TiledKeys);
-        int splits = (maxLen + splitLen - 1) / splitLen;
-        while (splits > 1 && (long)tokens * heads * splits * (hd + 2) > AttentionScratchFloats)
-        {
-            splitLen *= 2;
-            splits = (maxLen + splitLen - 1) / splitLen;
-        }
         ulong rowK = (ulong)cache.K.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
         ulong rowV = (ulong)cache.V.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
-        _launch.AttentionSplit(tiled, (ulong)q.Pointer, rowK, rowV, (ulong)dst.Pointer, _attentionScratch, tokens, heads,
-            cache.NumKvHeads, hd, startPos, splitLen, splits, 1f / MathF.Sqrt(hd));
-        if (splits > 1) _launch.AttentionCombine(_attentionScratch, (ulong)dst.Pointer, tokens, heads, hd, splits);
+        _launch.Attention((ulong)q.Pointer, rowK, rowV, (ulong)dst.Pointer, _attentionScratch, AttentionScratchFloats, tokens,
+            heads, cache.NumKvHeads, hd, startPos, _smCount, _flashAttention);
     }
 
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
@@ -369,7 +339,7 @@ public sealed unsafe class CudaBackend : IBackend
             throw new ArgumentException($"rotary dims {from.RotaryDim} and {to.RotaryDim} do not fit head dim {cache.HeadDim}", nameof(to));
         if (length < 0 || length > cache.MaxSeq) throw new ArgumentOutOfRangeException(nameof(length));
         if (length == 0) return;
-        ulong f = RopeTableOnDevice(from), t = RopeTableOnDevice(to, keep: f);
+        ulong f = _rope.Get(from), t = _rope.Get(to, keep: f);
         _launch.Rerotate((ulong)cache.K.Pointer, f, t, cache.NumLayers, cache.MaxSeq, length, cache.NumKvHeads, cache.HeadDim,
             from.RotaryDim, from.Magnitude, to.Magnitude);
     }

@@ -8,14 +8,16 @@ internal sealed unsafe class CudaKernels
     public static readonly string[] EntryPoints =
     [
         "embedding_f32", "embedding_f16", "embedding_bf16", "rmsnorm_f32",
-        "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemm_mma_bf16",
+        "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemv_warp_per_row_t1_bf16", "gemm_mma_bf16",
         "rope_f32", "rerotate_bf16", "attention_split_bf16", "attention_tiled_bf16", "attention_combine",
+        "attention_flash_hd64_bf16", "attention_flash_hd128_bf16",
         "swiglu_f32", "add_f32", "argmax_f32",
     ];
 
     public const int GemvMaxTokens = 8;
     public const int AttentionMaxHeadDim = 256;
     public const int TiledMaxHeadDim = 128, TiledMaxGroup = 8, TiledKeys = 64;
+    public const int FlashMinTokens = 32;
 
     private readonly KernelLibrary _lib;
     private readonly nint _stream;
@@ -50,7 +52,7 @@ internal sealed unsafe class CudaKernels
     public void RmsNorm(ulong x, ulong weight, ulong dst, int rows, int n, float eps)
     {
         void** a = stackalloc void*[] { &x, &weight, &dst, &n, &eps };
-        Launch("rmsnorm_f32", (uint)rows, 1, 1, n >= 4096 ? 1024u : 256u, a);
+        Launch("rmsnorm_f32", (uint)rows, 1, 1, n >= 8192 ? 512u : 256u, a);
     }
 
     public void Gemv(string variant, ulong x, ulong weight, ulong dst, int tokens, int inDim, int outDim)
@@ -84,22 +86,39 @@ internal sealed unsafe class CudaKernels
         Launch("rerotate_bf16", (uint)length, (uint)numLayers, 1, 128, a);
     }
 
-    /// <summary>tiled: grid over KV heads (attention_tiled_bf16); else over query heads (attention_split_bf16).</summary>
-    public void AttentionSplit(bool tiled, ulong q, ulong kcache, ulong vcache, ulong dst, ulong partial, int tokens, int numHeads,
-        int numKvHeads, int headDim, int startPos, int splitLen, int splits, float scale)
+    /// <summary>Picks the attention variant: flash (prefill, head dim 64/128), tiled or per-head split-K plus combine.</summary>
+    public void Attention(ulong q, ulong kcache, ulong vcache, ulong dst, ulong partial, long partialFloats, int tokens,
+        int numHeads, int numKvHeads, int headDim, int startPos, int smCount, bool flash)
     {
+        float scale = 1f / MathF.Sqrt(headDim);
+        if (flash && tokens >= FlashMinTokens && headDim is 64 or 128)
+        {
+            float scaleLog2 = scale * 1.4426950408889634f;   // softmax in the exp2 domain
+            void** f = stackalloc void*[] { &q, &kcache, &vcache, &dst, &tokens, &numHeads, &numKvHeads, &startPos, &scaleLog2 };
+            Launch(headDim == 64 ? "attention_flash_hd64_bf16" : "attention_flash_hd128_bf16", (uint)((tokens + 63) / 64), (uint)numHeads, 1, 128, f);
+            return;
+        }
+        bool tiled = headDim <= TiledMaxHeadDim && headDim % 8 == 0 && numHeads / numKvHeads <= TiledMaxGroup;
+        int units = tiled ? numKvHeads : numHeads, maxLen = startPos + tokens;
+        // Enough (head, query, split) blocks to fill the GPU about 4 times, at least one 64-key tile a split.
+        long wanted = Math.Max(1, 4L * smCount / ((long)units * tokens));
+        int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
+        splitLen = Math.Max(TiledKeys, (splitLen + TiledKeys - 1) / TiledKeys * TiledKeys);
+        int splits = (maxLen + splitLen - 1) / splitLen;
+        while (splits > 1 && (long)tokens * numHeads * splits * (headDim + 2) > partialFloats)
+        {
+            splitLen *= 2;
+            splits = (maxLen + splitLen - 1) / splitLen;
+        }
         void** a = stackalloc void*[]
         {
             &q, &kcache, &vcache, &dst, &partial, &numHeads, &numKvHeads, &headDim, &startPos, &splitLen, &splits, &scale,
         };
         if (tiled) Launch("attention_tiled_bf16", (uint)numKvHeads, (uint)tokens, (uint)splits, 128, a);
         else Launch("attention_split_bf16", (uint)numHeads, (uint)tokens, (uint)splits, 128, a);
-    }
-
-    public void AttentionCombine(ulong partial, ulong dst, int tokens, int numHeads, int headDim, int splits)
-    {
-        void** a = stackalloc void*[] { &partial, &dst, &numHeads, &headDim, &splits };
-        Launch("attention_combine", (uint)numHeads, (uint)tokens, 1, 128, a);
+        if (splits <= 1) return;
+        void** c = stackalloc void*[] { &partial, &dst, &numHeads, &headDim, &splits };
+        Launch("attention_combine", (uint)numHeads, (uint)tokens, 1, 128, c);
     }
 
     public void SwiGlu(ulong gate, ulong up, ulong dst, long n)
