@@ -36,7 +36,8 @@ public class LoaderFuzzTests(ITestOutputHelper output)
     private static void Bounded(TimeSpan limit, Action body)
     {
         var task = Task.Run(body);
-        Assert.True(task.Wait(limit), $"fuzz loop did not finish within {limit.TotalSeconds} s (hang?)");
+        Assert.True(((IAsyncResult)task).AsyncWaitHandle.WaitOne(limit), $"fuzz loop did not finish within {limit.TotalSeconds} s (hang?)");
+        task.GetAwaiter().GetResult();   // rethrows the loop's own failure, unwrapped
     }
 
     private static byte[] Mutate(Random rng, byte[] original)
@@ -289,7 +290,10 @@ public class LoaderFuzzTests(ITestOutputHelper output)
                 try
                 {
                     using var ck = Checkpoint.Open(dir.Path);
-                    Assert.Equal(["a", "b"], ck.Tensors.Keys.Order());
+                    // Shards the index does not name are not opened, so a mutated map may legally drop a tensor.
+                    Assert.NotEmpty(ck.Tensors);
+                    foreach (var name in ck.Tensors.Keys)
+                        Assert.Equal(name == "a" ? [1f, 2f] : name == "b" ? [3f] : null, ck.ReadF32(name));
                     opened++;
                 }
                 catch (ModelFormatException ex)

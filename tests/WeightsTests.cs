@@ -8,7 +8,7 @@ using static LlamaRun.Tests.LoaderTestSupport;
 
 namespace LlamaRun.Tests;
 
-/// Records every upload and free; aliases host pointers like the CPU backend. Compute ops are not needed here.
+// Records every upload and free; aliases host pointers like the CPU backend. Compute ops are not needed here.
 internal sealed class RecordingBackend(int failAfterUploads = int.MaxValue) : IBackend
 {
     public readonly List<(DType DType, int Rows, int Cols, nint Pointer)> Uploads = [];
@@ -203,6 +203,30 @@ public class WeightsTests
 
         AssertModelError(() => LlamaWeights.Load(dir.Path, Tiny with { VocabSize = 11 }, new RecordingBackend()), path,
             "tensor \"model.embed_tokens.weight\": expected shape [11, 8], got [10, 8]");
+    }
+
+    [Fact]
+    public void RandomCheckpointRoundTrips()
+    {
+        foreach (var (tied, dtype) in new[] { (true, DType.F32), (false, DType.BF16), (false, DType.F16) })
+        {
+            using var dir = new TempDir();
+            var config = Tiny with { TieWordEmbeddings = tied, NumHiddenLayers = 3 };
+            CheckpointWriter.WriteRandom(dir.Path, config, dtype, seed: 3);
+            var read = LlamaConfigReader.Read(dir.Path);
+            ConfigTests.AssertSameConfig(config, read);
+            var backend = new RecordingBackend();
+            using var w = LlamaWeights.Load(dir.Path, read, backend);
+            Assert.Equal(tied, ReferenceEquals(w.EmbedTokens, w.LmHead));
+            Assert.All(backend.Uploads.Where(u => u.Rows > 1), u => Assert.Equal(dtype, u.DType));
+            unsafe
+            {
+                var q = new ReadOnlySpan<byte>((void*)w.Layers[2].QProj.Pointer, (int)w.Layers[2].QProj.ByteLength);
+                Assert.Contains(q.ToArray(), b => b != 0);
+                var norm = new ReadOnlySpan<float>((void*)w.Norm.Pointer, 8).ToArray();
+                Assert.All(norm, x => Assert.InRange(x, 0.94f, 1.06f));
+            }
+        }
     }
 
     [Fact]
