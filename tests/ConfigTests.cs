@@ -89,7 +89,7 @@ public class ConfigTests
     [Fact]
     public void WrittenConfigsReadBackEqual()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         string path = dir.File("config.json");
         foreach (var v in HfTinyVariants)
         {
@@ -131,7 +131,7 @@ public class ConfigTests
 
     private static void Bad(string json, params string[] fragments)
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         string path = dir.Write("config.json", json);
         AssertModelError(() => LlamaConfigReader.Read(path), path, fragments);
     }
@@ -190,7 +190,7 @@ public class ConfigTests
         Bad("{\"hidden_size\":64", "not valid JSON");
         Bad("[1]", "expected a JSON object, got Array");
         Bad("", "not valid JSON");
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         AssertModelError(() => LlamaConfigReader.Read(dir.File("config.json")), dir.File("config.json"), "cannot read");
     }
 

@@ -145,7 +145,7 @@ public class LoaderFuzzTests(ITestOutputHelper output)
 
     private static byte[][] Templates()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         string p = dir.File("t.safetensors");
         SafeTensorsWriter.Write(p,
         [
@@ -176,7 +176,7 @@ public class LoaderFuzzTests(ITestOutputHelper output)
         Bounded(TimeSpan.FromSeconds(60 * Scale), () =>
         {
             var rng = new Random(12345);
-            using var dir = new TempDir();
+            using var dir = new LoaderTempDir();
             for (int i = 0; i < 10000 * Scale; i++)
             {
                 var original = templates[i % templates.Length];
@@ -271,7 +271,7 @@ public class LoaderFuzzTests(ITestOutputHelper output)
     [Fact]
     public void MutatedShardIndexesLoadOrFailCleanly()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         SafeTensorsWriter.Write(dir.File("s1.safetensors"), [SafeTensorsEntry.FromFloats("a", DType.F32, [2], [1, 2])]);
         SafeTensorsWriter.Write(dir.File("s2.safetensors"), [SafeTensorsEntry.FromFloats("b", DType.F32, [1], [3])]);
         var index = Encoding.UTF8.GetBytes("{\"metadata\":{\"total_size\":12},\"weight_map\":{\"a\":\"s1.safetensors\",\"b\":\"s2.safetensors\"}}");

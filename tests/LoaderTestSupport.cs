@@ -56,9 +56,9 @@ internal static class LoaderTestSupport
 }
 
 // A directory under the system temp folder, deleted on Dispose.
-internal sealed class TempDir : IDisposable
+internal sealed class LoaderTempDir : IDisposable
 {
-    public TempDir()
+    public LoaderTempDir()
     {
         Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "llamarun-load-" + Guid.NewGuid().ToString("N")[..12]);
         Directory.CreateDirectory(Path);

@@ -70,7 +70,7 @@ public class WeightsTests
         return s;
     }
 
-    private static string WriteTiny(TempDir dir, Dictionary<string, long[]> shapes, DType dtype = DType.BF16, string? oddDtypeTensor = null)
+    private static string WriteTiny(LoaderTempDir dir, Dictionary<string, long[]> shapes, DType dtype = DType.BF16, string? oddDtypeTensor = null)
     {
         string path = dir.File("model.safetensors");
         int seed = 0;
@@ -140,7 +140,7 @@ public class WeightsTests
     [Fact]
     public void TiedAndUntiedSyntheticCheckpoints()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         WriteTiny(dir, TinyShapes(withLmHead: false));
         var tied = Tiny with { TieWordEmbeddings = true };
         using (var w = LlamaWeights.Load(dir.Path, tied, new RecordingBackend()))
@@ -159,7 +159,7 @@ public class WeightsTests
     [Fact]
     public void RotaryBuffersAreIgnoredOtherExtrasRefused()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         var shapes = TinyShapes();
         shapes["model.layers.0.self_attn.rotary_emb.inv_freq"] = [2];
         shapes["model.rotary_emb.inv_freq"] = [2];
@@ -176,7 +176,7 @@ public class WeightsTests
     [Fact]
     public void MissingWrongShapeOrDtypeNamesFileTensorAndExpectation()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         var shapes = TinyShapes();
         shapes.Remove("model.layers.1.self_attn.v_proj.weight");
         string path = WriteTiny(dir, shapes);
@@ -210,7 +210,7 @@ public class WeightsTests
     {
         foreach (var (tied, dtype) in new[] { (true, DType.F32), (false, DType.BF16), (false, DType.F16) })
         {
-            using var dir = new TempDir();
+            using var dir = new LoaderTempDir();
             var config = Tiny with { TieWordEmbeddings = tied, NumHiddenLayers = 3 };
             CheckpointWriter.WriteRandom(dir.Path, config, dtype, seed: 3);
             var read = LlamaConfigReader.Read(dir.Path);
@@ -232,7 +232,7 @@ public class WeightsTests
     [Fact]
     public void BackendFailureMidLoadReleasesEverything()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         WriteTiny(dir, TinyShapes());
         var backend = new RecordingBackend(failAfterUploads: 7);
         Assert.Throws<OutOfMemoryException>(() => LlamaWeights.Load(dir.Path, Tiny, backend));
@@ -242,7 +242,7 @@ public class WeightsTests
     [Fact]
     public void ShardedCheckpointLoadsLikeSingleFile()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         var shapes = TinyShapes();
         var names = shapes.Keys.Order(StringComparer.Ordinal).ToArray();
         var map = new Dictionary<string, string>();
