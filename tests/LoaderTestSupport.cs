@@ -33,7 +33,7 @@ internal static class LoaderTestSupport
     public static string[] HfTinyVariants =>
         Directory.GetDirectories(HfTiny).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray()!;
 
-    /// Returns the path of a file or directory under shared/, or null (the caller returns early: test skipped) when absent.
+    // Returns the path of a file or directory under shared/, or null (the caller returns early: test skipped) when absent.
     public static string? SharedPath(string relative)
     {
         if (Shared.Value is null) return null;
@@ -43,7 +43,7 @@ internal static class LoaderTestSupport
         return null;
     }
 
-    /// Asserts that action throws ModelFormatException whose message is one line, names path, and holds every fragment.
+    // Asserts that action throws ModelFormatException whose message is one line, names path, and holds every fragment.
     public static ModelFormatException AssertModelError(Action action, string path, params string[] fragments)
     {
         var ex = Assert.Throws<ModelFormatException>(action);
@@ -55,10 +55,10 @@ internal static class LoaderTestSupport
     }
 }
 
-/// A directory under the system temp folder, deleted on Dispose.
-internal sealed class TempDir : IDisposable
+// A directory under the system temp folder, deleted on Dispose.
+internal sealed class LoaderTempDir : IDisposable
 {
-    public TempDir()
+    public LoaderTempDir()
     {
         Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "llamarun-load-" + Guid.NewGuid().ToString("N")[..12]);
         Directory.CreateDirectory(Path);
