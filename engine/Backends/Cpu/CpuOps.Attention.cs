@@ -1,4 +1,4 @@
-// CPU causal grouped-query attention over the KV cache, one work item per (token, head), multi-threaded.
+// CPU causal grouped-query attention over the KV cache, one work item per (kv head, 4 tokens), multi-threaded.
 // Numerics as transformers' eager path in f32: score = (q . k) * 1/sqrt(headDim), softmax with the max subtracted,
 // f32 exp and f32 (vectorized) sum, probabilities p = e * (1/sum), out = sum_s p_s v_s. Test: CpuOpsTests.Attention*.
 using System.Numerics.Tensors;
@@ -18,36 +18,19 @@ public static unsafe partial class CpuOps
     public static void Attention(float* q, float* kCache, float* vCache, float* dst, AttentionParams p)
     {
         if (p.Tokens <= 0 || p.Heads <= 0) return;
-        int hd = p.HeadDim, qDim = p.Heads * hd, kvDim = p.KvHeads * hd, group = p.Heads / p.KvHeads;
-        float scale = (float)(1.0 / Math.Sqrt(hd));
+        float scale = (float)(1.0 / Math.Sqrt(p.HeadDim));
         nint qp = (nint)q, kc = (nint)kCache, vc = (nint)vCache, dp = (nint)dst;
-        int items = p.Tokens * p.Heads;
+        // A work item is one kv head and up to 4 consecutive tokens: its 4*group queries share every K and V row
+        // load, which keeps long-context prefill from streaming the cache once per query.
+        const int TokenBlock = 4;
+        int tokenBlocks = (p.Tokens + TokenBlock - 1) / TokenBlock, items = p.KvHeads * tokenBlocks;
         void Item(int item)
         {
             // Later tokens cost more, so hand them out first for a better balance.
-            int rev = items - 1 - item, t = rev / p.Heads, h = rev % p.Heads;
-            int len = p.StartPos + t + 1;
-            var scratch = _scoreScratch;
-            if (scratch is null || scratch.Length < len + hd) _scoreScratch = scratch = new float[Math.Max(len + hd, 4096)];
-            fixed (float* sp = scratch)
-            {
-                float* qh = (float*)qp + (nint)t * qDim + h * hd;
-                float* kh = (float*)kc + (h / group) * hd;
-                float* vh = (float*)vc + (h / group) * hd;
-                float* acc = sp + len;
-                for (int s = 0; s < len; s++) sp[s] = Dot(qh, kh + (nint)s * kvDim, hd) * scale;
-                var scores = new Span<float>(sp, len);
-                float max = TensorPrimitives.Max(scores);
-                TensorPrimitives.Subtract(scores, max, scores);
-                TensorPrimitives.Exp(scores, scores);
-                float inv = 1f / TensorPrimitives.Sum(scores);
-                TensorPrimitives.Multiply(scores, inv, scores);
-                new Span<float>(acc, hd).Clear();
-                for (int s = 0; s < len; s++) Axpy(sp[s], vh + (nint)s * kvDim, acc, hd);
-                new ReadOnlySpan<float>(acc, hd).CopyTo(new Span<float>((float*)dp + (nint)t * qDim + h * hd, hd));
-            }
+            int rev = items - 1 - item;
+            AttentionBlock((float*)qp, (float*)kc, (float*)vc, (float*)dp, p, rev % p.KvHeads, rev / p.KvHeads * TokenBlock, scale);
         }
-        long work = (long)items * (p.StartPos + p.Tokens) * hd;
+        long work = (long)p.Tokens * p.Heads * (p.StartPos + p.Tokens) * p.HeadDim;
         if (work < 16384)
         {
             for (int i = 0; i < items; i++) Item(i);
@@ -55,6 +38,47 @@ public static unsafe partial class CpuOps
         else
         {
             CpuParallel.For(items, Item);
+        }
+    }
+
+    // Queries of kv head kvh at tokens t0..t0+3 (all heads of its group) against cache rows 0..StartPos+t.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void AttentionBlock(float* q, float* kCache, float* vCache, float* dst, AttentionParams p, int kvh, int t0, float scale)
+    {
+        int hd = p.HeadDim, qDim = p.Heads * hd, kvDim = p.KvHeads * hd, group = p.Heads / p.KvHeads;
+        int nt = Math.Min(4, p.Tokens - t0), nq = nt * group, lenMax = p.StartPos + t0 + nt;
+        var scratch = _scoreScratch;
+        if (scratch is null || scratch.Length < nq * (lenMax + hd))
+            _scoreScratch = scratch = new float[Math.Max(nq * (lenMax + hd), 4096)];
+        fixed (float* sp = scratch)
+        {
+            float* acc = sp + nq * lenMax;   // [nq, hd]; scores are [nq, lenMax], query r = ti * group + g
+            float* kh = kCache + kvh * hd;
+            float* vh = vCache + kvh * hd;
+            float* q0 = q + (nint)t0 * qDim + kvh * group * hd;
+            for (int s = 0; s < lenMax; s++)
+            {
+                float* kr = kh + (nint)s * kvDim;
+                for (int ti = Math.Max(0, s - p.StartPos - t0); ti < nt; ti++)
+                {
+                    float* qt = q0 + (nint)ti * qDim;
+                    float* st = sp + (nint)ti * group * lenMax + s;
+                    for (int g = 0; g < group; g++) st[(nint)g * lenMax] = Dot(qt + g * hd, kr, hd) * scale;
+                }
+            }
+            for (int r = 0; r < nq; r++)
+            {
+                var scores = new Span<float>(sp + (nint)r * lenMax, p.StartPos + t0 + r / group + 1);
+                float max = TensorPrimitives.Max(scores);
+                TensorPrimitives.Subtract(scores, max, scores);
+                TensorPrimitives.Exp(scores, scores);
+                float inv = 1f / TensorPrimitives.Sum(scores);
+                TensorPrimitives.Multiply(scores, inv, scores);
+            }
+            for (int r = 0; r < nq; r++)
+                WeightedSum(sp + (nint)r * lenMax, vh, acc + r * hd, p.StartPos + t0 + r / group + 1, hd, kvDim);
+            for (int ti = 0; ti < nt; ti++)
+                new ReadOnlySpan<float>(acc + ti * group * hd, group * hd).CopyTo(new Span<float>(dst + (nint)(t0 + ti) * qDim + kvh * group * hd, group * hd));
         }
     }
 
@@ -75,14 +99,43 @@ public static unsafe partial class CpuOps
         return s;
     }
 
-    // acc += a * x
+    // out[c] = sum over s < len of w[s] * v[s * stride + c], accumulated in registers 32 (then 8) columns at a time.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Axpy(float a, float* x, float* acc, int n)
+    private static void WeightedSum(float* w, float* v, float* output, int len, int hd, int stride)
     {
-        var va = Vector256.Create(a);
-        int i = 0;
-        for (; i <= n - 8; i += 8)
-            Vector256.MultiplyAddEstimate(va, Vector256.Load(x + i), Vector256.Load(acc + i)).Store(acc + i);
-        for (; i < n; i++) acc[i] += a * x[i];
+        int c = 0;
+        for (; c + 32 <= hd; c += 32)
+        {
+            var a0 = Vector256<float>.Zero;
+            var a1 = Vector256<float>.Zero;
+            var a2 = Vector256<float>.Zero;
+            var a3 = Vector256<float>.Zero;
+            float* vc = v + c;
+            for (int s = 0; s < len; s++, vc += stride)
+            {
+                var ws = Vector256.Create(w[s]);
+                a0 = Vector256.MultiplyAddEstimate(ws, Vector256.Load(vc), a0);
+                a1 = Vector256.MultiplyAddEstimate(ws, Vector256.Load(vc + 8), a1);
+                a2 = Vector256.MultiplyAddEstimate(ws, Vector256.Load(vc + 16), a2);
+                a3 = Vector256.MultiplyAddEstimate(ws, Vector256.Load(vc + 24), a3);
+            }
+            a0.Store(output + c);
+            a1.Store(output + c + 8);
+            a2.Store(output + c + 16);
+            a3.Store(output + c + 24);
+        }
+        for (; c + 8 <= hd; c += 8)
+        {
+            var a0 = Vector256<float>.Zero;
+            float* vc = v + c;
+            for (int s = 0; s < len; s++, vc += stride) a0 = Vector256.MultiplyAddEstimate(Vector256.Create(w[s]), Vector256.Load(vc), a0);
+            a0.Store(output + c);
+        }
+        for (; c < hd; c++)
+        {
+            float a = 0;
+            for (int s = 0; s < len; s++) a += w[s] * v[(nint)s * stride + c];
+            output[c] = a;
+        }
     }
 }

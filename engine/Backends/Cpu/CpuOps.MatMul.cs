@@ -1,5 +1,5 @@
 // CPU matmul dst[T, out] = x[T, in] . weight[out, in]^T for F32, F16 and BF16 weights, f32 accumulation.
-// Decode (T < 4) streams each weight row once with 4 independent FMA accumulators (memory-bound);
+// Decode (T < 4) streams each weight row once with 4 independent FMA accumulators (memory-bound; BF16 via pair-split x);
 // prefill takes 4 tokens per weight-row pass so the row is loaded once per 4 tokens. Test: CpuOpsTests.MatMul*.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -43,6 +43,7 @@ internal unsafe struct Bf16Row : IWeightRow
 public static unsafe partial class CpuOps
 {
     [ThreadStatic] private static float[]? _rowScratch;
+    [ThreadStatic] private static float[]? _pairScratch;
 
     private static float[] RowScratch(int n)
     {
@@ -69,39 +70,112 @@ public static unsafe partial class CpuOps
         int tokenChunk = tokens <= 64 ? tokens : 64;
         int tokenChunks = (tokens + tokenChunk - 1) / tokenChunk;
         int items = rowChunks * tokenChunks;
-        nint xp = (nint)x, wp = (nint)weight, dp = (nint)dst;
-
-        void Item(int item)
+        // Decode with BF16 weights: x is stored pair-split once (see SplitPairs) so each 32-byte weight load
+        // becomes two f32 vectors with one shift and one mask, the fewest instructions per weight byte.
+        bool pairs = weightType == DType.BF16 && tokens < 4;
+        float[]? split = null;
+        if (pairs)
         {
-            int r0 = item % rowChunks * rowChunk, t0 = item / rowChunks * tokenChunk;
-            int rows = Math.Min(rowChunk, outDim - r0), toks = Math.Min(tokenChunk, tokens - t0);
-            float* xs = (float*)xp + (nint)t0 * inDim;
-            float* ds = (float*)dp + (nint)t0 * outDim + r0;
-            byte* ws = (byte*)wp + (nint)r0 * inDim * wSize;
-            switch (weightType)
+            split = _pairScratch;
+            if (split is null || split.Length < tokens * inDim) _pairScratch = split = new float[Math.Max(tokens * inDim, 1024)];
+        }
+        fixed (float* sp = split)
+        {
+            if (pairs)
+                for (int t = 0; t < tokens; t++) SplitPairs(x + (nint)t * inDim, sp + (nint)t * inDim, inDim);
+            nint xp = pairs ? (nint)sp : (nint)x, wp = (nint)weight, dp = (nint)dst;
+            var shape = new MatMulChunks(tokens, inDim, outDim, rowChunk, rowChunks, tokenChunk);
+            void Item(int item) => MatMulItem((float*)xp, (byte*)wp, (float*)dp, weightType, pairs, shape, item);
+            if (items == 1 || (long)tokens * inDim * outDim < 32768)
             {
-                case DType.F32: MatMulBlock<F32Row>(xs, ws, ds, toks, rows, inDim, outDim); break;
-                case DType.BF16: MatMulBlock<Bf16Row>(xs, ws, ds, toks, rows, inDim, outDim); break;
-                default:
-                    // F16: convert the block's rows once (TensorPrimitives' vectorized Half->float), then f32 path.
-                    var scratch = RowScratch(rows * inDim);
-                    fixed (float* s = scratch)
-                    {
-                        TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(ws, rows * inDim), new Span<float>(s, rows * inDim));
-                        MatMulBlock<F32Row>(xs, s, ds, toks, rows, inDim, outDim);
-                    }
-                    break;
+                for (int i = 0; i < items; i++) Item(i);
+            }
+            else
+            {
+                CpuParallel.For(items, Item);
             }
         }
+    }
 
-        if (items == 1 || (long)tokens * inDim * outDim < 32768)
+    private readonly record struct MatMulChunks(int Tokens, int InDim, int OutDim, int RowChunk, int RowChunks, int TokenChunk);
+
+    // Work item: rows [r0, r0 + RowChunk) of the weight times tokens [t0, t0 + TokenChunk).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void MatMulItem(float* x, byte* w, float* dst, DType weightType, bool pairs, MatMulChunks c, int item)
+    {
+        int inDim = c.InDim, outDim = c.OutDim;
+        int r0 = item % c.RowChunks * c.RowChunk, t0 = item / c.RowChunks * c.TokenChunk;
+        int rows = Math.Min(c.RowChunk, outDim - r0), toks = Math.Min(c.TokenChunk, c.Tokens - t0);
+        float* xs = x + (nint)t0 * inDim;
+        float* ds = dst + (nint)t0 * outDim + r0;
+        byte* ws = w + (nint)r0 * inDim * weightType.Size();
+        if (pairs)
         {
-            for (int i = 0; i < items; i++) Item(i);
+            for (int t = 0; t < toks; t++)
+                for (int r = 0; r < rows; r++)
+                    ds[(nint)t * outDim + r] = Dot1Bf16Pairs((ushort*)ws + (nint)r * inDim, xs + (nint)t * inDim, inDim);
+            return;
         }
-        else
+        switch (weightType)
         {
-            CpuParallel.For(items, Item);
+            case DType.F32: MatMulBlock<F32Row>(xs, ws, ds, toks, rows, inDim, outDim); break;
+            case DType.BF16: MatMulBlock<Bf16Row>(xs, ws, ds, toks, rows, inDim, outDim); break;
+            default:
+                // F16: convert the block's rows once (TensorPrimitives' vectorized Half->float), then the f32 path.
+                var scratch = RowScratch(rows * inDim);
+                fixed (float* s = scratch)
+                {
+                    TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(ws, rows * inDim), new Span<float>(s, rows * inDim));
+                    MatMulBlock<F32Row>(xs, s, ds, toks, rows, inDim, outDim);
+                }
+                break;
         }
+    }
+
+    // Within each block of 16, x[2k] goes to slot k and x[2k+1] to slot 8+k, matching the even (low half) and odd
+    // (high half) bf16 weights of a 32-byte load viewed as 8 ints; the tail past the last block is copied as is.
+    private static void SplitPairs(float* x, float* dst, int n)
+    {
+        int i = 0;
+        for (; i + 16 <= n; i += 16)
+            for (int k = 0; k < 8; k++)
+            {
+                dst[i + k] = x[i + 2 * k];
+                dst[i + 8 + k] = x[i + 2 * k + 1];
+            }
+        for (; i < n; i++) dst[i] = x[i];
+    }
+
+    // One BF16 weight row times one pair-split token; 4 accumulators, 32 weights (64 bytes) per iteration.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Dot1Bf16Pairs(ushort* w, float* x, int n)
+    {
+        var hiMask = Vector256.Create(unchecked((int)0xFFFF0000));
+        var a0 = Vector256<float>.Zero;
+        var a1 = Vector256<float>.Zero;
+        var a2 = Vector256<float>.Zero;
+        var a3 = Vector256<float>.Zero;
+        nint i = 0;
+        for (; i <= n - 32; i += 32)
+        {
+            // 1 KiB ahead: starts the next row (and the next 4 KiB page) before the hardware prefetcher would.
+            if (Sse.IsSupported) Sse.Prefetch0(w + i + 512);
+            var p0 = Vector256.Load((int*)(w + i));
+            var p1 = Vector256.Load((int*)(w + i + 16));
+            a0 = Vector256.MultiplyAddEstimate(Vector256.ShiftLeft(p0, 16).AsSingle(), Vector256.Load(x + i), a0);
+            a1 = Vector256.MultiplyAddEstimate((p0 & hiMask).AsSingle(), Vector256.Load(x + i + 8), a1);
+            a2 = Vector256.MultiplyAddEstimate(Vector256.ShiftLeft(p1, 16).AsSingle(), Vector256.Load(x + i + 16), a2);
+            a3 = Vector256.MultiplyAddEstimate((p1 & hiMask).AsSingle(), Vector256.Load(x + i + 24), a3);
+        }
+        for (; i <= n - 16; i += 16)
+        {
+            var p0 = Vector256.Load((int*)(w + i));
+            a0 = Vector256.MultiplyAddEstimate(Vector256.ShiftLeft(p0, 16).AsSingle(), Vector256.Load(x + i), a0);
+            a1 = Vector256.MultiplyAddEstimate((p0 & hiMask).AsSingle(), Vector256.Load(x + i + 8), a1);
+        }
+        float s = Vector256.Sum((a0 + a1) + (a2 + a3));
+        for (; i < n; i++) s += DTypes.BF16ToF32(w[i]) * x[i];
+        return s;
     }
 
     // x [toks, inDim] (row stride inDim), w [rows, inDim], dst row stride dstStride.
