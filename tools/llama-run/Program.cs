@@ -22,6 +22,7 @@ try
         "perplexity" => Perplexity.Run(a),
         "tokenize" => Tokenize.Run(a),
         "passkey" => Passkey.Run(a),
+        "bench" => Bench.Run(a),
         _ => throw new UsageException($"unknown command '{command}' (see llama-run --help)"),
     };
 }
@@ -43,4 +44,4 @@ static string Flatten(string s) => s.ReplaceLineEndings(" ");
 
 static string Help() => string.Join('\n',
     "llama-run: run Llama checkpoints (Hugging Face config.json + safetensors + tokenizer).",
-    "", "  " + Generate.Usage, "  " + Perplexity.Usage.Replace("\n", "\n  "), "  " + Tokenize.Usage, "  " + Passkey.Usage);
+    "", "  " + Generate.Usage, "  " + Perplexity.Usage.Replace("\n", "\n  "), "  " + Tokenize.Usage, "  " + Passkey.Usage, "  " + Bench.Usage);
