@@ -10,6 +10,7 @@ using BenchmarkDotNet.Loggers;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
 using BenchmarkDotNet.Toolchains.InProcess.NoEmit;
+using Perfolizer.Horology;
 
 namespace LlamaRun.Bench;
 
@@ -27,9 +28,10 @@ public sealed class TokenOperationAttribute : Attribute;
 /// <summary>The configuration every benchmark runs with.</summary>
 public static class BenchConfig
 {
-    /// <summary>In-process job (warmup 3, 10 iterations) plus the unit columns.</summary>
+    /// <summary>In-process job (warmup 3, 10 iterations of about 250 ms) plus the unit columns.</summary>
     public static IConfig Create() => ManualConfig.CreateEmpty()
         .AddJob(Job.Default.WithToolchain(InProcessNoEmitToolchain.Instance).WithLaunchCount(1).WithWarmupCount(3).WithIterationCount(10)
+            .WithIterationTime(TimeInterval.FromMilliseconds(250))
             .WithId("InProcess"))
         .AddColumnProvider(DefaultColumnProviders.Instance)
         .AddColumn(

@@ -1,5 +1,5 @@
 // The CPU ops (embedding, rmsnorm, matmul f32/f16/bf16, rope, attention, rerotate, swiglu, add, argmax) on the shared
-// shape table, with GB/s and TFLOP/s columns. Run: LlamaRun.Bench --filter '*CpuOps*' [--anyCategories ...].
+// shape table, with GB/s and TFLOP/s columns. Run: Bench --filter '*CpuOps*' [--anyCategories ...].
 using BenchmarkDotNet.Attributes;
 using LlamaRun.Backends.Cpu;
 

@@ -1,6 +1,6 @@
 // End-to-end speed of a stories110M-shaped random bf16 checkpoint (written once by make-checkpoint's presets into
 // $LLAMA_BENCH_CACHE or TEMP/llama-run-bench): decode (tg128) and prefill (pp512) tokens/s, and decode as a fraction
-// of the weight-read bound. Run: LlamaRun.Bench --filter '*GenerateBenchmarks*'.
+// of the weight-read bound. Run: Bench --filter '*GenerateBenchmarks*'.
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Running;
 using LlamaRun.Backends;

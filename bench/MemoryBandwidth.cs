@@ -1,5 +1,5 @@
 // STREAM-style read bandwidth: sums a 1 GiB float buffer with Vector512 (or Vector256) loads on 1 thread and on all
-// threads of the CPU backend's worker pool. Run: LlamaRun.Bench --filter '*MemoryBandwidth*' (or --quick).
+// threads of the CPU backend's worker pool. Run: Bench --filter '*MemoryBandwidth*' (or --quick).
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;

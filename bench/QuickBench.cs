@@ -1,4 +1,4 @@
-// `LlamaRun.Bench --quick [--device cpu|cuda] [--no-generate]`: a fast markdown report without BenchmarkDotNet:
+// `Bench --quick [--device cpu|cuda] [--no-generate]`: a fast markdown report without BenchmarkDotNet:
 // read bandwidth on 1 and all threads, a few ops in GB/s, and stories110M decode tokens/s against the bandwidth bound.
 using System.Diagnostics;
 using System.Globalization;
