@@ -1,4 +1,4 @@
-// Benchmark entry point: `--quick [--device D] [--no-generate]` prints a markdown report without BenchmarkDotNet;
+// Benchmark entry point: `--quick [--device D] [--no-generate] [--profile]` prints a markdown report without BenchmarkDotNet;
 // anything else goes to BenchmarkDotNet (in-process), e.g. `--filter '*MemoryBandwidth*'` or `--list flat`.
 using BenchmarkDotNet.Running;
 using LlamaRun.Bench;
@@ -7,7 +7,7 @@ if (args.Contains("--quick"))
 {
     int i = Array.IndexOf(args, "--device");
     string device = i >= 0 && i + 1 < args.Length ? args[i + 1] : "cpu";
-    try { return QuickBench.Run(device, generate: !args.Contains("--no-generate")); }
+    try { return QuickBench.Run(device, generate: !args.Contains("--no-generate"), profile: args.Contains("--profile")); }
     catch (ArgumentException e)
     {
         Console.Error.WriteLine($"bench: {e.Message}");

@@ -1,4 +1,4 @@
-// `Bench --quick [--device cpu|cuda] [--no-generate]`: a fast markdown report without BenchmarkDotNet:
+// `Bench --quick [--device cpu|cuda] [--no-generate] [--profile]`: a fast markdown report without BenchmarkDotNet:
 // read bandwidth on 1 and all threads, a few ops in GB/s, and stories110M decode tokens/s against the bandwidth bound.
 using System.Diagnostics;
 using System.Globalization;
@@ -14,7 +14,7 @@ public static class QuickBench
 {
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
-    public static int Run(string device, bool generate)
+    public static int Run(string device, bool generate, bool profile)
     {
         Console.WriteLine($"## llama-run quick bench ({RuntimeInfo()})\n");
         int threads = MemoryBandwidth.PoolThreads;
@@ -34,7 +34,7 @@ public static class QuickBench
             }
             Console.WriteLine();
         }
-        if (generate) Decode(device, bwAll);
+        if (generate) Decode(device, bwAll, profile);
         return 0;
     }
 
@@ -72,7 +72,7 @@ public static class QuickBench
         return perOp[perOp.Count / 2];
     }
 
-    private static void Decode(string device, double readGBps)
+    private static void Decode(string device, double readGBps, bool profile)
     {
         var preset = CheckpointPresets.Get("stories110m");
         var sw = Stopwatch.StartNew();
@@ -104,6 +104,36 @@ public static class QuickBench
         Console.WriteLine(string.Create(Inv,
             $"| stories110m bf16 ({bytes / 1e6:F0} MB/token) | {backend.Device} | tg{tokens} | {mean:F1} ± {sd:F1} | {bound:F0} | {100 * mean / bound:F0}% |"));
         if (device != "cpu") Console.WriteLine("(the bound uses the host read bandwidth; on a GPU compare with its memory bandwidth instead)");
+        if (profile) Profile(device, dir, config, tokens, mean);
+    }
+
+    // The same decode with every op timed on its own (synchronized): where a token's time goes, and each GEMV's GB/s.
+    private static void Profile(string device, string dir, LlamaConfig config, int tokens, double tokensPerSecond)
+    {
+        var p = new ProfileBackend(BackendFactory.Create(device));
+        using var backend = p;
+        using var weights = LlamaWeights.Load(dir, config, backend);
+        using var model = Llama.Create(config, weights, backend, 256, RopeMethods.FromConfig(config));
+        var logits = new float[config.VocabSize];
+        for (int rep = 0; rep < 2; rep++)
+        {
+            p.Clear();   // the first repetition warms up
+            model.Reset();
+            int token = 1;
+            for (int pos = 0; pos < tokens; pos++)
+            {
+                model.Forward([token], pos, LogitsRows.Last, logits);
+                token = LlamaRun.Backends.Cpu.CpuOps.Argmax(logits);
+            }
+        }
+        var rows = p.Report().ToList();
+        double total = rows.Sum(r => r.Seconds);
+        Console.WriteLine(string.Create(Inv,
+            $"\n| decode op (profiled, {1e3 * total / tokens:F2} ms/token timed per op vs {1e3 / tokensPerSecond:F2} unprofiled) | calls/token | ms/token | % | weight GB/s |"));
+        Console.WriteLine("|---|---:|---:|---:|---:|");
+        foreach (var r in rows)
+            Console.WriteLine(string.Create(Inv,
+                $"| {r.Op} | {r.Calls / (double)tokens:F0} | {1e3 * r.Seconds / tokens:F3} | {100 * r.Seconds / total:F1} | {(r.Bytes > 0 ? (r.Bytes / r.Seconds / 1e9).ToString("F1", Inv) : "-")} |"));
     }
 
     private static string RuntimeInfo() =>
