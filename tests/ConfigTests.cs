@@ -87,6 +87,23 @@ public class ConfigTests
     }
 
     [Fact]
+    public void WrittenConfigsReadBackEqual()
+    {
+        using var dir = new LoaderTempDir();
+        string path = dir.File("config.json");
+        foreach (var v in HfTinyVariants)
+        {
+            var c = LlamaConfigReader.Read(Path.Combine(HfTiny, v, "config.json"));
+            CheckpointWriter.WriteConfig(path, c);
+            AssertSameConfig(c, LlamaConfigReader.Read(path));
+        }
+        var odd = Good(",\"head_dim\":32,\"num_key_value_heads\":1,\"eos_token_id\":[5,6],\"rms_norm_eps\":1.1e-7,\"tie_word_embeddings\":true," +
+                       "\"partial_rotary_factor\":0.25,\"rope_scaling\":{\"type\":\"yarn\",\"factor\":3.3,\"mscale\":0.7,\"truncate\":false}");
+        CheckpointWriter.WriteConfig(path, odd);
+        AssertSameConfig(odd, LlamaConfigReader.Read(path));
+    }
+
+    [Fact]
     public void AustenAndStories260K()
     {
         var austen = LlamaConfigReader.Read(Path.Combine(RepoRoot, "models", "austen", "config.json"));
@@ -114,7 +131,7 @@ public class ConfigTests
 
     private static void Bad(string json, params string[] fragments)
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         string path = dir.Write("config.json", json);
         AssertModelError(() => LlamaConfigReader.Read(path), path, fragments);
     }
@@ -173,7 +190,7 @@ public class ConfigTests
         Bad("{\"hidden_size\":64", "not valid JSON");
         Bad("[1]", "expected a JSON object, got Array");
         Bad("", "not valid JSON");
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         AssertModelError(() => LlamaConfigReader.Read(dir.File("config.json")), dir.File("config.json"), "cannot read");
     }
 

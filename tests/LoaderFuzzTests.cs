@@ -36,7 +36,8 @@ public class LoaderFuzzTests(ITestOutputHelper output)
     private static void Bounded(TimeSpan limit, Action body)
     {
         var task = Task.Run(body);
-        Assert.True(task.Wait(limit), $"fuzz loop did not finish within {limit.TotalSeconds} s (hang?)");
+        Assert.True(((IAsyncResult)task).AsyncWaitHandle.WaitOne(limit), $"fuzz loop did not finish within {limit.TotalSeconds} s (hang?)");
+        task.GetAwaiter().GetResult();   // rethrows the loop's own failure, unwrapped
     }
 
     private static byte[] Mutate(Random rng, byte[] original)
@@ -144,7 +145,7 @@ public class LoaderFuzzTests(ITestOutputHelper output)
 
     private static byte[][] Templates()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         string p = dir.File("t.safetensors");
         SafeTensorsWriter.Write(p,
         [
@@ -175,7 +176,7 @@ public class LoaderFuzzTests(ITestOutputHelper output)
         Bounded(TimeSpan.FromSeconds(60 * Scale), () =>
         {
             var rng = new Random(12345);
-            using var dir = new TempDir();
+            using var dir = new LoaderTempDir();
             for (int i = 0; i < 10000 * Scale; i++)
             {
                 var original = templates[i % templates.Length];
@@ -270,7 +271,7 @@ public class LoaderFuzzTests(ITestOutputHelper output)
     [Fact]
     public void MutatedShardIndexesLoadOrFailCleanly()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         SafeTensorsWriter.Write(dir.File("s1.safetensors"), [SafeTensorsEntry.FromFloats("a", DType.F32, [2], [1, 2])]);
         SafeTensorsWriter.Write(dir.File("s2.safetensors"), [SafeTensorsEntry.FromFloats("b", DType.F32, [1], [3])]);
         var index = Encoding.UTF8.GetBytes("{\"metadata\":{\"total_size\":12},\"weight_map\":{\"a\":\"s1.safetensors\",\"b\":\"s2.safetensors\"}}");
@@ -289,7 +290,10 @@ public class LoaderFuzzTests(ITestOutputHelper output)
                 try
                 {
                     using var ck = Checkpoint.Open(dir.Path);
-                    Assert.Equal(["a", "b"], ck.Tensors.Keys.Order());
+                    // Shards the index does not name are not opened, so a mutated map may legally drop a tensor.
+                    Assert.NotEmpty(ck.Tensors);
+                    foreach (var name in ck.Tensors.Keys)
+                        Assert.Equal(name == "a" ? [1f, 2f] : name == "b" ? [3f] : null, ck.ReadF32(name));
                     opened++;
                 }
                 catch (ModelFormatException ex)

@@ -21,7 +21,7 @@ public class SafeTensorsTests
 
     private static void Bad(byte[] file, params string[] fragments)
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         string path = dir.Write("bad.safetensors", file);
         AssertModelError(() => SafeTensorsFile.Open(path).Dispose(), path, fragments);
     }
@@ -29,7 +29,7 @@ public class SafeTensorsTests
     [Fact]
     public void WriterRoundTripsEveryDtypeAndPadsHeader()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         string path = dir.File("rt.safetensors");
         float[] f = [1.5f, -2.25f, 3e-3f, 65504f, float.NegativeInfinity, 0f];
         SafeTensorsWriter.Write(path,
@@ -75,7 +75,7 @@ public class SafeTensorsTests
     [Fact]
     public void RandomEntriesAreSeededAndStreamed()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         string a = dir.File("a.safetensors"), b = dir.File("b.safetensors");
         SafeTensorsWriter.Write(a, [SafeTensorsEntry.Random("w", DType.BF16, [300, 700], 5, 0.5f)]);
         SafeTensorsWriter.Write(b, [SafeTensorsEntry.Random("w", DType.BF16, [300, 700], 5, 0.5f)]);
@@ -90,7 +90,7 @@ public class SafeTensorsTests
     [Fact]
     public void WriterRefusesWrongByteCountsAndDuplicateNames()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         Assert.Throws<InvalidOperationException>(() =>
             SafeTensorsWriter.Write(dir.File("x"), [SafeTensorsEntry.FromBytes("a", "F32", [2], new byte[4])]));
         Assert.Throws<ArgumentException>(() =>
@@ -173,14 +173,14 @@ public class SafeTensorsTests
     [Fact]
     public void MissingFilesAndDirectories()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         string missing = dir.File("none.safetensors");
         AssertModelError(() => SafeTensorsFile.Open(missing), missing, "cannot open");
         AssertModelError(() => Checkpoint.Open(dir.Path), dir.Path, "neither model.safetensors nor model.safetensors.index.json");
         AssertModelError(() => Checkpoint.Open(missing), missing, "no such model directory");
     }
 
-    private static void WriteShards(TempDir dir, string index)
+    private static void WriteShards(LoaderTempDir dir, string index)
     {
         SafeTensorsWriter.Write(dir.File("s1.safetensors"),
             [SafeTensorsEntry.FromFloats("a", DType.F32, [2], [1, 2]), SafeTensorsEntry.FromFloats("b", DType.BF16, [1], [3])]);
@@ -194,7 +194,7 @@ public class SafeTensorsTests
     [Fact]
     public void ShardedCheckpointMergesShards()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         WriteShards(dir, GoodIndex);
         using var ck = Checkpoint.Open(dir.Path);
         Assert.Equal(2, ck.Files.Count);
@@ -209,13 +209,13 @@ public class SafeTensorsTests
     [Fact]
     public void BadShardIndexes()
     {
-        void BadIndex(string index, Func<TempDir, string> file, params string[] fragments)
+        void BadIndex(string index, Func<LoaderTempDir, string> file, params string[] fragments)
         {
-            using var dir = new TempDir();
+            using var dir = new LoaderTempDir();
             WriteShards(dir, index);
             AssertModelError(() => Checkpoint.Open(dir.Path).Dispose(), file(dir), fragments);
         }
-        Func<TempDir, string> idx = d => d.File(Checkpoint.IndexFileName);
+        Func<LoaderTempDir, string> idx = d => d.File(Checkpoint.IndexFileName);
         BadIndex(GoodIndex.Replace("s2.safetensors", "s3.safetensors"), idx, "shard \"s3.safetensors\" listed in weight_map does not exist");
         BadIndex(GoodIndex.Replace("\"c\":\"s2", "\"c\":\"s1"), d => d.File("s1.safetensors"), "tensor \"c\" mapped to this shard by model.safetensors.index.json is not in it");
         BadIndex(GoodIndex.Replace(",\"b\":\"s1.safetensors\"", ""), d => d.File("s1.safetensors"), "tensor \"b\" is in this shard but");

@@ -8,7 +8,7 @@ using static LlamaRun.Tests.LoaderTestSupport;
 
 namespace LlamaRun.Tests;
 
-/// Records every upload and free; aliases host pointers like the CPU backend. Compute ops are not needed here.
+// Records every upload and free; aliases host pointers like the CPU backend. Compute ops are not needed here.
 internal sealed class RecordingBackend(int failAfterUploads = int.MaxValue) : IBackend
 {
     public readonly List<(DType DType, int Rows, int Cols, nint Pointer)> Uploads = [];
@@ -73,7 +73,7 @@ public class WeightsTests
         return s;
     }
 
-    private static string WriteTiny(TempDir dir, Dictionary<string, long[]> shapes, DType dtype = DType.BF16, string? oddDtypeTensor = null)
+    private static string WriteTiny(LoaderTempDir dir, Dictionary<string, long[]> shapes, DType dtype = DType.BF16, string? oddDtypeTensor = null)
     {
         string path = dir.File("model.safetensors");
         int seed = 0;
@@ -143,7 +143,7 @@ public class WeightsTests
     [Fact]
     public void TiedAndUntiedSyntheticCheckpoints()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         WriteTiny(dir, TinyShapes(withLmHead: false));
         var tied = Tiny with { TieWordEmbeddings = true };
         using (var w = LlamaWeights.Load(dir.Path, tied, new RecordingBackend()))
@@ -162,7 +162,7 @@ public class WeightsTests
     [Fact]
     public void RotaryBuffersAreIgnoredOtherExtrasRefused()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         var shapes = TinyShapes();
         shapes["model.layers.0.self_attn.rotary_emb.inv_freq"] = [2];
         shapes["model.rotary_emb.inv_freq"] = [2];
@@ -179,7 +179,7 @@ public class WeightsTests
     [Fact]
     public void MissingWrongShapeOrDtypeNamesFileTensorAndExpectation()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         var shapes = TinyShapes();
         shapes.Remove("model.layers.1.self_attn.v_proj.weight");
         string path = WriteTiny(dir, shapes);
@@ -209,9 +209,33 @@ public class WeightsTests
     }
 
     [Fact]
+    public void RandomCheckpointRoundTrips()
+    {
+        foreach (var (tied, dtype) in new[] { (true, DType.F32), (false, DType.BF16), (false, DType.F16) })
+        {
+            using var dir = new LoaderTempDir();
+            var config = Tiny with { TieWordEmbeddings = tied, NumHiddenLayers = 3 };
+            CheckpointWriter.WriteRandom(dir.Path, config, dtype, seed: 3);
+            var read = LlamaConfigReader.Read(dir.Path);
+            ConfigTests.AssertSameConfig(config, read);
+            var backend = new RecordingBackend();
+            using var w = LlamaWeights.Load(dir.Path, read, backend);
+            Assert.Equal(tied, ReferenceEquals(w.EmbedTokens, w.LmHead));
+            Assert.All(backend.Uploads.Where(u => u.Rows > 1), u => Assert.Equal(dtype, u.DType));
+            unsafe
+            {
+                var q = new ReadOnlySpan<byte>((void*)w.Layers[2].QProj.Pointer, (int)w.Layers[2].QProj.ByteLength);
+                Assert.Contains(q.ToArray(), b => b != 0);
+                var norm = new ReadOnlySpan<float>((void*)w.Norm.Pointer, 8).ToArray();
+                Assert.All(norm, x => Assert.InRange(x, 0.94f, 1.06f));
+            }
+        }
+    }
+
+    [Fact]
     public void BackendFailureMidLoadReleasesEverything()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         WriteTiny(dir, TinyShapes());
         var backend = new RecordingBackend(failAfterUploads: 7);
         Assert.Throws<OutOfMemoryException>(() => LlamaWeights.Load(dir.Path, Tiny, backend));
@@ -221,7 +245,7 @@ public class WeightsTests
     [Fact]
     public void ShardedCheckpointLoadsLikeSingleFile()
     {
-        using var dir = new TempDir();
+        using var dir = new LoaderTempDir();
         var shapes = TinyShapes();
         var names = shapes.Keys.Order(StringComparer.Ordinal).ToArray();
         var map = new Dictionary<string, string>();

@@ -134,10 +134,11 @@ public static class LlamaConfigReader
         Keys? p = top.Object("rope_parameters") ?? top.Object("rope_scaling");
         double theta = p?.Double("rope_theta") ?? top.Double("rope_theta") ?? 10000.0;
         if (!(theta > 0)) throw (p ?? top).Error("rope_theta", $"expected a positive number, got {theta}");
-        double partial = p?.Double("partial_rotary_factor") ?? top.Double("partial_rotary_factor") ?? 1.0;
+        var partialSource = p is not null && p.Has("partial_rotary_factor") ? p : top;
+        double partial = partialSource.Double("partial_rotary_factor") ?? 1.0;
         double rotary = headDim * partial;
         if (!(partial > 0 && partial <= 1) || rotary != Math.Floor(rotary) || (int)rotary % 2 != 0)
-            throw top.Error("partial_rotary_factor", $"{partial} times head_dim {headDim} must give an even rotary dimension in (0, head_dim]");
+            throw partialSource.Error("partial_rotary_factor", $"{partial} times head_dim {headDim} must give an even rotary dimension in (0, head_dim]");
         if (p is null) return new RopeParameters { Theta = theta, PartialRotaryFactor = partial };
 
         string typeKey = p.Has("rope_type") ? "rope_type" : "type";

@@ -23,6 +23,7 @@ try
         "tokenize" => Tokenize.Run(a),
         "passkey" => Passkey.Run(a),
         "check" => Check.Run(a),
+        "bench" => Bench.Run(a),
         _ => throw new UsageException($"unknown command '{command}' (see llama-run --help)"),
     };
 }
@@ -32,7 +33,6 @@ catch (Exception e) when (e is UsageException or ModelFormatException or IOExcep
     Console.Error.WriteLine($"llama-run: {Flatten(e.Message)}");
     return 1;
 }
-
 catch (Exception e)
 {
     Console.Out.Flush();
@@ -44,4 +44,5 @@ static string Flatten(string s) => s.ReplaceLineEndings(" ");
 
 static string Help() => string.Join('\n',
     "llama-run: run Llama checkpoints (Hugging Face config.json + safetensors + tokenizer).",
-    "", "  " + Generate.Usage, "  " + Perplexity.Usage.Replace("\n", "\n  "), "  " + Tokenize.Usage, "  " + Passkey.Usage, "  " + Check.Usage);
+    "", "  " + Generate.Usage, "  " + Perplexity.Usage.Replace("\n", "\n  "), "  " + Tokenize.Usage, "  " + Passkey.Usage,
+    "  " + Check.Usage, "  " + Bench.Usage);

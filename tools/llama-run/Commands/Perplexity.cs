@@ -9,7 +9,7 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Perplexity
 {
-    public const string Usage = "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --ctx N [--windows K] [--rope SPEC | --rope-table FILE] [--device D]\n" +
+    public const string Usage = "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --ctx N [--windows K] [--nll-out FILE] [--rope SPEC | --rope-table FILE] [--device D]\n" +
                                 "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --sweep METHOD,... --ctx-list N,... [--windows K] [--json]";
 
     public static int Run(Args args)
@@ -20,6 +20,7 @@ public static class Perplexity
         bool json = args.Has("--json");
         int ctx = args.Int("--ctx", 0, min: 2);
         string? textFile = args.String("-f", "--file"), idsFile = args.String("--ids");
+        string? nllOut = args.String("--nll-out");
         if ((textFile is null) == (idsFile is null)) throw new UsageException("perplexity needs exactly one of -f TEXT or --ids FILE");
 
         if (sweep is null)
@@ -30,6 +31,8 @@ public static class Perplexity
             if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
             var ids = LoadIds(s, textFile, idsFile);
             var r = Run(() => Evaluation.Perplexity(s.Model, ids, ctx, windows));
+            if (nllOut is not null)
+                File.WriteAllLines(nllOut, r.Nll.Select(v => v.ToString("R", CultureInfo.InvariantCulture)));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{{\"ctx\":{ctx},\"windows\":{r.Windows},\"tokens\":{r.Tokens},\"ppl\":{r.Ppl:R}}}"));
             return 0;

@@ -1,0 +1,72 @@
+// An IBackend wrapper that times every op of the wrapped backend (synchronizing after each) and sums time and weight bytes
+// per op and shape, to show where decode time goes. Used by `Bench --quick --profile`.
+using System.Diagnostics;
+using LlamaRun.Backends;
+using LlamaRun.Model;
+using LlamaRun.Rope;
+
+namespace LlamaRun.Bench;
+
+/// <summary>Times each call of the inner backend; Report() lists the totals, slowest first.</summary>
+public sealed class ProfileBackend(IBackend inner) : IBackend
+{
+    private readonly Dictionary<string, (double Seconds, long Bytes, int Calls)> _totals = [];
+
+    public string Name => inner.Name;
+    public string Device => inner.Device;
+    public int KvElementSize => inner.KvElementSize;
+    public long FreeMemoryBytes => inner.FreeMemoryBytes;
+
+    /// <summary>(op and shape, total seconds, bytes of weights read, calls), slowest first.</summary>
+    public IEnumerable<(string Op, double Seconds, long Bytes, int Calls)> Report() =>
+        _totals.OrderByDescending(kv => kv.Value.Seconds).Select(kv => (kv.Key, kv.Value.Seconds, kv.Value.Bytes, kv.Value.Calls));
+
+    public void Clear() => _totals.Clear();
+
+    private void Time(string op, long bytes, Action a)
+    {
+        long t0 = Stopwatch.GetTimestamp();
+        a();
+        inner.Synchronize();
+        double s = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        _totals.TryGetValue(op, out var t);
+        _totals[op] = (t.Seconds + s, t.Bytes + bytes, t.Calls + 1);
+    }
+
+    public Tensor Alloc(DType dtype, int rows, int cols) => inner.Alloc(dtype, rows, cols);
+    public Tensor Upload(DType dtype, int rows, int cols, nint hostData) => inner.Upload(dtype, rows, cols, hostData);
+    public void Download(Tensor src, Span<float> dst) => inner.Download(src, dst);
+    public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim) => inner.AllocKvCache(numLayers, maxSeq, numKvHeads, headDim);
+
+    public void Embedding(ReadOnlySpan<int> tokens, Tensor table, Tensor dst)
+    {
+        long t0 = Stopwatch.GetTimestamp();
+        inner.Embedding(tokens, table, dst);
+        inner.Synchronize();
+        _totals.TryGetValue("embedding", out var t);
+        _totals["embedding"] = (t.Seconds + Stopwatch.GetElapsedTime(t0).TotalSeconds, t.Bytes + dst.Length * table.DType.Size(), t.Calls + 1);
+    }
+
+    public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps) => Time("rmsnorm", weight.ByteLength, () => inner.RmsNorm(x, weight, dst, eps));
+    public void MatMul(Tensor x, Tensor weight, Tensor dst) =>
+        Time($"matmul {weight.DType.Name()} {weight.Rows}x{weight.Cols} T={x.Rows}", weight.ByteLength, () => inner.MatMul(x, weight, dst));
+    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table) =>
+        Time("rope", 0, () => inner.Rope(q, k, v, cache, layer, startPos, table));
+    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst) =>
+        Time("attention", 2L * (startPos + q.Rows) * cache.KvDim * KvElementSize, () => inner.Attention(q, cache, layer, startPos, dst));
+    public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to) => Time("rerotate", 0, () => inner.RerotateCache(cache, length, from, to));
+    public void SwiGlu(Tensor gate, Tensor up, Tensor dst) => Time("swiglu", 0, () => inner.SwiGlu(gate, up, dst));
+    public void Add(Tensor x, Tensor y, Tensor dst) => Time("add", 0, () => inner.Add(x, y, dst));
+    public void Round(Tensor x, DType dtype) => Time("round", 0, () => inner.Round(x, dtype));
+
+    public void Argmax(Tensor x, Span<int> dst)
+    {
+        long t0 = Stopwatch.GetTimestamp();
+        inner.Argmax(x, dst);
+        _totals.TryGetValue("argmax", out var t);
+        _totals["argmax"] = (t.Seconds + Stopwatch.GetElapsedTime(t0).TotalSeconds, 0, t.Calls + 1);
+    }
+
+    public void Synchronize() => inner.Synchronize();
+    public void Dispose() => inner.Dispose();
+}

@@ -1,0 +1,158 @@
+// `llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3]`: llama-bench style table of
+// prefill (ppP: P random tokens from position 0) and decode (tgN after an empty cache; tgN @ dD after filling D positions)
+// tokens/s, mean ± stdev over r repetitions, plus load time and memory. Tests that do not fit in memory are skipped.
+using System.Diagnostics;
+using System.Globalization;
+using LlamaRun.Backends;
+using LlamaRun.Backends.Cpu;
+using LlamaRun.Model;
+
+namespace LlamaRun.Cli.Commands;
+
+public static class Bench
+{
+    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3]";
+
+    private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
+
+    private sealed record Test(string Name, int Prompt, int Depth, int Decode)
+    {
+        public int Positions => Prompt > 0 ? Prompt : Depth + Decode;
+    }
+
+    public static int Run(Args args)
+    {
+        int[] prompts = args.String("-p") is { } p ? ParseLengths(p) : [512, 4096, 16384];
+        int decode = args.Int("-n", 128, min: 0);
+        int depth = args.Int("--depth", 16384, min: 0);
+        if ((long)depth + decode > int.MaxValue / 2) throw new UsageException($"--depth {depth} with -n {decode} is too long");
+        int reps = args.Int("-r", 3, min: 1);
+        string device = args.String("--device") ?? "auto";
+        string dir = ModelSession.ModelDirectory(args);
+        var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+
+        var tests = prompts.Select(p => new Test($"pp{p}", p, 0, 0)).ToList();
+        if (decode > 0)
+        {
+            tests.Add(new Test($"tg{decode}", 0, 0, decode));
+            if (depth > 0) tests.Add(new Test($"tg{decode} @ d{depth}", 0, depth, decode));
+        }
+        if (tests.Count == 0) throw new UsageException("nothing to run: give -p and/or -n");
+
+        // Keep only the tests whose KV cache fits next to the weights, then size the context for the longest of them.
+        long freeBefore, weightFiles = Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length);
+        int kvElement;
+        using (var probe = BackendFactory.Create(device))
+        {
+            freeBefore = probe.FreeMemoryBytes;
+            kvElement = probe.KvElementSize;
+        }
+        long budget = freeBefore > 0 ? (long)(0.9 * (freeBefore - weightFiles)) : long.MaxValue;
+        var skipped = tests.Where(t => Llama.KvCacheBytes(config, t.Positions, kvElement) > budget).ToList();
+        foreach (var t in skipped)
+            Console.Error.WriteLine(string.Create(Inv,
+                $"skipping {t.Name}: {t.Positions} positions need {Llama.KvCacheBytes(config, t.Positions, kvElement) / 1e9:F2} GB of KV cache, {Math.Max(0, budget) / 1e9:F2} GB available"));
+        tests = tests.Except(skipped).ToList();
+        if (tests.Count == 0) throw new UsageException("no test fits in memory");
+        int ctx = tests.Max(t => t.Positions);
+
+        var load = Stopwatch.StartNew();
+        using var s = ModelSession.Open(args, ctx, needTokenizer: false);
+        args.RejectUnknown();
+        double loadSeconds = load.Elapsed.TotalSeconds;
+        if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
+        long deviceUsed = s.Backend.Name == "cpu" ? 0 : freeBefore - s.Backend.FreeMemoryBytes;
+
+        var runner = new Runner(s.Model);
+        runner.Prefill(Math.Min(16, ctx));   // warm-up: JIT, first-touch of the weights, kernel compilation
+        var results = new List<(Test Test, double Mean, double Sd)>();
+        foreach (var t in tests)
+        {
+            var rates = new double[reps];
+            if (t.Depth > 0)
+            {
+                var fill = Stopwatch.StartNew();
+                runner.Fill(t.Depth);
+                Console.Error.WriteLine(string.Create(Inv, $"filled {t.Depth} positions in {fill.Elapsed.TotalSeconds:F1} s"));
+            }
+            for (int r = 0; r < reps; r++)
+                rates[r] = t.Prompt > 0 ? runner.Prefill(t.Prompt) : runner.Decode(t.Depth, t.Decode);
+            double mean = rates.Average();
+            double sd = reps > 1 ? Math.Sqrt(rates.Sum(x => (x - mean) * (x - mean)) / (reps - 1)) : 0;
+            results.Add((t, mean, sd));
+        }
+
+        string model = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir)));
+        string size = FormatBytes(s.Weights.WeightBytes);
+        string parameters = FormatCount(ParameterCount(config));
+        Console.WriteLine("| model | size | params | backend | test | t/s |");
+        Console.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |");
+        foreach (var (t, mean, sd) in results)
+            Console.WriteLine(string.Create(Inv, $"| {model} | {size} | {parameters} | {s.Backend.Name} | {t.Name} | {mean:F2} ± {sd:F2} |"));
+        long kv = Llama.KvCacheBytes(config, ctx, s.Backend.KvElementSize);
+        Console.WriteLine();
+        Console.WriteLine(string.Create(Inv, $"device: {s.Backend.Device}; ctx {ctx}; load {loadSeconds:F2} s"));
+        Console.WriteLine($"memory: weights {FormatBytes(s.Weights.WeightBytes)} + KV cache {FormatBytes(kv)} = {FormatBytes(s.Weights.WeightBytes + kv)}" +
+                          (deviceUsed > 0 ? $"; device memory used (free before load - free after) {FormatBytes(deviceUsed)}" : ""));
+        return 0;
+    }
+
+    /// <summary>Times forward passes of random tokens on one model.</summary>
+    private sealed class Runner(Llama model)
+    {
+        private readonly float[] _logits = new float[model.VocabSize];
+        private readonly Random _rng = new(1234);
+
+        private int[] RandomTokens(int n) => [.. Enumerable.Range(0, n).Select(_ => _rng.Next(model.VocabSize))];
+
+        public double Prefill(int n)
+        {
+            var tokens = RandomTokens(n);
+            model.Reset();
+            long t0 = Stopwatch.GetTimestamp();
+            model.Forward(tokens, 0, LogitsRows.Last, _logits);
+            return n / Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        }
+
+        public void Fill(int depth)
+        {
+            model.Reset();
+            model.Forward(RandomTokens(depth), 0, LogitsRows.None, default);
+        }
+
+        // Greedy decode of n tokens at positions start.. (the cache holds positions 0..start-1); each token waits for its logits.
+        public double Decode(int start, int n)
+        {
+            if (start == 0) model.Reset();
+            int token = _rng.Next(model.VocabSize);
+            long t0 = Stopwatch.GetTimestamp();
+            for (int i = 0; i < n; i++)
+            {
+                model.Forward([token], start + i, LogitsRows.Last, _logits);
+                token = CpuOps.Argmax(_logits);
+            }
+            return n / Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        }
+    }
+
+    // "512,4096" or "0" (no prefill test), as llama-bench takes -p.
+    private static int[] ParseLengths(string s) =>
+        [.. s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(x =>
+            int.TryParse(x, NumberStyles.Integer, Inv, out int v) && v >= 0 && v <= int.MaxValue / 2 ? v
+                : throw new UsageException($"-p expects prompt lengths separated by commas, got '{x}'")).Where(v => v > 0)];
+
+    private static long ParameterCount(LlamaConfig c)
+    {
+        long h = c.HiddenSize;
+        long layer = h * c.QDim * 2 + 2 * h * c.KvDim + 3 * h * c.IntermediateSize + 2 * h;
+        return c.NumHiddenLayers * layer + (long)c.VocabSize * h * (c.TieWordEmbeddings ? 1 : 2) + h;
+    }
+
+    private static string FormatBytes(long b) => b >= 1L << 30
+        ? string.Create(Inv, $"{b / (double)(1L << 30):F2} GiB")
+        : string.Create(Inv, $"{b / (double)(1L << 20):F2} MiB");
+
+    private static string FormatCount(long n) => n >= 1_000_000_000
+        ? string.Create(Inv, $"{n / 1e9:F2} B")
+        : string.Create(Inv, $"{n / 1e6:F2} M");
+}
