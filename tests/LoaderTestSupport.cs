@@ -14,20 +14,8 @@ internal static class LoaderTestSupport
     public static string[] HfTinyVariants =>
         Directory.GetDirectories(HfTiny).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray()!;
 
-<<<<<<< HEAD
     /// Returns the path of a file or directory under ../shared, or null when absent (the caller returns early).
     public static string? SharedPath(string relative) => SharedData.Path(relative);
-=======
-    // Returns the path of a file or directory under shared/, or null (the caller returns early: test skipped) when absent.
-    public static string? SharedPath(string relative)
-    {
-        if (Shared.Value is null) return null;
-        string p = Path.Combine(Shared.Value, relative);
-        if (File.Exists(p) || Directory.Exists(p)) return p;
-        Console.WriteLine($"skipped: {relative} not found under {Shared.Value}");
-        return null;
-    }
->>>>>>> bench
 
     // Asserts that action throws ModelFormatException whose message is one line, names path, and holds every fragment.
     public static ModelFormatException AssertModelError(Action action, string path, params string[] fragments)
