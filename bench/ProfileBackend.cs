@@ -47,15 +47,15 @@ public sealed class ProfileBackend(IBackend inner) : IBackend
         _totals["embedding"] = (t.Seconds + Stopwatch.GetElapsedTime(t0).TotalSeconds, t.Bytes + dst.Length * table.DType.Size(), t.Calls + 1);
     }
 
-    public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps) => Time("rmsnorm", weight.ByteLength, () => inner.RmsNorm(x, weight, dst, eps));
+    public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps, DType compute = DType.F32) => Time("rmsnorm", weight.ByteLength, () => inner.RmsNorm(x, weight, dst, eps, compute));
     public void MatMul(Tensor x, Tensor weight, Tensor dst) =>
         Time($"matmul {weight.DType.Name()} {weight.Rows}x{weight.Cols} T={x.Rows}", weight.ByteLength, () => inner.MatMul(x, weight, dst));
-    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table) =>
-        Time("rope", 0, () => inner.Rope(q, k, v, cache, layer, startPos, table));
-    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst) =>
-        Time("attention", 2L * (startPos + q.Rows) * cache.KvDim * KvElementSize, () => inner.Attention(q, cache, layer, startPos, dst));
+    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32) =>
+        Time("rope", 0, () => inner.Rope(q, k, v, cache, layer, startPos, table, compute));
+    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32) =>
+        Time("attention", 2L * (startPos + q.Rows) * cache.KvDim * KvElementSize, () => inner.Attention(q, cache, layer, startPos, dst, compute));
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to) => Time("rerotate", 0, () => inner.RerotateCache(cache, length, from, to));
-    public void SwiGlu(Tensor gate, Tensor up, Tensor dst) => Time("swiglu", 0, () => inner.SwiGlu(gate, up, dst));
+    public void SwiGlu(Tensor gate, Tensor up, Tensor dst, DType compute = DType.F32) => Time("swiglu", 0, () => inner.SwiGlu(gate, up, dst, compute));
     public void Add(Tensor x, Tensor y, Tensor dst) => Time("add", 0, () => inner.Add(x, y, dst));
     public void Round(Tensor x, DType dtype) => Time("round", 0, () => inner.Round(x, dtype));
 

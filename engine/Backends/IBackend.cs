@@ -1,6 +1,7 @@
 // The whole contract between the forward pass (Model/Llama.cs) and a compute backend.
 // Activations are F32 [tokens, features]; weights may be F32, F16 or BF16 [out, in]. Outputs come last.
 // GPU backends run every op asynchronously on one stream; only Download, Argmax and Synchronize wait.
+// `compute` (F32 unless a bf16/f16 framework is emulated) says which type the op rounds its intermediates to.
 using LlamaRun.Model;
 using LlamaRun.Rope;
 
@@ -36,8 +37,8 @@ public interface IBackend : IDisposable
     /// <summary>dst[t, :] = table[tokens[t], :] as F32; dst is [tokens.Length, hidden].</summary>
     void Embedding(ReadOnlySpan<int> tokens, Tensor table, Tensor dst);
 
-    /// <summary>dst[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * weight (weight F32 [1, n]).</summary>
-    void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps);
+    /// <summary>dst[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * weight (weight F32 [1, n]); a non-F32 compute rounds the normalized x and the product.</summary>
+    void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps, DType compute = DType.F32);
 
     /// <summary>dst[T, out] = x[T, in] times weight[out, in] transposed.</summary>
     void MatMul(Tensor x, Tensor weight, Tensor dst);
@@ -45,20 +46,22 @@ public interface IBackend : IDisposable
     /// <summary>
     /// Rotates q [T, heads*headDim] in place (cos/sin magnitude and query scale included), rotates k [T, kvDim] in place,
     /// and stores k and v at positions startPos..startPos+T-1 of layer's cache. Pairs are (x[j], x[j + rotaryDim/2]).
+    /// A non-F32 compute rounds cos, sin, each product and each sum to that type.
     /// </summary>
-    void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table);
+    void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32);
 
     /// <summary>
     /// Causal grouped-query attention of q [T, heads*headDim] (query t at position startPos+t) over the cached
     /// positions 0..startPos+t of layer, softmax scale 1/sqrt(headDim); dst is [T, heads*headDim].
+    /// A non-F32 compute rounds the unnormalized probabilities before they weight V, as torch's CPU flash kernel does.
     /// </summary>
-    void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst);
+    void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32);
 
     /// <summary>Re-rotates the first `length` cached keys of every layer from table `from` to table `to`.</summary>
     void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to);
 
-    /// <summary>dst = silu(gate) * up, element-wise.</summary>
-    void SwiGlu(Tensor gate, Tensor up, Tensor dst);
+    /// <summary>dst = silu(gate) * up, element-wise; a non-F32 compute rounds silu(gate) and the product.</summary>
+    void SwiGlu(Tensor gate, Tensor up, Tensor dst, DType compute = DType.F32);
 
     /// <summary>dst = x + y, element-wise (dst may alias x).</summary>
     void Add(Tensor x, Tensor y, Tensor dst);

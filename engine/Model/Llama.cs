@@ -42,7 +42,7 @@ public sealed class Llama : IDisposable
 
     public int VocabSize => Config.VocabSize;
 
-    /// <summary>F32 computes in f32; BF16 or F16 rounds every op's output to that type, as a framework computing in it would.</summary>
+    /// <summary>F32 computes in f32; BF16 or F16 rounds every op's output, and the intermediates a framework computing in that type rounds, to it.</summary>
     public DType Activations { get; }
 
     /// <summary>Wraps loaded weights with a KV cache for maxSeq positions and the given RoPE schedule.</summary>
@@ -117,27 +117,27 @@ public sealed class Llama : IDisposable
         for (int l = 0; l < Config.NumHiddenLayers; l++)
         {
             var w = Weights.Layers[l];
-            b.RmsNorm(a.X, w.InputLayernorm, a.Xb, eps);
+            b.RmsNorm(a.X, w.InputLayernorm, a.Xb, eps, Activations);
             R(a.Xb);
             b.MatMul(a.Xb, w.QProj, a.Q);
             b.MatMul(a.Xb, w.KProj, a.K);
             b.MatMul(a.Xb, w.VProj, a.V);
             R(a.Q); R(a.K); R(a.V);
-            b.Rope(a.Q, a.K, a.V, Cache, l, pos, table);
+            b.Rope(a.Q, a.K, a.V, Cache, l, pos, table, Activations);
             R(a.Q);
-            b.Attention(a.Q, Cache, l, pos, a.Att);
+            b.Attention(a.Q, Cache, l, pos, a.Att, Activations);
             R(a.Att);
             b.MatMul(a.Att, w.OProj, a.Xb);
             R(a.Xb);
             b.Add(a.X, a.Xb, a.X);
             R(a.X);
 
-            b.RmsNorm(a.X, w.PostAttentionLayernorm, a.Xb, eps);
+            b.RmsNorm(a.X, w.PostAttentionLayernorm, a.Xb, eps, Activations);
             R(a.Xb);
             b.MatMul(a.Xb, w.GateProj, a.Gate);
             b.MatMul(a.Xb, w.UpProj, a.Up);
             R(a.Gate); R(a.Up);
-            b.SwiGlu(a.Gate, a.Up, a.Gate);
+            b.SwiGlu(a.Gate, a.Up, a.Gate, Activations);
             R(a.Gate);
             b.MatMul(a.Gate, w.DownProj, a.Xb);
             R(a.Xb);
@@ -149,7 +149,7 @@ public sealed class Llama : IDisposable
         int first = rows == LogitsRows.Last ? tokens.Length - 1 : 0;
         var last = a.X.SliceRows(first, tokens.Length - first);
         var normed = a.Xb.SliceRows(0, last.Rows);
-        b.RmsNorm(last, Weights.Norm, normed, eps);
+        b.RmsNorm(last, Weights.Norm, normed, eps, Activations);
         R(normed);
         // lm_head in blocks of LogitRows rows so the logits buffer stays small for large vocabularies.
         int vocab = Config.VocabSize;

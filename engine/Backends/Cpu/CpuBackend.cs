@@ -78,14 +78,14 @@ public sealed unsafe class CpuBackend : IBackend
         CpuOps.Embedding(tokens, (void*)table.Pointer, (float*)dst.Pointer, table.DType, table.Cols);
     }
 
-    public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps)
+    public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps, DType compute = DType.F32)
     {
         Check(x, nameof(x), DType.F32);
         Check(weight, nameof(weight), DType.F32);
         Check(dst, nameof(dst), DType.F32);
         Shape(weight, nameof(weight), 1, x.Cols);
         Shape(dst, nameof(dst), x.Rows, x.Cols);
-        CpuOps.RmsNorm((float*)x.Pointer, (float*)weight.Pointer, (float*)dst.Pointer, x.Rows, x.Cols, eps);
+        CpuOps.RmsNorm((float*)x.Pointer, (float*)weight.Pointer, (float*)dst.Pointer, x.Rows, x.Cols, eps, compute);
     }
 
     public void MatMul(Tensor x, Tensor weight, Tensor dst)
@@ -98,7 +98,7 @@ public sealed unsafe class CpuBackend : IBackend
         CpuOps.MatMul((float*)x.Pointer, (void*)weight.Pointer, (float*)dst.Pointer, weight.DType, x.Rows, x.Cols, weight.Rows);
     }
 
-    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table)
+    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32)
     {
         int heads = QueryHeads(q, cache);
         CheckCache(cache);
@@ -111,10 +111,10 @@ public sealed unsafe class CpuBackend : IBackend
         if (table.RotaryDim > cache.HeadDim) throw new ArgumentException($"rotary dim {table.RotaryDim} of table '{table.Method}' exceeds head dim {cache.HeadDim}", nameof(table));
         var p = new RopeParams(q.Rows, heads, cache.NumKvHeads, cache.HeadDim, startPos, layer);
         CpuOps.Rope((float*)q.Pointer, (float*)k.Pointer, (float*)v.Pointer, (float*)cache.LayerK(layer).Pointer,
-            (float*)cache.LayerV(layer).Pointer, table, p);
+            (float*)cache.LayerV(layer).Pointer, table, p, compute);
     }
 
-    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst)
+    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32)
     {
         int heads = QueryHeads(q, cache);
         CheckCache(cache);
@@ -122,7 +122,7 @@ public sealed unsafe class CpuBackend : IBackend
         Shape(dst, nameof(dst), q.Rows, q.Cols);
         CheckPositions(cache, layer, startPos, q.Rows);
         var p = new AttentionParams(q.Rows, heads, cache.NumKvHeads, cache.HeadDim, startPos);
-        CpuOps.Attention((float*)q.Pointer, (float*)cache.LayerK(layer).Pointer, (float*)cache.LayerV(layer).Pointer, (float*)dst.Pointer, p);
+        CpuOps.Attention((float*)q.Pointer, (float*)cache.LayerK(layer).Pointer, (float*)cache.LayerV(layer).Pointer, (float*)dst.Pointer, p, compute);
     }
 
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
@@ -137,14 +137,14 @@ public sealed unsafe class CpuBackend : IBackend
         CpuOps.RerotateCache((float*)cache.K.Pointer, cache.NumLayers, cache.MaxSeq, length, cache.NumKvHeads, cache.HeadDim, from, to);
     }
 
-    public void SwiGlu(Tensor gate, Tensor up, Tensor dst)
+    public void SwiGlu(Tensor gate, Tensor up, Tensor dst, DType compute = DType.F32)
     {
         Check(gate, nameof(gate), DType.F32);
         Check(up, nameof(up), DType.F32);
         Check(dst, nameof(dst), DType.F32);
         Shape(up, nameof(up), gate.Rows, gate.Cols);
         Shape(dst, nameof(dst), gate.Rows, gate.Cols);
-        CpuOps.SwiGlu((float*)gate.Pointer, (float*)up.Pointer, (float*)dst.Pointer, gate.Length);
+        CpuOps.SwiGlu((float*)gate.Pointer, (float*)up.Pointer, (float*)dst.Pointer, gate.Length, compute);
     }
 
     public void Add(Tensor x, Tensor y, Tensor dst)

@@ -1,6 +1,8 @@
 // CPU element-wise activations: SwiGlu dst = silu(gate) * up with silu(x) = x / (1 + exp(-x)) (transformers' form),
-// and Add dst = x + y. Both allow dst to alias an input. Test: CpuOpsTests.SwiGlu, CpuOpsTests.Add.
+// and Add dst = x + y. Both allow dst to alias an input. A bf16/f16 compute type rounds silu(gate) and the product, as
+// torch's silu and mul do in that dtype. Test: CpuOpsTests.SwiGlu, CpuOpsTests.Add, CpuOpsBf16Tests.SwiGlu.
 using System.Numerics.Tensors;
+using LlamaRun.Model;
 
 namespace LlamaRun.Backends.Cpu;
 
@@ -9,7 +11,7 @@ public static unsafe partial class CpuOps
     private const int ElementChunk = 4096;
 
     /// <summary>dst[i] = gate[i] / (1 + exp(-gate[i])) * up[i]; dst may alias gate or up.</summary>
-    public static void SwiGlu(float* gate, float* up, float* dst, long n)
+    public static void SwiGlu(float* gate, float* up, float* dst, long n, DType compute = DType.F32)
     {
         nint gp = (nint)gate, up_ = (nint)up, dp = (nint)dst;
         void Chunk(int c)
@@ -22,7 +24,10 @@ public static unsafe partial class CpuOps
             TensorPrimitives.Exp(tmp, tmp);
             TensorPrimitives.Add(tmp, 1f, tmp);
             TensorPrimitives.Divide(g, tmp, tmp);
-            TensorPrimitives.Multiply(tmp, new ReadOnlySpan<float>((float*)up_ + start, len), new Span<float>((float*)dp + start, len));
+            Round(tmp, compute);
+            var d = new Span<float>((float*)dp + start, len);
+            TensorPrimitives.Multiply(tmp, new ReadOnlySpan<float>((float*)up_ + start, len), d);
+            Round(d, compute);
         }
         RunChunks(n, Chunk);
     }

@@ -1,10 +1,14 @@
 // CPU causal grouped-query attention over the KV cache, one work item per (kv head, 4 tokens), multi-threaded.
 // Numerics as transformers' eager path in f32: score = (q . k) * 1/sqrt(headDim), softmax with the max subtracted,
-// f32 exp and f32 (vectorized) sum, probabilities p = e * (1/sum), out = sum_s p_s v_s. Test: CpuOpsTests.Attention*.
+// f32 exp and f32 (vectorized) sum, probabilities p = e * (1/sum), out = sum_s p_s v_s. A bf16/f16 compute type follows
+// torch's CPU flash kernel instead: online softmax over blocks of 512 keys, e = exp(s - running max) rounded to that type
+// before it weights V (f32 accumulation), the f32 sum of the unrounded e, out = acc / sum. Test: CpuOpsTests.Attention*,
+// CpuOpsBf16Tests.Attention*.
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using LlamaRun.Model;
 
 namespace LlamaRun.Backends.Cpu;
 
@@ -16,7 +20,7 @@ public static unsafe partial class CpuOps
     [ThreadStatic] private static float[]? _scoreScratch;
 
     /// <summary>dst[t, h] = softmax(q[t, h] . K[0..StartPos+t, h / (Heads/KvHeads)]^T / sqrt(HeadDim)) . V over the layer's kCache, vCache [maxSeq, kvDim].</summary>
-    public static void Attention(float* q, float* kCache, float* vCache, float* dst, AttentionParams p)
+    public static void Attention(float* q, float* kCache, float* vCache, float* dst, AttentionParams p, DType compute = DType.F32)
     {
         if (p.Tokens <= 0 || p.Heads <= 0) return;
         float scale = (float)(1.0 / Math.Sqrt(p.HeadDim));
@@ -29,7 +33,7 @@ public static unsafe partial class CpuOps
         {
             // Later tokens cost more, so hand them out first for a better balance.
             int rev = items - 1 - item;
-            AttentionBlock((float*)qp, (float*)kc, (float*)vc, (float*)dp, p, rev % p.KvHeads, rev / p.KvHeads * TokenBlock, scale);
+            AttentionBlock((float*)qp, (float*)kc, (float*)vc, (float*)dp, p, rev % p.KvHeads, rev / p.KvHeads * TokenBlock, scale, compute);
         }
         long work = (long)p.Tokens * p.Heads * (p.StartPos + p.Tokens) * p.HeadDim;
         if (work < 16384)
@@ -44,7 +48,7 @@ public static unsafe partial class CpuOps
 
     // Queries of kv head kvh at tokens t0..t0+3 (all heads of its group) against cache rows 0..StartPos+t.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void AttentionBlock(float* q, float* kCache, float* vCache, float* dst, AttentionParams p, int kvh, int t0, float scale)
+    private static void AttentionBlock(float* q, float* kCache, float* vCache, float* dst, AttentionParams p, int kvh, int t0, float scale, DType compute)
     {
         int hd = p.HeadDim, qDim = p.Heads * hd, kvDim = p.KvHeads * hd, group = p.Heads / p.KvHeads;
         int nt = Math.Min(4, p.Tokens - t0), nq = nt * group, lenMax = p.StartPos + t0 + nt;
@@ -73,29 +77,68 @@ public static unsafe partial class CpuOps
                 }
                 for (; r < nq; r++) sp[(nint)r * lenMax + s] = Dot((float*)qr[r], kr, hd) * scale;
             }
-            for (int r = 0; r < nq; r++)
-            {
-                var scores = new Span<float>(sp + (nint)r * lenMax, p.StartPos + t0 + r / group + 1);
-                float max = TensorPrimitives.Max(scores);
-                TensorPrimitives.Subtract(scores, max, scores);
-                TensorPrimitives.Exp(scores, scores);
-                float inv = 1f / TensorPrimitives.Sum(scores);
-                TensorPrimitives.Multiply(scores, inv, scores);
-            }
-            // Values, in tiles of 64 rows that stay in L1 while every query of the block accumulates over them.
             new Span<float>(acc, nq * hd).Clear();
-            const int ValueTile = 64;
-            for (int s0 = 0; s0 < lenMax; s0 += ValueTile)
+            if (compute != DType.F32)
             {
-                for (int r = Math.Max(0, s0 - p.StartPos - t0) * group; r < nq; r++)
-                {
-                    int end = Math.Min(s0 + ValueTile, p.StartPos + t0 + r / group + 1);
-                    AccumulateWeighted(sp + (nint)r * lenMax, vh, acc + r * hd, s0, end, hd, kvDim);
-                }
+                for (int r = 0; r < nq; r++)
+                    RoundedSoftmaxValues(sp + (nint)r * lenMax, p.StartPos + t0 + r / group + 1, vh, acc + r * hd, hd, kvDim, compute);
+            }
+            else
+            {
+                SoftmaxValues(sp, acc, vh, p, nq, lenMax, t0, group, hd, kvDim);
             }
             for (int ti = 0; ti < nt; ti++)
                 new ReadOnlySpan<float>(acc + ti * group * hd, group * hd).CopyTo(new Span<float>(dst + (nint)(t0 + ti) * qDim + kvh * group * hd, group * hd));
         }
+    }
+
+    // Scores [nq, lenMax] to probabilities in place, then acc [nq, hd] += probabilities times V.
+    private static void SoftmaxValues(float* sp, float* acc, float* vh, AttentionParams p, int nq, int lenMax, int t0, int group, int hd, int kvDim)
+    {
+        for (int r = 0; r < nq; r++)
+        {
+            var scores = new Span<float>(sp + (nint)r * lenMax, p.StartPos + t0 + r / group + 1);
+            float max = TensorPrimitives.Max(scores);
+            TensorPrimitives.Subtract(scores, max, scores);
+            TensorPrimitives.Exp(scores, scores);
+            float inv = 1f / TensorPrimitives.Sum(scores);
+            TensorPrimitives.Multiply(scores, inv, scores);
+        }
+        // Values, in tiles of 64 rows that stay in L1 while every query of the block accumulates over them.
+        const int ValueTile = 64;
+        for (int s0 = 0; s0 < lenMax; s0 += ValueTile)
+        {
+            for (int r = Math.Max(0, s0 - p.StartPos - t0) * group; r < nq; r++)
+            {
+                int end = Math.Min(s0 + ValueTile, p.StartPos + t0 + r / group + 1);
+                AccumulateWeighted(sp + (nint)r * lenMax, vh, acc + r * hd, s0, end, hd, kvDim);
+            }
+        }
+    }
+
+    // One query's scaled scores [len] (overwritten) to acc [hd] as torch's CPU flash kernel computes in a reduced type:
+    // per block of 512 keys, m = max(running max, block max), e = exp(s - m) in f32, sum = sum(e) + exp(m_old - m) * sum,
+    // acc = acc * exp(m_old - m) + round(e) . V; finally acc / sum.
+    private static void RoundedSoftmaxValues(float* scores, int len, float* vh, float* acc, int hd, int kvDim, DType compute)
+    {
+        const int KvSplit = 512;
+        float runMax = float.NegativeInfinity, runSum = 0;
+        var accRow = new Span<float>(acc, hd);
+        for (int n = 0; n < len; n += KvSplit)
+        {
+            int end = Math.Min(n + KvSplit, len);
+            var block = new Span<float>(scores + n, end - n);
+            float max = MathF.Max(runMax, TensorPrimitives.Max(block));
+            TensorPrimitives.Subtract(block, max, block);
+            TensorPrimitives.Exp(block, block);
+            float rescale = MathF.Exp(runMax - max);
+            runSum = TensorPrimitives.Sum(block) + rescale * runSum;
+            runMax = max;
+            if (n > 0) TensorPrimitives.Multiply(accRow, rescale, accRow);
+            Round(block, compute);
+            AccumulateWeighted(scores, vh, acc, n, end, hd, kvDim);
+        }
+        TensorPrimitives.Multiply(accRow, 1f / runSum, accRow);
     }
 
     // Four queries against one key: one accumulator each, combined by a horizontal-add tree.

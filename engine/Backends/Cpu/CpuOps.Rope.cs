@@ -2,6 +2,8 @@
 // and the re-rotation of cached keys when the table changes. Test: CpuOpsTests.Rope*, CpuOpsTests.RerotateCache.
 // Numerics as transformers: angle = f32(p) * InvFreq[j] in f32; cos/sin of that f32 angle (computed in double,
 // rounded to f32) times Magnitude in f32; out = x*cos - y*sin / y*cos + x*sin with each product rounded (no FMA).
+// A bf16/f16 compute type also rounds cos, sin, every product and every sum to it (apply_rotary_pos_emb in that dtype).
+using LlamaRun.Model;
 using LlamaRun.Rope;
 
 namespace LlamaRun.Backends.Cpu;
@@ -12,7 +14,7 @@ public readonly record struct RopeParams(int Tokens, int Heads, int KvHeads, int
 public static unsafe partial class CpuOps
 {
     /// <summary>Rotates q and k in place, scales q by the table's QueryScale, and stores k, v into rows StartPos+t of kCache, vCache (the layer's [maxSeq, kvDim] block).</summary>
-    public static void Rope(float* q, float* k, float* v, float* kCache, float* vCache, RopeTable table, RopeParams p)
+    public static void Rope(float* q, float* k, float* v, float* kCache, float* vCache, RopeTable table, RopeParams p, DType compute = DType.F32)
     {
         int half = table.InvFreq.Length, kvDim = p.KvHeads * p.HeadDim, qDim = p.Heads * p.HeadDim;
         if (p.Tokens <= 0) return;
@@ -29,12 +31,22 @@ public static unsafe partial class CpuOps
                 CosSin(table, pos, cos, sin);
                 float* qt = (float*)qp + (nint)t * qDim;
                 float* kt = (float*)kp + (nint)t * kvDim;
-                for (int h = 0; h < p.Heads; h++) RotatePairs(qt + h * p.HeadDim, cos, sin);
-                for (int h = 0; h < p.KvHeads; h++) RotatePairs(kt + h * p.HeadDim, cos, sin);
+                if (compute == DType.F32)
+                {
+                    for (int h = 0; h < p.Heads; h++) RotatePairs(qt + h * p.HeadDim, cos, sin);
+                    for (int h = 0; h < p.KvHeads; h++) RotatePairs(kt + h * p.HeadDim, cos, sin);
+                }
+                else
+                {
+                    Round(cos, compute);
+                    Round(sin, compute);
+                    for (int h = 0; h < p.Heads; h++) RotatePairsRounded(qt + h * p.HeadDim, cos, sin, compute);
+                    for (int h = 0; h < p.KvHeads; h++) RotatePairsRounded(kt + h * p.HeadDim, cos, sin, compute);
+                }
                 if (table.QueryScale is { } qs)
                 {
                     float s = qs.At(p.Layer, pos);
-                    for (int i = 0; i < qDim; i++) qt[i] *= s;
+                    for (int i = 0; i < qDim; i++) qt[i] = RoundTo(qt[i] * s, compute);
                 }
                 new ReadOnlySpan<float>(kt, kvDim).CopyTo(new Span<float>((float*)kc + (nint)pos * kvDim, kvDim));
                 new ReadOnlySpan<float>((float*)vp + (nint)t * kvDim, kvDim).CopyTo(new Span<float>((float*)vc + (nint)pos * kvDim, kvDim));
@@ -117,6 +129,18 @@ public static unsafe partial class CpuOps
             float a = x[j], b = x[j + half];
             x[j] = a * cos[j] - b * sin[j];
             x[j + half] = b * cos[j] + a * sin[j];
+        }
+    }
+
+    // RotatePairs with every product and sum rounded to compute: x*cos + rotate_half(x)*sin evaluated in that dtype.
+    private static void RotatePairsRounded(float* x, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, DType compute)
+    {
+        int half = cos.Length;
+        for (int j = 0; j < half; j++)
+        {
+            float a = x[j], b = x[j + half];
+            x[j] = RoundTo(RoundTo(a * cos[j], compute) - RoundTo(b * sin[j], compute), compute);
+            x[j + half] = RoundTo(RoundTo(b * cos[j], compute) + RoundTo(a * sin[j], compute), compute);
         }
     }
 }

@@ -1,5 +1,6 @@
 // Rounding F32 activations to the precision of a narrower type, in place, to reproduce a framework that computes
-// in bf16 or f16 (transformers with torch_dtype bfloat16 rounds after every op). Tests: CpuOpsTests.Round*.
+// in bf16 or f16 (transformers with torch_dtype bfloat16 rounds after every op), plus the scalar and span forms the
+// ops use for their mid-op roundings. Tests: CpuOpsTests.Round*, CpuOpsBf16Tests.
 using System.Runtime.Intrinsics;
 using LlamaRun.Model;
 
@@ -32,4 +33,18 @@ public static unsafe partial class CpuOps
         for (; i < n; i++)
             x[i] = dtype == DType.BF16 ? DTypes.BF16ToF32(DTypes.F32ToBF16(x[i])) : DTypes.F16ToF32(DTypes.F32ToF16(x[i]));
     }
+
+    /// <summary>Rounds x in place to dtype, as Round(float*, long, DType).</summary>
+    public static void Round(Span<float> x, DType dtype)
+    {
+        fixed (float* p = x) Round(p, x.Length, dtype);
+    }
+
+    // One value rounded to dtype (nearest even); F32 returns x.
+    internal static float RoundTo(float x, DType dtype) => dtype switch
+    {
+        DType.BF16 => DTypes.BF16ToF32(DTypes.F32ToBF16(x)),
+        DType.F16 => DTypes.F16ToF32(DTypes.F32ToF16(x)),
+        _ => x,
+    };
 }

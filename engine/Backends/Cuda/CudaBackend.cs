@@ -248,8 +248,9 @@ public sealed unsafe class CudaBackend : IBackend
         _launch.Embedding(variant, _tokens, (ulong)table.Pointer, (ulong)dst.Pointer, tokens.Length, table.Cols);
     }
 
-    public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps)
+    public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps, DType compute = DType.F32)
     {
+        F32Only(compute);
         Bind();
         Require(x, DType.F32, nameof(x));
         Require(weight, DType.F32, nameof(weight));
@@ -287,8 +288,9 @@ public sealed unsafe class CudaBackend : IBackend
         }
     }
 
-    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table)
+    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32)
     {
+        F32Only(compute);
         Bind();
         Require(q, DType.F32, nameof(q));
         Require(k, DType.F32, nameof(k));
@@ -311,8 +313,9 @@ public sealed unsafe class CudaBackend : IBackend
             table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0);
     }
 
-    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst)
+    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32)
     {
+        F32Only(compute);
         Bind();
         Require(q, DType.F32, nameof(q));
         Require(dst, DType.F32, nameof(dst));
@@ -344,8 +347,9 @@ public sealed unsafe class CudaBackend : IBackend
             from.RotaryDim, from.Magnitude, to.Magnitude);
     }
 
-    public void SwiGlu(Tensor gate, Tensor up, Tensor dst)
+    public void SwiGlu(Tensor gate, Tensor up, Tensor dst, DType compute = DType.F32)
     {
+        F32Only(compute);
         Bind();
         RequireElementwise(gate, up, dst);
         if (dst.Length > 0) _launch.SwiGlu((ulong)gate.Pointer, (ulong)up.Pointer, (ulong)dst.Pointer, dst.Length);
@@ -409,4 +413,10 @@ public sealed unsafe class CudaBackend : IBackend
     }
 
     public override string ToString() => new StringBuilder("cuda: ").Append(Device).ToString();
+
+    // Emulating a bf16/f16 framework's mid-op rounding is a CPU reference feature; the kernels compute in f32.
+    private static void F32Only(DType compute)
+    {
+        if (compute != DType.F32) throw new NotSupportedException($"the cuda backend computes in F32 only, not {compute.Name()}");
+    }
 }
