@@ -30,13 +30,15 @@ public static class Passkey
 
         var rng = new Random(unchecked((int)seed));
         var correct = new int[depths.Length];
+        var keyNll = new double[depths.Length];
         for (int d = 0; d < depths.Length; d++)
             for (int t = 0; t < trials; t++)
             {
                 string key = rng.Next(10000, 100000).ToString(CultureInfo.InvariantCulture);
-                var prompt = BuildPrompt(s.Tokenizer, key, depths[d], ctx - 8);
-                string answer = Answer(s.Model, s.Tokenizer, prompt, 8);
+                var (text, prompt) = BuildPrompt(s.Tokenizer, key, depths[d], ctx - 8);
+                var (answer, nll) = Answer(s.Model, s.Tokenizer, text, prompt, key, 8);
                 if (answer.Contains(key, StringComparison.Ordinal)) correct[d]++;
+                keyNll[d] += nll / trials;
             }
 
         if (json)
@@ -44,20 +46,23 @@ public static class Passkey
             var sb = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"{{\"ctx\":{ctx},\"trials\":{trials},\"accuracy\":{{"));
             for (int d = 0; d < depths.Length; d++)
                 sb.Append(CultureInfo.InvariantCulture, $"{(d > 0 ? "," : "")}\"{depths[d]:R}\":{(double)correct[d] / trials:R}");
+            sb.Append("},\"key_nll\":{");
+            for (int d = 0; d < depths.Length; d++)
+                sb.Append(CultureInfo.InvariantCulture, $"{(d > 0 ? "," : "")}\"{depths[d]:R}\":{keyNll[d]:F4}");
             Console.WriteLine(sb.Append("}}"));
         }
         else
         {
             Console.WriteLine($"passkey retrieval, ctx {ctx}, {trials} trials per depth");
-            Console.WriteLine("| depth | accuracy |\n|---:|---:|");
+            Console.WriteLine("| depth | accuracy | key NLL (nats/token) |\n|---:|---:|---:|");
             for (int d = 0; d < depths.Length; d++)
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {depths[d]:0.##} | {(double)correct[d] / trials:P0} |"));
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {depths[d]:0.##} | {(double)correct[d] / trials:P0} | {keyNll[d]:F3} |"));
         }
         return 0;
     }
 
     /// <summary>Intro, filler with the key sentence at the given depth (0 = start, 1 = end), question; at most maxTokens.</summary>
-    public static int[] BuildPrompt(Tokenizer tok, string key, double depth, int maxTokens)
+    public static (string Text, int[] Ids) BuildPrompt(Tokenizer tok, string key, double depth, int maxTokens)
     {
         string needle = $"The pass key is {key}. Remember it. {key} is the pass key.\n";
         int fixedTokens = tok.Encode(Intro + needle + Question, addBos: true).Length;
@@ -72,17 +77,21 @@ public static class Passkey
             for (int i = before; i < count; i++) text.Append(Filler);
             text.Append(Question);
             var ids = tok.Encode(text.ToString(), addBos: true);
-            if (ids.Length <= maxTokens) return ids;
+            if (ids.Length <= maxTokens) return (text.ToString(), ids);
             if (count == 0) throw new UsageException($"--ctx {maxTokens + 8} is too short for the passkey prompt ({ids.Length} tokens)");
             count = Math.Max(0, count - Math.Max(1, (ids.Length - maxTokens) / fillerTokens));
         }
     }
 
-    private static string Answer(Llama model, Tokenizer tok, int[] prompt, int maxNew)
+    // Greedy answer of maxNew tokens, and the mean NLL of the key's tokens when they are fed after the question
+    // (a graded retrieval signal for models too weak to copy the key outright).
+    private static (string Answer, double KeyNll) Answer(Llama model, Tokenizer tok, string text, int[] prompt, string key, int maxNew)
     {
         var logits = new float[model.VocabSize];
         model.Reset();
         model.Forward(prompt, 0, LogitsRows.Last, logits);
+        var afterPrompt = (float[])logits.Clone();
+
         var decoder = tok.CreateStreamingDecoder();
         var sb = new StringBuilder();
         int pos = prompt.Length;
@@ -90,9 +99,20 @@ public static class Passkey
         {
             int next = Sampler.Argmax(logits);
             sb.Append(decoder.Append(next));
-            model.Forward([next], pos++, LogitsRows.Last, logits);
+            if (i + 1 < maxNew) model.Forward([next], pos++, LogitsRows.Last, logits);
         }
-        return sb.Append(decoder.Flush()).ToString();
+        sb.Append(decoder.Flush());
+
+        var full = tok.Encode(text + " " + key, addBos: true);
+        if (full.Length <= prompt.Length || !full.AsSpan(0, prompt.Length).SequenceEqual(prompt) || full.Length > model.MaxSeq)
+            return (sb.ToString(), double.NaN);
+        double nll = Evaluation.Nll(afterPrompt, full[prompt.Length]);
+        for (int i = prompt.Length; i + 1 < full.Length; i++)
+        {
+            model.Forward([full[i]], i, LogitsRows.Last, logits);
+            nll += Evaluation.Nll(logits, full[i + 1]);
+        }
+        return (sb.ToString(), nll / (full.Length - prompt.Length));
     }
 
     private static double[] ParseDepths(string s) => s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
