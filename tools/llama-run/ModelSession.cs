@@ -32,6 +32,9 @@ public sealed class ModelSession : IDisposable
     /// <summary>One line on the RoPE table in use (empty within the trained length without scaling).</summary>
     public string RopeNote { get; }
 
+    /// <summary>Largest context accepted (2^24 positions; RoPE tables and position arithmetic are exact below it).</summary>
+    public const int MaxContext = 1 << 24;
+
     /// <summary>The model directory named by -m, or the embedded default model.</summary>
     public static string ModelDirectory(Args args)
     {
@@ -51,18 +54,27 @@ public sealed class ModelSession : IDisposable
         string? ropeTable = args.String("--rope-table");
         var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
         if (ctx <= 0) ctx = config.MaxPositionEmbeddings;
+        if (ctx > MaxContext) throw new UsageException($"--ctx {ctx} is larger than the {MaxContext} positions llama-run supports");
         var tokenizer = needTokenizer || HasTokenizer(dir) ? Tokenizer.FromModelDirectory(dir) : null;
         if (tokenizer is not null && tokenizer.VocabSize > config.VocabSize)
             throw new UsageException($"{dir}: the tokenizer has {tokenizer.VocabSize} tokens but the model only {config.VocabSize}");
 
-        var (rope, note) = ChooseRope(config, ctx, ropeSpec, ropeTable);
         var backend = BackendFactory.Create(device);
         try
         {
             CheckMemory(backend, config, ctx);
+            var (rope, note) = ChooseRope(config, ctx, ropeSpec, ropeTable);
             var weights = LlamaWeights.Load(dir, config, backend);
-            var model = Llama.Create(config, weights, backend, ctx, rope);
-            return new ModelSession(dir, config, tokenizer, backend, weights, model, note);
+            try
+            {
+                var model = Llama.Create(config, weights, backend, ctx, rope);
+                return new ModelSession(dir, config, tokenizer, backend, weights, model, note);
+            }
+            catch
+            {
+                weights.Dispose();
+                throw;
+            }
         }
         catch
         {

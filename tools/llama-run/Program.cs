@@ -40,7 +40,8 @@ catch (Exception e)
     return 2;
 }
 
-static string Flatten(string s) => s.ReplaceLineEndings(" ");
+// One line, without .NET's " (Parameter 'name')" suffix.
+static string Flatten(string s) => System.Text.RegularExpressions.Regex.Replace(s.ReplaceLineEndings(" "), @" \(Parameter '[^']*'\)$", "");
 
 static string Help() => string.Join('\n',
     "llama-run: run Llama checkpoints (Hugging Face config.json + safetensors + tokenizer).",

@@ -36,6 +36,9 @@ public static class Generate
         args.RejectUnknown();
         if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
 
+        int promptTokens = s.Tokenizer.Encode(prompt, addBos: true).Length;
+        if (promptTokens >= s.Model.MaxSeq)
+            throw new UsageException($"the prompt has {promptTokens} tokens and does not fit a context of {s.Model.MaxSeq} (raise --ctx)");
         var stdout = Console.Out;
         stdout.Write(prompt);
         GenerationStats stats;
