@@ -8,7 +8,7 @@ internal sealed unsafe class CudaKernels
     public static readonly string[] EntryPoints =
     [
         "embedding_f32", "embedding_f16", "embedding_bf16", "rmsnorm_f32",
-        "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemv_warp_per_row_t1_bf16", "gemm_mma_bf16",
+        "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemv_warp_per_row_t1_bf16", "gemm_mma_bf16", "to_bf16_f32",
         "rope_f32", "rerotate_bf16", "attention_split_bf16", "attention_tiled_bf16", "attention_combine",
         "attention_flash_hd64_bf16", "attention_flash_hd128_bf16",
         "swiglu_f32", "add_f32", "argmax_f32",
@@ -65,6 +65,12 @@ internal sealed unsafe class CudaKernels
     {
         void** a = stackalloc void*[] { &x, &weight, &dst, &m, &k, &n };
         Launch("gemm_mma_bf16", (uint)((n + 127) / 128), (uint)((m + 127) / 128), 1, 256, a);
+    }
+
+    public void ToBf16(ulong x, ulong dst, long n)
+    {
+        void** a = stackalloc void*[] { &x, &dst, &n };
+        Launch("to_bf16_f32", Blocks((n + 3) / 4, 256), 1, 1, 256, a);
     }
 
     public void Rope(ulong q, ulong k, ulong v, ulong kcache, ulong vcache, ulong invFreq, int tokens, int numHeads,
