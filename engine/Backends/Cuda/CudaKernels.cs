@@ -10,7 +10,7 @@ internal sealed unsafe class CudaKernels
         "embedding_f32", "embedding_f16", "embedding_bf16", "rmsnorm_f32",
         "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemv_warp_per_row_t1_bf16", "gemm_mma_bf16", "to_bf16_f32",
         "rope_f32", "rerotate_bf16", "attention_split_bf16", "attention_tiled_bf16", "attention_combine",
-        "attention_flash_hd64_bf16", "attention_flash_hd128_bf16",
+        "attention_flash_hd64_bf16", "attention_flash_hd128_bf16", "attention_flash_q128_hd64_bf16", "attention_flash_q128_hd128_bf16",
         "swiglu_f32", "add_f32", "argmax_f32",
     ];
 
@@ -18,6 +18,9 @@ internal sealed unsafe class CudaKernels
     public const int AttentionMaxHeadDim = 256;
     public const int TiledMaxHeadDim = 128, TiledMaxGroup = 8, TiledKeys = 64;
     public const int FlashMinTokens = 32;
+
+    // Queries per flash-attention block: 128 (8 warps, default) or 64 (4 warps, LLAMA_FLASH_ROWS=64).
+    private static readonly int FlashRows = Environment.GetEnvironmentVariable("LLAMA_FLASH_ROWS") == "64" ? 64 : 128;
 
     private readonly KernelLibrary _lib;
     private readonly nint _stream;
@@ -101,7 +104,11 @@ internal sealed unsafe class CudaKernels
         {
             float scaleLog2 = scale * 1.4426950408889634f;   // softmax in the exp2 domain
             void** f = stackalloc void*[] { &q, &kcache, &vcache, &dst, &tokens, &numHeads, &numKvHeads, &startPos, &scaleLog2 };
-            Launch(headDim == 64 ? "attention_flash_hd64_bf16" : "attention_flash_hd128_bf16", (uint)((tokens + 63) / 64), (uint)numHeads, 1, 128, f);
+            if (FlashRows == 128)
+                Launch(headDim == 64 ? "attention_flash_q128_hd64_bf16" : "attention_flash_q128_hd128_bf16",
+                    (uint)((tokens + 127) / 128), (uint)numHeads, 1, 256, f);
+            else
+                Launch(headDim == 64 ? "attention_flash_hd64_bf16" : "attention_flash_hd128_bf16", (uint)((tokens + 63) / 64), (uint)numHeads, 1, 128, f);
             return;
         }
         bool tiled = headDim <= TiledMaxHeadDim && headDim % 8 == 0 && numHeads / numKvHeads <= TiledMaxGroup;
