@@ -23,14 +23,6 @@ __device__ __forceinline__ void mma_bf16(float* c, const u32* a, u32 b0, u32 b1)
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// B fragment (k = key, n = dim) of row-major V [key][dim]: two transposed 8x8 bf16 matrices from shared memory.
-__device__ __forceinline__ void ldmatrix_x2_trans(const bf16* p, u32& b0, u32& b1)
-{
-    u32 addr;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(addr) : "memory");
-}
-
 // 16-byte global -> shared copy that bypasses registers; src_bytes 0 writes zeros (keys past the end).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int srcBytes)
 {
@@ -49,6 +41,23 @@ __device__ __forceinline__ void ldmatrix_x4(const bf16* p, u32& r0, u32& r1, u32
     asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
+}
+
+// B fragments of two adjacent 8-dim groups (k = key, n = dim) of row-major V [key][dim]: four transposed 8x8 matrices.
+__device__ __forceinline__ void ldmatrix_x4_trans(const bf16* p, u32& r0, u32& r1, u32& r2, u32& r3)
+{
+    u32 addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
+}
+
+// 2^x with the hardware approximation (flushes subnormal results to zero; 2^-inf = 0); softmax weights only.
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 
 // One 64-key tile of K or V rows [k0, k0 + 64) into shared memory with cp.async; rows at or past kend become zeros.
@@ -148,15 +157,15 @@ __device__ __forceinline__ void flash_attention(const float* q, const bf16* kcac
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            float c0 = exp2f(mrow0 - mx0), c1 = exp2f(mrow1 - mx1);
+            float c0 = fast_exp2(mrow0 - mx0), c1 = fast_exp2(mrow1 - mx1);
             mrow0 = mx0;
             mrow1 = mx1;
             float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
             for (int nt = 0; nt < 8; nt++)
             {
-                s[nt][0] = exp2f(s[nt][0] - mx0); s[nt][1] = exp2f(s[nt][1] - mx0);
-                s[nt][2] = exp2f(s[nt][2] - mx1); s[nt][3] = exp2f(s[nt][3] - mx1);
+                s[nt][0] = fast_exp2(s[nt][0] - mx0); s[nt][1] = fast_exp2(s[nt][1] - mx0);
+                s[nt][2] = fast_exp2(s[nt][2] - mx1); s[nt][3] = fast_exp2(s[nt][3] - mx1);
                 sum0 += s[nt][0] + s[nt][1];
                 sum1 += s[nt][2] + s[nt][3];
             }
@@ -182,11 +191,12 @@ __device__ __forceinline__ void flash_attention(const float* q, const bf16* kcac
                     pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]),
                 };
 #pragma unroll
-                for (int nt = 0; nt < HD / 8; nt++)
+                for (int nt = 0; nt < HD / 8; nt += 2)
                 {
-                    u32 b0, b1;
-                    ldmatrix_x2_trans(&vs[kk * 16 + (lane & 15)][nt * 8], b0, b1);
-                    mma_bf16(o[nt], pa, b0, b1);
+                    u32 b[4];
+                    ldmatrix_x4_trans(&vs[kk * 16 + (lane & 15)][(nt + (lane >> 4)) * 8], b[0], b[1], b[2], b[3]);
+                    mma_bf16(o[nt], pa, b[0], b[1]);
+                    mma_bf16(o[nt + 1], pa, b[2], b[3]);
                 }
             }
         }

@@ -20,6 +20,9 @@ internal sealed unsafe class CudaKernels
     public const int FlashMinTokens = 32;
 
     // Queries per flash-attention block: 128 (8 warps, default) or 64 (4 warps, LLAMA_FLASH_ROWS=64).
+    // Decode split-K: blocks per SM to aim for (LLAMA_ATTN_WAVES overrides, for tuning).
+    private static readonly int SplitWaves = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_ATTN_WAVES"), out int w) && w is > 0 and <= 64 ? w : 4;
+
     private static readonly int FlashRows = Environment.GetEnvironmentVariable("LLAMA_FLASH_ROWS") == "64" ? 64 : 128;
 
     private readonly KernelLibrary _lib;
@@ -113,8 +116,8 @@ internal sealed unsafe class CudaKernels
         }
         bool tiled = headDim <= TiledMaxHeadDim && headDim % 8 == 0 && numHeads / numKvHeads <= TiledMaxGroup;
         int units = tiled ? numKvHeads : numHeads, maxLen = startPos + tokens;
-        // Enough (head, query, split) blocks to fill the GPU about 4 times, at least one 64-key tile a split.
-        long wanted = Math.Max(1, 4L * smCount / ((long)units * tokens));
+        // Enough (head, query, split) blocks to fill the GPU about SplitWaves times, at least one 64-key tile a split.
+        long wanted = Math.Max(1, (long)SplitWaves * smCount / ((long)units * tokens));
         int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
         splitLen = Math.Max(TiledKeys, (splitLen + TiledKeys - 1) / TiledKeys * TiledKeys);
         int splits = (maxLen + splitLen - 1) / splitLen;
