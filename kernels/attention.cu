@@ -4,7 +4,7 @@
 // split the block writes dst; with several (decode, long contexts) it writes (m, l, acc) and attention_combine
 // merges the splits. attention_tiled_bf16 (head dim <= 128, up to 8 query heads per KV head) is the fast path: one
 // block per (KV head, query, split) stages 64-key K/V tiles in shared memory with 16-byte loads, so every query
-// head of the group shares one read of the cache. attention_flash_hd{64,128}_bf16: prefill on tensor cores.
+// head of the group shares one read of the cache. attention_flash_{,q128_}hd{64,128}_bf16: prefill on tensor cores, 64 or 128 queries per block.
 // Exercised by tests/BackendOpsTests.cs Attention.
 #include "common.cuh"
 
@@ -23,27 +23,76 @@ __device__ __forceinline__ void mma_bf16(float* c, const u32* a, u32 b0, u32 b1)
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// B fragment (k = key, n = dim) of row-major V [key][dim]: two transposed 8x8 bf16 matrices from shared memory.
-__device__ __forceinline__ void ldmatrix_x2_trans(const bf16* p, u32& b0, u32& b1)
+// 16-byte global -> shared copy that bypasses registers; src_bytes 0 writes zeros (keys past the end).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int srcBytes)
+{
+    u32 addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(addr), "l"(gmem), "r"(srcBytes) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
+// B fragments of two adjacent 8-key groups (k = dim, n = key) of row-major K [key][dim]: four 8x8 matrices.
+__device__ __forceinline__ void ldmatrix_x4(const bf16* p, u32& r0, u32& r1, u32& r2, u32& r3)
 {
     u32 addr;
     asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(addr) : "memory");
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
 }
 
-// Flash attention (prefill): block = 4 warps = 64 queries of head blockIdx.y; each warp owns 16 query rows. Per
-// 64-key tile: S = Q K^T on tensor cores (Q pre-scaled by log2(e)/sqrt(HD), bf16), causal mask, online softmax in
-// the exp2 domain, O += P V with P reused from the S registers as bf16. f32 accumulation throughout.
-template <int HD>
+// B fragments of two adjacent 8-dim groups (k = key, n = dim) of row-major V [key][dim]: four transposed 8x8 matrices.
+__device__ __forceinline__ void ldmatrix_x4_trans(const bf16* p, u32& r0, u32& r1, u32& r2, u32& r3)
+{
+    u32 addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
+}
+
+// 2^x with the hardware approximation (flushes subnormal results to zero; 2^-inf = 0); softmax weights only.
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// One 64-key tile of K or V rows [k0, k0 + 64) into shared memory with cp.async; rows at or past kend become zeros.
+template <int HD, int THREADS>
+__device__ __forceinline__ void flash_load_tile(bf16 (*tile)[HD + 8], const bf16* base, int k0, int kend, int kvDim)
+{
+    for (int c = threadIdx.x; c < 64 * (HD / 8); c += THREADS)
+    {
+        int j = c / (HD / 8), d = (c % (HD / 8)) * 8;
+        bool in = k0 + j < kend;
+        cp_async16(&tile[j][d], base + (i64)(in ? k0 + j : 0) * kvDim + d, in ? 16 : 0);
+    }
+    cp_async_commit();
+}
+
+// Flash attention (prefill): block = WARPS warps = 16 * WARPS queries of head blockIdx.y; each warp owns 16 query
+// rows. Per 64-key tile: S = Q K^T on tensor cores (Q pre-scaled by log2(e)/sqrt(HD), bf16), causal mask only on
+// tiles that cross a warp's diagonal, online softmax in the exp2 domain, O += P V with P reused from the S registers
+// as bf16. f32 accumulation throughout. K and V tiles are fetched with cp.async: V(j) while S(j) is computed, K(j+1)
+// while P V(j) is, so loads overlap the tensor-core work. Warps whose rows all precede a tile skip it.
+template <int HD, int WARPS>
 __device__ __forceinline__ void flash_attention(const float* q, const bf16* kcache, const bf16* vcache, float* dst,
     int T, int numHeads, int numKvHeads, int startPos, float scaleLog2)
 {
+    constexpr int BM = 16 * WARPS, THREADS = 32 * WARPS;
     __shared__ __align__(16) bf16 ks[64][HD + 8];
     __shared__ __align__(16) bf16 vs[64][HD + 8];
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tig = lane & 3;
-    int h = blockIdx.y, m0 = (gridDim.x - 1 - blockIdx.x) * 64;   // heaviest (latest) query tiles first
+    int h = blockIdx.y, m0 = (gridDim.x - 1 - blockIdx.x) * BM;   // heaviest (latest) query tiles first
     int kvh = h / (numHeads / numKvHeads), kvDim = numKvHeads * HD, qStride = numHeads * HD;
     int r0 = m0 + warp * 16 + g, r1 = r0 + 8;
+    int kend = startPos + min(m0 + BM - 1, T - 1) + 1;
+    const bf16* kbase = kcache + (i64)kvh * HD;
+    const bf16* vbase = vcache + (i64)kvh * HD;
+    flash_load_tile<HD, THREADS>(ks, kbase, 0, kend, kvDim);
     u32 qa[HD / 16][4];
     {
         const float* q0 = q + (i64)min(r0, T - 1) * qStride + h * HD;
@@ -63,86 +112,92 @@ __device__ __forceinline__ void flash_attention(const float* q, const bf16* kcac
     for (int nt = 0; nt < HD / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
     float mrow0 = NEG_INF, mrow1 = NEG_INF, lrow0 = 0.0f, lrow1 = 0.0f;
     int qpos0 = startPos + r0, qpos1 = startPos + r1;
-    int kend = startPos + min(m0 + 63, T - 1) + 1;
-    const bf16* kbase = kcache + (i64)kvh * HD;
-    const bf16* vbase = vcache + (i64)kvh * HD;
+    int warpFirst = startPos + m0 + warp * 16;   // smallest query position of this warp
     for (int k0 = 0; k0 < kend; k0 += 64)
     {
-        __syncthreads();
-        for (int c = tid; c < 64 * (HD / 8); c += 128)
-        {
-            int j = c / (HD / 8), d = (c % (HD / 8)) * 8;
-            uint4 kv = {0u, 0u, 0u, 0u}, vv = {0u, 0u, 0u, 0u};
-            if (k0 + j < kend)
-            {
-                kv = *(const uint4*)(kbase + (i64)(k0 + j) * kvDim + d);
-                vv = *(const uint4*)(vbase + (i64)(k0 + j) * kvDim + d);
-            }
-            *(uint4*)&ks[j][d] = kv;
-            *(uint4*)&vs[j][d] = vv;
-        }
-        __syncthreads();
+        cp_async_wait_all();
+        __syncthreads();                       // K(j) visible; every warp is done with V(j-1)
+        flash_load_tile<HD, THREADS>(vs, vbase, k0, kend, kvDim);
+        bool active = k0 <= warpFirst + 15;
         float s[8][4];
+        if (active)
+        {
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            for (int nt = 0; nt < 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++)
+            for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+                for (int nt = 0; nt < 8; nt += 2)
+                {
+                    u32 b[4];
+                    ldmatrix_x4(&ks[nt * 8 + (lane & 7) + ((lane >> 4) << 3)][kk * 16 + ((lane >> 3) & 1) * 8], b[0], b[1], b[2], b[3]);
+                    mma_bf16(s[nt], qa[kk], b[0], b[1]);
+                    mma_bf16(s[nt + 1], qa[kk], b[2], b[3]);
+                }
+            float mx0 = mrow0, mx1 = mrow1;
+            if (k0 + 63 > warpFirst)
+            {
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                    {
+                        int key = k0 + nt * 8 + tig * 2 + e;
+                        if (key > qpos0) s[nt][e] = NEG_INF;
+                        if (key > qpos1) s[nt][2 + e] = NEG_INF;
+                    }
+            }
 #pragma unroll
             for (int nt = 0; nt < 8; nt++)
             {
-                u32 b0 = *(const u32*)&ks[nt * 8 + g][kk * 16 + tig * 2];
-                u32 b1 = *(const u32*)&ks[nt * 8 + g][kk * 16 + tig * 2 + 8];
-                mma_bf16(s[nt], qa[kk], b0, b1);
+                mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+                mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
             }
-        float mx0 = mrow0, mx1 = mrow1;
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            float c0 = fast_exp2(mrow0 - mx0), c1 = fast_exp2(mrow1 - mx1);
+            mrow0 = mx0;
+            mrow1 = mx1;
+            float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 2; e++)
+            for (int nt = 0; nt < 8; nt++)
             {
-                int key = k0 + nt * 8 + tig * 2 + e;
-                if (key > qpos0) s[nt][e] = NEG_INF;
-                if (key > qpos1) s[nt][2 + e] = NEG_INF;
-                mx0 = fmaxf(mx0, s[nt][e]);
-                mx1 = fmaxf(mx1, s[nt][2 + e]);
+                s[nt][0] = fast_exp2(s[nt][0] - mx0); s[nt][1] = fast_exp2(s[nt][1] - mx0);
+                s[nt][2] = fast_exp2(s[nt][2] - mx1); s[nt][3] = fast_exp2(s[nt][3] - mx1);
+                sum0 += s[nt][0] + s[nt][1];
+                sum1 += s[nt][2] + s[nt][3];
             }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        float c0 = exp2f(mrow0 - mx0), c1 = exp2f(mrow1 - mx1);
-        mrow0 = mx0;
-        mrow1 = mx1;
-        float sum0 = 0.0f, sum1 = 0.0f;
+            sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
+            sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
+            sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
+            sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
+            lrow0 = lrow0 * c0 + sum0;
+            lrow1 = lrow1 * c1 + sum1;
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-        {
-            s[nt][0] = exp2f(s[nt][0] - mx0); s[nt][1] = exp2f(s[nt][1] - mx0);
-            s[nt][2] = exp2f(s[nt][2] - mx1); s[nt][3] = exp2f(s[nt][3] - mx1);
-            sum0 += s[nt][0] + s[nt][1];
-            sum1 += s[nt][2] + s[nt][3];
+            for (int nt = 0; nt < HD / 8; nt++) { o[nt][0] *= c0; o[nt][1] *= c0; o[nt][2] *= c1; o[nt][3] *= c1; }
         }
-        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
-        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
-        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
-        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
-        lrow0 = lrow0 * c0 + sum0;
-        lrow1 = lrow1 * c1 + sum1;
-#pragma unroll
-        for (int nt = 0; nt < HD / 8; nt++) { o[nt][0] *= c0; o[nt][1] *= c0; o[nt][2] *= c1; o[nt][3] *= c1; }
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++)
+        cp_async_wait_all();
+        __syncthreads();                       // V(j) visible; every warp is done with K(j)
+        if (k0 + 64 < kend) flash_load_tile<HD, THREADS>(ks, kbase, k0 + 64, kend, kvDim);
+        if (active)
         {
-            u32 pa[4] = {
-                pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
-                pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]),
-            };
 #pragma unroll
-            for (int nt = 0; nt < HD / 8; nt++)
+            for (int kk = 0; kk < 4; kk++)
             {
-                u32 b0, b1;
-                ldmatrix_x2_trans(&vs[kk * 16 + (lane & 15)][nt * 8], b0, b1);
-                mma_bf16(o[nt], pa, b0, b1);
+                u32 pa[4] = {
+                    pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                    pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]),
+                };
+#pragma unroll
+                for (int nt = 0; nt < HD / 8; nt += 2)
+                {
+                    u32 b[4];
+                    ldmatrix_x4_trans(&vs[kk * 16 + (lane & 15)][(nt + (lane >> 4)) * 8], b[0], b[1], b[2], b[3]);
+                    mma_bf16(o[nt], pa, b[0], b[1]);
+                    mma_bf16(o[nt + 1], pa, b[2], b[3]);
+                }
             }
         }
     }
@@ -387,11 +442,24 @@ extern "C" __global__ void __launch_bounds__(128) attention_tiled_bf16(
 extern "C" __global__ void __launch_bounds__(128) attention_flash_hd64_bf16(const float* q, const bf16* kcache,
     const bf16* vcache, float* dst, int T, int numHeads, int numKvHeads, int startPos, float scaleLog2)
 {
-    flash_attention<64>(q, kcache, vcache, dst, T, numHeads, numKvHeads, startPos, scaleLog2);
+    flash_attention<64, 4>(q, kcache, vcache, dst, T, numHeads, numKvHeads, startPos, scaleLog2);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attention_flash_hd128_bf16(const float* q, const bf16* kcache,
     const bf16* vcache, float* dst, int T, int numHeads, int numKvHeads, int startPos, float scaleLog2)
 {
-    flash_attention<128>(q, kcache, vcache, dst, T, numHeads, numKvHeads, startPos, scaleLog2);
+    flash_attention<128, 4>(q, kcache, vcache, dst, T, numHeads, numKvHeads, startPos, scaleLog2);
+}
+
+// Grid (ceil(T / 128), numHeads), 256 threads: 128 queries share each K/V tile (half the cache reads per query).
+extern "C" __global__ void __launch_bounds__(256) attention_flash_q128_hd64_bf16(const float* q, const bf16* kcache,
+    const bf16* vcache, float* dst, int T, int numHeads, int numKvHeads, int startPos, float scaleLog2)
+{
+    flash_attention<64, 8>(q, kcache, vcache, dst, T, numHeads, numKvHeads, startPos, scaleLog2);
+}
+
+extern "C" __global__ void __launch_bounds__(256) attention_flash_q128_hd128_bf16(const float* q, const bf16* kcache,
+    const bf16* vcache, float* dst, int T, int numHeads, int numKvHeads, int startPos, float scaleLog2)
+{
+    flash_attention<128, 8>(q, kcache, vcache, dst, T, numHeads, numKvHeads, startPos, scaleLog2);
 }

@@ -1,6 +1,7 @@
 // MatMul dst[T, out] = x[T, in] * weight[out, in]^T (CpuOps.MatMul). x and dst are f32; weight is f32, f16 or bf16.
 // gemv_warp_per_row_*: decode (T <= 8; t1: one token): one warp per output row, weights read once for all T tokens, 16-byte loads.
 // gemm_mma_bf16: prefill: 128x128x32 tiles, mma.sync m16n8k16 bf16 with f32 accumulation; x rounded to bf16 on load.
+// to_bf16_f32: rounds the activations to bf16 for the optional cuBLAS GEMM (CuBlas.cs), same rounding as gemm_mma_bf16.
 // Exercised by tests/BackendOpsTests.cs MatMul; timed by bench/KernelBenchmarks.cs MatMul.
 #include "common.cuh"
 
@@ -268,4 +269,23 @@ extern "C" __global__ void __launch_bounds__(256) gemm_mma_bf16(const float* x, 
                 if (c + 1 < N) dst[(i64)rr * N + c + 1] = acc[mt][nt][h * 2 + 1];
             }
         }
+}
+
+// Activations for the cuBLAS prefill path: dst (bf16) = x (f32) rounded to nearest even, 4 elements per thread.
+extern "C" __global__ void to_bf16_f32(const float* x, bf16* dst, i64 n)
+{
+    i64 stride = (i64)gridDim.x * blockDim.x * 4;
+    for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * 4; i < n; i += stride)
+    {
+        if (i + 3 < n && (((size_t)(x + i)) & 15) == 0)
+        {
+            float4 v = *(const float4*)(x + i);
+            uint2 p;
+            p.x = pack_bf16x2(v.x, v.y);
+            p.y = pack_bf16x2(v.z, v.w);
+            *(uint2*)(dst + i) = p;
+        }
+        else
+            for (i64 j = i; j < n && j < i + 4; j++) dst[j] = f32_to_bf16(x[j]);
+    }
 }

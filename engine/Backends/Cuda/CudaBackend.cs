@@ -26,6 +26,7 @@ public sealed unsafe class CudaBackend : IBackend
     private ulong _argmax;                                    // [_argmaxCapacity] int
     private int _argmaxCapacity;
     private bool _disposed;
+    private readonly CuBlas? _blas;                           // large bf16 GEMMs when libcublas is present
     private readonly bool _flashAttention = Environment.GetEnvironmentVariable("LLAMA_FLASH_ATTENTION") != "0";
 
     /// <summary>Opens GPU <paramref name="device"/>, compiles or loads the cached kernels, and allocates work buffers.</summary>
@@ -60,6 +61,7 @@ public sealed unsafe class CudaBackend : IBackend
             _rope = new RopeTableSlots(_ropeTables, _stream);
             EnsureTokens(4096);
             EnsureArgmax(64);
+            _blas = CuBlas.TryCreate(_stream, out _);
         }
         catch
         {
@@ -67,7 +69,8 @@ public sealed unsafe class CudaBackend : IBackend
             throw;
         }
         Device = $"{System.Runtime.InteropServices.Marshal.PtrToStringUTF8((nint)name)} (cc {major}.{minor}, {sms} SMs, "
-            + $"{total / (1 << 20)} MiB, kernels {_kernels.Target} via NVRTC {KernelCompiler.NvrtcVersion})";
+            + $"{total / (1 << 20)} MiB, kernels {_kernels.Target} via NVRTC {KernelCompiler.NvrtcVersion}"
+            + (_blas is null ? ")" : $", GEMM {Path.GetFileName(CuBlas.Library)})");
     }
 
     /// <summary>True when a CUDA driver, a GPU and NVRTC are present; otherwise reason says which is missing.</summary>
@@ -270,6 +273,14 @@ public sealed unsafe class CudaBackend : IBackend
         RequireShape(dst, x.Rows, weight.Rows, nameof(dst));
         int tokens = x.Rows, inDim = x.Cols, outDim = weight.Rows;
         if (tokens == 0 || outDim == 0) return;
+        if (weight.DType == DType.BF16 && tokens > CudaKernels.GemvMaxTokens && _blas is not null)
+        {
+            // Same numerics as gemm_mma_bf16: activations rounded to bf16, products accumulated in f32.
+            ulong xb = _blas.Scratch((long)tokens * inDim);
+            _launch.ToBf16((ulong)x.Pointer, xb, (long)tokens * inDim);
+            _blas.GemmBf16(xb, (ulong)weight.Pointer, (ulong)dst.Pointer, tokens, inDim, outDim);
+            return;
+        }
         if (weight.DType == DType.BF16 && tokens > CudaKernels.GemvMaxTokens)
         {
             _launch.GemmMmaBf16((ulong)x.Pointer, (ulong)weight.Pointer, (ulong)dst.Pointer, tokens, inDim, outDim);
@@ -406,6 +417,7 @@ public sealed unsafe class CudaBackend : IBackend
             Free(_ropeTables);
             Free(_tokens);
             Free(_argmax);
+            _blas?.Dispose();
             _kernels?.Dispose();
             if (_stream != 0) Cu.cuStreamDestroy(_stream);
         }

@@ -8,9 +8,9 @@ internal sealed unsafe class CudaKernels
     public static readonly string[] EntryPoints =
     [
         "embedding_f32", "embedding_f16", "embedding_bf16", "rmsnorm_f32",
-        "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemv_warp_per_row_t1_bf16", "gemm_mma_bf16",
+        "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemv_warp_per_row_t1_bf16", "gemm_mma_bf16", "to_bf16_f32",
         "rope_f32", "rerotate_bf16", "attention_split_bf16", "attention_tiled_bf16", "attention_combine",
-        "attention_flash_hd64_bf16", "attention_flash_hd128_bf16",
+        "attention_flash_hd64_bf16", "attention_flash_hd128_bf16", "attention_flash_q128_hd64_bf16", "attention_flash_q128_hd128_bf16",
         "swiglu_f32", "add_f32", "argmax_f32",
     ];
 
@@ -18,6 +18,12 @@ internal sealed unsafe class CudaKernels
     public const int AttentionMaxHeadDim = 256;
     public const int TiledMaxHeadDim = 128, TiledMaxGroup = 8, TiledKeys = 64;
     public const int FlashMinTokens = 32;
+
+    // Queries per flash-attention block: 128 (8 warps, default) or 64 (4 warps, LLAMA_FLASH_ROWS=64).
+    // Decode split-K: blocks per SM to aim for (LLAMA_ATTN_WAVES overrides, for tuning).
+    private static readonly int SplitWaves = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_ATTN_WAVES"), out int w) && w is > 0 and <= 64 ? w : 4;
+
+    private static readonly int FlashRows = Environment.GetEnvironmentVariable("LLAMA_FLASH_ROWS") == "64" ? 64 : 128;
 
     private readonly KernelLibrary _lib;
     private readonly nint _stream;
@@ -67,6 +73,12 @@ internal sealed unsafe class CudaKernels
         Launch("gemm_mma_bf16", (uint)((n + 127) / 128), (uint)((m + 127) / 128), 1, 256, a);
     }
 
+    public void ToBf16(ulong x, ulong dst, long n)
+    {
+        void** a = stackalloc void*[] { &x, &dst, &n };
+        Launch("to_bf16_f32", Blocks((n + 3) / 4, 256), 1, 1, 256, a);
+    }
+
     public void Rope(ulong q, ulong k, ulong v, ulong kcache, ulong vcache, ulong invFreq, int tokens, int numHeads,
         int numKvHeads, int headDim, int rotaryDim, int startPos, int cacheRow0, float magnitude,
         float queryScaleContext, int queryScaleOn)
@@ -95,13 +107,17 @@ internal sealed unsafe class CudaKernels
         {
             float scaleLog2 = scale * 1.4426950408889634f;   // softmax in the exp2 domain
             void** f = stackalloc void*[] { &q, &kcache, &vcache, &dst, &tokens, &numHeads, &numKvHeads, &startPos, &scaleLog2 };
-            Launch(headDim == 64 ? "attention_flash_hd64_bf16" : "attention_flash_hd128_bf16", (uint)((tokens + 63) / 64), (uint)numHeads, 1, 128, f);
+            if (FlashRows == 128)
+                Launch(headDim == 64 ? "attention_flash_q128_hd64_bf16" : "attention_flash_q128_hd128_bf16",
+                    (uint)((tokens + 127) / 128), (uint)numHeads, 1, 256, f);
+            else
+                Launch(headDim == 64 ? "attention_flash_hd64_bf16" : "attention_flash_hd128_bf16", (uint)((tokens + 63) / 64), (uint)numHeads, 1, 128, f);
             return;
         }
         bool tiled = headDim <= TiledMaxHeadDim && headDim % 8 == 0 && numHeads / numKvHeads <= TiledMaxGroup;
         int units = tiled ? numKvHeads : numHeads, maxLen = startPos + tokens;
-        // Enough (head, query, split) blocks to fill the GPU about 4 times, at least one 64-key tile a split.
-        long wanted = Math.Max(1, 4L * smCount / ((long)units * tokens));
+        // Enough (head, query, split) blocks to fill the GPU about SplitWaves times, at least one 64-key tile a split.
+        long wanted = Math.Max(1, (long)SplitWaves * smCount / ((long)units * tokens));
         int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
         splitLen = Math.Max(TiledKeys, (splitLen + TiledKeys - 1) / TiledKeys * TiledKeys);
         int splits = (maxLen + splitLen - 1) / splitLen;
