@@ -42,13 +42,18 @@ public sealed unsafe class CpuBackend : IBackend
         nuint bytes = (nuint)((long)rows * cols * dtype.Size());
         void* p = NativeMemory.AlignedAlloc(Math.Max(bytes, 64), 64);
         NativeMemory.Clear(p, bytes);
-        return new Tensor(this, dtype, rows, cols, (nint)p, static t => NativeMemory.AlignedFree((void*)t.Pointer));
+        return new Tensor(this, dtype, rows, cols, (nint)p, static t =>
+        {
+            CpuParallel.WaitForWorkers();   // a worker whose GEMV item was redone may still be reading this tensor
+            NativeMemory.AlignedFree((void*)t.Pointer);
+        });
     }
 
     public Tensor Upload(DType dtype, int rows, int cols, nint hostData)
     {
         if (hostData == 0 && (long)rows * cols > 0) throw new ArgumentException("hostData is null", nameof(hostData));
-        return new Tensor(this, dtype, rows, cols, hostData, null);
+        // Disposing the alias waits for straggling workers, so the caller may free or unmap hostData afterwards.
+        return new Tensor(this, dtype, rows, cols, hostData, static _ => CpuParallel.WaitForWorkers());
     }
 
     public void Download(Tensor src, Span<float> dst)
@@ -172,7 +177,7 @@ public sealed unsafe class CpuBackend : IBackend
         CpuOps.Round((float*)x.Pointer, x.Length, dtype);
     }
 
-    public void Synchronize() { }
+    public void Synchronize() => CpuParallel.WaitForWorkers();
 
     public void Dispose() { }
 

@@ -1,6 +1,7 @@
 // CPU matmul dst[T, out] = x[T, in] . weight[out, in]^T for F32, F16 and BF16 weights, f32 accumulation.
 // Decode (T < 4) streams each weight row once with 4 independent FMA accumulators (memory-bound; BF16 via pair-split x);
-// prefill takes 4 tokens per weight-row pass so the row is loaded once per 4 tokens. Test: CpuOpsTests.MatMul*.
+// prefill takes 4 tokens per weight-row pass so the row is loaded once per 4 tokens. One token goes through
+// CpuParallel.ForOutputs, so a worker descheduled by other load never stalls the GEMV. Test: CpuOpsTests.MatMul*.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -80,7 +81,7 @@ public static unsafe partial class CpuOps
         // Rows per work item: about 64 KiB of weights (stays in L2 while its token chunk streams past),
         // but small enough that every thread gets several items at decode.
         int rowChunk = Math.Clamp(65536 / (inDim * wSize), 4, 256);
-        rowChunk = Math.Min(rowChunk, Math.Max(4, outDim / (CpuParallel.Threads * 8)));
+        rowChunk = Math.Min(rowChunk, Math.Max(4, outDim / (CpuParallel.Threads * (tokens == 1 ? GemvItemsPerThread : 8))));
         int rowChunks = (outDim + rowChunk - 1) / rowChunk;
         int tokenChunk = tokens <= 64 ? tokens : 64;
         int tokenChunks = (tokens + tokenChunk - 1) / tokenChunk;
@@ -92,7 +93,11 @@ public static unsafe partial class CpuOps
         if (pairs)
         {
             split = _pairScratch;
-            if (split is null || split.Length < tokens * inDim) _pairScratch = split = new float[Math.Max(tokens * inDim, 1024)];
+            if (split is null || split.Length < tokens * inDim)
+            {
+                CpuParallel.WaitForWorkers();   // a straggling worker may still read the old (pinned) scratch
+                _pairScratch = split = GC.AllocateUninitializedArray<float>(Math.Max(tokens * inDim, 1024), pinned: true);
+            }
         }
         fixed (float* sp = split)
         {
@@ -100,6 +105,17 @@ public static unsafe partial class CpuOps
                 for (int t = 0; t < tokens; t++) SplitPairs(x + (nint)t * inDim, sp + (nint)t * inDim, inDim);
             nint xp = pairs ? (nint)sp : (nint)x, wp = (nint)weight, dp = (nint)dst;
             var shape = new MatMulChunks(tokens, inDim, outDim, rowChunk, rowChunks, tokenChunk);
+            if (tokens == 1)
+            {
+                // One token: item i fills dst[i * rowChunk, ...), so the pool may redo an item a stalled worker holds.
+                void Rows(int item, float* output) =>
+                    MatMulRows((float*)xp, (byte*)wp, output, weightType, pairs, shape, item * rowChunk);
+                if ((long)inDim * outDim < SerialGemvWeights)
+                    for (int i = 0; i < items; i++) Rows(i, dst + (nint)i * rowChunk);
+                else
+                    CpuParallel.ForOutputs(items, rowChunk, outDim, dst, Rows);
+                return;
+            }
             void Item(int item) => MatMulItem((float*)xp, (byte*)wp, (float*)dp, weightType, pairs, shape, item);
             if (items == 1 || (long)tokens * inDim * outDim < 32768)
             {
@@ -109,6 +125,30 @@ public static unsafe partial class CpuOps
             {
                 CpuParallel.For(items, Item);
             }
+        }
+    }
+
+    // Below this many weights a one-token GEMV runs on the calling thread alone (cheaper than waking the pool).
+    private const long SerialGemvWeights = 32768;
+    // Items per thread for one token: small items (~36 KiB of a 768-wide BF16 matrix) keep the redo of a stalled item cheap.
+    private const int GemvItemsPerThread = 16;
+
+    // Rows [r0, r0 + RowChunk) of the weight times the single token x, written to output[0, rows).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void MatMulRows(float* x, byte* w, float* output, DType weightType, bool pairs, MatMulChunks c, int r0)
+    {
+        int inDim = c.InDim, rows = Math.Min(c.RowChunk, c.OutDim - r0);
+        byte* ws = w + (nint)r0 * inDim * weightType.Size();
+        if (pairs)
+        {
+            for (int r = 0; r < rows; r++) output[r] = Dot1Bf16Pairs((ushort*)ws + (nint)r * inDim, x, inDim);
+            return;
+        }
+        switch (weightType)
+        {
+            case DType.F32: MatMulBlock<F32Row>(x, ws, output, 1, rows, inDim, c.OutDim); break;
+            case DType.BF16: MatMulBlock<Bf16Row>(x, ws, output, 1, rows, inDim, c.OutDim); break;
+            default: MatMulBlock<F16Row>(x, ws, output, 1, rows, inDim, c.OutDim); break;
         }
     }
 
