@@ -76,7 +76,7 @@ __device__ __forceinline__ void flash_load_tile(bf16 (*tile)[HD + 8], const bf16
 }
 
 // Flash attention (prefill): block = WARPS warps = 16 * WARPS queries of head blockIdx.y; each warp owns 16 query
-// rows. Per 64-key tile: S = Q K^T on tensor cores (Q pre-scaled by log2(e)/sqrt(HD), bf16), causal mask only on
+// rows. Per 64-key tile: S = Q K^T on tensor cores (Q as bf16), scaled by log2(e)/sqrt(HD) in f32, causal mask only on
 // tiles that cross a warp's diagonal, online softmax in the exp2 domain, O += P V with P reused from the S registers
 // as bf16. f32 accumulation throughout. K and V tiles are fetched with cp.async: V(j) while S(j) is computed, K(j+1)
 // while P V(j) is, so loads overlap the tensor-core work. Warps whose rows all precede a tile skip it.
@@ -103,10 +103,10 @@ __device__ __forceinline__ void flash_attention(const float* q, const bf16* kcac
         for (int kk = 0; kk < HD / 16; kk++)
         {
             int c = kk * 16 + tig * 2;
-            qa[kk][0] = pack_bf16x2(q0[c] * scaleLog2, q0[c + 1] * scaleLog2);
-            qa[kk][1] = pack_bf16x2(q1[c] * scaleLog2, q1[c + 1] * scaleLog2);
-            qa[kk][2] = pack_bf16x2(q0[c + 8] * scaleLog2, q0[c + 9] * scaleLog2);
-            qa[kk][3] = pack_bf16x2(q1[c + 8] * scaleLog2, q1[c + 9] * scaleLog2);
+            qa[kk][0] = pack_bf16x2(q0[c], q0[c + 1]);
+            qa[kk][1] = pack_bf16x2(q1[c], q1[c + 1]);
+            qa[kk][2] = pack_bf16x2(q0[c + 8], q0[c + 9]);
+            qa[kk][3] = pack_bf16x2(q1[c + 8], q1[c + 9]);
         }
     }
     float o[HD / 8][4];
@@ -136,6 +136,8 @@ __device__ __forceinline__ void flash_attention(const float* q, const bf16* kcac
                     mma_bf16(s[nt], qa[kk], b[0], b[1]);
                     mma_bf16(s[nt + 1], qa[kk], b[2], b[3]);
                 }
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) { s[nt][0] *= scaleLog2; s[nt][1] *= scaleLog2; s[nt][2] *= scaleLog2; s[nt][3] *= scaleLog2; }
             float mx0 = mrow0, mx1 = mrow1;
             if (k0 + 63 > warpFirst)
             {
