@@ -5,6 +5,8 @@
 // merges the splits. attention_tiled_bf16 (head dim <= 128, up to 8 query heads per KV head) is the fast path: one
 // block per (KV head, query, split) stages 64-key K/V tiles in shared memory with 16-byte loads, so every query
 // head of the group shares one read of the cache. attention_flash_{,q128_}hd{64,128}_bf16: prefill on tensor cores, 64 or 128 queries per block.
+// Softmax weights: the flash kernels always feed them to the tensor cores as bf16; the split and tiled kernels round
+// them to bf16 before they weight V when roundP is 1 (bf16 compute), the sums always use the unrounded weights.
 // Exercised by tests/BackendOpsTests.cs Attention.
 #include "common.cuh"
 
@@ -74,7 +76,7 @@ __device__ __forceinline__ void flash_load_tile(bf16 (*tile)[HD + 8], const bf16
 }
 
 // Flash attention (prefill): block = WARPS warps = 16 * WARPS queries of head blockIdx.y; each warp owns 16 query
-// rows. Per 64-key tile: S = Q K^T on tensor cores (Q pre-scaled by log2(e)/sqrt(HD), bf16), causal mask only on
+// rows. Per 64-key tile: S = Q K^T on tensor cores (Q as bf16), scaled by log2(e)/sqrt(HD) in f32, causal mask only on
 // tiles that cross a warp's diagonal, online softmax in the exp2 domain, O += P V with P reused from the S registers
 // as bf16. f32 accumulation throughout. K and V tiles are fetched with cp.async: V(j) while S(j) is computed, K(j+1)
 // while P V(j) is, so loads overlap the tensor-core work. Warps whose rows all precede a tile skip it.
@@ -101,10 +103,10 @@ __device__ __forceinline__ void flash_attention(const float* q, const bf16* kcac
         for (int kk = 0; kk < HD / 16; kk++)
         {
             int c = kk * 16 + tig * 2;
-            qa[kk][0] = pack_bf16x2(q0[c] * scaleLog2, q0[c + 1] * scaleLog2);
-            qa[kk][1] = pack_bf16x2(q1[c] * scaleLog2, q1[c + 1] * scaleLog2);
-            qa[kk][2] = pack_bf16x2(q0[c + 8] * scaleLog2, q0[c + 9] * scaleLog2);
-            qa[kk][3] = pack_bf16x2(q1[c + 8] * scaleLog2, q1[c + 9] * scaleLog2);
+            qa[kk][0] = pack_bf16x2(q0[c], q0[c + 1]);
+            qa[kk][1] = pack_bf16x2(q1[c], q1[c + 1]);
+            qa[kk][2] = pack_bf16x2(q0[c + 8], q0[c + 9]);
+            qa[kk][3] = pack_bf16x2(q1[c + 8], q1[c + 9]);
         }
     }
     float o[HD / 8][4];
@@ -134,6 +136,8 @@ __device__ __forceinline__ void flash_attention(const float* q, const bf16* kcac
                     mma_bf16(s[nt], qa[kk], b[0], b[1]);
                     mma_bf16(s[nt + 1], qa[kk], b[2], b[3]);
                 }
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) { s[nt][0] *= scaleLog2; s[nt][1] *= scaleLog2; s[nt][2] *= scaleLog2; s[nt][3] *= scaleLog2; }
             float mx0 = mrow0, mx1 = mrow1;
             if (k0 + 63 > warpFirst)
             {
@@ -225,7 +229,7 @@ __device__ __forceinline__ void flash_attention(const float* q, const bf16* kcac
 // partial [T, numHeads, splits, headDim + 2] holds m, l, acc[headDim] per split when splits > 1.
 extern "C" __global__ void __launch_bounds__(128) attention_split_bf16(
     const float* q, const bf16* kcache, const bf16* vcache, float* dst, float* partial,
-    int numHeads, int numKvHeads, int headDim, int startPos, int splitLen, int splits, float scale)
+    int numHeads, int numKvHeads, int headDim, int startPos, int splitLen, int splits, float scale, int roundP)
 {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][ATT_MAX_HEAD_DIM];
@@ -260,11 +264,12 @@ extern "C" __global__ void __launch_bounds__(128) attention_split_bf16(
         float mn = m > dot ? m : dot;   // NaN in dot propagates
         float corr = expf(m - mn), e = expf(dot - mn);
         l = l * corr + e;
+        float ew = roundP ? round_bf16(e) : e;
 #pragma unroll
         for (int i = 0; i < ATT_PER_LANE; i++)
         {
             int d = lane + 32 * i;
-            if (d < headDim) acc[i] = acc[i] * corr + e * bf16_to_f32(vr[d]);
+            if (d < headDim) acc[i] = acc[i] * corr + ew * bf16_to_f32(vr[d]);
         }
         m = mn;
     }
@@ -342,7 +347,7 @@ extern "C" __global__ void attention_combine(const float* partial, float* dst, i
 // max and sum in shared memory); then each thread updates its (head, dim) outputs. Output as attention_split_bf16.
 extern "C" __global__ void __launch_bounds__(128) attention_tiled_bf16(
     const float* q, const bf16* kcache, const bf16* vcache, float* dst, float* partial,
-    int numHeads, int numKvHeads, int headDim, int startPos, int splitLen, int splits, float scale)
+    int numHeads, int numKvHeads, int headDim, int startPos, int splitLen, int splits, float scale, int roundP)
 {
     __shared__ __align__(16) bf16 ks[TILE_KEYS][TILE_ROW];
     __shared__ __align__(16) bf16 vs[TILE_KEYS][TILE_ROW];
@@ -397,9 +402,9 @@ extern "C" __global__ void __launch_bounds__(128) attention_tiled_bf16(
             float mold = mrun[g];
             float mnew = fmaxf(mold, tmax);
             float ea = expf(a - mnew), eb = expf(b - mnew);
-            ps[g][lane] = ea;
-            ps[g][lane + 32] = eb;
             float sum = warp_sum(ea + eb);
+            ps[g][lane] = roundP ? round_bf16(ea) : ea;
+            ps[g][lane + 32] = roundP ? round_bf16(eb) : eb;
             if (lane == 0)
             {
                 float cr = mold == NEG_INF ? 0.0f : expf(mold - mnew);

@@ -34,6 +34,22 @@ __device__ __forceinline__ float f16_to_f32(f16 h)
     return f;
 }
 
+// Round to nearest even f16 (IEEE: overflow to inf, subnormals kept), as System.Half does.
+__device__ __forceinline__ f16 f32_to_f16(float f)
+{
+    f16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// f32 value rounded to the nearest bf16 / f16 value (a framework computing in that type stores this).
+__device__ __forceinline__ float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+__device__ __forceinline__ float round_f16(float f) { return f16_to_f32(f32_to_f16(f)); }
+
+// Rounding of an op's intermediate to its compute type: R = true emulates bf16 compute, false keeps f32.
+template <bool R>
+__device__ __forceinline__ float round_c(float f) { return R ? round_bf16(f) : f; }
+
 __device__ __forceinline__ float warp_sum(float v)
 {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -1,12 +1,15 @@
 // RMSNorm: dst[r, :] = x[r, :] * (1 / sqrt(mean(x[r, :]^2) + eps)) * weight, one block per row (CpuOps.RmsNorm).
 // The sum of squares is accumulated in f32 per thread, then reduced over the block. dst may alias x.
-// Rows of n % 4 == 0 with 16-byte aligned pointers take float4 loads and stores.
-// Exercised by tests/BackendOpsTests.cs RmsNorm.
+// Rows of n % 4 == 0 with 16-byte aligned pointers take float4 loads and stores. rmsnorm_cbf16_f32 computes as
+// LlamaRMSNorm in bf16: x * rsqrt(...) is rounded to bf16, then the product with the weight is rounded again.
+// Exercised by tests/BackendOpsTests.cs RmsNorm (f32 and bf16 compute cases).
 #include "common.cuh"
 
-// kernels
+template <bool R>
+__device__ __forceinline__ float rms_out(float x, float r, float w) { return round_c<R>(round_c<R>(x * r) * w); }
 
-extern "C" __global__ void rmsnorm_f32(const float* x, const float* weight, float* dst, int n, float eps)
+template <bool R>
+__device__ __forceinline__ void rmsnorm(const float* x, const float* weight, float* dst, int n, float eps)
 {
     const float* xr = x + (i64)blockIdx.x * n;
     float* out = dst + (i64)blockIdx.x * n;
@@ -27,7 +30,7 @@ extern "C" __global__ void rmsnorm_f32(const float* x, const float* weight, floa
         for (int i = threadIdx.x; i < n4; i += blockDim.x)
         {
             float4 v = x4[i], w = w4[i];
-            float4 o = {v.x * r4 * w.x, v.y * r4 * w.y, v.z * r4 * w.z, v.w * r4 * w.w};
+            float4 o = {rms_out<R>(v.x, r4, w.x), rms_out<R>(v.y, r4, w.y), rms_out<R>(v.z, r4, w.z), rms_out<R>(v.w, r4, w.w)};
             o4[i] = o;
         }
         return;
@@ -36,5 +39,17 @@ extern "C" __global__ void rmsnorm_f32(const float* x, const float* weight, floa
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
     ss = block_sum(ss);
     float r = 1.0f / sqrtf(ss / (float)n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = xr[i] * r * weight[i];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = rms_out<R>(xr[i], r, weight[i]);
+}
+
+// kernels
+
+extern "C" __global__ void rmsnorm_f32(const float* x, const float* weight, float* dst, int n, float eps)
+{
+    rmsnorm<false>(x, weight, dst, n, eps);
+}
+
+extern "C" __global__ void rmsnorm_cbf16_f32(const float* x, const float* weight, float* dst, int n, float eps)
+{
+    rmsnorm<true>(x, weight, dst, n, eps);
 }

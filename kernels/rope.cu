@@ -1,13 +1,13 @@
 // Fused rotary embedding (CpuOps.Rope): rotates q and k in place by angle pos * invFreq[j] on pairs
 // (x[j], x[j + rotaryDim/2]), cos/sin times magnitude, q times the query scale of (layer, pos); stores k and v as
-// bf16 into the KV cache rows cacheRow0 + t. rerotate_bf16 moves cached keys from one table to another.
-// Exercised by tests/BackendOpsTests.cs Rope and Rerotate.
+// bf16 into the KV cache rows cacheRow0 + t. rope_cbf16_f32 computes as apply_rotary_pos_emb in bf16: cos and sin
+// rounded to bf16, every product and every sum (and the query-scaled q) rounded too. rerotate_bf16 moves cached keys
+// from one table to another. Exercised by tests/BackendOpsTests.cs Rope (f32 and bf16 compute) and Rerotate.
 #include "common.cuh"
 
-// kernels
-
 // One block per token t; threads stride over (head, pair) items and pass-through dims beyond rotaryDim.
-extern "C" __global__ void rope_f32(float* q, float* k, const float* v, bf16* kcache, bf16* vcache, const float* invFreq,
+template <bool R>
+__device__ __forceinline__ void rope(float* q, float* k, const float* v, bf16* kcache, bf16* vcache, const float* invFreq,
     int numHeads, int numKvHeads, int headDim, int rotaryDim, int startPos, int cacheRow0,
     float magnitude, float queryScaleContext, int queryScaleOn)
 {
@@ -23,15 +23,17 @@ extern "C" __global__ void rope_f32(float* q, float* k, const float* v, bf16* kc
         {
             float sn, cs;
             sincosf((float)pos * invFreq[j], &sn, &cs);
-            cs *= magnitude; sn *= magnitude;
+            cs = round_c<R>(cs * magnitude); sn = round_c<R>(sn * magnitude);
             float x0 = x[j], x1 = x[j + half];
-            x[j] = (x0 * cs - x1 * sn) * qs;
-            x[j + half] = (x1 * cs + x0 * sn) * qs;
+            float y0 = round_c<R>(round_c<R>(x0 * cs) - round_c<R>(x1 * sn));
+            float y1 = round_c<R>(round_c<R>(x1 * cs) + round_c<R>(x0 * sn));
+            x[j] = R && !queryScaleOn ? y0 : round_c<R>(y0 * qs);
+            x[j + half] = R && !queryScaleOn ? y1 : round_c<R>(y1 * qs);
         }
         else
         {
             int d = rotaryDim + (j - half);
-            x[d] = x[d] * qs;
+            if (!R || queryScaleOn) x[d] = round_c<R>(x[d] * qs);
         }
     }
     int kvDim = numKvHeads * headDim;
@@ -44,9 +46,10 @@ extern "C" __global__ void rope_f32(float* q, float* k, const float* v, bf16* kc
         {
             float sn, cs;
             sincosf((float)pos * invFreq[j], &sn, &cs);
-            cs *= magnitude; sn *= magnitude;
+            cs = round_c<R>(cs * magnitude); sn = round_c<R>(sn * magnitude);
             float x0 = kr[o + j], x1 = kr[o + j + half];
-            float y0 = x0 * cs - x1 * sn, y1 = x1 * cs + x0 * sn;
+            float y0 = round_c<R>(round_c<R>(x0 * cs) - round_c<R>(x1 * sn));
+            float y1 = round_c<R>(round_c<R>(x1 * cs) + round_c<R>(x0 * sn));
             kr[o + j] = y0; kr[o + j + half] = y1;
             kc[o + j] = f32_to_bf16(y0); kc[o + j + half] = f32_to_bf16(y1);
         }
@@ -59,6 +62,24 @@ extern "C" __global__ void rope_f32(float* q, float* k, const float* v, bf16* kc
     const float* vr = v + (i64)t * kvDim;
     bf16* vc = vcache + (i64)(cacheRow0 + t) * kvDim;
     for (int d = threadIdx.x; d < kvDim; d += blockDim.x) vc[d] = f32_to_bf16(vr[d]);
+}
+
+// kernels
+
+extern "C" __global__ void rope_f32(float* q, float* k, const float* v, bf16* kcache, bf16* vcache, const float* invFreq,
+    int numHeads, int numKvHeads, int headDim, int rotaryDim, int startPos, int cacheRow0,
+    float magnitude, float queryScaleContext, int queryScaleOn)
+{
+    rope<false>(q, k, v, kcache, vcache, invFreq, numHeads, numKvHeads, headDim, rotaryDim, startPos, cacheRow0,
+        magnitude, queryScaleContext, queryScaleOn);
+}
+
+extern "C" __global__ void rope_cbf16_f32(float* q, float* k, const float* v, bf16* kcache, bf16* vcache, const float* invFreq,
+    int numHeads, int numKvHeads, int headDim, int rotaryDim, int startPos, int cacheRow0,
+    float magnitude, float queryScaleContext, int queryScaleOn)
+{
+    rope<true>(q, k, v, kcache, vcache, invFreq, numHeads, numKvHeads, headDim, rotaryDim, startPos, cacheRow0,
+        magnitude, queryScaleContext, queryScaleOn);
 }
 
 // Grid (length, numLayers): key at position p of every layer goes from rotation p*from (magnitude magFrom)

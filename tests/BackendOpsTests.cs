@@ -1,4 +1,5 @@
-// Every CUDA op against the CPU op on the shared case table (NMSE, max abs, NaN/Inf parity, guard rows): DESIGN R8.
+// Every CUDA op against the CPU op on the shared case table (NMSE, max abs, NaN/Inf parity, guard rows): DESIGN R8,
+// the bf16-compute variants (rounding as a bf16 framework) and Round included.
 // Skips without a GPU. Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~BackendOpsTests.Rope"
 using LlamaRun.Backends;
 using LlamaRun.Backends.Cpu;
@@ -58,6 +59,27 @@ public sealed class BackendOpsTests(BackendPair backends, ITestOutputHelper outp
 
     [CudaTheory, MemberData(nameof(OpCases.Argmax), MemberType = typeof(OpCases))]
     public void Argmax(string name) => Check(name);
+
+    /// <summary>In-place rounding to bf16 and f16 values, bit-exact against the CPU.</summary>
+    public static TheoryData<string> RoundCases()
+    {
+        var data = new TheoryData<string>();
+        foreach (var c in OpCheckCases.All.Where(c => c.Op == OpKind.Round)) data.Add(c.Name);
+        return data;
+    }
+
+    [CudaTheory, MemberData(nameof(RoundCases))]
+    public void Round(string name) => Check(name);
+
+    [CudaFact]
+    public void F16ComputeIsRefusedClearly()
+    {
+        var g = backends.Cuda;
+        using var x = g.Alloc(DType.F32, 1, 8);
+        using var w = g.Alloc(DType.F32, 1, 8);
+        var e = Assert.Throws<NotSupportedException>(() => g.RmsNorm(x, w, x, 1e-5f, DType.F16));
+        Assert.Contains("F16", e.Message);
+    }
 
     [CudaFact]
     public void ShapeErrorsAreArgumentExceptions()

@@ -97,7 +97,7 @@ public static unsafe class OpCheck
             float[] Fill(long n) => [.. Enumerable.Range(0, checked((int)n)).Select(_ => (float)(rng.NextDouble() * 2 - 1))];
             int kvDim = c.KvHeads * c.HeadDim, ctx = c.StartPos + c.T;
             bool attention = c.Op is OpKind.Rope or OpKind.Attention or OpKind.Rerotate;
-            bool elementwise = c.Op is OpKind.SwiGlu or OpKind.Add or OpKind.Argmax;
+            bool elementwise = c.Op is OpKind.SwiGlu or OpKind.Add or OpKind.Argmax or OpKind.Round;
             X = Fill(c.Op is OpKind.MatMul or OpKind.RmsNorm || elementwise ? (long)c.T * c.N : 0);
             Y = Fill(elementwise ? (long)c.T * c.N : 0);
             W = Fill(c.Op switch { OpKind.Embedding or OpKind.MatMul => (long)c.Out * c.N, OpKind.RmsNorm => c.N, _ => 0 });
@@ -113,11 +113,31 @@ public static unsafe class OpCheck
                     X[r * c.N + (r * 7) % c.N] = 2f;   // a tie: the first index must win
                     X[r * c.N + c.N - 1] = 2f;
                 }
+            if (c.Op == OpKind.Round) RoundInputs(c, rng);
+            else if (c.Compute != DType.F32)
+            {
+                // A framework computing in bf16 hands every op inputs already of that type.
+                foreach (var a in new[] { X, Y, W, Q, K, V }) Cpu.CpuOps.Round(a, c.Compute);
+            }
             if (c.Specials)
             {
                 X[Math.Min(3, X.Length - 1)] = float.NaN;
                 if (c.Op == OpKind.Add) X[Math.Min(5, X.Length - 1)] = float.PositiveInfinity;
             }
+        }
+
+        // Magnitudes from 2^-30 to 2^20 (f16 subnormals and overflow), exact ties of both types, infinities, f32 subnormals.
+        private void RoundInputs(OpCase c, Random rng)
+        {
+            for (int i = 0; i < X.Length; i++) X[i] *= MathF.Pow(2, rng.Next(-30, 21));
+            if (!c.Specials) return;
+            float[] special =
+            [
+                float.PositiveInfinity, float.NegativeInfinity, 65520f, -65519f, 1e-40f, -3e-8f, 6e-8f,
+                BitConverter.Int32BitsToSingle(0x3f808000), BitConverter.Int32BitsToSingle(0x3f818000), 1f + 1f / 2048, 1f + 3f / 2048,
+                float.MaxValue, BitConverter.Int32BitsToSingle(0x7f7f8000),
+            ];
+            for (int i = 0; i < special.Length && 5 + i < X.Length; i++) X[5 + i] = special[i];
         }
     }
 
@@ -226,7 +246,7 @@ public static unsafe class OpCheck
                 var x = s.Make(DType.F32, c.T, c.N, inp.X);
                 var w = s.Make(DType.F32, 1, c.N, inp.W);
                 var dst = Out(c.T, c.N, "dst");
-                b.RmsNorm(x, w, dst, 1e-5f);
+                b.RmsNorm(x, w, dst, 1e-5f, c.Compute);
                 outputs.Add(new("dst", Read(b, dst)));
                 break;
             }
@@ -245,8 +265,15 @@ public static unsafe class OpCheck
                 var y = s.Make(DType.F32, c.T, c.N, inp.Y);
                 var dst = Out(c.T, c.N, "dst");
                 if (c.Op == OpKind.Add) b.Add(x, y, dst);
-                else b.SwiGlu(x, y, dst);
+                else b.SwiGlu(x, y, dst, c.Compute);
                 outputs.Add(new("dst", Read(b, dst)));
+                break;
+            }
+            case OpKind.Round:
+            {
+                var x = s.Make(DType.F32, c.T, c.N, inp.X, guard: true, name: "x");
+                b.Round(x, c.Compute);
+                outputs.Add(new("x", Read(b, x)));
                 break;
             }
             case OpKind.Argmax:
@@ -277,7 +304,7 @@ public static unsafe class OpCheck
             var q = s.Make(DType.F32, c.T, qDim, inp.Q.AsSpan(q0), guard: true, name: "q");
             var k = s.Make(DType.F32, c.T, kvDim, inp.K.AsSpan(k0), guard: true, name: "k");
             var v = s.Make(DType.F32, c.T, kvDim, inp.V.AsSpan(k0));
-            b.Rope(q, k, v, cache, layer, c.StartPos, table);
+            b.Rope(q, k, v, cache, layer, c.StartPos, table, c.Compute);
             outputs.Add(new("q", Read(b, q)));
             outputs.Add(new("k", Read(b, k)));
             outputs.Add(new("cache.K", Read(b, cache.K)));
@@ -290,12 +317,12 @@ public static unsafe class OpCheck
             var q = s.Make(DType.F32, ctx, qDim, inp.Q);
             var k = s.Make(DType.F32, ctx, kvDim, inp.K);
             var v = s.Make(DType.F32, ctx, kvDim, inp.V);
-            b.Rope(q, k, v, cache, l, 0, table);
+            b.Rope(q, k, v, cache, l, 0, table, c.Compute);
             if (c.Op == OpKind.Attention && l == layer)
             {
                 var qt = q.SliceRows(c.StartPos, c.T);
                 var dst = s.Make(DType.F32, c.T, qDim, [], guard: true, name: "dst");
-                b.Attention(qt, cache, layer, c.StartPos, dst);
+                b.Attention(qt, cache, layer, c.StartPos, dst, c.Compute);
                 outputs.Add(new("dst", Read(b, dst)));
             }
         }

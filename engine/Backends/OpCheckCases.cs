@@ -5,7 +5,7 @@ using LlamaRun.Model;
 namespace LlamaRun.Backends;
 
 /// <summary>The ops OpCheck compares between two backends.</summary>
-public enum OpKind { Embedding, RmsNorm, MatMul, Rope, Attention, Rerotate, SwiGlu, Add, Argmax }
+public enum OpKind { Embedding, RmsNorm, MatMul, Rope, Attention, Rerotate, SwiGlu, Add, Argmax, Round }
 
 /// <summary>One op at one shape: T = tokens/rows, N = features (in), Out = outputs (out, vocab), plus attention geometry.</summary>
 public sealed record OpCase(OpKind Op, string Source, double MaxNmse)
@@ -23,6 +23,9 @@ public sealed record OpCase(OpKind Op, string Source, double MaxNmse)
     public float Magnitude { get; init; } = 1f;
     public bool QueryScale { get; init; }
 
+    /// <summary>Compute type of RmsNorm, Rope, Attention and SwiGlu (inputs are then rounded to it too); the target of Round.</summary>
+    public DType Compute { get; init; } = DType.F32;
+
     /// <summary>Inject NaN (and where meaningful +Inf) into the inputs to check special-value parity.</summary>
     public bool Specials { get; init; }
 
@@ -36,8 +39,9 @@ public sealed record OpCase(OpKind Op, string Source, double MaxNmse)
             $"{Op.ToString().ToLowerInvariant()} T={T} heads={Heads}/{KvHeads} hd={HeadDim} rot={Rot} pos={StartPos} theta={Theta} mag={Magnitude}{(QueryScale ? " qscale" : "")}",
         OpKind.SwiGlu => $"swiglu n={N}",
         OpKind.Add => $"add n={N}",
+        OpKind.Round => $"round n={N}",
         _ => $"argmax rows={T} cols={N}",
-    } + (Specials ? " nan/inf" : "") + $" ({Source})";
+    } + (Compute != DType.F32 ? $" compute={Compute.Name().ToLowerInvariant()}" : "") + (Specials ? " nan/inf" : "") + $" ({Source})";
 
     public int Rot => RotaryDim == 0 ? HeadDim : RotaryDim;
 
@@ -114,6 +118,36 @@ public static class OpCheckCases
         c.Add(new(OpKind.Argmax, "Llama-3-8B logits, prefill rows", 0) { T = 4, N = 128256 });
         foreach (int n in new[] { 1, 31, 33, 1025 }) c.Add(new(OpKind.Argmax, "awkward, ties", 0) { T = 3, N = n });
         c.Add(new(OpKind.Argmax, "awkward", 0) { T = 2, N = 127, Specials = true });
+        AddBf16Compute(c);
         return c;
+    }
+
+    // Ops computing like a bf16 framework (Llama.Create activations: BF16): the same roundings on both backends, so the
+    // element-wise ops differ only where exp, rsqrt or sin/cos land an ulp apart across a bf16 rounding boundary.
+    // Attention rounds the softmax weights against different running maxima (CPU blocks of 512 keys, GPU tiles of 64).
+    private static void AddBf16Compute(List<OpCase> c)
+    {
+        const double Elementwise = 1e-6;
+        var bf = DType.BF16;
+        foreach (var dt in new[] { DType.BF16, DType.F16 })
+        {
+            c.Add(new(OpKind.Round, "Llama-2-7B FFN", 0) { N = 11008 * 3, Compute = dt });
+            foreach (int n in new[] { 1, 33, 1025 }) c.Add(new(OpKind.Round, "awkward", 0) { N = n, Compute = dt });
+            c.Add(new(OpKind.Round, "awkward", 0) { N = 33, Compute = dt, Specials = true });
+        }
+        c.Add(new(OpKind.RmsNorm, "Llama-2-7B prefill", Elementwise) { T = 64, N = 4096, Compute = bf });
+        c.Add(new(OpKind.RmsNorm, "Llama-2-7B decode", Elementwise) { T = 1, N = 4096, Compute = bf });
+        c.Add(new(OpKind.RmsNorm, "awkward", Elementwise) { T = 2, N = 1025, Compute = bf });
+        c.Add(new(OpKind.SwiGlu, "Llama-2-7B FFN x4", Elementwise) { N = 11008 * 4, Compute = bf });
+        c.Add(new(OpKind.SwiGlu, "awkward", Elementwise) { N = 33, Compute = bf });
+        c.Add(new(OpKind.Rope, "Llama-2-7B prefill", Elementwise) { T = 64, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 3, Compute = bf });
+        c.Add(new(OpKind.Rope, "Llama-3-8B at 16k", Elementwise) { T = 3, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16381, Theta = 500000f, Compute = bf });
+        c.Add(new(OpKind.Rope, "YaRN magnitude + query scale", Elementwise) { T = 5, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 5000, Magnitude = 1.13f, QueryScale = true, Compute = bf });
+        c.Add(new(OpKind.Rope, "partial rotary", Elementwise) { T = 31, Heads = 3, KvHeads = 1, HeadDim = 64, RotaryDim = 32, StartPos = 2, Compute = bf });
+        c.Add(new(OpKind.Attention, "Llama-2-7B prefill, flash", Bf16Cache) { T = 256, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 0, Compute = bf });
+        c.Add(new(OpKind.Attention, "Llama-2-7B chunked prefill, flash", Bf16Cache) { T = 64, Heads = 8, KvHeads = 8, HeadDim = 128, StartPos = 600, Compute = bf });
+        c.Add(new(OpKind.Attention, "Llama-2-7B decode, tiled split-K", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 1500, Compute = bf });
+        c.Add(new(OpKind.Attention, "Llama-3-8B decode, tiled", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 700, Compute = bf });
+        c.Add(new(OpKind.Attention, "group of 16, untiled kernel", Bf16Cache) { T = 3, Heads = 16, KvHeads = 1, HeadDim = 64, StartPos = 600, Compute = bf });
     }
 }

@@ -1,5 +1,6 @@
 // Everything a command needs to run a model: config, tokenizer, backend, weights, RoPE schedule, KV cache.
-// Shared flags: -m DIR, --ctx N, --device cpu|cuda|auto, --rope METHOD[:k=v,...], --rope-table FILE.
+// Shared flags: -m DIR, --ctx N, --device cpu|cuda|auto, --rope METHOD[:k=v,...], --rope-table FILE,
+// --compute f32|bf16 (bf16 rounds every activation and op intermediate as transformers in bfloat16 does).
 using LlamaRun.Backends;
 using LlamaRun.Model;
 using LlamaRun.Rope;
@@ -52,6 +53,7 @@ public sealed class ModelSession : IDisposable
         string device = args.String("--device") ?? "auto";
         string? ropeSpec = args.String("--rope");
         string? ropeTable = args.String("--rope-table");
+        var compute = ComputeType(args.String("--compute"));
         var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
         if (ctx <= 0) ctx = config.MaxPositionEmbeddings;
         if (ctx > MaxContext) throw new UsageException($"--ctx {ctx} is larger than the {MaxContext} positions llama-run supports");
@@ -67,7 +69,7 @@ public sealed class ModelSession : IDisposable
             var weights = LlamaWeights.Load(dir, config, backend);
             try
             {
-                var model = Llama.Create(config, weights, backend, ctx, rope);
+                var model = Llama.Create(config, weights, backend, ctx, rope, activations: compute);
                 return new ModelSession(dir, config, tokenizer, backend, weights, model, note);
             }
             catch
@@ -82,6 +84,14 @@ public sealed class ModelSession : IDisposable
             throw;
         }
     }
+
+    // --compute: f32 (default) or bf16.
+    private static DType ComputeType(string? value) => value?.ToLowerInvariant() switch
+    {
+        null or "f32" => DType.F32,
+        "bf16" => DType.BF16,
+        _ => throw new UsageException($"--compute must be f32 or bf16, not '{value}'"),
+    };
 
     private static bool HasTokenizer(string dir) =>
         File.Exists(Path.Combine(dir, "tokenizer.json")) || File.Exists(Path.Combine(dir, "tokenizer.model"));

@@ -253,7 +253,7 @@ public sealed unsafe class CudaBackend : IBackend
 
     public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps, DType compute = DType.F32)
     {
-        F32Only(compute);
+        bool bf16 = Bf16Compute(compute);
         Bind();
         Require(x, DType.F32, nameof(x));
         Require(weight, DType.F32, nameof(weight));
@@ -261,7 +261,7 @@ public sealed unsafe class CudaBackend : IBackend
         RequireShape(weight, 1, x.Cols, nameof(weight));
         RequireShape(dst, x.Rows, x.Cols, nameof(dst));
         if (x.Rows == 0) return;
-        _launch.RmsNorm((ulong)x.Pointer, (ulong)weight.Pointer, (ulong)dst.Pointer, x.Rows, x.Cols, eps);
+        _launch.RmsNorm((ulong)x.Pointer, (ulong)weight.Pointer, (ulong)dst.Pointer, x.Rows, x.Cols, eps, bf16);
     }
 
     public void MatMul(Tensor x, Tensor weight, Tensor dst)
@@ -301,7 +301,7 @@ public sealed unsafe class CudaBackend : IBackend
 
     public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32)
     {
-        F32Only(compute);
+        bool bf16 = Bf16Compute(compute);
         Bind();
         Require(q, DType.F32, nameof(q));
         Require(k, DType.F32, nameof(k));
@@ -321,12 +321,12 @@ public sealed unsafe class CudaBackend : IBackend
         bool qsOn = qs is not null && layer >= qs.SkipLayers;
         _launch.Rope((ulong)q.Pointer, (ulong)k.Pointer, (ulong)v.Pointer, (ulong)cache.K.Pointer, (ulong)cache.V.Pointer, inv,
             tokens, q.Cols / hd, cache.NumKvHeads, hd, table.RotaryDim, startPos, layer * cache.MaxSeq + startPos,
-            table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0);
+            table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0, bf16);
     }
 
     public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32)
     {
-        F32Only(compute);
+        bool bf16 = Bf16Compute(compute);
         Bind();
         Require(q, DType.F32, nameof(q));
         Require(dst, DType.F32, nameof(dst));
@@ -342,7 +342,7 @@ public sealed unsafe class CudaBackend : IBackend
         ulong rowK = (ulong)cache.K.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
         ulong rowV = (ulong)cache.V.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
         _launch.Attention((ulong)q.Pointer, rowK, rowV, (ulong)dst.Pointer, _attentionScratch, AttentionScratchFloats, tokens,
-            heads, cache.NumKvHeads, hd, startPos, _smCount, _flashAttention);
+            heads, cache.NumKvHeads, hd, startPos, _smCount, _flashAttention, bf16);
     }
 
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
@@ -360,10 +360,10 @@ public sealed unsafe class CudaBackend : IBackend
 
     public void SwiGlu(Tensor gate, Tensor up, Tensor dst, DType compute = DType.F32)
     {
-        F32Only(compute);
+        bool bf16 = Bf16Compute(compute);
         Bind();
         RequireElementwise(gate, up, dst);
-        if (dst.Length > 0) _launch.SwiGlu((ulong)gate.Pointer, (ulong)up.Pointer, (ulong)dst.Pointer, dst.Length);
+        if (dst.Length > 0) _launch.SwiGlu((ulong)gate.Pointer, (ulong)up.Pointer, (ulong)dst.Pointer, dst.Length, bf16);
     }
 
     public void Add(Tensor x, Tensor y, Tensor dst)
@@ -396,7 +396,10 @@ public sealed unsafe class CudaBackend : IBackend
 
     public void Round(Tensor x, DType dtype)
     {
-        if (dtype != DType.F32) throw new NotSupportedException("bf16/f16 activation rounding is not available on the CUDA backend yet");
+        Bind();
+        Require(x, DType.F32, nameof(x));
+        if (dtype == DType.F32 || x.Length == 0) return;
+        _launch.Round((ulong)x.Pointer, x.Length, dtype == DType.F16);
     }
 
     public void Synchronize()
@@ -426,9 +429,12 @@ public sealed unsafe class CudaBackend : IBackend
 
     public override string ToString() => new StringBuilder("cuda: ").Append(Device).ToString();
 
-    // Emulating a bf16/f16 framework's mid-op rounding is a CPU reference feature; the kernels compute in f32.
-    private static void F32Only(DType compute)
+    // True for bf16 compute (the kernel variants that round intermediates as a bf16 framework does); f16 compute is
+    // a CPU reference feature only.
+    private static bool Bf16Compute(DType compute) => compute switch
     {
-        if (compute != DType.F32) throw new NotSupportedException($"the cuda backend computes in F32 only, not {compute.Name()}");
-    }
+        DType.F32 => false,
+        DType.BF16 => true,
+        _ => throw new NotSupportedException($"the cuda backend computes in F32 or BF16, not {compute.Name()}"),
+    };
 }

@@ -7,11 +7,11 @@ internal sealed unsafe class CudaKernels
 {
     public static readonly string[] EntryPoints =
     [
-        "embedding_f32", "embedding_f16", "embedding_bf16", "rmsnorm_f32",
+        "embedding_f32", "embedding_f16", "embedding_bf16", "rmsnorm_f32", "rmsnorm_cbf16_f32",
         "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemv_warp_per_row_t1_bf16", "gemm_mma_bf16", "to_bf16_f32",
-        "rope_f32", "rerotate_bf16", "attention_split_bf16", "attention_tiled_bf16", "attention_combine",
+        "rope_f32", "rope_cbf16_f32", "rerotate_bf16", "attention_split_bf16", "attention_tiled_bf16", "attention_combine",
         "attention_flash_hd64_bf16", "attention_flash_hd128_bf16", "attention_flash_q128_hd64_bf16", "attention_flash_q128_hd128_bf16",
-        "swiglu_f32", "add_f32", "argmax_f32",
+        "swiglu_f32", "swiglu_cbf16_f32", "add_f32", "round_bf16_f32", "round_f16_f32", "argmax_f32",
     ];
 
     public const int GemvMaxTokens = 8;
@@ -55,10 +55,11 @@ internal sealed unsafe class CudaKernels
         Launch(variant, Blocks(hidden, 256), (uint)Math.Min(numTokens, 65535), 1, 256, a);
     }
 
-    public void RmsNorm(ulong x, ulong weight, ulong dst, int rows, int n, float eps)
+    // bf16: the variant that rounds its intermediates as a bf16 framework does (here and in Rope, SwiGlu, Attention).
+    public void RmsNorm(ulong x, ulong weight, ulong dst, int rows, int n, float eps, bool bf16)
     {
         void** a = stackalloc void*[] { &x, &weight, &dst, &n, &eps };
-        Launch("rmsnorm_f32", (uint)rows, 1, 1, n >= 8192 ? 512u : 256u, a);
+        Launch(bf16 ? "rmsnorm_cbf16_f32" : "rmsnorm_f32", (uint)rows, 1, 1, n >= 8192 ? 512u : 256u, a);
     }
 
     public void Gemv(string variant, ulong x, ulong weight, ulong dst, int tokens, int inDim, int outDim)
@@ -81,14 +82,14 @@ internal sealed unsafe class CudaKernels
 
     public void Rope(ulong q, ulong k, ulong v, ulong kcache, ulong vcache, ulong invFreq, int tokens, int numHeads,
         int numKvHeads, int headDim, int rotaryDim, int startPos, int cacheRow0, float magnitude,
-        float queryScaleContext, int queryScaleOn)
+        float queryScaleContext, int queryScaleOn, bool bf16)
     {
         void** a = stackalloc void*[]
         {
             &q, &k, &v, &kcache, &vcache, &invFreq, &numHeads, &numKvHeads, &headDim, &rotaryDim, &startPos, &cacheRow0,
             &magnitude, &queryScaleContext, &queryScaleOn,
         };
-        Launch("rope_f32", (uint)tokens, 1, 1, 256, a);
+        Launch(bf16 ? "rope_cbf16_f32" : "rope_f32", (uint)tokens, 1, 1, 256, a);
     }
 
     public void Rerotate(ulong kcache, ulong invFrom, ulong invTo, int numLayers, int maxSeq, int length, int numKvHeads,
@@ -100,8 +101,9 @@ internal sealed unsafe class CudaKernels
 
     /// <summary>Picks the attention variant: flash (prefill, head dim 64/128), tiled or per-head split-K plus combine.</summary>
     public void Attention(ulong q, ulong kcache, ulong vcache, ulong dst, ulong partial, long partialFloats, int tokens,
-        int numHeads, int numKvHeads, int headDim, int startPos, int smCount, bool flash)
+        int numHeads, int numKvHeads, int headDim, int startPos, int smCount, bool flash, bool bf16)
     {
+        // The flash kernels round the softmax weights to bf16 for the tensor cores in either mode.
         float scale = 1f / MathF.Sqrt(headDim);
         if (flash && tokens >= FlashMinTokens && headDim is 64 or 128)
         {
@@ -120,7 +122,7 @@ internal sealed unsafe class CudaKernels
         long wanted = Math.Max(1, (long)SplitWaves * smCount / ((long)units * tokens));
         int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
         splitLen = Math.Max(TiledKeys, (splitLen + TiledKeys - 1) / TiledKeys * TiledKeys);
-        int splits = (maxLen + splitLen - 1) / splitLen;
+        int splits = (maxLen + splitLen - 1) / splitLen, roundP = bf16 ? 1 : 0;
         while (splits > 1 && (long)tokens * numHeads * splits * (headDim + 2) > partialFloats)
         {
             splitLen *= 2;
@@ -128,7 +130,7 @@ internal sealed unsafe class CudaKernels
         }
         void** a = stackalloc void*[]
         {
-            &q, &kcache, &vcache, &dst, &partial, &numHeads, &numKvHeads, &headDim, &startPos, &splitLen, &splits, &scale,
+            &q, &kcache, &vcache, &dst, &partial, &numHeads, &numKvHeads, &headDim, &startPos, &splitLen, &splits, &scale, &roundP,
         };
         if (tiled) Launch("attention_tiled_bf16", (uint)numKvHeads, (uint)tokens, (uint)splits, 128, a);
         else Launch("attention_split_bf16", (uint)numHeads, (uint)tokens, (uint)splits, 128, a);
@@ -137,10 +139,17 @@ internal sealed unsafe class CudaKernels
         Launch("attention_combine", (uint)numHeads, (uint)tokens, 1, 128, c);
     }
 
-    public void SwiGlu(ulong gate, ulong up, ulong dst, long n)
+    public void SwiGlu(ulong gate, ulong up, ulong dst, long n, bool bf16)
     {
         void** a = stackalloc void*[] { &gate, &up, &dst, &n };
-        Launch("swiglu_f32", Blocks(n, 256), 1, 1, 256, a);
+        Launch(bf16 ? "swiglu_cbf16_f32" : "swiglu_f32", Blocks(n, 256), 1, 1, 256, a);
+    }
+
+    /// <summary>Rounds n f32 values in place to bf16 (or f16) values.</summary>
+    public void Round(ulong x, long n, bool f16)
+    {
+        void** a = stackalloc void*[] { &x, &n };
+        Launch(f16 ? "round_f16_f32" : "round_bf16_f32", Blocks(n, 256), 1, 1, 256, a);
     }
 
     public void Add(ulong x, ulong y, ulong dst, long n)

@@ -9,8 +9,8 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Perplexity
 {
-    public const string Usage = "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --ctx N [--windows K] [--nll-out FILE] [--rope SPEC | --rope-table FILE] [--device D]\n" +
-                                "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --sweep METHOD,... --ctx-list N,... [--windows K] [--json]";
+    public const string Usage = "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --ctx N [--windows K] [--nll-out FILE] [--rope SPEC | --rope-table FILE] [--device D] [--compute f32|bf16]\n" +
+                                "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --sweep METHOD,... --ctx-list N,... [--windows K] [--json] [--compute f32|bf16]";
 
     public static int Run(Args args)
     {
@@ -49,7 +49,7 @@ public static class Perplexity
             for (int c = 0; c < ctxList.Length; c++)
             {
                 var (rope, note) = ModelSession.ChooseRope(session.Config, ctxList[c], methods[m], null);
-                using var model = Llama.Create(session.Config, session.Weights, session.Backend, ctxList[c], rope);
+                using var model = Llama.Create(session.Config, session.Weights, session.Backend, ctxList[c], rope, activations: session.Model.Activations);
                 table[m, c] = Run(() => Evaluation.Perplexity(model, tokens, ctxList[c], windows)).Ppl;
                 Console.Error.WriteLine($"{methods[m]} @ {ctxList[c]}: ppl {table[m, c]:F3}  ({note})");
             }
