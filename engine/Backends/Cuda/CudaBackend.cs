@@ -201,25 +201,20 @@ public sealed unsafe class CudaBackend : IBackend
         return new KvCache(k, v, numLayers, maxSeq, numKvHeads, headDim);
     }
 
-    private void EnsureTokens(int count)
+    // Grows a device buffer of ints to hold count (doubling), after the stream has finished with the old one.
+    private void EnsureInts(ref ulong buffer, ref int capacity, int count)
     {
-        if (count <= _tokenCapacity) return;
+        if (count <= capacity) return;
         Cu.Check(Cu.cuStreamSynchronize(_stream));
-        Free(_tokens);
-        _tokens = 0;
-        _tokenCapacity = Math.Max(count, 2 * _tokenCapacity);
-        _tokens = Malloc(_tokenCapacity * 4L);
+        Free(buffer);
+        buffer = 0;
+        capacity = Math.Max(count, 2 * capacity);
+        buffer = Malloc(capacity * 4L);
     }
 
-    private void EnsureArgmax(int count)
-    {
-        if (count <= _argmaxCapacity) return;
-        Cu.Check(Cu.cuStreamSynchronize(_stream));
-        Free(_argmax);
-        _argmax = 0;
-        _argmaxCapacity = Math.Max(count, 2 * _argmaxCapacity);
-        _argmax = Malloc(_argmaxCapacity * 4L);
-    }
+    private void EnsureTokens(int count) => EnsureInts(ref _tokens, ref _tokenCapacity, count);
+
+    private void EnsureArgmax(int count) => EnsureInts(ref _argmax, ref _argmaxCapacity, count);
 
     private static void Require(Tensor t, DType dtype, string name)
     {
