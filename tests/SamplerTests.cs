@@ -37,6 +37,18 @@ public class SamplerTests
     }
 
     [Fact]
+    public void TopKKeepsExactlyTheKLargestLowestIdOnTies()
+    {
+        var logits = new float[1000];
+        for (int i = 0; i < logits.Length; i++) logits[i] = (i * 7919) % 1000 / 100f;   // a permutation of 0..9.99
+        logits[10] = logits[20] = logits[30] = 50f;                                     // three-way tie at the top
+        var s = new Sampler(new SamplerOptions(Temperature: 100f, TopK: 2, TopP: 1f, MinP: 0f, Seed: 9));
+        var seen = new HashSet<int>();
+        for (int i = 0; i < 500; i++) seen.Add(s.Sample((float[])logits.Clone(), []));
+        Assert.Equal(new HashSet<int> { 10, 20 }, seen);
+    }
+
+    [Fact]
     public void TopPKeepsSmallestPrefixReachingMass()
     {
         // Probabilities 0.5, 0.3, 0.2 at T = 1: top-p 0.6 keeps the first two tokens only.

@@ -100,17 +100,31 @@ public sealed class Sampler
         }
     }
 
-    // Sorts the candidates by logit (descending, ties by id) and keeps the top-k; returns how many remain.
+    // Puts the candidates in order of logit (descending, ties by id): only the top-k when TopK > 0, selected with a
+    // k-sized min-heap so a 128k vocabulary is not sorted every step. Returns how many candidates remain.
     private int Filter(ReadOnlySpan<float> logits)
     {
         if (_candidates.Length < logits.Length) _candidates = new (int, float)[logits.Length];
-        int n = 0;
-        for (int i = 0; i < logits.Length; i++)
-            if (!float.IsNaN(logits[i])) _candidates[n++] = (i, logits[i]);
+        int k = _options.TopK > 0 ? _options.TopK : int.MaxValue, n = 0;
+        if (k < logits.Length)
+        {
+            var heap = new PriorityQueue<int, (float Value, int NegId)>(k);
+            for (int i = 0; i < logits.Length; i++)
+            {
+                float v = logits[i];
+                if (float.IsNaN(v)) continue;
+                if (heap.Count < k) heap.Enqueue(i, (v, -i));
+                else if (heap.TryPeek(out _, out var min) && (v > min.Value || (v == min.Value && -i > min.NegId)))
+                    heap.EnqueueDequeue(i, (v, -i));
+            }
+            while (heap.TryDequeue(out int id, out var key)) _candidates[n++] = (id, key.Value);
+        }
+        else
+            for (int i = 0; i < logits.Length; i++)
+                if (!float.IsNaN(logits[i])) _candidates[n++] = (i, logits[i]);
         if (n == 0) throw new InvalidOperationException("every logit is NaN");
-        var c = _candidates.AsSpan(0, n);
-        c.Sort(static (a, b) => a.Value != b.Value ? b.Value.CompareTo(a.Value) : a.Id.CompareTo(b.Id));
-        return _options.TopK > 0 ? Math.Min(_options.TopK, n) : n;
+        _candidates.AsSpan(0, n).Sort(static (a, b) => a.Value != b.Value ? b.Value.CompareTo(a.Value) : a.Id.CompareTo(b.Id));
+        return n;
     }
 
     // xorshift64* (Vigna); 53 random bits to a double in [0, 1).
