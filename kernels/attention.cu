@@ -1,4 +1,5 @@
-// Causal grouped-query attention over the bf16 KV cache (CpuOps.Attention); softmax scale 1/sqrt(headDim).
+// Causal grouped-query attention over the KV cache (CpuOps.Attention); softmax scale 1/sqrt(headDim). The cache is
+// bf16, except in full-precision mode, where it is f32 and attention_split_f32 serves prefill and decode.
 // attention_split_bf16: one block per (head, query, key split); 4 warps stride over the split's keys with an
 // online softmax (running max m, sum l, weighted values acc); then the warps merge in shared memory. With one
 // split the block writes dst; with several (decode, long contexts) it writes (m, l, acc) and attention_combine
@@ -227,8 +228,9 @@ __device__ __forceinline__ void flash_attention(const float* q, const bf16* kcac
 
 // q [T, numHeads*headDim]; kcache/vcache rows [layerRow0 + p, numKvHeads*headDim]; query t sees p <= startPos + t.
 // partial [T, numHeads, splits, headDim + 2] holds m, l, acc[headDim] per split when splits > 1.
-extern "C" __global__ void __launch_bounds__(128) attention_split_bf16(
-    const float* q, const bf16* kcache, const bf16* vcache, float* dst, float* partial,
+template <typename C>
+__device__ __forceinline__ void attention_split(
+    const float* q, const C* kcache, const C* vcache, float* dst, float* partial,
     int numHeads, int numKvHeads, int headDim, int startPos, int splitLen, int splits, float scale, int roundP)
 {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
@@ -251,14 +253,14 @@ extern "C" __global__ void __launch_bounds__(128) attention_split_bf16(
     float m = NEG_INF, l = 0.0f;
     for (int p = begin + warp; p < end; p += ATT_WARPS)
     {
-        const bf16* kr = kcache + (i64)p * kvDim + kvh * headDim;
-        const bf16* vr = vcache + (i64)p * kvDim + kvh * headDim;
+        const C* kr = kcache + (i64)p * kvDim + kvh * headDim;
+        const C* vr = vcache + (i64)p * kvDim + kvh * headDim;
         float dot = 0.0f;
 #pragma unroll
         for (int i = 0; i < ATT_PER_LANE; i++)
         {
             int d = lane + 32 * i;
-            if (d < headDim) dot += qv[i] * bf16_to_f32(kr[d]);
+            if (d < headDim) dot += qv[i] * load_kv(kr + d);
         }
         dot = warp_sum(dot) * scale;
         float mn = m > dot ? m : dot;   // NaN in dot propagates
@@ -269,7 +271,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_split_bf16(
         for (int i = 0; i < ATT_PER_LANE; i++)
         {
             int d = lane + 32 * i;
-            if (d < headDim) acc[i] = acc[i] * corr + ew * bf16_to_f32(vr[d]);
+            if (d < headDim) acc[i] = acc[i] * corr + ew * load_kv(vr + d);
         }
         m = mn;
     }
@@ -310,6 +312,21 @@ extern "C" __global__ void __launch_bounds__(128) attention_split_bf16(
             out[2 + d] = a;
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_split_bf16(
+    const float* q, const bf16* kcache, const bf16* vcache, float* dst, float* partial,
+    int numHeads, int numKvHeads, int headDim, int startPos, int splitLen, int splits, float scale, int roundP)
+{
+    attention_split(q, kcache, vcache, dst, partial, numHeads, numKvHeads, headDim, startPos, splitLen, splits, scale, roundP);
+}
+
+// The same over an f32 cache (full-precision mode); every prefill and decode of that mode runs here.
+extern "C" __global__ void __launch_bounds__(128) attention_split_f32(
+    const float* q, const float* kcache, const float* vcache, float* dst, float* partial,
+    int numHeads, int numKvHeads, int headDim, int startPos, int splitLen, int splits, float scale, int roundP)
+{
+    attention_split(q, kcache, vcache, dst, partial, numHeads, numKvHeads, headDim, startPos, splitLen, splits, scale, roundP);
 }
 
 // One block per (head, query): dst = sum_s acc_s * exp(m_s - M) / sum_s l_s * exp(m_s - M).

@@ -46,6 +46,12 @@ __device__ __forceinline__ f16 f32_to_f16(float f)
 __device__ __forceinline__ float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
 __device__ __forceinline__ float round_f16(float f) { return f16_to_f32(f32_to_f16(f)); }
 
+// KV-cache element access: bf16 (the default cache) or f32 (full-precision mode), one template for both.
+__device__ __forceinline__ float load_kv(const bf16* p) { return bf16_to_f32(*p); }
+__device__ __forceinline__ float load_kv(const float* p) { return *p; }
+__device__ __forceinline__ void store_kv(bf16* p, float v) { *p = f32_to_bf16(v); }
+__device__ __forceinline__ void store_kv(float* p, float v) { *p = v; }
+
 // Rounding of an op's intermediate to its compute type: R = true emulates bf16 compute, false keeps f32.
 template <bool R>
 __device__ __forceinline__ float round_c(float f) { return R ? round_bf16(f) : f; }

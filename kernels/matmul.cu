@@ -2,6 +2,7 @@
 // gemv_warp_per_row_*: decode (T <= 8; t1: one token): one warp per output row, weights read once for all T tokens, 16-byte loads.
 // gemm_mma_bf16: prefill: 128x128x32 tiles, mma.sync m16n8k16 bf16 with f32 accumulation; x rounded to bf16 on load.
 // to_bf16_f32: rounds the activations to bf16 for the optional cuBLAS GEMM (CuBlas.cs), same rounding as gemm_mma_bf16.
+// widen_{bf16,f16}_f32: weights to f32 (exact) for the full-precision cuBLAS SGEMM.
 // Exercised by tests/BackendOpsTests.cs MatMul; timed by bench/KernelBenchmarks.cs MatMul.
 #include "common.cuh"
 
@@ -288,4 +289,17 @@ extern "C" __global__ void to_bf16_f32(const float* x, bf16* dst, i64 n)
         else
             for (i64 j = i; j < n && j < i + 4; j++) dst[j] = f32_to_bf16(x[j]);
     }
+}
+
+// dst (f32) = src (bf16 or f16) exactly: weight rows for the full-precision GEMM, which multiplies f32 by f32.
+extern "C" __global__ void widen_bf16_f32(const bf16* src, float* dst, i64 n)
+{
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        dst[i] = bf16_to_f32(src[i]);
+}
+
+extern "C" __global__ void widen_f16_f32(const f16* src, float* dst, i64 n)
+{
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        dst[i] = f16_to_f32(src[i]);
 }

@@ -1,13 +1,13 @@
 // Fused rotary embedding (CpuOps.Rope): rotates q and k in place by angle pos * invFreq[j] on pairs
 // (x[j], x[j + rotaryDim/2]), cos/sin times magnitude, q times the query scale of (layer, pos); stores k and v as
-// bf16 into the KV cache rows cacheRow0 + t. rope_cbf16_f32 computes as apply_rotary_pos_emb in bf16: cos and sin
+// the cache's type (bf16, or f32 in full-precision mode) into the KV cache rows cacheRow0 + t. rope_cbf16_f32 computes as apply_rotary_pos_emb in bf16: cos and sin
 // rounded to bf16, every product and every sum (and the query-scaled q) rounded too. rerotate_bf16 moves cached keys
 // from one table to another. Exercised by tests/BackendOpsTests.cs Rope (f32 and bf16 compute) and Rerotate.
 #include "common.cuh"
 
 // One block per token t; threads stride over (head, pair) items and pass-through dims beyond rotaryDim.
-template <bool R>
-__device__ __forceinline__ void rope(float* q, float* k, const float* v, bf16* kcache, bf16* vcache, const float* invFreq,
+template <bool R, typename C>
+__device__ __forceinline__ void rope(float* q, float* k, const float* v, C* kcache, C* vcache, const float* invFreq,
     int numHeads, int numKvHeads, int headDim, int rotaryDim, int startPos, int cacheRow0,
     float magnitude, float queryScaleContext, int queryScaleOn)
 {
@@ -38,7 +38,7 @@ __device__ __forceinline__ void rope(float* q, float* k, const float* v, bf16* k
     }
     int kvDim = numKvHeads * headDim;
     float* kr = k + (i64)t * kvDim;
-    bf16* kc = kcache + (i64)(cacheRow0 + t) * kvDim;
+    C* kc = kcache + (i64)(cacheRow0 + t) * kvDim;
     for (int e = threadIdx.x; e < numKvHeads * perHead; e += blockDim.x)
     {
         int hh = e / perHead, j = e % perHead, o = hh * headDim;
@@ -51,20 +51,20 @@ __device__ __forceinline__ void rope(float* q, float* k, const float* v, bf16* k
             float y0 = round_c<R>(round_c<R>(x0 * cs) - round_c<R>(x1 * sn));
             float y1 = round_c<R>(round_c<R>(x1 * cs) + round_c<R>(x0 * sn));
             kr[o + j] = y0; kr[o + j + half] = y1;
-            kc[o + j] = f32_to_bf16(y0); kc[o + j + half] = f32_to_bf16(y1);
+            store_kv(kc + o + j, y0); store_kv(kc + o + j + half, y1);
         }
         else
         {
             int d = o + rotaryDim + (j - half);
-            kc[d] = f32_to_bf16(kr[d]);
+            store_kv(kc + d, kr[d]);
         }
     }
     const float* vr = v + (i64)t * kvDim;
-    bf16* vc = vcache + (i64)(cacheRow0 + t) * kvDim;
-    for (int d = threadIdx.x; d < kvDim; d += blockDim.x) vc[d] = f32_to_bf16(vr[d]);
+    C* vc = vcache + (i64)(cacheRow0 + t) * kvDim;
+    for (int d = threadIdx.x; d < kvDim; d += blockDim.x) store_kv(vc + d, vr[d]);
 }
 
-// kernels
+// kernels: rope_{f32,cbf16_f32} write a bf16 cache, the _cf32 variants an f32 cache.
 
 extern "C" __global__ void rope_f32(float* q, float* k, const float* v, bf16* kcache, bf16* vcache, const float* invFreq,
     int numHeads, int numKvHeads, int headDim, int rotaryDim, int startPos, int cacheRow0,
@@ -82,23 +82,52 @@ extern "C" __global__ void rope_cbf16_f32(float* q, float* k, const float* v, bf
         magnitude, queryScaleContext, queryScaleOn);
 }
 
+extern "C" __global__ void rope_f32_cf32(float* q, float* k, const float* v, float* kcache, float* vcache, const float* invFreq,
+    int numHeads, int numKvHeads, int headDim, int rotaryDim, int startPos, int cacheRow0,
+    float magnitude, float queryScaleContext, int queryScaleOn)
+{
+    rope<false>(q, k, v, kcache, vcache, invFreq, numHeads, numKvHeads, headDim, rotaryDim, startPos, cacheRow0,
+        magnitude, queryScaleContext, queryScaleOn);
+}
+
+extern "C" __global__ void rope_cbf16_f32_cf32(float* q, float* k, const float* v, float* kcache, float* vcache, const float* invFreq,
+    int numHeads, int numKvHeads, int headDim, int rotaryDim, int startPos, int cacheRow0,
+    float magnitude, float queryScaleContext, int queryScaleOn)
+{
+    rope<true>(q, k, v, kcache, vcache, invFreq, numHeads, numKvHeads, headDim, rotaryDim, startPos, cacheRow0,
+        magnitude, queryScaleContext, queryScaleOn);
+}
+
 // Grid (length, numLayers): key at position p of every layer goes from rotation p*from (magnitude magFrom)
 // to rotation p*to (magnitude magTo): undo the old rotation, apply the new one.
-extern "C" __global__ void rerotate_bf16(bf16* kcache, const float* invFrom, const float* invTo,
+template <typename C>
+__device__ __forceinline__ void rerotate(C* kcache, const float* invFrom, const float* invTo,
     int maxSeq, int numKvHeads, int headDim, int rotaryDim, float magFrom, float magTo)
 {
     int p = blockIdx.x, layer = blockIdx.y, half = rotaryDim / 2, kvDim = numKvHeads * headDim;
-    bf16* kr = kcache + ((i64)layer * maxSeq + p) * kvDim;
+    C* kr = kcache + ((i64)layer * maxSeq + p) * kvDim;
     for (int e = threadIdx.x; e < numKvHeads * half; e += blockDim.x)
     {
         int hh = e / half, j = e % half, o = hh * headDim;
         float sf, cf, st, ct;
         sincosf((float)p * invFrom[j], &sf, &cf);
         sincosf((float)p * invTo[j], &st, &ct);
-        float x0 = bf16_to_f32(kr[o + j]) / magFrom, x1 = bf16_to_f32(kr[o + j + half]) / magFrom;
+        float x0 = load_kv(kr + o + j) / magFrom, x1 = load_kv(kr + o + j + half) / magFrom;
         float y0 = x0 * cf + x1 * sf, y1 = x1 * cf - x0 * sf;
         ct *= magTo; st *= magTo;
-        kr[o + j] = f32_to_bf16(y0 * ct - y1 * st);
-        kr[o + j + half] = f32_to_bf16(y1 * ct + y0 * st);
+        store_kv(kr + o + j, y0 * ct - y1 * st);
+        store_kv(kr + o + j + half, y1 * ct + y0 * st);
     }
+}
+
+extern "C" __global__ void rerotate_bf16(bf16* kcache, const float* invFrom, const float* invTo,
+    int maxSeq, int numKvHeads, int headDim, int rotaryDim, float magFrom, float magTo)
+{
+    rerotate(kcache, invFrom, invTo, maxSeq, numKvHeads, headDim, rotaryDim, magFrom, magTo);
+}
+
+extern "C" __global__ void rerotate_f32(float* kcache, const float* invFrom, const float* invTo,
+    int maxSeq, int numKvHeads, int headDim, int rotaryDim, float magFrom, float magTo)
+{
+    rerotate(kcache, invFrom, invTo, maxSeq, numKvHeads, headDim, rotaryDim, magFrom, magTo);
 }

@@ -14,12 +14,15 @@ namespace LlamaRun.Tests;
 public sealed class BackendPair : IDisposable
 {
     private readonly Lazy<CudaBackend> _cuda = new(() => new CudaBackend());
+    private readonly Lazy<CudaBackend> _cudaFull = new(() => new CudaBackend(fullPrecision: true));
     public CpuBackend Cpu { get; } = new();
     public CudaBackend Cuda => _cuda.Value;
+    public CudaBackend CudaFull => _cudaFull.Value;
 
     public void Dispose()
     {
         if (_cuda.IsValueCreated) _cuda.Value.Dispose();
+        if (_cudaFull.IsValueCreated) _cudaFull.Value.Dispose();
         Cpu.Dispose();
     }
 }
@@ -28,7 +31,8 @@ public sealed class BackendOpsTests(BackendPair backends, ITestOutputHelper outp
 {
     private void Check(string name)
     {
-        var r = OpCheck.Run(backends.Cpu, backends.Cuda, OpCases.Find(name));
+        var c = OpCases.Find(name);
+        var r = OpCheck.Run(backends.Cpu, c.FullPrecision ? backends.CudaFull : backends.Cuda, c);
         output.WriteLine($"{r.Shape}: nmse {r.Nmse:E2}, max abs {r.MaxAbs:E2} {r.Detail}");
         Assert.True(r.Pass, $"{r.Shape}: {r.Detail}");
     }
@@ -92,6 +96,35 @@ public sealed class BackendOpsTests(BackendPair backends, ITestOutputHelper outp
         Assert.Contains("does not match", e.Message);
         using var table = g.Alloc(DType.BF16, 10, 64);
         Assert.Throws<ArgumentOutOfRangeException>(() => g.Embedding([3, 10], table, y));
+    }
+
+    [CudaFact]
+    public void FullPrecisionKeepsAnF32CacheAndMatchesTheCpuModel()
+    {
+        var g = backends.CudaFull;
+        Assert.Equal(4, g.KvElementSize);
+        using (var cache = g.AllocKvCache(1, 4, 2, 64)) Assert.Equal(DType.F32, cache.K.DType);
+        string dir = LoaderTestSupport.RepoRoot + "/models/austen";
+        var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+        var ids = Enumerable.Range(0, 300).Select(i => (i * 7919 + 13) % config.VocabSize).ToArray();
+        float[] Logits(IBackend b)
+        {
+            using var w = LlamaWeights.Load(dir, config, b);
+            using var m = Llama.Create(config, w, b, ids.Length, LlamaRun.Rope.RopeMethods.FromConfig(config), maxBatch: 128);
+            var logits = new float[ids.Length * config.VocabSize];
+            m.Forward(ids, 0, LogitsRows.All, logits);
+            return logits;
+        }
+        var expected = Logits(backends.Cpu);
+        var actual = Logits(g);
+        double se = 0, sr = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            se += Math.Pow(actual[i] - expected[i], 2);
+            sr += (double)expected[i] * expected[i];
+        }
+        output.WriteLine($"austen, 300 tokens in chunks of 128, full f32 GPU vs CPU: logits NMSE {se / sr:E2}");
+        Assert.True(se / sr < 1e-9, $"NMSE {se / sr}");
     }
 
     [Fact]

@@ -1,5 +1,6 @@
 // Picks the compute backend for `--device cpu|cuda|auto`: auto uses CUDA when a driver, NVRTC and a GPU are
 // present and falls back to the CPU otherwise; an explicit `cuda` fails with one line saying what is missing.
+// fullPrecision asks the GPU for an f32 KV cache and exact f32 matmuls (the CPU backend always computes that way).
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Backends.Cuda;
 
@@ -9,16 +10,16 @@ namespace LlamaRun.Backends;
 public static class BackendFactory
 {
     /// <summary>Creates the backend for "cpu", "cuda" or "auto"; throws ArgumentException for anything else.</summary>
-    public static IBackend Create(string device)
+    public static IBackend Create(string device, bool fullPrecision = false)
     {
         switch (device)
         {
             case "cpu":
                 return new CpuBackend();
             case "cuda":
-                return (IBackend?)CudaBackend.TryCreate(out string reason) ?? throw new ArgumentException($"--device cuda: {reason}");
+                return (IBackend?)CudaBackend.TryCreate(out string reason, fullPrecision: fullPrecision) ?? throw new ArgumentException($"--device cuda: {reason}");
             case "auto":
-                return (IBackend?)CudaBackend.TryCreate(out _) ?? new CpuBackend();
+                return (IBackend?)CudaBackend.TryCreate(out _, fullPrecision: fullPrecision) ?? new CpuBackend();
             default:
                 throw new ArgumentException($"--device must be cpu, cuda or auto, got '{device}'");
         }

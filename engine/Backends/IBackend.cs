@@ -31,7 +31,7 @@ public interface IBackend : IDisposable
     /// <summary>Copies an F32 tensor to host memory, after all queued work.</summary>
     void Download(Tensor src, Span<float> dst);
 
-    /// <summary>Allocates the KV cache; the backend picks its element type (F32 on CPU, BF16 on CUDA).</summary>
+    /// <summary>Allocates the KV cache; the backend picks its element type (F32 on CPU, BF16 on CUDA unless in full precision).</summary>
     KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim);
 
     /// <summary>dst[t, :] = table[tokens[t], :] as F32; dst is [tokens.Length, hidden].</summary>

@@ -19,9 +19,9 @@ public static unsafe class OpCheck
     private const int GuardRows = 2;
     private const float Sentinel = -1234.5f;
 
-    /// <summary>Runs every case, in table order.</summary>
-    public static IEnumerable<OpCheckResult> RunAll(IBackend reference, IBackend candidate) =>
-        OpCheckCases.All.Select(c => Run(reference, candidate, c));
+    /// <summary>Runs every case, in table order; FullPrecision cases run on fullPrecision when given (the candidate otherwise).</summary>
+    public static IEnumerable<OpCheckResult> RunAll(IBackend reference, IBackend candidate, IBackend? fullPrecision = null) =>
+        OpCheckCases.All.Select(c => Run(reference, c.FullPrecision && fullPrecision is not null ? fullPrecision : candidate, c));
 
     /// <summary>Runs one case on both backends with the same seeded inputs and compares the outputs.</summary>
     public static OpCheckResult Run(IBackend reference, IBackend candidate, OpCase c)

@@ -26,6 +26,9 @@ public sealed record OpCase(OpKind Op, string Source, double MaxNmse)
     /// <summary>Compute type of RmsNorm, Rope, Attention and SwiGlu (inputs are then rounded to it too); the target of Round.</summary>
     public DType Compute { get; init; } = DType.F32;
 
+    /// <summary>Run on the candidate's full-precision mode (f32 KV cache, exact f32 matmuls): must match the CPU to f32 rounding.</summary>
+    public bool FullPrecision { get; init; }
+
     /// <summary>Inject NaN (and where meaningful +Inf) into the inputs to check special-value parity.</summary>
     public bool Specials { get; init; }
 
@@ -41,7 +44,7 @@ public sealed record OpCase(OpKind Op, string Source, double MaxNmse)
         OpKind.Add => $"add n={N}",
         OpKind.Round => $"round n={N}",
         _ => $"argmax rows={T} cols={N}",
-    } + (Compute != DType.F32 ? $" compute={Compute.Name().ToLowerInvariant()}" : "") + (Specials ? " nan/inf" : "") + $" ({Source})";
+    } + (Compute != DType.F32 ? $" compute={Compute.Name().ToLowerInvariant()}" : "") + (FullPrecision ? " full-f32" : "") + (Specials ? " nan/inf" : "") + $" ({Source})";
 
     public int Rot => RotaryDim == 0 ? HeadDim : RotaryDim;
 
@@ -119,7 +122,27 @@ public static class OpCheckCases
         foreach (int n in new[] { 1, 31, 33, 1025 }) c.Add(new(OpKind.Argmax, "awkward, ties", 0) { T = 3, N = n });
         c.Add(new(OpKind.Argmax, "awkward", 0) { T = 2, N = 127, Specials = true });
         AddBf16Compute(c);
+        AddFullPrecision(c);
         return c;
+    }
+
+    // The GPU's full-precision mode (--compute f32): f32 KV cache and f32 matmul operands, so every op agrees with the
+    // CPU to f32 summation order, prefill matmuls (cuBLAS SGEMM or the GEMV fallback) and attention included.
+    private static void AddFullPrecision(List<OpCase> c)
+    {
+        c.Add(new(OpKind.MatMul, "Llama-2-7B q_proj prefill", F32) { Weight = DType.BF16, T = 512, N = 4096, Out = 4096, FullPrecision = true });
+        c.Add(new(OpKind.MatMul, "Llama-2-7B up_proj prefill", F32) { Weight = DType.BF16, T = 130, N = 4096, Out = 11008, FullPrecision = true });
+        c.Add(new(OpKind.MatMul, "awkward", F32) { Weight = DType.BF16, T = 33, N = 1025, Out = 127, FullPrecision = true });
+        c.Add(new(OpKind.MatMul, "awkward", F32) { Weight = DType.F16, T = 40, N = 100, Out = 50, FullPrecision = true });
+        c.Add(new(OpKind.MatMul, "awkward", F32) { Weight = DType.F32, T = 20, N = 64, Out = 33, FullPrecision = true });
+        c.Add(new(OpKind.Rope, "Llama-3-8B prefill", F32) { T = 64, Heads = 32, KvHeads = 8, HeadDim = 128, Theta = 500000f, FullPrecision = true });
+        c.Add(new(OpKind.Rope, "YaRN magnitude + query scale", F32) { T = 5, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 5000, Magnitude = 1.13f, QueryScale = true, FullPrecision = true });
+        c.Add(new(OpKind.Rope, "partial rotary", F32) { T = 31, Heads = 3, KvHeads = 1, HeadDim = 64, RotaryDim = 32, StartPos = 2, FullPrecision = true });
+        c.Add(new(OpKind.Attention, "Llama-2-7B prefill", F32) { T = 256, Heads = 32, KvHeads = 32, HeadDim = 128, FullPrecision = true });
+        c.Add(new(OpKind.Attention, "Llama-3-8B chunked prefill", F32) { T = 100, Heads = 8, KvHeads = 2, HeadDim = 128, StartPos = 1000, FullPrecision = true });
+        c.Add(new(OpKind.Attention, "Llama-3-8B decode at 16k", F32) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16383, Theta = 500000f, FullPrecision = true });
+        c.Add(new(OpKind.Attention, "head dim 256", F32) { T = 2, Heads = 2, KvHeads = 1, HeadDim = 256, StartPos = 70, FullPrecision = true });
+        c.Add(new(OpKind.Rerotate, "dynamic NTK switch", F32) { T = 100, Heads = 8, KvHeads = 8, HeadDim = 64, FullPrecision = true });
     }
 
     // Ops computing like a bf16 framework (Llama.Create activations: BF16): the same roundings on both backends, so the

@@ -28,11 +28,12 @@ int failures = 0;
 if (mode is "check" or "all")
 {
     using var cpu = new CpuBackend();
+    using var full = new CudaBackend(fullPrecision: true);
     foreach (var c in OpCheckCases.All)
     {
         var sw = Stopwatch.StartNew();
         OpCheckResult r;
-        try { r = OpCheck.Run(cpu, cuda, c); }
+        try { r = OpCheck.Run(cpu, c.FullPrecision ? full : cuda, c); }
         catch (Exception e) { r = new OpCheckResult(c.Op.ToString(), c.Name, double.NaN, double.NaN, false, e.GetType().Name + ": " + e.Message); }
         if (!r.Pass) failures++;
         Console.WriteLine($"{(r.Pass ? "ok  " : "FAIL")} {r.Shape,-90} nmse {r.Nmse,9:E2} maxabs {r.MaxAbs,9:E2} {sw.ElapsedMilliseconds,6} ms {r.Detail}");

@@ -1,6 +1,8 @@
 // Everything a command needs to run a model: config, tokenizer, backend, weights, RoPE schedule, KV cache.
 // Shared flags: -m DIR, --ctx N, --device cpu|cuda|auto, --rope METHOD[:k=v,...], --rope-table FILE,
-// --compute f32|bf16 (bf16 rounds every activation and op intermediate as transformers in bfloat16 does).
+// --compute mixed|f32|bf16: mixed (default) keeps activations in f32 with a bf16 KV cache and bf16 tensor-core
+// operands on the GPU; f32 keeps everything but the stored weights in f32 (the CPU always does); bf16 rounds every
+// activation and op intermediate as transformers in bfloat16 does.
 using LlamaRun.Backends;
 using LlamaRun.Model;
 using LlamaRun.Rope;
@@ -53,7 +55,7 @@ public sealed class ModelSession : IDisposable
         string device = args.String("--device") ?? "auto";
         string? ropeSpec = args.String("--rope");
         string? ropeTable = args.String("--rope-table");
-        var compute = ComputeType(args.String("--compute"));
+        var (compute, fullPrecision) = ComputeType(args.String("--compute"));
         var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
         if (ctx <= 0) ctx = config.MaxPositionEmbeddings;
         if (ctx > MaxContext) throw new UsageException($"--ctx {ctx} is larger than the {MaxContext} positions llama-run supports");
@@ -61,7 +63,7 @@ public sealed class ModelSession : IDisposable
         if (tokenizer is not null && tokenizer.VocabSize > config.VocabSize)
             throw new UsageException($"{dir}: the tokenizer has {tokenizer.VocabSize} tokens but the model only {config.VocabSize}");
 
-        var backend = BackendFactory.Create(device);
+        var backend = BackendFactory.Create(device, fullPrecision);
         try
         {
             CheckMemory(backend, config, ctx);
@@ -85,12 +87,13 @@ public sealed class ModelSession : IDisposable
         }
     }
 
-    // --compute: f32 (default) or bf16.
-    private static DType ComputeType(string? value) => value?.ToLowerInvariant() switch
+    // --compute: mixed (default), f32 (full precision on the GPU too) or bf16 (activations rounded as in bf16).
+    private static (DType Activations, bool FullPrecision) ComputeType(string? value) => value?.ToLowerInvariant() switch
     {
-        null or "f32" => DType.F32,
-        "bf16" => DType.BF16,
-        _ => throw new UsageException($"--compute must be f32 or bf16, not '{value}'"),
+        null or "mixed" => (DType.F32, false),
+        "f32" => (DType.F32, true),
+        "bf16" => (DType.BF16, false),
+        _ => throw new UsageException($"--compute must be mixed, f32 or bf16, not '{value}'"),
     };
 
     private static bool HasTokenizer(string dir) =>

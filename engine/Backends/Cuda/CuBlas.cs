@@ -1,6 +1,7 @@
 // Optional cuBLAS for large prefill GEMMs: libcublas.so.13/.12 loaded at run time when present (LLAMA_CUBLAS=0 turns
 // it off), six functions bound by hand, one handle on the backend's stream with a fixed workspace. Without it the
-// backend keeps its own mma.sync GEMM. Exercised by tests/BackendOpsTests.cs MatMul and `llama-run bench`.
+// backend keeps its own mma.sync GEMM. Full-precision mode multiplies f32 activations by f32-widened weight rows
+// (SGEMM, no TF32). Exercised by tests/BackendOpsTests.cs MatMul and `llama-run bench`.
 using System.Runtime.InteropServices;
 
 namespace LlamaRun.Backends.Cuda;
@@ -28,6 +29,11 @@ internal sealed unsafe class CuBlas : IDisposable
     private ulong _workspace;
     private ulong _scratch;        // [capacity] bf16 activations of the current GEMM
     private long _scratchCapacity;
+    private ulong _wide;           // [capacity] f32 weight rows of the current full-precision GEMM
+    private long _wideCapacity;
+
+    /// <summary>f32 elements of the widened-weight buffer: weight rows are widened and multiplied in blocks this large.</summary>
+    public const long WideElements = 16L << 20;
 
     /// <summary>Library and version that was loaded, for the device line.</summary>
     public static string Library { get; private set; } = "";
@@ -121,28 +127,40 @@ internal sealed unsafe class CuBlas : IDisposable
     }
 
     /// <summary>A bf16 buffer of at least elements entries for the activations; grows (after a stream sync) only when a larger prefill arrives.</summary>
-    public ulong Scratch(long elements)
+    public ulong Scratch(long elements) => Grow(ref _scratch, ref _scratchCapacity, elements, 2);
+
+    /// <summary>The f32 buffer of WideElements entries that full-precision GEMMs widen weight rows into.</summary>
+    public ulong Wide() => Grow(ref _wide, ref _wideCapacity, WideElements, 4);
+
+    private ulong Grow(ref ulong buffer, ref long capacity, long elements, int elementBytes)
     {
-        if (elements <= _scratchCapacity) return _scratch;
+        if (elements <= capacity) return buffer;
         Cu.Check(Cu.cuStreamSynchronize(_stream));
-        if (_scratch != 0) Cu.cuMemFree(_scratch);
-        _scratch = 0;
-        _scratchCapacity = 0;
+        if (buffer != 0) Cu.cuMemFree(buffer);
+        buffer = 0;
+        capacity = 0;
         long cap = Math.Max(elements, 1L << 20);
         ulong p;
-        Cu.Check(Cu.cuMemAlloc(&p, (nuint)(cap * 2)));
-        _scratch = p;
-        _scratchCapacity = cap;
+        Cu.Check(Cu.cuMemAlloc(&p, (nuint)(cap * elementBytes)));
+        buffer = p;
+        capacity = cap;
         return p;
     }
 
     /// <summary>dst[T, out] (f32) = x[T, in] (bf16) * weight[out, in]^T (bf16), f32 accumulation, on the handle's stream.</summary>
-    public void GemmBf16(ulong x, ulong weight, ulong dst, int tokens, int inDim, int outDim)
+    public void GemmBf16(ulong x, ulong weight, ulong dst, int tokens, int inDim, int outDim) =>
+        Gemm(x, weight, DataBF16, dst, tokens, inDim, outDim, outDim);
+
+    /// <summary>Columns [0, rows) of dst[T, ldDst] (f32) = x[T, in] (f32) * weight[rows, in]^T (f32): SGEMM without TF32.</summary>
+    public void GemmF32(ulong x, ulong weight, ulong dst, int tokens, int inDim, int rows, int ldDst) =>
+        Gemm(x, weight, DataF32, dst, tokens, inDim, rows, ldDst);
+
+    private void Gemm(ulong x, ulong weight, int type, ulong dst, int tokens, int inDim, int outDim, int ldDst)
     {
         // Column-major view: C[out, T] = op_T(W[in, out]) * X[in, T].
         float alpha = 1f, beta = 0f;
-        int r = cublasGemmEx(_handle, OpT, OpN, outDim, tokens, inDim, &alpha, weight, DataBF16, inDim, x, DataBF16, inDim,
-            &beta, dst, DataF32, outDim, Compute32F, GemmDefault);
+        int r = cublasGemmEx(_handle, OpT, OpN, outDim, tokens, inDim, &alpha, weight, type, inDim, x, type, inDim,
+            &beta, dst, DataF32, ldDst, Compute32F, GemmDefault);
         if (r != 0) throw new CudaException($"cublasGemmEx failed with status {r} (T {tokens}, in {inDim}, out {outDim})");
     }
 
@@ -152,6 +170,7 @@ internal sealed unsafe class CuBlas : IDisposable
         _handle = 0;
         if (_workspace != 0) Cu.cuMemFree(_workspace);
         if (_scratch != 0) Cu.cuMemFree(_scratch);
-        _workspace = _scratch = 0;
+        if (_wide != 0) Cu.cuMemFree(_wide);
+        _workspace = _scratch = _wide = 0;
     }
 }

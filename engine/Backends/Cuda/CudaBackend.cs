@@ -1,6 +1,8 @@
 // IBackend on an NVIDIA GPU: checks shapes, then queues the kernels of kernels/*.cu on one stream (CudaKernels).
 // Owns the context, the stream, the kernel modules and small fixed work buffers; weights, activations and the KV
-// cache come from Alloc/Upload/AllocKvCache. LLAMA_SYNC=1 waits after every launch. Exercised by BackendOpsTests.
+// cache come from Alloc/Upload/AllocKvCache. Full-precision mode (fullPrecision: true) keeps the KV cache in f32 and
+// multiplies f32 activations exactly (no bf16 tensor-core operands), as the CPU backend does; slower, for reference
+// runs. LLAMA_SYNC=1 waits after every launch. Exercised by BackendOpsTests.
 using System.Text;
 using LlamaRun.Model;
 using LlamaRun.Rope;
@@ -28,12 +30,14 @@ public sealed unsafe class CudaBackend : IBackend
     private bool _disposed;
     private readonly CuBlas? _blas;                           // large bf16 GEMMs when libcublas is present
     private readonly bool _flashAttention = Environment.GetEnvironmentVariable("LLAMA_FLASH_ATTENTION") != "0";
+    private readonly bool _fullPrecision;                     // f32 KV cache, exact f32 matmuls
 
-    /// <summary>Opens GPU <paramref name="device"/>, compiles or loads the cached kernels, and allocates work buffers.</summary>
-    public CudaBackend(int device = 0)
+    /// <summary>Opens GPU <paramref name="device"/>, compiles or loads the cached kernels, and allocates work buffers; fullPrecision keeps the KV cache and matmul operands in f32.</summary>
+    public CudaBackend(int device = 0, bool fullPrecision = false)
     {
         if (!TryInitialize(out string reason)) throw new CudaException(reason);
         _device = device;
+        _fullPrecision = fullPrecision;
         int dev, major, minor, sms;
         Cu.Check(Cu.cuDeviceGet(&dev, device));
         Cu.Check(Cu.cuDeviceGetAttribute(&major, Cu.DeviceAttributeComputeCapabilityMajor, dev));
@@ -70,19 +74,19 @@ public sealed unsafe class CudaBackend : IBackend
         }
         Device = $"{System.Runtime.InteropServices.Marshal.PtrToStringUTF8((nint)name)} (cc {major}.{minor}, {sms} SMs, "
             + $"{total / (1 << 20)} MiB, kernels {_kernels.Target} via NVRTC {KernelCompiler.NvrtcVersion}"
-            + (_blas is null ? ")" : $", GEMM {Path.GetFileName(CuBlas.Library)})");
+            + (_blas is null ? "" : $", GEMM {Path.GetFileName(CuBlas.Library)}") + (fullPrecision ? ", full f32)" : ")");
     }
 
     /// <summary>True when a CUDA driver, a GPU and NVRTC are present; otherwise reason says which is missing.</summary>
     public static bool IsAvailable(out string reason) => TryInitialize(out reason);
 
     /// <summary>Creates the backend, or returns null with a one-line reason (no driver, no GPU, no NVRTC, compile error).</summary>
-    public static CudaBackend? TryCreate(out string reason, int device = 0)
+    public static CudaBackend? TryCreate(out string reason, int device = 0, bool fullPrecision = false)
     {
         if (!TryInitialize(out reason)) return null;
         try
         {
-            return new CudaBackend(device);
+            return new CudaBackend(device, fullPrecision);
         }
         catch (Exception e) when (e is CudaException or NvrtcException)
         {
@@ -104,7 +108,10 @@ public sealed unsafe class CudaBackend : IBackend
 
     public string Name => "cuda";
 
-    public int KvElementSize => 2;
+    public int KvElementSize => _fullPrecision ? 4 : 2;
+
+    /// <summary>True when the KV cache and the matmul operands stay f32 (the constructor's fullPrecision).</summary>
+    public bool FullPrecision => _fullPrecision;
 
     public long FreeMemoryBytes
     {
@@ -196,8 +203,9 @@ public sealed unsafe class CudaBackend : IBackend
 
     public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim)
     {
-        var k = Alloc(DType.BF16, numLayers * maxSeq, numKvHeads * headDim);
-        var v = Alloc(DType.BF16, numLayers * maxSeq, numKvHeads * headDim);
+        var dtype = _fullPrecision ? DType.F32 : DType.BF16;
+        var k = Alloc(dtype, numLayers * maxSeq, numKvHeads * headDim);
+        var v = Alloc(dtype, numLayers * maxSeq, numKvHeads * headDim);
         return new KvCache(k, v, numLayers, maxSeq, numKvHeads, headDim);
     }
 
@@ -224,6 +232,13 @@ public sealed unsafe class CudaBackend : IBackend
     private void RequireOwn(Tensor t, string name)
     {
         if (!ReferenceEquals(t.Backend, this)) throw new ArgumentException($"{name} {t} belongs to backend {t.Backend.Name}", name);
+    }
+
+    // A cache of this backend's making: K and V both bf16 or both f32.
+    private static void RequireCache(KvCache cache)
+    {
+        if (cache.K.DType is not (DType.BF16 or DType.F32) || cache.V.DType != cache.K.DType)
+            throw new ArgumentException($"KV cache must be bf16 or f32, got K {cache.K} and V {cache.V}", nameof(cache));
     }
 
     private static void RequireShape(Tensor t, int rows, int cols, string name)
@@ -268,7 +283,12 @@ public sealed unsafe class CudaBackend : IBackend
         RequireShape(dst, x.Rows, weight.Rows, nameof(dst));
         int tokens = x.Rows, inDim = x.Cols, outDim = weight.Rows;
         if (tokens == 0 || outDim == 0) return;
-        if (weight.DType == DType.BF16 && tokens > CudaKernels.GemvMaxTokens && _blas is not null)
+        if (_fullPrecision && tokens > CudaKernels.GemvMaxTokens && _blas is not null)
+        {
+            MatMulF32(x, weight, dst, tokens, inDim, outDim);
+            return;
+        }
+        if (!_fullPrecision && weight.DType == DType.BF16 && tokens > CudaKernels.GemvMaxTokens && _blas is not null)
         {
             // Same numerics as gemm_mma_bf16: activations rounded to bf16, products accumulated in f32.
             ulong xb = _blas.Scratch((long)tokens * inDim);
@@ -276,7 +296,7 @@ public sealed unsafe class CudaBackend : IBackend
             _blas.GemmBf16(xb, (ulong)weight.Pointer, (ulong)dst.Pointer, tokens, inDim, outDim);
             return;
         }
-        if (weight.DType == DType.BF16 && tokens > CudaKernels.GemvMaxTokens)
+        if (!_fullPrecision && weight.DType == DType.BF16 && tokens > CudaKernels.GemvMaxTokens)
         {
             _launch.GemmMmaBf16((ulong)x.Pointer, (ulong)weight.Pointer, (ulong)dst.Pointer, tokens, inDim, outDim);
             return;
@@ -294,6 +314,24 @@ public sealed unsafe class CudaBackend : IBackend
         }
     }
 
+    // Full precision through cuBLAS: f32 weights directly, bf16/f16 weights widened to f32 a block of rows at a time.
+    private void MatMulF32(Tensor x, Tensor weight, Tensor dst, int tokens, int inDim, int outDim)
+    {
+        if (weight.DType == DType.F32)
+        {
+            _blas!.GemmF32((ulong)x.Pointer, (ulong)weight.Pointer, (ulong)dst.Pointer, tokens, inDim, outDim, outDim);
+            return;
+        }
+        ulong wide = _blas!.Wide();
+        int blockRows = (int)Math.Max(1, Math.Min(outDim, CuBlas.WideElements / inDim));
+        for (int r0 = 0; r0 < outDim; r0 += blockRows)
+        {
+            int rows = Math.Min(blockRows, outDim - r0);
+            _launch.Widen(weight.DType == DType.F16, (ulong)weight.Pointer + (ulong)((long)r0 * inDim * 2), wide, (long)rows * inDim);
+            _blas.GemmF32((ulong)x.Pointer, wide, (ulong)dst.Pointer + (ulong)r0 * 4, tokens, inDim, rows, outDim);
+        }
+    }
+
     public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32)
     {
         bool bf16 = Bf16Compute(compute);
@@ -301,7 +339,7 @@ public sealed unsafe class CudaBackend : IBackend
         Require(q, DType.F32, nameof(q));
         Require(k, DType.F32, nameof(k));
         Require(v, DType.F32, nameof(v));
-        Require(cache.K, DType.BF16, "cache.K");
+        RequireCache(cache);
         int hd = cache.HeadDim, tokens = q.Rows;
         if (q.Cols % hd != 0) throw new ArgumentException($"q {q} is not a multiple of head dim {hd}", nameof(q));
         RequireShape(k, tokens, cache.KvDim, nameof(k));
@@ -316,7 +354,7 @@ public sealed unsafe class CudaBackend : IBackend
         bool qsOn = qs is not null && layer >= qs.SkipLayers;
         _launch.Rope((ulong)q.Pointer, (ulong)k.Pointer, (ulong)v.Pointer, (ulong)cache.K.Pointer, (ulong)cache.V.Pointer, inv,
             tokens, q.Cols / hd, cache.NumKvHeads, hd, table.RotaryDim, startPos, layer * cache.MaxSeq + startPos,
-            table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0, bf16);
+            table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0, bf16, cache.K.DType == DType.F32);
     }
 
     public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32)
@@ -334,23 +372,25 @@ public sealed unsafe class CudaBackend : IBackend
         if (startPos < 0 || startPos + tokens > cache.MaxSeq) throw new ArgumentOutOfRangeException(nameof(startPos));
         if (tokens > 65535) throw new ArgumentException($"at most 65535 queries per call, got {tokens}", nameof(q));
         if (tokens == 0) return;
-        ulong rowK = (ulong)cache.K.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
-        ulong rowV = (ulong)cache.V.Pointer + (ulong)((long)layer * cache.MaxSeq * cache.KvDim * 2);
+        RequireCache(cache);
+        long layerBytes = (long)layer * cache.MaxSeq * cache.KvDim * cache.K.DType.Size();
+        ulong rowK = (ulong)cache.K.Pointer + (ulong)layerBytes;
+        ulong rowV = (ulong)cache.V.Pointer + (ulong)layerBytes;
         _launch.Attention((ulong)q.Pointer, rowK, rowV, (ulong)dst.Pointer, _attentionScratch, AttentionScratchFloats, tokens,
-            heads, cache.NumKvHeads, hd, startPos, _smCount, _flashAttention, bf16);
+            heads, cache.NumKvHeads, hd, startPos, _smCount, _flashAttention, bf16, cache.K.DType == DType.F32);
     }
 
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
     {
         Bind();
-        Require(cache.K, DType.BF16, "cache.K");
+        RequireCache(cache);
         if (from.RotaryDim != to.RotaryDim || from.RotaryDim > cache.HeadDim)
             throw new ArgumentException($"rotary dims {from.RotaryDim} and {to.RotaryDim} do not fit head dim {cache.HeadDim}", nameof(to));
         if (length < 0 || length > cache.MaxSeq) throw new ArgumentOutOfRangeException(nameof(length));
         if (length == 0) return;
         ulong f = _rope.Get(from), t = _rope.Get(to, keep: f);
         _launch.Rerotate((ulong)cache.K.Pointer, f, t, cache.NumLayers, cache.MaxSeq, length, cache.NumKvHeads, cache.HeadDim,
-            from.RotaryDim, from.Magnitude, to.Magnitude);
+            from.RotaryDim, from.Magnitude, to.Magnitude, cache.K.DType == DType.F32);
     }
 
     public void SwiGlu(Tensor gate, Tensor up, Tensor dst, DType compute = DType.F32)

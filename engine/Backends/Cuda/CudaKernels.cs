@@ -9,7 +9,8 @@ internal sealed unsafe class CudaKernels
     [
         "embedding_f32", "embedding_f16", "embedding_bf16", "rmsnorm_f32", "rmsnorm_cbf16_f32",
         "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemv_warp_per_row_t1_bf16", "gemm_mma_bf16", "to_bf16_f32",
-        "rope_f32", "rope_cbf16_f32", "rerotate_bf16", "attention_split_bf16", "attention_tiled_bf16", "attention_combine",
+        "widen_bf16_f32", "widen_f16_f32", "rope_f32", "rope_cbf16_f32", "rope_f32_cf32", "rope_cbf16_f32_cf32",
+        "rerotate_bf16", "rerotate_f32", "attention_split_bf16", "attention_split_f32", "attention_tiled_bf16", "attention_combine",
         "attention_flash_hd64_bf16", "attention_flash_hd128_bf16", "attention_flash_q128_hd64_bf16", "attention_flash_q128_hd128_bf16",
         "swiglu_f32", "swiglu_cbf16_f32", "add_f32", "round_bf16_f32", "round_f16_f32", "argmax_f32",
     ];
@@ -80,32 +81,41 @@ internal sealed unsafe class CudaKernels
         Launch("to_bf16_f32", Blocks((n + 3) / 4, 256), 1, 1, 256, a);
     }
 
+    /// <summary>dst (f32) = n bf16 (or f16) values of src, exactly.</summary>
+    public void Widen(bool f16, ulong src, ulong dst, long n)
+    {
+        void** a = stackalloc void*[] { &src, &dst, &n };
+        Launch(f16 ? "widen_f16_f32" : "widen_bf16_f32", Blocks(n, 256), 1, 1, 256, a);
+    }
+
+    // cacheF32: the KV cache holds f32 (full-precision mode) instead of bf16.
     public void Rope(ulong q, ulong k, ulong v, ulong kcache, ulong vcache, ulong invFreq, int tokens, int numHeads,
         int numKvHeads, int headDim, int rotaryDim, int startPos, int cacheRow0, float magnitude,
-        float queryScaleContext, int queryScaleOn, bool bf16)
+        float queryScaleContext, int queryScaleOn, bool bf16, bool cacheF32)
     {
         void** a = stackalloc void*[]
         {
             &q, &k, &v, &kcache, &vcache, &invFreq, &numHeads, &numKvHeads, &headDim, &rotaryDim, &startPos, &cacheRow0,
             &magnitude, &queryScaleContext, &queryScaleOn,
         };
-        Launch(bf16 ? "rope_cbf16_f32" : "rope_f32", (uint)tokens, 1, 1, 256, a);
+        Launch((bf16 ? "rope_cbf16_f32" : "rope_f32") + (cacheF32 ? "_cf32" : ""), (uint)tokens, 1, 1, 256, a);
     }
 
     public void Rerotate(ulong kcache, ulong invFrom, ulong invTo, int numLayers, int maxSeq, int length, int numKvHeads,
-        int headDim, int rotaryDim, float magFrom, float magTo)
+        int headDim, int rotaryDim, float magFrom, float magTo, bool cacheF32)
     {
         void** a = stackalloc void*[] { &kcache, &invFrom, &invTo, &maxSeq, &numKvHeads, &headDim, &rotaryDim, &magFrom, &magTo };
-        Launch("rerotate_bf16", (uint)length, (uint)numLayers, 1, 128, a);
+        Launch(cacheF32 ? "rerotate_f32" : "rerotate_bf16", (uint)length, (uint)numLayers, 1, 128, a);
     }
 
     /// <summary>Picks the attention variant: flash (prefill, head dim 64/128), tiled or per-head split-K plus combine.</summary>
     public void Attention(ulong q, ulong kcache, ulong vcache, ulong dst, ulong partial, long partialFloats, int tokens,
-        int numHeads, int numKvHeads, int headDim, int startPos, int smCount, bool flash, bool bf16)
+        int numHeads, int numKvHeads, int headDim, int startPos, int smCount, bool flash, bool bf16, bool cacheF32)
     {
-        // The flash kernels round the softmax weights to bf16 for the tensor cores in either mode.
+        // The flash kernels round the softmax weights to bf16 for the tensor cores in either mode; an f32 cache
+        // (full precision) takes the split kernel, which keeps them f32 unless bf16 compute asks otherwise.
         float scale = 1f / MathF.Sqrt(headDim);
-        if (flash && tokens >= FlashMinTokens && headDim is 64 or 128)
+        if (flash && !cacheF32 && tokens >= FlashMinTokens && headDim is 64 or 128)
         {
             float scaleLog2 = scale * 1.4426950408889634f;   // softmax in the exp2 domain
             void** f = stackalloc void*[] { &q, &kcache, &vcache, &dst, &tokens, &numHeads, &numKvHeads, &startPos, &scaleLog2 };
@@ -116,7 +126,7 @@ internal sealed unsafe class CudaKernels
                 Launch(headDim == 64 ? "attention_flash_hd64_bf16" : "attention_flash_hd128_bf16", (uint)((tokens + 63) / 64), (uint)numHeads, 1, 128, f);
             return;
         }
-        bool tiled = headDim <= TiledMaxHeadDim && headDim % 8 == 0 && numHeads / numKvHeads <= TiledMaxGroup;
+        bool tiled = !cacheF32 && headDim <= TiledMaxHeadDim && headDim % 8 == 0 && numHeads / numKvHeads <= TiledMaxGroup;
         int units = tiled ? numKvHeads : numHeads, maxLen = startPos + tokens;
         // Enough (head, query, split) blocks to fill the GPU about SplitWaves times, at least one 64-key tile a split.
         long wanted = Math.Max(1, (long)SplitWaves * smCount / ((long)units * tokens));
@@ -133,7 +143,7 @@ internal sealed unsafe class CudaKernels
             &q, &kcache, &vcache, &dst, &partial, &numHeads, &numKvHeads, &headDim, &startPos, &splitLen, &splits, &scale, &roundP,
         };
         if (tiled) Launch("attention_tiled_bf16", (uint)numKvHeads, (uint)tokens, (uint)splits, 128, a);
-        else Launch("attention_split_bf16", (uint)numHeads, (uint)tokens, (uint)splits, 128, a);
+        else Launch(cacheF32 ? "attention_split_f32" : "attention_split_bf16", (uint)numHeads, (uint)tokens, (uint)splits, 128, a);
         if (splits <= 1) return;
         void** c = stackalloc void*[] { &partial, &dst, &numHeads, &headDim, &splits };
         Launch("attention_combine", (uint)numHeads, (uint)tokens, 1, 128, c);
