@@ -87,8 +87,8 @@ public sealed class ModelSession : IDisposable
         }
     }
 
-    // --compute: mixed (default), f32 (full precision on the GPU too) or bf16 (activations rounded as in bf16).
-    private static (DType Activations, bool FullPrecision) ComputeType(string? value) => value?.ToLowerInvariant() switch
+    /// <summary>Parses --compute: mixed (default), f32 (full precision on the GPU too) or bf16 (activations rounded as in bf16).</summary>
+    public static (DType Activations, bool FullPrecision) ComputeType(string? value) => value?.ToLowerInvariant() switch
     {
         null or "mixed" => (DType.F32, false),
         "f32" => (DType.F32, true),

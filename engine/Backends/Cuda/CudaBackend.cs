@@ -66,6 +66,7 @@ public sealed unsafe class CudaBackend : IBackend
             EnsureTokens(4096);
             EnsureArgmax(64);
             _blas = CuBlas.TryCreate(_stream, out _);
+            if (fullPrecision) _blas?.Wide();   // the widened-weight buffer, allocated up front like every other
         }
         catch
         {
