@@ -40,6 +40,15 @@ public sealed class Tensor : IDisposable
         return new Tensor(Backend, DType, count, Cols, Pointer + (nint)((long)row * Cols * DType.Size()), null);
     }
 
+    /// <summary>A non-owning view of columns [col, col + count) of a one-row tensor (contiguous, unlike columns of several rows).</summary>
+    public Tensor SliceCols(int col, int count)
+    {
+        if (Rows != 1) throw new InvalidOperationException($"column views need a one-row tensor, not {this}");
+        if ((uint)col > (uint)Cols || (uint)count > (uint)(Cols - col))
+            throw new ArgumentOutOfRangeException(nameof(col), $"columns [{col}, {col + count}) outside [0, {Cols})");
+        return new Tensor(Backend, DType, 1, count, Pointer + (nint)((long)col * DType.Size()), null);
+    }
+
     public override string ToString() => $"{DType.Name()}[{Rows}, {Cols}]";
 
     public void Dispose()

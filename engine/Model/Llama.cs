@@ -117,15 +117,26 @@ public sealed class Llama : IDisposable
         for (int l = 0; l < Config.NumHiddenLayers; l++)
         {
             var w = Weights.Layers[l];
+            bool decode = tokens.Length == 1;
             b.RmsNorm(a.X, w.InputLayernorm, a.Xb, eps, Activations);
             R(a.Xb);
-            b.MatMul(a.Xb, w.QProj, a.Q);
-            b.MatMul(a.Xb, w.KProj, a.K);
-            b.MatMul(a.Xb, w.VProj, a.V);
-            R(a.Q); R(a.K); R(a.V);
-            b.Rope(a.Q, a.K, a.V, Cache, l, pos, table, Activations);
-            R(a.Q);
-            b.Attention(a.Q, Cache, l, pos, a.Att, Activations);
+            Tensor q = a.Q, k = a.K, v = a.V;
+            if (decode && w.Qkv is not null)
+            {
+                // One token: one matmul over the stacked q/k/v rows; q, k and v are column views of its output row.
+                b.MatMul(a.Xb, w.Qkv, _act.Qkv);
+                (q, k, v) = (_act.QkvQ, _act.QkvK, _act.QkvV);
+            }
+            else
+            {
+                b.MatMul(a.Xb, w.QProj, q);
+                b.MatMul(a.Xb, w.KProj, k);
+                b.MatMul(a.Xb, w.VProj, v);
+            }
+            R(q); R(k); R(v);
+            b.Rope(q, k, v, Cache, l, pos, table, Activations);
+            R(q);
+            b.Attention(q, Cache, l, pos, a.Att, Activations);
             R(a.Att);
             b.MatMul(a.Att, w.OProj, a.Xb);
             R(a.Xb);
@@ -134,12 +145,21 @@ public sealed class Llama : IDisposable
 
             b.RmsNorm(a.X, w.PostAttentionLayernorm, a.Xb, eps, Activations);
             R(a.Xb);
-            b.MatMul(a.Xb, w.GateProj, a.Gate);
-            b.MatMul(a.Xb, w.UpProj, a.Up);
-            R(a.Gate); R(a.Up);
-            b.SwiGlu(a.Gate, a.Up, a.Gate, Activations);
-            R(a.Gate);
-            b.MatMul(a.Gate, w.DownProj, a.Xb);
+            Tensor gate = a.Gate, up = a.Up;
+            if (decode && w.GateUp is not null)
+            {
+                b.MatMul(a.Xb, w.GateUp, _act.GateUp);
+                (gate, up) = (_act.GateUpGate, _act.GateUpUp);
+            }
+            else
+            {
+                b.MatMul(a.Xb, w.GateProj, gate);
+                b.MatMul(a.Xb, w.UpProj, up);
+            }
+            R(gate); R(up);
+            b.SwiGlu(gate, up, gate, Activations);
+            R(gate);
+            b.MatMul(gate, w.DownProj, a.Xb);
             R(a.Xb);
             b.Add(a.X, a.Xb, a.X);
             R(a.X);
@@ -192,7 +212,19 @@ public sealed class Llama : IDisposable
             _up = b.Alloc(DType.F32, maxBatch, c.IntermediateSize);   // [batch, ffn]
             LogitRows = Math.Max(1, Math.Min(maxBatch, (int)Math.Min(128, (64L << 20) / 4 / c.VocabSize)));
             Logits = b.Alloc(DType.F32, LogitRows, c.VocabSize);      // [LogitRows, vocab]
+            Qkv = b.Alloc(DType.F32, 1, c.QDim + 2 * c.KvDim);         // [1, q | k | v] one decoded token's projections
+            GateUp = b.Alloc(DType.F32, 1, 2 * c.IntermediateSize);    // [1, gate | up]
+            (QkvQ, QkvK, QkvV) = (Qkv.SliceCols(0, c.QDim), Qkv.SliceCols(c.QDim, c.KvDim), Qkv.SliceCols(c.QDim + c.KvDim, c.KvDim));
+            (GateUpGate, GateUpUp) = (GateUp.SliceCols(0, c.IntermediateSize), GateUp.SliceCols(c.IntermediateSize, c.IntermediateSize));
         }
+
+        public Tensor Qkv { get; }
+        public Tensor QkvQ { get; }
+        public Tensor QkvK { get; }
+        public Tensor QkvV { get; }
+        public Tensor GateUp { get; }
+        public Tensor GateUpGate { get; }
+        public Tensor GateUpUp { get; }
 
         public int LogitRows { get; }
         public Tensor Logits { get; }
@@ -202,7 +234,7 @@ public sealed class Llama : IDisposable
 
         public void Dispose()
         {
-            foreach (var t in new[] { _x, _xb, _q, _k, _v, _att, _gate, _up, Logits }) t.Dispose();
+            foreach (var t in new[] { _x, _xb, _q, _k, _v, _att, _gate, _up, Logits, Qkv, GateUp }) t.Dispose();
         }
     }
 

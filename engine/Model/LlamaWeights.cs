@@ -1,5 +1,7 @@
 // Llama weights under their Hugging Face names, strictly loaded from a checkpoint and uploaded to a backend.
-// Matrices keep their checkpoint dtype (the CPU backend aliases the mapping); norms become F32. Exercise: dotnet test --filter WeightsTests
+// Matrices keep their checkpoint dtype (the CPU backend aliases the mapping); norms become F32. With fuseProjections
+// (the GPU default) q/k/v and gate/up of a layer are stored as one matrix each, so decoding runs one matmul for each
+// group; the single projections are row views of it. Exercise: dotnet test --filter "WeightsTests|LlamaTests"
 using System.Runtime.InteropServices;
 using LlamaRun.Backends;
 
@@ -15,7 +17,14 @@ public sealed record LayerWeights(
     Tensor PostAttentionLayernorm,  // F32 [1, hidden]
     Tensor GateProj,                // [intermediate, hidden]
     Tensor UpProj,                  // [intermediate, hidden]
-    Tensor DownProj);               // [hidden, intermediate]
+    Tensor DownProj)                // [hidden, intermediate]
+{
+    /// <summary>q_proj, k_proj and v_proj stacked, [heads * headDim + 2 * kvHeads * headDim, hidden], when fused.</summary>
+    public Tensor? Qkv { get; init; }
+
+    /// <summary>gate_proj and up_proj stacked, [2 * intermediate, hidden], when fused.</summary>
+    public Tensor? GateUp { get; init; }
+}
 
 /// <summary>All weights of a Llama checkpoint on one backend; owns the file mapping and host buffers until Dispose.</summary>
 public sealed class LlamaWeights : IDisposable
@@ -55,9 +64,10 @@ public sealed class LlamaWeights : IDisposable
     /// <summary>Tensor names that were present but ignored (rotary_emb.inv_freq buffers).</summary>
     public IReadOnlyList<string> Ignored { get; private init; } = [];
 
-    /// <summary>Loads every weight of modelDir (a directory or a .safetensors file), checking names, shapes and dtypes against config.</summary>
-    public static LlamaWeights Load(string modelDir, LlamaConfig config, IBackend backend)
+    /// <summary>Loads every weight of modelDir (a directory or a .safetensors file), checking names, shapes and dtypes against config; fuseProjections defaults to true on GPUs.</summary>
+    public static LlamaWeights Load(string modelDir, LlamaConfig config, IBackend backend, bool? fuseProjections = null)
     {
+        bool fuse = fuseProjections ?? backend.Name == "cuda";
         var checkpoint = Checkpoint.Open(modelDir);
         var owned = new List<Tensor>();
         var hostBuffers = new List<nint>();
@@ -74,16 +84,17 @@ public sealed class LlamaWeights : IDisposable
             for (int i = 0; i < layers.Length; i++)
             {
                 string p = $"model.layers.{i}.";
-                layers[i] = new LayerWeights(
-                    InputLayernorm: loader.Vector(N(p + "input_layernorm.weight"), h),
-                    QProj: loader.Matrix(N(p + "self_attn.q_proj.weight"), q, h),
-                    KProj: loader.Matrix(N(p + "self_attn.k_proj.weight"), kv, h),
-                    VProj: loader.Matrix(N(p + "self_attn.v_proj.weight"), kv, h),
-                    OProj: loader.Matrix(N(p + "self_attn.o_proj.weight"), h, q),
-                    PostAttentionLayernorm: loader.Vector(N(p + "post_attention_layernorm.weight"), h),
-                    GateProj: loader.Matrix(N(p + "mlp.gate_proj.weight"), ff, h),
-                    UpProj: loader.Matrix(N(p + "mlp.up_proj.weight"), ff, h),
-                    DownProj: loader.Matrix(N(p + "mlp.down_proj.weight"), h, ff));
+                var input = loader.Vector(N(p + "input_layernorm.weight"), h);
+                var qkv = loader.Stack(fuse, [(N(p + "self_attn.q_proj.weight"), q), (N(p + "self_attn.k_proj.weight"), kv), (N(p + "self_attn.v_proj.weight"), kv)], h);
+                var o = loader.Matrix(N(p + "self_attn.o_proj.weight"), h, q);
+                var post = loader.Vector(N(p + "post_attention_layernorm.weight"), h);
+                var gateUp = loader.Stack(fuse, [(N(p + "mlp.gate_proj.weight"), ff), (N(p + "mlp.up_proj.weight"), ff)], h);
+                var down = loader.Matrix(N(p + "mlp.down_proj.weight"), h, ff);
+                layers[i] = new LayerWeights(input, qkv.Parts[0], qkv.Parts[1], qkv.Parts[2], o, post, gateUp.Parts[0], gateUp.Parts[1], down)
+                {
+                    Qkv = qkv.Stacked,
+                    GateUp = gateUp.Stacked,
+                };
             }
             var norm = loader.Vector(N("model.norm.weight"), h);
 
@@ -154,6 +165,41 @@ public sealed class LlamaWeights : IDisposable
             if (info.WeightDType is null)
                 throw ModelFormatException.In(file, $"tensor \"{name}\": expected dtype F32, F16 or BF16, got {info.DTypeName}");
             return info;
+        }
+
+        // Matrices of the same dtype and width, uploaded as one [sum of rows, cols] matrix (when fuse) whose row slices are
+        // the parts; otherwise (or when the dtypes differ) each on its own. The stacking buffer is kept only if the backend aliases it.
+        public (Tensor? Stacked, Tensor[] Parts) Stack(bool fuse, (string Name, int Rows)[] parts, int cols)
+        {
+            var infos = parts.Select(x => Check(x.Name, x.Rows, cols)).ToArray();
+            var dtype = infos[0].WeightDType!.Value;
+            if (!fuse || infos.Any(x => x.WeightDType != dtype))
+                return (null, [.. parts.Select(x => Matrix(x.Name, x.Rows, cols))]);
+            int rows = parts.Sum(x => x.Rows);
+            long rowBytes = (long)cols * dtype.Size(), total = rows * rowBytes;
+            var buffer = (byte*)NativeMemory.AlignedAlloc((nuint)total, 64);
+            Tensor stacked;
+            try
+            {
+                long offset = 0;
+                foreach (var (name, r) in parts)
+                {
+                    Buffer.MemoryCopy((void*)checkpoint.DataPointer(name), buffer + offset, total - offset, r * rowBytes);
+                    offset += r * rowBytes;
+                }
+                stacked = backend.Upload(dtype, rows, cols, (nint)buffer);
+            }
+            catch
+            {
+                NativeMemory.AlignedFree(buffer);
+                throw;
+            }
+            if (stacked.Pointer == (nint)buffer) hostBuffers.Add((nint)buffer);
+            else NativeMemory.AlignedFree(buffer);
+            owned.Add(stacked);
+            var views = new Tensor[parts.Length];
+            for (int i = 0, row = 0; i < parts.Length; row += parts[i].Rows, i++) views[i] = stacked.SliceRows(row, parts[i].Rows);
+            return (stacked, views);
         }
 
         public Tensor Matrix(string name, int rows, int cols)

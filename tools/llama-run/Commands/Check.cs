@@ -38,7 +38,7 @@ public static class Check
         return failed == 0 ? 0 : 1;
     }
 
-    // Runs the same token sequence through the model on both backends and compares every position's logits.
+    // Runs the same token sequence through the model on both backends (prefill, then decode) and compares every position's logits.
     private static bool CheckModel(string dir, IBackend cpu, IBackend gpu, IBackend full, int tokens)
     {
         var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
@@ -49,8 +49,12 @@ public static class Check
         {
             using var w = LlamaWeights.Load(dir, config, b);
             using var m = Llama.Create(config, w, b, tokens, RopeMethods.FromConfig(config));
+            // A prefill, then the last few tokens one at a time: the decode path (GEMV, split attention) is compared too.
             var logits = new float[(long)tokens * config.VocabSize];
-            m.Forward(ids, 0, LogitsRows.All, logits);
+            int prefill = tokens - Math.Min(8, tokens - 1);
+            m.Forward(ids.AsSpan(0, prefill), 0, LogitsRows.All, logits);
+            for (int t = prefill; t < tokens; t++)
+                m.Forward(ids.AsSpan(t, 1), t, LogitsRows.All, logits.AsSpan(t * config.VocabSize, config.VocabSize));
             return logits;
         }
         var expected = Logits(cpu);
