@@ -467,7 +467,8 @@ extern "C" __global__ void __launch_bounds__(128) attention_flash_hd64_bf16(cons
     flash_attention<64, 4>(q, kcache, vcache, dst, T, numHeads, numKvHeads, startPos, scaleLog2);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attention_flash_hd128_bf16(const float* q, const bf16* kcache,
+// Three 4-warp blocks per SM (registers capped at 168, no spills): the default prefill kernel for head dim 128.
+extern "C" __global__ void __launch_bounds__(128, 3) attention_flash_hd128_bf16(const float* q, const bf16* kcache,
     const bf16* vcache, float* dst, int T, int numHeads, int numKvHeads, int startPos, float scaleLog2)
 {
     flash_attention<128, 4>(q, kcache, vcache, dst, T, numHeads, numKvHeads, startPos, scaleLog2);

@@ -21,10 +21,13 @@ __device__ __forceinline__ bf16 f32_to_bf16(float f)
     return (bf16)(u >> 16);
 }
 
-// Two floats to one bf16x2 word, the lower index in the low half (the mma operand layout).
+// Two floats to one bf16x2 word, the lower index in the low half (the mma operand layout): one conversion
+// instruction, round to nearest even as f32_to_bf16 (NaN becomes the canonical quiet NaN).
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi)
 {
-    return (u32)f32_to_bf16(lo) | ((u32)f32_to_bf16(hi) << 16);
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
 }
 
 __device__ __forceinline__ float f16_to_f32(f16 h)

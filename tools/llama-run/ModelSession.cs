@@ -1,5 +1,5 @@
 // Everything a command needs to run a model: config, tokenizer, backend, weights, RoPE schedule, KV cache.
-// Shared flags: -m DIR, --ctx N, --device cpu|cuda|auto, --rope METHOD[:k=v,...], --rope-table FILE,
+// Shared flags: -m DIR, --ctx N, --device cpu|cuda|auto, --rope METHOD[:k=v,...], --rope-table FILE, -b N (prefill chunk),
 // --compute mixed|f32|bf16: mixed (default) keeps activations in f32 with a bf16 KV cache and bf16 tensor-core
 // operands on the GPU; f32 keeps everything but the stored weights in f32 (the CPU always does); bf16 rounds every
 // activation and op intermediate as transformers in bfloat16 does.
@@ -35,6 +35,9 @@ public sealed class ModelSession : IDisposable
     /// <summary>One line on the RoPE table in use (empty within the trained length without scaling).</summary>
     public string RopeNote { get; }
 
+    /// <summary>Prefill tokens per forward chunk on a GPU unless -b says otherwise.</summary>
+    public const int DefaultGpuBatch = 4096;
+
     /// <summary>Largest context accepted (2^24 positions; RoPE tables and position arithmetic are exact below it).</summary>
     public const int MaxContext = 1 << 24;
 
@@ -56,6 +59,7 @@ public sealed class ModelSession : IDisposable
         string? ropeSpec = args.String("--rope");
         string? ropeTable = args.String("--rope-table");
         var (compute, fullPrecision) = ComputeType(args.String("--compute"));
+        int batch = args.Int("-b", 0, min: 1);
         var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
         if (ctx <= 0) ctx = config.MaxPositionEmbeddings;
         if (ctx > MaxContext) throw new UsageException($"--ctx {ctx} is larger than the {MaxContext} positions llama-run supports");
@@ -71,7 +75,9 @@ public sealed class ModelSession : IDisposable
             var weights = LlamaWeights.Load(dir, config, backend);
             try
             {
-                var model = Llama.Create(config, weights, backend, ctx, rope, activations: compute);
+                // Prefill chunks: a GPU reaches its tensor-core rate on large GEMMs, the CPU gains nothing past 512 rows.
+                if (batch == 0) batch = backend.Name == "cuda" ? DefaultGpuBatch : 512;
+                var model = Llama.Create(config, weights, backend, ctx, rope, maxBatch: batch, activations: compute);
                 return new ModelSession(dir, config, tokenizer, backend, weights, model, note);
             }
             catch

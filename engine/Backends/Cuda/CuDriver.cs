@@ -16,6 +16,7 @@ internal static unsafe class Cu
     public const int DeviceAttributeComputeCapabilityMinor = 76;
     public const int DeviceAttributeMultiprocessorCount = 16;
     public const int StreamNonBlocking = 1;
+    public const int FuncAttributePreferredSharedCarveout = 9;   // percent of the unified L1/shared storage
 
     private static readonly Lock Gate = new();
     private static string? _loadError;
@@ -45,6 +46,7 @@ internal static unsafe class Cu
     public static delegate* unmanaged<nint, int> cuModuleUnload;
     public static delegate* unmanaged<nint*, nint, byte*, int> cuModuleGetFunction;
     public static delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> cuLaunchKernel;
+    public static delegate* unmanaged<nint, int, int, int> cuFuncSetAttribute;
     public static delegate* unmanaged<int, byte**, int> cuGetErrorName;
 
     /// <summary>Loads libcuda and calls cuInit once; false with a one-line reason when that is impossible.</summary>
@@ -97,6 +99,7 @@ internal static unsafe class Cu
         cuModuleLoadData = (delegate* unmanaged<nint*, void*, int>)Get("cuModuleLoadData");
         cuModuleUnload = (delegate* unmanaged<nint, int>)Get("cuModuleUnload");
         cuModuleGetFunction = (delegate* unmanaged<nint*, nint, byte*, int>)Get("cuModuleGetFunction");
+        cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)Get("cuFuncSetAttribute");
         cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)Get("cuLaunchKernel");
         cuGetErrorName = (delegate* unmanaged<int, byte**, int>)Get("cuGetErrorName");
         if (missing.Count > 0) return $"CUDA driver too old: missing {string.Join(", ", missing)}";

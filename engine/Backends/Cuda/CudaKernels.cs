@@ -20,11 +20,11 @@ internal sealed unsafe class CudaKernels
     public const int TiledMaxHeadDim = 128, TiledMaxGroup = 8, TiledKeys = 64;
     public const int FlashMinTokens = 32;
 
-    // Queries per flash-attention block: 128 (8 warps, default) or 64 (4 warps, LLAMA_FLASH_ROWS=64).
+    // Queries per flash-attention block: 64 (4 warps, default: three blocks share an SM) or 128 (8 warps, LLAMA_FLASH_ROWS=128).
     // Decode split-K: blocks per SM to aim for (LLAMA_ATTN_WAVES overrides, for tuning).
     private static readonly int SplitWaves = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_ATTN_WAVES"), out int w) && w is > 0 and <= 64 ? w : 4;
 
-    private static readonly int FlashRows = Environment.GetEnvironmentVariable("LLAMA_FLASH_ROWS") == "64" ? 64 : 128;
+    private static readonly int FlashRows = Environment.GetEnvironmentVariable("LLAMA_FLASH_ROWS") == "128" ? 128 : 64;
 
     private readonly KernelLibrary _lib;
     private readonly nint _stream;
@@ -35,6 +35,10 @@ internal sealed unsafe class CudaKernels
         _lib = lib;
         _stream = stream;
         _sync = sync;
+        // The flash kernels take 35 KB of shared memory a block: ask for the largest shared carveout so that two or
+        // more blocks fit on an SM beside the registers (the default carveout leaves room for one).
+        foreach (var name in EntryPoints.Where(e => e.StartsWith("attention_flash_", StringComparison.Ordinal)))
+            Cu.Check(Cu.cuFuncSetAttribute(lib[name], Cu.FuncAttributePreferredSharedCarveout, 100));
     }
 
     private void Launch(string name, uint gx, uint gy, uint gz, uint block, void** args)

@@ -11,7 +11,7 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Bench
 {
-    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--compute mixed|f32|bf16]";
+    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--compute mixed|f32|bf16] [-b N]";
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
