@@ -48,6 +48,7 @@ public sealed class ProfileBackend(IBackend inner) : IBackend
     }
 
     public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps, DType compute = DType.F32) => Time("rmsnorm", weight.ByteLength, () => inner.RmsNorm(x, weight, dst, eps, compute));
+    public void AddRmsNorm(Tensor x, Tensor y, Tensor weight, Tensor dst, float eps, DType compute = DType.F32) => Time("add_rmsnorm", weight.ByteLength, () => inner.AddRmsNorm(x, y, weight, dst, eps, compute));
     public void MatMul(Tensor x, Tensor weight, Tensor dst) =>
         Time($"matmul {weight.DType.Name()} {weight.Rows}x{weight.Cols} T={x.Rows}", weight.ByteLength, () => inner.MatMul(x, weight, dst));
     public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32) =>

@@ -43,6 +43,9 @@ public sealed class BackendOpsTests(BackendPair backends, ITestOutputHelper outp
     [CudaTheory, MemberData(nameof(OpCases.RmsNorm), MemberType = typeof(OpCases))]
     public void RmsNorm(string name) => Check(name);
 
+    [CudaTheory, MemberData(nameof(OpCases.AddRmsNorm), MemberType = typeof(OpCases))]
+    public void AddRmsNorm(string name) => Check(name);
+
     [CudaTheory, MemberData(nameof(OpCases.MatMul), MemberType = typeof(OpCases))]
     public void MatMul(string name) => Check(name);
 

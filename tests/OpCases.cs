@@ -18,6 +18,7 @@ public static class OpCases
 
     public static TheoryData<string> Embedding => Of(OpKind.Embedding);
     public static TheoryData<string> RmsNorm => Of(OpKind.RmsNorm);
+    public static TheoryData<string> AddRmsNorm => Of(OpKind.AddRmsNorm);
     public static TheoryData<string> MatMul => Of(OpKind.MatMul);
     public static TheoryData<string> Rope => Of(OpKind.Rope);
     public static TheoryData<string> Attention => Of(OpKind.Attention);

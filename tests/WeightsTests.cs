@@ -32,6 +32,7 @@ internal sealed class RecordingBackend(int failAfterUploads = int.MaxValue) : IB
     public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim) => throw new NotSupportedException();
     public void Embedding(ReadOnlySpan<int> tokens, Tensor table, Tensor dst) => throw new NotSupportedException();
     public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps, DType compute = DType.F32) => throw new NotSupportedException();
+    public void AddRmsNorm(Tensor x, Tensor y, Tensor weight, Tensor dst, float eps, DType compute = DType.F32) => throw new NotSupportedException();
     public void MatMul(Tensor x, Tensor weight, Tensor dst) => throw new NotSupportedException();
     public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32) => throw new NotSupportedException();
     public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32) => throw new NotSupportedException();

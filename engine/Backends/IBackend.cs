@@ -40,6 +40,9 @@ public interface IBackend : IDisposable
     /// <summary>dst[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * weight (weight F32 [1, n]); a non-F32 compute rounds the normalized x and the product.</summary>
     void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps, DType compute = DType.F32);
 
+    /// <summary>The residual add fused with the next norm: x += y (rounded to a non-F32 compute type), then dst = RmsNorm(x); dst may alias y.</summary>
+    void AddRmsNorm(Tensor x, Tensor y, Tensor weight, Tensor dst, float eps, DType compute = DType.F32);
+
     /// <summary>dst[T, out] = x[T, in] times weight[out, in] transposed.</summary>
     void MatMul(Tensor x, Tensor weight, Tensor dst);
 

@@ -98,9 +98,10 @@ public static unsafe class OpCheck
             int kvDim = c.KvHeads * c.HeadDim, ctx = c.StartPos + c.T;
             bool attention = c.Op is OpKind.Rope or OpKind.Attention or OpKind.Rerotate;
             bool elementwise = c.Op is OpKind.SwiGlu or OpKind.Add or OpKind.Argmax or OpKind.Round;
-            X = Fill(c.Op is OpKind.MatMul or OpKind.RmsNorm || elementwise ? (long)c.T * c.N : 0);
-            Y = Fill(elementwise ? (long)c.T * c.N : 0);
-            W = Fill(c.Op switch { OpKind.Embedding or OpKind.MatMul => (long)c.Out * c.N, OpKind.RmsNorm => c.N, _ => 0 });
+            bool norm = c.Op is OpKind.RmsNorm or OpKind.AddRmsNorm;
+            X = Fill(c.Op is OpKind.MatMul || norm || elementwise ? (long)c.T * c.N : 0);
+            Y = Fill(elementwise || c.Op == OpKind.AddRmsNorm ? (long)c.T * c.N : 0);
+            W = Fill(c.Op switch { OpKind.Embedding or OpKind.MatMul => (long)c.Out * c.N, _ => norm ? c.N : 0 });
             Q = Fill(attention ? (long)ctx * c.Heads * c.HeadDim : 0);
             K = Fill(attention ? (long)ctx * kvDim : 0);
             V = Fill(attention ? (long)ctx * kvDim : 0);
@@ -248,6 +249,16 @@ public static unsafe class OpCheck
                 var dst = Out(c.T, c.N, "dst");
                 b.RmsNorm(x, w, dst, 1e-5f, c.Compute);
                 outputs.Add(new("dst", Read(b, dst)));
+                break;
+            }
+            case OpKind.AddRmsNorm:
+            {
+                var x = s.Make(DType.F32, c.T, c.N, inp.X, guard: true, name: "x");
+                var y = s.Make(DType.F32, c.T, c.N, inp.Y, guard: true, name: "y");
+                var w = s.Make(DType.F32, 1, c.N, inp.W);
+                b.AddRmsNorm(x, y, w, y, 1e-5f, c.Compute);   // dst aliases y, as the forward pass calls it
+                outputs.Add(new("x", Read(b, x)));
+                outputs.Add(new("dst", Read(b, y)));
                 break;
             }
             case OpKind.MatMul:

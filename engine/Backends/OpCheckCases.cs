@@ -5,7 +5,7 @@ using LlamaRun.Model;
 namespace LlamaRun.Backends;
 
 /// <summary>The ops OpCheck compares between two backends.</summary>
-public enum OpKind { Embedding, RmsNorm, MatMul, Rope, Attention, Rerotate, SwiGlu, Add, Argmax, Round }
+public enum OpKind { Embedding, RmsNorm, AddRmsNorm, MatMul, Rope, Attention, Rerotate, SwiGlu, Add, Argmax, Round }
 
 /// <summary>One op at one shape: T = tokens/rows, N = features (in), Out = outputs (out, vocab), plus attention geometry.</summary>
 public sealed record OpCase(OpKind Op, string Source, double MaxNmse)
@@ -37,6 +37,7 @@ public sealed record OpCase(OpKind Op, string Source, double MaxNmse)
     {
         OpKind.Embedding => $"embedding {Weight.Name()} vocab={Out} hidden={N} T={T}",
         OpKind.RmsNorm => $"rmsnorm rows={T} n={N}",
+        OpKind.AddRmsNorm => $"add_rmsnorm rows={T} n={N}",
         OpKind.MatMul => $"matmul {Weight.Name()} T={T} in={N} out={Out}",
         OpKind.Rope or OpKind.Rerotate or OpKind.Attention =>
             $"{Op.ToString().ToLowerInvariant()} T={T} heads={Heads}/{KvHeads} hd={HeadDim} rot={Rot} pos={StartPos} theta={Theta} mag={Magnitude}{(QueryScale ? " qscale" : "")}",
@@ -73,6 +74,10 @@ public static class OpCheckCases
         c.Add(new(OpKind.RmsNorm, "Llama-3-70B", 1e-10) { T = 3, N = 8192 });
         foreach (int n in new[] { 1, 31, 33, 127, 1025 }) c.Add(new(OpKind.RmsNorm, "awkward", 1e-10) { T = 2, N = n });
         c.Add(new(OpKind.RmsNorm, "awkward", 1e-10) { T = 3, N = 33, Specials = true });
+        c.Add(new(OpKind.AddRmsNorm, "Llama-2-7B decode", 1e-10) { T = 1, N = 4096 });
+        c.Add(new(OpKind.AddRmsNorm, "Llama-2-7B prefill", 1e-10) { T = 64, N = 4096 });
+        c.Add(new(OpKind.AddRmsNorm, "awkward", 1e-10) { T = 2, N = 1025 });
+        c.Add(new(OpKind.AddRmsNorm, "awkward", 1e-10) { T = 3, N = 33, Specials = true });
 
         foreach (var dt in new[] { DType.BF16, DType.F16, DType.F32 })
         {
@@ -161,6 +166,8 @@ public static class OpCheckCases
         c.Add(new(OpKind.RmsNorm, "Llama-2-7B prefill", Elementwise) { T = 64, N = 4096, Compute = bf });
         c.Add(new(OpKind.RmsNorm, "Llama-2-7B decode", Elementwise) { T = 1, N = 4096, Compute = bf });
         c.Add(new(OpKind.RmsNorm, "awkward", Elementwise) { T = 2, N = 1025, Compute = bf });
+        c.Add(new(OpKind.AddRmsNorm, "Llama-2-7B prefill", Elementwise) { T = 64, N = 4096, Compute = bf });
+        c.Add(new(OpKind.AddRmsNorm, "awkward", Elementwise) { T = 2, N = 1025, Compute = bf });
         c.Add(new(OpKind.SwiGlu, "Llama-2-7B FFN x4", Elementwise) { N = 11008 * 4, Compute = bf });
         c.Add(new(OpKind.SwiGlu, "awkward", Elementwise) { N = 33, Compute = bf });
         c.Add(new(OpKind.Rope, "Llama-2-7B prefill", Elementwise) { T = 64, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 3, Compute = bf });

@@ -114,12 +114,13 @@ public sealed class Llama : IDisposable
         float eps = Config.RmsNormEps;
 
         b.Embedding(tokens, Weights.EmbedTokens, a.X);
+        b.RmsNorm(a.X, Weights.Layers[0].InputLayernorm, a.Xb, eps, Activations);
+        R(a.Xb);
         for (int l = 0; l < Config.NumHiddenLayers; l++)
         {
+            // a.Xb holds this layer's normed input: each residual add is fused with the norm that follows it.
             var w = Weights.Layers[l];
             bool decode = tokens.Length == 1;
-            b.RmsNorm(a.X, w.InputLayernorm, a.Xb, eps, Activations);
-            R(a.Xb);
             Tensor q = a.Q, k = a.K, v = a.V;
             if (decode && w.Qkv is not null)
             {
@@ -140,11 +141,9 @@ public sealed class Llama : IDisposable
             R(a.Att);
             b.MatMul(a.Att, w.OProj, a.Xb);
             R(a.Xb);
-            b.Add(a.X, a.Xb, a.X);
-            R(a.X);
-
-            b.RmsNorm(a.X, w.PostAttentionLayernorm, a.Xb, eps, Activations);
+            b.AddRmsNorm(a.X, a.Xb, w.PostAttentionLayernorm, a.Xb, eps, Activations);
             R(a.Xb);
+
             Tensor gate = a.Gate, up = a.Up;
             if (decode && w.GateUp is not null)
             {
@@ -161,8 +160,16 @@ public sealed class Llama : IDisposable
             R(gate);
             b.MatMul(gate, w.DownProj, a.Xb);
             R(a.Xb);
-            b.Add(a.X, a.Xb, a.X);
-            R(a.X);
+            if (l + 1 < Config.NumHiddenLayers)
+            {
+                b.AddRmsNorm(a.X, a.Xb, Weights.Layers[l + 1].InputLayernorm, a.Xb, eps, Activations);
+                R(a.Xb);
+            }
+            else
+            {
+                b.Add(a.X, a.Xb, a.X);   // the final norm below takes only the rows whose logits are wanted
+                R(a.X);
+            }
         }
         if (rows == LogitsRows.None) return;
 

@@ -73,7 +73,7 @@ public sealed class LlamaWeights : IDisposable
         var hostBuffers = new List<nint>();
         try
         {
-            var loader = new Loader(checkpoint, backend, owned, hostBuffers);
+            using var loader = new Loader(checkpoint, backend, owned, hostBuffers);
             int h = config.HiddenSize, ff = config.IntermediateSize, q = config.QDim, kv = config.KvDim;
 
             var expected = new HashSet<string>(StringComparer.Ordinal);
@@ -151,8 +151,20 @@ public sealed class LlamaWeights : IDisposable
         _checkpoint.Dispose();
     }
 
-    private sealed unsafe class Loader(Checkpoint checkpoint, IBackend backend, List<Tensor> owned, List<nint> hostBuffers)
+    private sealed unsafe class Loader(Checkpoint checkpoint, IBackend backend, List<Tensor> owned, List<nint> hostBuffers) : IDisposable
     {
+        private byte* _staging;        // stacking buffer, reused while the backend copies what it uploads
+        private long _stagingBytes;
+
+        public void Dispose() => FreeStaging();
+
+        private void FreeStaging()
+        {
+            if (_staging != null) NativeMemory.AlignedFree(_staging);
+            _staging = null;
+            _stagingBytes = 0;
+        }
+
         // Checks tensor name is [rows, cols] (or [cols] when rows is 0) in F32, F16 or BF16.
         public TensorInfo Check(string name, int rows, int cols)
         {
@@ -168,7 +180,8 @@ public sealed class LlamaWeights : IDisposable
         }
 
         // Matrices of the same dtype and width, uploaded as one [sum of rows, cols] matrix (when fuse) whose row slices are
-        // the parts; otherwise (or when the dtypes differ) each on its own. The stacking buffer is kept only if the backend aliases it.
+        // the parts; otherwise (or when the dtypes differ) each on its own. A backend that aliases the stacking buffer
+        // (the CPU) keeps it; one that copies (a GPU) leaves it to be reused for the next group.
         public (Tensor? Stacked, Tensor[] Parts) Stack(bool fuse, (string Name, int Rows)[] parts, int cols)
         {
             var infos = parts.Select(x => Check(x.Name, x.Rows, cols)).ToArray();
@@ -177,7 +190,13 @@ public sealed class LlamaWeights : IDisposable
                 return (null, [.. parts.Select(x => Matrix(x.Name, x.Rows, cols))]);
             int rows = parts.Sum(x => x.Rows);
             long rowBytes = (long)cols * dtype.Size(), total = rows * rowBytes;
-            var buffer = (byte*)NativeMemory.AlignedAlloc((nuint)total, 64);
+            if (_stagingBytes < total)
+            {
+                FreeStaging();
+                _staging = (byte*)NativeMemory.AlignedAlloc((nuint)total, 64);
+                _stagingBytes = total;
+            }
+            byte* buffer = _staging;
             Tensor stacked;
             try
             {
@@ -191,11 +210,15 @@ public sealed class LlamaWeights : IDisposable
             }
             catch
             {
-                NativeMemory.AlignedFree(buffer);
+                FreeStaging();
                 throw;
             }
-            if (stacked.Pointer == (nint)buffer) hostBuffers.Add((nint)buffer);
-            else NativeMemory.AlignedFree(buffer);
+            if (stacked.Pointer == (nint)buffer)
+            {
+                hostBuffers.Add((nint)buffer);   // aliased: the weights own it from now on
+                _staging = null;
+                _stagingBytes = 0;
+            }
             owned.Add(stacked);
             var views = new Tensor[parts.Length];
             for (int i = 0, row = 0; i < parts.Length; row += parts[i].Rows, i++) views[i] = stacked.SliceRows(row, parts[i].Rows);

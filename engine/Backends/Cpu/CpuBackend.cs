@@ -93,6 +93,13 @@ public sealed unsafe class CpuBackend : IBackend
         CpuOps.RmsNorm((float*)x.Pointer, (float*)weight.Pointer, (float*)dst.Pointer, x.Rows, x.Cols, eps, compute);
     }
 
+    public void AddRmsNorm(Tensor x, Tensor y, Tensor weight, Tensor dst, float eps, DType compute = DType.F32)
+    {
+        Add(x, y, x);
+        if (compute != DType.F32) Round(x, compute);
+        RmsNorm(x, weight, dst, eps, compute);
+    }
+
     public void MatMul(Tensor x, Tensor weight, Tensor dst)
     {
         Check(x, nameof(x), DType.F32);

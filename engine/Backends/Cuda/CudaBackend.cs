@@ -275,6 +275,17 @@ public sealed unsafe class CudaBackend : IBackend
         _launch.RmsNorm((ulong)x.Pointer, (ulong)weight.Pointer, (ulong)dst.Pointer, x.Rows, x.Cols, eps, bf16);
     }
 
+    public void AddRmsNorm(Tensor x, Tensor y, Tensor weight, Tensor dst, float eps, DType compute = DType.F32)
+    {
+        bool bf16 = Bf16Compute(compute);
+        Bind();
+        RequireElementwise(x, y, dst);
+        Require(weight, DType.F32, nameof(weight));
+        RequireShape(weight, 1, x.Cols, nameof(weight));
+        if (x.Rows == 0) return;
+        _launch.AddRmsNorm((ulong)x.Pointer, (ulong)y.Pointer, (ulong)weight.Pointer, (ulong)dst.Pointer, x.Rows, x.Cols, eps, bf16);
+    }
+
     public void MatMul(Tensor x, Tensor weight, Tensor dst)
     {
         Bind();

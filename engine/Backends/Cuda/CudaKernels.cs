@@ -7,7 +7,7 @@ internal sealed unsafe class CudaKernels
 {
     public static readonly string[] EntryPoints =
     [
-        "embedding_f32", "embedding_f16", "embedding_bf16", "rmsnorm_f32", "rmsnorm_cbf16_f32",
+        "embedding_f32", "embedding_f16", "embedding_bf16", "rmsnorm_f32", "rmsnorm_cbf16_f32", "add_rmsnorm_f32", "add_rmsnorm_cbf16_f32",
         "gemv_warp_per_row_f32", "gemv_warp_per_row_f16", "gemv_warp_per_row_bf16", "gemv_warp_per_row_t1_bf16", "gemm_mma_bf16", "to_bf16_f32",
         "widen_bf16_f32", "widen_f16_f32", "rope_f32", "rope_cbf16_f32", "rope_f32_cf32", "rope_cbf16_f32_cf32",
         "rerotate_bf16", "rerotate_f32", "attention_split_bf16", "attention_split_f32", "attention_tiled_bf16", "attention_combine",
@@ -65,6 +65,12 @@ internal sealed unsafe class CudaKernels
     {
         void** a = stackalloc void*[] { &x, &weight, &dst, &n, &eps };
         Launch(bf16 ? "rmsnorm_cbf16_f32" : "rmsnorm_f32", (uint)rows, 1, 1, n >= 8192 ? 512u : 256u, a);
+    }
+
+    public void AddRmsNorm(ulong x, ulong y, ulong weight, ulong dst, int rows, int n, float eps, bool bf16)
+    {
+        void** a = stackalloc void*[] { &x, &y, &weight, &dst, &n, &eps };
+        Launch(bf16 ? "add_rmsnorm_cbf16_f32" : "add_rmsnorm_f32", (uint)rows, 1, 1, n >= 8192 ? 512u : 256u, a);
     }
 
     public void Gemv(string variant, ulong x, ulong weight, ulong dst, int tokens, int inDim, int outDim)
