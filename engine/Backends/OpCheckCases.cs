@@ -148,6 +148,9 @@ public static class OpCheckCases
         c.Add(new(OpKind.Attention, "Llama-3-8B decode at 16k", F32) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16383, Theta = 500000f, FullPrecision = true });
         c.Add(new(OpKind.Attention, "head dim 256", F32) { T = 2, Heads = 2, KvHeads = 1, HeadDim = 256, StartPos = 70, FullPrecision = true });
         c.Add(new(OpKind.Rerotate, "dynamic NTK switch", F32) { T = 100, Heads = 8, KvHeads = 8, HeadDim = 64, FullPrecision = true });
+        // bf16 rounding over an f32 cache: the kernel variants a bf16-emulating forward pass uses in this mode.
+        c.Add(new(OpKind.Rope, "Llama-2-7B prefill", 1e-6) { T = 64, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 3, Compute = DType.BF16, FullPrecision = true });
+        c.Add(new(OpKind.Attention, "Llama-3-8B chunked prefill", Bf16Cache) { T = 100, Heads = 8, KvHeads = 2, HeadDim = 128, StartPos = 1000, Compute = DType.BF16, FullPrecision = true });
     }
 
     // Ops computing like a bf16 framework (Llama.Create activations: BF16): the same roundings on both backends, so the

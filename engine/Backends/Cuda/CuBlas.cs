@@ -18,9 +18,7 @@ internal sealed unsafe class CuBlas : IDisposable
     private static delegate* unmanaged<nint, int, int> cublasSetMathMode;
     private static delegate* unmanaged<nint, int, int, int, int, int, void*, ulong, int, int, ulong, int, int, void*,
         ulong, int, int, int, int, int> cublasGemmEx;
-    private static string? _loadError;
-    private static bool _loaded;
-    private static readonly Lock Gate = new();
+    private static readonly Lazy<string?> LoadError = new(Load);   // null once loaded, else why not (runs once)
 
     private const long WorkspaceBytes = 32L << 20;
 
@@ -52,17 +50,9 @@ internal sealed unsafe class CuBlas : IDisposable
             reason = "cuBLAS disabled (LLAMA_CUBLAS=0)";
             return null;
         }
-        lock (Gate)
+        if (LoadError.Value is { } error)
         {
-            if (!_loaded)
-            {
-                _loaded = true;
-                _loadError = Load();
-            }
-        }
-        if (_loadError is not null)
-        {
-            reason = _loadError;
+            reason = error;
             return null;
         }
         nint h;
@@ -109,13 +99,8 @@ internal sealed unsafe class CuBlas : IDisposable
             break;
         }
         if (lib == 0) return "cuBLAS not found (libcublas.so.13 or .12)";
-        var missing = new List<string>();
-        nint Get(string name)
-        {
-            if (NativeLibrary.TryGetExport(lib, name, out nint f)) return f;
-            missing.Add(name);
-            return 0;
-        }
+        var exports = new NativeExports(lib);
+        nint Get(string name) => exports.Get(name);
         cublasCreate = (delegate* unmanaged<nint*, int>)Get("cublasCreate_v2");
         cublasDestroy = (delegate* unmanaged<nint, int>)Get("cublasDestroy_v2");
         cublasSetStream = (delegate* unmanaged<nint, nint, int>)Get("cublasSetStream_v2");
@@ -123,7 +108,7 @@ internal sealed unsafe class CuBlas : IDisposable
         cublasSetMathMode = (delegate* unmanaged<nint, int, int>)Get("cublasSetMathMode");
         cublasGemmEx = (delegate* unmanaged<nint, int, int, int, int, int, void*, ulong, int, int, ulong, int, int, void*,
             ulong, int, int, int, int, int>)Get("cublasGemmEx");
-        return missing.Count > 0 ? $"{Library} lacks {string.Join(", ", missing)}" : null;
+        return exports.AnyMissing ? $"{Library} lacks {exports.MissingList}" : null;
     }
 
     /// <summary>A bf16 buffer of at least elements entries for the activations; grows (after a stream sync) only when a larger prefill arrives.</summary>

@@ -18,9 +18,7 @@ internal static unsafe class Cu
     public const int StreamNonBlocking = 1;
     public const int FuncAttributePreferredSharedCarveout = 9;   // percent of the unified L1/shared storage
 
-    private static readonly Lock Gate = new();
-    private static string? _loadError;
-    private static bool _loaded;
+    private static readonly Lazy<string?> LoadError = new(Load);   // null once loaded, else why not (runs once)
 
     public static delegate* unmanaged<uint, int> cuInit;
     public static delegate* unmanaged<int*, int> cuDriverGetVersion;
@@ -52,16 +50,8 @@ internal static unsafe class Cu
     /// <summary>Loads libcuda and calls cuInit once; false with a one-line reason when that is impossible.</summary>
     public static bool TryLoad(out string reason)
     {
-        lock (Gate)
-        {
-            if (!_loaded)
-            {
-                _loaded = true;
-                _loadError = Load();
-            }
-        }
-        reason = _loadError ?? "";
-        return _loadError is null;
+        reason = LoadError.Value ?? "";
+        return LoadError.Value is null;
     }
 
     private static string? Load()
@@ -69,13 +59,8 @@ internal static unsafe class Cu
         if (!NativeLibrary.TryLoad("libcuda.so.1", out nint lib) && !NativeLibrary.TryLoad("libcuda.so", out lib)
             && !NativeLibrary.TryLoad("nvcuda.dll", out lib))
             return "no CUDA driver (libcuda.so.1 not found)";
-        var missing = new List<string>();
-        nint Get(string name)
-        {
-            if (NativeLibrary.TryGetExport(lib, name, out nint f)) return f;
-            missing.Add(name);
-            return 0;
-        }
+        var exports = new NativeExports(lib);
+        nint Get(string name) => exports.Get(name);
         cuInit = (delegate* unmanaged<uint, int>)Get("cuInit");
         cuDriverGetVersion = (delegate* unmanaged<int*, int>)Get("cuDriverGetVersion");
         cuDeviceGetCount = (delegate* unmanaged<int*, int>)Get("cuDeviceGetCount");
@@ -102,7 +87,7 @@ internal static unsafe class Cu
         cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)Get("cuFuncSetAttribute");
         cuLaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)Get("cuLaunchKernel");
         cuGetErrorName = (delegate* unmanaged<int, byte**, int>)Get("cuGetErrorName");
-        if (missing.Count > 0) return $"CUDA driver too old: missing {string.Join(", ", missing)}";
+        if (exports.AnyMissing) return $"CUDA driver too old: missing {exports.MissingList}";
         int r = cuInit(0);
         if (r != Success) return $"CUDA driver present but cuInit failed: {ErrorName(r)}";
         int count;

@@ -111,9 +111,6 @@ public sealed unsafe partial class CudaBackend : IBackend
 
     public int KvElementSize => _fullPrecision ? 4 : 2;
 
-    /// <summary>True when the KV cache and the matmul operands stay f32 (the constructor's fullPrecision).</summary>
-    public bool FullPrecision => _fullPrecision;
-
     public long FreeMemoryBytes
     {
         get

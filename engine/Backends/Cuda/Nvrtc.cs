@@ -12,9 +12,7 @@ public sealed class NvrtcException(string message) : Exception(message);
 
 internal static unsafe class Nvrtc
 {
-    private static readonly Lock Gate = new();
-    private static string? _loadError;
-    private static bool _loaded;
+    private static readonly Lazy<string?> LoadError = new(Load);   // null once loaded, else why not (runs once)
 
     private static delegate* unmanaged<int*, int*, int> nvrtcVersion;
     private static delegate* unmanaged<int, byte*> nvrtcGetErrorString;
@@ -38,16 +36,8 @@ internal static unsafe class Nvrtc
 
     public static bool TryLoad(out string reason)
     {
-        lock (Gate)
-        {
-            if (!_loaded)
-            {
-                _loaded = true;
-                _loadError = Load();
-            }
-        }
-        reason = _loadError ?? "";
-        return _loadError is null;
+        reason = LoadError.Value ?? "";
+        return LoadError.Value is null;
     }
 
     private static IEnumerable<string> Candidates()
@@ -75,13 +65,8 @@ internal static unsafe class Nvrtc
             }
         }
         if (lib == 0) return "no NVRTC (tried libnvrtc.so.13, .12, .11.2 and /usr/local/cuda/lib64; set LLAMA_NVRTC to its path)";
-        var missing = new List<string>();
-        nint Get(string name, bool required = true)
-        {
-            if (NativeLibrary.TryGetExport(lib, name, out nint f)) return f;
-            if (required) missing.Add(name);
-            return 0;
-        }
+        var exports = new NativeExports(lib);
+        nint Get(string name, bool required = true) => exports.Get(name, required);
         nvrtcVersion = (delegate* unmanaged<int*, int*, int>)Get("nvrtcVersion");
         nvrtcGetErrorString = (delegate* unmanaged<int, byte*>)Get("nvrtcGetErrorString");
         nvrtcCreateProgram = (delegate* unmanaged<nint*, byte*, byte*, int, byte**, byte**, int>)Get("nvrtcCreateProgram");
@@ -95,7 +80,7 @@ internal static unsafe class Nvrtc
         nvrtcGetCUBIN = (delegate* unmanaged<nint, byte*, int>)Get("nvrtcGetCUBIN", false);
         nvrtcGetNumSupportedArchs = (delegate* unmanaged<int*, int>)Get("nvrtcGetNumSupportedArchs", false);
         nvrtcGetSupportedArchs = (delegate* unmanaged<int*, int>)Get("nvrtcGetSupportedArchs", false);
-        if (missing.Count > 0) return $"{LibraryName} is not a usable NVRTC: missing {string.Join(", ", missing)}";
+        if (exports.AnyMissing) return $"{LibraryName} is not a usable NVRTC: missing {exports.MissingList}";
         int major, minor;
         if (nvrtcVersion(&major, &minor) != 0) return $"{LibraryName}: nvrtcVersion failed";
         Version = $"{major}.{minor}";
