@@ -1,5 +1,6 @@
 // The shapes the op benchmarks run: the OpCheck case table (real Llama shapes and awkward ones), plus decode shapes
 // of stories110M and Llama-2-7B. Each case knows the bytes it moves and the FLOPs it does, for the GB/s and TFLOP/s columns.
+using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Model;
 

@@ -3,6 +3,7 @@
 // of the weight-read bound. Run: Bench --filter '*GenerateBenchmarks*'.
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Running;
+using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.MakeCheckpoint;
 using LlamaRun.Model;

@@ -2,6 +2,7 @@
 // prefill at 4k and 16k (TFLOP/s). Launches are queued N times, then one synchronize (OperationsPerInvoke = N).
 // Run: Bench --filter '*KernelBenchmarks*' (skipped with a message when there is no CUDA device).
 using BenchmarkDotNet.Attributes;
+using LlamaRun.Core;
 using LlamaRun.Backends;
 
 namespace LlamaRun.Bench;

@@ -1,6 +1,7 @@
 // Sets up one BenchCase on a backend (seeded inputs, outputs, a filled KV cache) and runs it with Run().
 // With copies > 1 each Run() uses the next of several input sets, so weights are read from memory, not from cache.
 using System.Runtime.InteropServices;
+using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Model;
 using LlamaRun.Rope;

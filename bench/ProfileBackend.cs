@@ -1,6 +1,7 @@
 // An IBackend wrapper that times every op of the wrapped backend (synchronizing after each) and sums time and weight bytes
 // per op and shape, to show where decode time goes. Used by `Bench --quick --profile`.
 using System.Diagnostics;
+using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Model;
 using LlamaRun.Rope;

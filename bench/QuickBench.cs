@@ -2,6 +2,7 @@
 // read bandwidth on 1 and all threads, a few ops in GB/s, and stories110M decode tokens/s against the bandwidth bound.
 using System.Diagnostics;
 using System.Globalization;
+using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.MakeCheckpoint;
 using LlamaRun.Model;

@@ -1,6 +1,7 @@
 // Every CUDA op against the CPU op on the shared case table (NMSE, max abs, NaN/Inf parity, guard rows): DESIGN R8,
 // the bf16-compute variants (rounding as a bf16 framework) and Round included.
 // Skips without a GPU. Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~BackendOpsTests.Rope"
+using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Backends.Cuda;

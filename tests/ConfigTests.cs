@@ -1,5 +1,6 @@
 // config.json reader: every fixture in both transformers forms gives the same record; unsupported or malformed configs fail by name.
 // Run: dotnet test tests/Tests.csproj --filter ConfigTests
+using LlamaRun.Core;
 using LlamaRun.Model;
 using Xunit;
 using static LlamaRun.Tests.LoaderTestSupport;

@@ -1,5 +1,6 @@
 // CpuBackend: memory (Alloc alignment and zeroing, Upload aliasing, Download), shape checks, and that each IBackend
 // op equals the CpuOps it wraps, plus the worker pool. Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~CpuBackendTests"
+using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Model;

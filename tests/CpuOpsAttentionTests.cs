@@ -1,5 +1,6 @@
 // CPU Rope, Attention and RerotateCache against independent scalar implementations (transformers' formulas).
 // Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~CpuOpsAttentionTests"
+using LlamaRun.Core;
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Rope;
 using Xunit;

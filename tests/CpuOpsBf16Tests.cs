@@ -1,5 +1,6 @@
 // CPU ops with a reduced compute type (bf16/f16) against scalar loops that round where torch rounds in that dtype.
 // Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~CpuOpsBf16Tests"
+using LlamaRun.Core;
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Model;
 using LlamaRun.Rope;

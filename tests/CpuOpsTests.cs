@@ -1,6 +1,7 @@
 // CPU SIMD ops against plain scalar loops that accumulate in double, at every length 0..256 (DESIGN R9).
 // Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~CpuOpsTests"
 using System.Runtime.Intrinsics;
+using LlamaRun.Core;
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Model;
 using Xunit;

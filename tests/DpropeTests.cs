@@ -1,6 +1,7 @@
 // DPRoPE against its paper (Table 3, x1e-3) and ROPE.md 3.7's per-pair selections; dprope-plus's recipe properties.
 // Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~DpropeTests"
 using System.Diagnostics;
+using LlamaRun.Core;
 using LlamaRun.Rope;
 using Xunit;
 

@@ -1,5 +1,6 @@
 // Stacked q/k/v and gate/up weights (LlamaWeights.Load fuseProjections, the GPU default): decoding through the stacked
 // matrices must give exactly the logits of the separate projections. Run: dotnet test --filter FusedProjectionTests
+using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Model;

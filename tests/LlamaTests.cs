@@ -2,6 +2,7 @@
 // stories260K greedy text and logits against llama2.c, austen perplexity and per-token NLL against transformers.
 // dotnet test tests/Tests.csproj --filter FullyQualifiedName~LlamaTests
 using System.Globalization;
+using LlamaRun.Core;
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Model;
 using LlamaRun.Rope;

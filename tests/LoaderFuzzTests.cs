@@ -4,6 +4,7 @@
 using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Text;
+using LlamaRun.Core;
 using LlamaRun.Model;
 using Xunit;
 using Xunit.Abstractions;

@@ -1,5 +1,6 @@
 // RopeMethods.Parse / Default / Describe and RopeTableFile save/load (round trip and one-line errors naming the file).
 // Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~RopeMethodsTests"
+using LlamaRun.Core;
 using LlamaRun.Model;
 using LlamaRun.Rope;
 using Xunit;

@@ -1,6 +1,7 @@
 // RoPE table producers against transformers: ROPE.md's HF-verified worked values (d = 128) and, for every rope_type
 // of tests/fixtures/hf-tiny, the transformers formulas restated here in float64. Also RopeMethods and RopeTableFile.
 // Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~RopeTableTests"
+using LlamaRun.Core;
 using LlamaRun.Model;
 using LlamaRun.Rope;
 using Xunit;

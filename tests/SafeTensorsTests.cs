@@ -2,6 +2,7 @@
 // Run: dotnet test tests/Tests.csproj --filter SafeTensorsTests
 using System.Buffers.Binary;
 using System.Text;
+using LlamaRun.Core;
 using LlamaRun.Model;
 using Xunit;
 using static LlamaRun.Tests.LoaderTestSupport;

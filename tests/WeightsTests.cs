@@ -1,5 +1,6 @@
 // LlamaWeights: strict loading of HF-named tensors onto a recording fake backend (fixtures, tied/untied, sharded, bad checkpoints).
 // Run: dotnet test tests/Tests.csproj --filter WeightsTests
+using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Model;
 using LlamaRun.Rope;

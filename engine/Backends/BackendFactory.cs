@@ -1,6 +1,7 @@
 // Picks the compute backend for `--device cpu|cuda|auto`: auto uses CUDA when a driver, NVRTC and a GPU are
 // present and falls back to the CPU otherwise; an explicit `cuda` fails with one line saying what is missing.
 // fullPrecision asks the GPU for an f32 KV cache and exact f32 matmuls (the CPU backend always computes that way).
+using LlamaRun.Core;
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Backends.Cuda;
 

@@ -4,9 +4,8 @@
 // `llama-run check`.
 using System.Runtime.InteropServices;
 using System.Text;
+using LlamaRun.Core;
 using LlamaRun.Backends.Cuda;
-using LlamaRun.Model;
-using LlamaRun.Rope;
 
 namespace LlamaRun.Backends;
 

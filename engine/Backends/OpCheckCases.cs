@@ -1,6 +1,6 @@
 // The op case table shared by tests/BackendOpsTests.cs, `llama-run check` and the kernel benchmarks: one line per
 // case with op, shape, tolerance (NMSE bound) and the model the shape comes from. Run by OpCheck.Run.
-using LlamaRun.Model;
+using LlamaRun.Core;
 
 namespace LlamaRun.Backends;
 

@@ -2,6 +2,7 @@
 // Exercise: dotnet test tests/Tests.csproj --filter SafeTensorsTests
 using System.Text.Json;
 
+using LlamaRun.Core;
 namespace LlamaRun.Model;
 
 /// <summary>All tensors of a checkpoint (one file or index-listed shards), memory-mapped until Dispose.</summary>

@@ -3,6 +3,7 @@
 using System.Globalization;
 using System.Text.Json;
 
+using LlamaRun.Core;
 namespace LlamaRun.Model;
 
 /// <summary>Writes Llama checkpoints that LlamaConfigReader and LlamaWeights read back.</summary>

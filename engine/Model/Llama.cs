@@ -1,7 +1,6 @@
 // The Llama forward pass, written once against IBackend (DESIGN R1): embed, per layer attention and SwiGLU MLP
 // with pre-norms and residuals, final norm, lm_head. Run it through `llama-run -m DIR -p TEXT`.
-using LlamaRun.Backends;
-using LlamaRun.Rope;
+using LlamaRun.Core;
 
 namespace LlamaRun.Model;
 

@@ -1,5 +1,6 @@
 // config.json of a Hugging Face Llama checkpoint as a validated record (transformers 4.x and 5.x forms).
 // Parsing lives in LlamaConfigReader.cs; this file holds only the typed result.
+using LlamaRun.Core;
 namespace LlamaRun.Model;
 
 /// <summary>RoPE scaling families named by transformers' rope_type.</summary>

@@ -2,6 +2,7 @@
 // Unsupported variants are refused by name; defaults follow transformers' LlamaConfig. Exercise: dotnet test --filter ConfigTests
 using System.Text.Json;
 
+using LlamaRun.Core;
 namespace LlamaRun.Model;
 
 /// <summary>Parses and validates config.json into a LlamaConfig.</summary>

@@ -3,7 +3,7 @@
 // (the GPU default) q/k/v and gate/up of a layer are stored as one matrix each, so decoding runs one matmul for each
 // group; the single projections are row views of it. Exercise: dotnet test --filter "WeightsTests|LlamaTests"
 using System.Runtime.InteropServices;
-using LlamaRun.Backends;
+using LlamaRun.Core;
 
 namespace LlamaRun.Model;
 

@@ -3,6 +3,7 @@
 using System.IO.MemoryMappedFiles;
 using System.Runtime.InteropServices;
 
+using LlamaRun.Core;
 namespace LlamaRun.Model;
 
 /// <summary>A memory-mapped, validated safetensors file; pointers stay valid until Dispose.</summary>

@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Unicode;
 
+using LlamaRun.Core;
 namespace LlamaRun.Model;
 
 /// <summary>One tensor of a safetensors file: dtype name as written, shape, and its byte range measured from the start of the file.</summary>

@@ -4,6 +4,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 
+using LlamaRun.Core;
 namespace LlamaRun.Model;
 
 /// <summary>One tensor to write: its name, dtype name, shape, and a callback that writes exactly its bytes.</summary>

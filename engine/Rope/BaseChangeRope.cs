@@ -1,6 +1,7 @@
 // Methods that only change the RoPE base: NTK-aware (b * s^(d/(d-2))), dynamic NTK (transformers "dynamic",
 // recomputed per sequence length), ABF (a new base) and entropy-aware ABF (base 500000 plus a query scale).
 // ROPE.md 1.3, 1.4, 5. Example: BaseChangeRope.NtkBase(128, 10000, 4) == 40889.94.
+using LlamaRun.Core;
 namespace LlamaRun.Rope;
 
 /// <summary>Base-change RoPE methods: NTK-aware, dynamic NTK, ABF and entropy-aware ABF.</summary>

@@ -2,6 +2,7 @@
 // pre-training and target lengths, the disturbance D = sum_k p ln(p/q) of a candidate table, and the per-pair choice
 // among candidates (threshold t, a target count of changed pairs, or a tolerance that prefers small factors).
 // Example: Dprope.Paper(new DpropeSetup(128, 10000, 4096, 8192)).MeanDisturbance == 6.71e-3 (paper Table 3).
+using LlamaRun.Core;
 namespace LlamaRun.Rope;
 
 /// <summary>The fixed inputs of the distribution estimate: rotary dim, base, pre-training and target lengths, bins.</summary>

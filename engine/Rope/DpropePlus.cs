@@ -2,6 +2,7 @@
 // kept; the others take, from a richer DPRoPE candidate set (intermediate factors s^(k/K) and the YaRN ramp), the
 // smallest factor whose angle distribution is within a tolerance of the best; cos/sin get YaRN's magnitude.
 // Example: DpropePlus.Build(new DpropeSetup(64, 10000, 512, 4096), new DpropePlusOptions()).Describe().
+using LlamaRun.Core;
 namespace LlamaRun.Rope;
 
 /// <summary>Knobs of dprope-plus; the defaults are the shipped recipe.</summary>

@@ -1,6 +1,7 @@
 // Llama 3.1's "llama3" scaling (ROPE.md 1.7): pairs with wavelength below L/high_freq_factor are kept, above
 // L/low_freq_factor divided by factor, smoothly blended between; float32 like transformers.
 // Example: Llama3Rope.Build(128, 500000, new Llama3Options(8, 1, 4, 8192)) keeps pairs 0..28, divides 35..63.
+using LlamaRun.Core;
 namespace LlamaRun.Rope;
 
 /// <summary>llama3 rope_parameters: factor, low_freq_factor, high_freq_factor, original_max_position_embeddings.</summary>

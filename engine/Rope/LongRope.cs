@@ -1,6 +1,7 @@
 // LongRoPE / Phi-3 "longrope" (ROPE.md 1.8): per-pair rescale factors from the checkpoint, short_factor up to
 // original_max_position_embeddings positions and long_factor beyond, magnitude sqrt(1 + ln s / ln L).
 // Example: LongRope.AttentionFactor(131072 / 4096.0, 4096) == 1.1902381.
+using LlamaRun.Core;
 namespace LlamaRun.Rope;
 
 /// <summary>longrope rope_parameters (factor and attention_factor null when absent).</summary>

@@ -1,5 +1,6 @@
 // Plain RoPE and linear position interpolation (PI): inv_freq = base^(-2j/d) / s (ROPE.md 1.1, 1.2).
 // Example: PlainRope.Linear(128, 10000, 4).InvFreq[63] == 2.886955e-5.
+using LlamaRun.Core;
 namespace LlamaRun.Rope;
 
 /// <summary>Plain RoPE and linear position interpolation.</summary>

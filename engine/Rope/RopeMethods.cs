@@ -2,6 +2,7 @@
 // default for `--ctx N` past the trained length. Example: RopeMethods.Parse("yarn:beta_fast=16", config, 4096).
 // Methods: none|default, linear|pi, ntk, dynamic, yarn, llama3, longrope, abf, eabf, dprope, dprope-plus|auto.
 using System.Globalization;
+using LlamaRun.Core;
 using LlamaRun.Model;
 
 namespace LlamaRun.Rope;

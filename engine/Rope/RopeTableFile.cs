@@ -2,6 +2,7 @@
 // {"format":"llama-run-rope-table","version":1,"method":..,"factor":..,"interpolated_pairs":..,"magnitude":..,
 //  "query_scale":{"context":..,"skip_layers":..} or null,"inv_freq":[..]}. Errors name the file (ModelFormatException).
 using System.Text.Json;
+using LlamaRun.Core;
 using LlamaRun.Model;
 
 namespace LlamaRun.Rope;

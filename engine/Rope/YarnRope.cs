@@ -2,6 +2,7 @@
 // between extrapolated pairs (more than beta_fast turns in the original context) and interpolated ones (fewer than
 // beta_slow), plus the cos/sin magnitude 0.1 ln s + 1 (or the mscale ratio, or an explicit attention_factor).
 // Example: YarnRope.Build(128, 10000, new YarnOptions(4, 4096)) has pairs 0..20 kept, 46..63 divided by 4.
+using LlamaRun.Core;
 namespace LlamaRun.Rope;
 
 /// <summary>YaRN settings with transformers' defaults (beta_fast 32, beta_slow 1, truncate on).</summary>

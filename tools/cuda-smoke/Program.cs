@@ -1,6 +1,7 @@
 // cuda-smoke: runs every OpCheck case CPU vs CUDA, then times the main kernels (GB/s, TFLOP/s) on the GPU.
 // Usage: cuda-smoke [check|bench|all|selfcheck] (default all). Exit code 1 when a case fails or CUDA is unavailable.
 using System.Diagnostics;
+using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Backends.Cuda;

@@ -3,6 +3,7 @@
 // --compute mixed|f32|bf16: mixed (default) keeps activations in f32 with a bf16 KV cache and bf16 tensor-core
 // operands on the GPU; f32 keeps everything but the stored weights in f32 (the CPU always does); bf16 rounds every
 // activation and op intermediate as transformers in bfloat16 does.
+using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Model;
 using LlamaRun.Rope;

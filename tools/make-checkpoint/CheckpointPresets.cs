@@ -1,5 +1,6 @@
 // Named real-model shapes for random checkpoints (stories110m, llama2-7b, llama3-8b), shared by make-checkpoint and
 // bench/GenerateBenchmarks.cs (linked there). `make-checkpoint --list` prints them.
+using LlamaRun.Core;
 using LlamaRun.Model;
 
 namespace LlamaRun.MakeCheckpoint;

@@ -3,6 +3,7 @@
 //   make-checkpoint -o DIR --hidden 1024 --ffn 2816 --layers 8 --heads 16 [--kv-heads 4] [--vocab 32000] [--dtype bf16]
 using System.Diagnostics;
 using System.Globalization;
+using LlamaRun.Core;
 using LlamaRun.MakeCheckpoint;
 using LlamaRun.Model;
 

@@ -1,6 +1,7 @@
 // What rope-opt measures: for each compared method, its table at the target length and its per-pair DPRoPE
 // disturbance against plain RoPE's pre-training angle distribution. Run: rope-opt --head-dim 128 --base 10000
 // --orig 4096 --target 8192 --compare pi,yarn,dprope --json
+using LlamaRun.Core;
 using LlamaRun.Model;
 using LlamaRun.Rope;
 

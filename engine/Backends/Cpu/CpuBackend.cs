@@ -3,8 +3,7 @@
 // Test: CpuBackendTests (shape errors, Upload aliasing, a whole layer step against CpuOps).
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
-using LlamaRun.Model;
-using LlamaRun.Rope;
+using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cpu;
 

@@ -2,7 +2,7 @@
 // and Add dst = x + y. Both allow dst to alias an input. A bf16/f16 compute type rounds silu(gate) and the product, as
 // torch's silu and mul do in that dtype. Test: CpuOpsTests.SwiGlu, CpuOpsTests.Add, CpuOpsBf16Tests.SwiGlu.
 using System.Numerics.Tensors;
-using LlamaRun.Model;
+using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cpu;
 

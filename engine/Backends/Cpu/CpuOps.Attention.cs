@@ -8,7 +8,7 @@ using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
-using LlamaRun.Model;
+using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cpu;
 

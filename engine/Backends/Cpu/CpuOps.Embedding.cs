@@ -2,7 +2,7 @@
 // Test: CpuOpsTests.Embedding* (every dtype, hidden sizes 0..256).
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
-using LlamaRun.Model;
+using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cpu;
 

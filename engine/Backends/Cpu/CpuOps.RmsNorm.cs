@@ -5,7 +5,7 @@
 // Test: CpuOpsTests.RmsNorm, CpuOpsBf16Tests.RmsNorm.
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
-using LlamaRun.Model;
+using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cpu;
 

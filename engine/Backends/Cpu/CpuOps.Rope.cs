@@ -3,8 +3,7 @@
 // Numerics as transformers: angle = f32(p) * InvFreq[j] in f32; cos/sin of that f32 angle (computed in double,
 // rounded to f32) times Magnitude in f32; out = x*cos - y*sin / y*cos + x*sin with each product rounded (no FMA).
 // A bf16/f16 compute type also rounds cos, sin, every product and every sum to it (apply_rotary_pos_emb in that dtype).
-using LlamaRun.Model;
-using LlamaRun.Rope;
+using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cpu;
 

@@ -2,7 +2,7 @@
 // in bf16 or f16 (transformers with torch_dtype bfloat16 rounds after every op), plus the scalar and span forms the
 // ops use for their mid-op roundings. Tests: CpuOpsTests.Round*, CpuOpsBf16Tests.
 using System.Runtime.Intrinsics;
-using LlamaRun.Model;
+using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cpu;
 

@@ -1,6 +1,6 @@
 // CudaBackend's device memory: allocation, uploads and downloads (synchronous on the one stream), the KV cache in the
 // backend's element type, and the small grow-on-demand int buffers. Exercised by tests/BackendOpsTests.cs.
-using LlamaRun.Model;
+using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cuda;
 

@@ -4,8 +4,7 @@
 // multiplies f32 activations exactly (no bf16 tensor-core operands), as the CPU backend does; slower, for reference
 // runs. LLAMA_SYNC=1 waits after every launch. Exercised by BackendOpsTests.
 using System.Text;
-using LlamaRun.Model;
-using LlamaRun.Rope;
+using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cuda;
 

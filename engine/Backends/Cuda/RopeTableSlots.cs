@@ -1,7 +1,7 @@
 // Device copies of RoPE InvFreq tables in a few fixed slots allocated at start-up; a table is re-uploaded (stream
 // ordered, so kernels queued earlier still see the old contents) only when no slot holds its values.
 // Exercised by tests/BackendOpsTests.cs Rope and Rerotate.
-using LlamaRun.Rope;
+using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cuda;
 

@@ -2,6 +2,7 @@
 // error, NaN/Inf parity, guard rows), then the whole model's logits GPU against CPU, in the default mixed precision
 // and in full f32 (--compute f32). Exits non-zero on any failure.
 using System.Globalization;
+using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Backends.Cuda;

@@ -1,7 +1,7 @@
 // Which RoPE table applies at a given sequence length: one fixed table, or a length-dependent one
 // (dynamic NTK, LongRoPE short/long). The forward pass asks for the table before each step and
 // re-rotates the cached keys when the answer changes.
-namespace LlamaRun.Rope;
+namespace LlamaRun.Core;
 
 /// <summary>A RoPE table, possibly depending on the sequence length seen so far.</summary>
 public sealed class RopeSchedule(RopeTable table, Func<int, RopeTable>? forLength = null)

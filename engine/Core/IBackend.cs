@@ -2,10 +2,8 @@
 // Activations are F32 [tokens, features]; weights may be F32, F16 or BF16 [out, in]. Outputs come last.
 // GPU backends run every op asynchronously on one stream; only Download, Argmax and Synchronize wait.
 // `compute` (F32 unless a bf16/f16 framework is emulated) says which type the op rounds its intermediates to.
-using LlamaRun.Model;
-using LlamaRun.Rope;
 
-namespace LlamaRun.Backends;
+namespace LlamaRun.Core;
 
 /// <summary>The ops a Llama forward pass needs, implemented once per device.</summary>
 public interface IBackend : IDisposable

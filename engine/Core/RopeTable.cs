@@ -1,6 +1,6 @@
 // The one RoPE table format every backend's rotary op consumes (ROPE.md section 8).
 // Producers (one file per method family in this folder) build it; the forward pass only reads it.
-namespace LlamaRun.Rope;
+namespace LlamaRun.Core;
 
 /// <summary>Query-only logit multiplier lambda(layer, m) = max(1, ln(m+1)/ln(Context)) for layers >= SkipLayers.</summary>
 public sealed record QueryScale(float Context, int SkipLayers)

@@ -2,7 +2,7 @@
 // bf16 and f16 are converted by bit operations so the CPU and the CUDA kernels round identically.
 using System.Runtime.CompilerServices;
 
-namespace LlamaRun.Model;
+namespace LlamaRun.Core;
 
 /// <summary>Element type of a tensor as stored in a checkpoint or on a device.</summary>
 public enum DType { F32, F16, BF16 }

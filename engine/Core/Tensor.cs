@@ -1,8 +1,7 @@
 // A 2-D tensor handle: element type, [Rows, Cols], and the address of element [0, 0] on its backend.
 // CPU tensors hold host addresses, CUDA tensors device addresses; views share storage and own nothing.
-using LlamaRun.Model;
 
-namespace LlamaRun.Backends;
+namespace LlamaRun.Core;
 
 /// <summary>A row-major [Rows, Cols] block of elements owned by (or viewed on) one backend.</summary>
 public sealed class Tensor : IDisposable
