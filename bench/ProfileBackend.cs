@@ -14,6 +14,7 @@ public sealed class ProfileBackend(IBackend inner) : IBackend
     private readonly Dictionary<string, (double Seconds, long Bytes, int Calls)> _totals = [];
 
     public string Name => inner.Name;
+    public BackendCapabilities Capabilities => inner.Capabilities;
     public string Device => inner.Device;
     public int KvElementSize => inner.KvElementSize;
     public long FreeMemoryBytes => inner.FreeMemoryBytes;

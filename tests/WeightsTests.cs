@@ -16,6 +16,7 @@ internal sealed class RecordingBackend(int failAfterUploads = int.MaxValue) : IB
     public int Freed;
 
     public string Name => "recording";
+    public BackendCapabilities Capabilities { get; } = new(PrefillChunk: 512, StackedDecodeProjections: false, DeviceMemory: false);
     public int KvElementSize => 4;
     public long FreeMemoryBytes => 0;
     public void Round(Tensor x, DType dtype) => throw new NotSupportedException();

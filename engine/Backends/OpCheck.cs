@@ -5,7 +5,6 @@
 using System.Runtime.InteropServices;
 using System.Text;
 using LlamaRun.Core;
-using LlamaRun.Backends.Cuda;
 
 namespace LlamaRun.Backends;
 
@@ -203,14 +202,7 @@ public static unsafe class OpCheck
     public static float[] Read(IBackend backend, Tensor t)
     {
         var dst = new float[t.Length];
-        if (t.DType == DType.F32) backend.Download(t, dst);
-        else if (backend is CudaBackend cuda) cuda.DownloadAsF32(t, dst);
-        else
-        {
-            backend.Synchronize();
-            var src = new ReadOnlySpan<ushort>((void*)t.Pointer, checked((int)t.Length));
-            for (int i = 0; i < src.Length; i++) dst[i] = t.DType == DType.BF16 ? DTypes.BF16ToF32(src[i]) : DTypes.F16ToF32(src[i]);
-        }
+        backend.Download(t, dst);
         return dst;
     }
 

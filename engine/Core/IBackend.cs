@@ -5,11 +5,19 @@
 
 namespace LlamaRun.Core;
 
+/// <summary>What a backend states about itself, so that callers never test its name.</summary>
+/// <param name="PrefillChunk">Prompt tokens per forward chunk that reach the backend's full speed (llama-run's default -b).</param>
+/// <param name="StackedDecodeProjections">One matmul over stacked q/k/v (and gate/up) weight rows pays off for a single token.</param>
+/// <param name="DeviceMemory">Tensors live in accelerator memory, and FreeMemoryBytes counts that memory.</param>
+public sealed record BackendCapabilities(int PrefillChunk, bool StackedDecodeProjections, bool DeviceMemory);
+
 /// <summary>The ops a Llama forward pass needs, implemented once per device.</summary>
 public interface IBackend : IDisposable
 {
-    /// <summary>"cpu" or "cuda".</summary>
+    /// <summary>The device name as --device takes it: "cpu", "cuda" or "ilgpu-cpu".</summary>
     string Name { get; }
+
+    BackendCapabilities Capabilities { get; }
 
     /// <summary>Human-readable device description for logs.</summary>
     string Device { get; }
@@ -26,7 +34,7 @@ public interface IBackend : IDisposable
     /// <summary>Makes a tensor of host data; the CPU backend may alias it, so keep hostData alive as long as the tensor.</summary>
     Tensor Upload(DType dtype, int rows, int cols, nint hostData);
 
-    /// <summary>Copies an F32 tensor to host memory, after all queued work.</summary>
+    /// <summary>Copies a tensor to host memory as F32 (bf16 and f16 widened exactly), after all queued work.</summary>
     void Download(Tensor src, Span<float> dst);
 
     /// <summary>Allocates the KV cache; the backend picks its element type (F32 on CPU, BF16 on CUDA unless in full precision).</summary>

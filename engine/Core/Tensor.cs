@@ -1,5 +1,6 @@
-// A 2-D tensor handle: element type, [Rows, Cols], and the address of element [0, 0] on its backend.
-// CPU tensors hold host addresses, CUDA tensors device addresses; views share storage and own nothing.
+// A 2-D tensor handle: element type, [Rows, Cols], and where element [0, 0] lives on its backend: a host address for
+// CPU tensors, an ILGPU view of the tensor's bytes for GPU tensors. Views share storage and own nothing.
+using ILGPU;
 
 namespace LlamaRun.Core;
 
@@ -8,7 +9,21 @@ public sealed class Tensor : IDisposable
 {
     private Action<Tensor>? _free;
 
+    /// <summary>A tensor in host memory at pointer.</summary>
     public Tensor(IBackend backend, DType dtype, int rows, int cols, nint pointer, Action<Tensor>? free)
+        : this(backend, dtype, rows, cols, pointer, default, false, free)
+    {
+    }
+
+    /// <summary>A tensor in accelerator memory: bytes is the view of its Rows * Cols elements.</summary>
+    public Tensor(IBackend backend, DType dtype, int rows, int cols, ArrayView<byte> bytes, Action<Tensor>? free)
+        : this(backend, dtype, rows, cols, 0, bytes, true, free)
+    {
+        if (bytes.Length != (long)rows * cols * dtype.Size())
+            throw new ArgumentException($"a view of {bytes.Length} bytes cannot hold {dtype.Name()}[{rows}, {cols}]", nameof(bytes));
+    }
+
+    private Tensor(IBackend backend, DType dtype, int rows, int cols, nint pointer, ArrayView<byte> bytes, bool onAccelerator, Action<Tensor>? free)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(rows);
         ArgumentOutOfRangeException.ThrowIfNegative(cols);
@@ -17,6 +32,8 @@ public sealed class Tensor : IDisposable
         Rows = rows;
         Cols = cols;
         Pointer = pointer;
+        Bytes = bytes;
+        OnAccelerator = onAccelerator;
         _free = free;
     }
 
@@ -25,8 +42,14 @@ public sealed class Tensor : IDisposable
     public int Rows { get; }
     public int Cols { get; }
 
-    /// <summary>Host address (CPU) or device address (CUDA) of element [0, 0].</summary>
+    /// <summary>Host address of element [0, 0] (0 for accelerator tensors).</summary>
     public nint Pointer { get; }
+
+    /// <summary>The tensor's bytes on an accelerator (an empty view for host tensors).</summary>
+    public ArrayView<byte> Bytes { get; }
+
+    /// <summary>True for tensors in accelerator memory (Bytes), false for host tensors (Pointer).</summary>
+    public bool OnAccelerator { get; }
 
     public long Length => (long)Rows * Cols;
     public long ByteLength => Length * DType.Size();
@@ -36,7 +59,10 @@ public sealed class Tensor : IDisposable
     {
         if ((uint)row > (uint)Rows || (uint)count > (uint)(Rows - row))
             throw new ArgumentOutOfRangeException(nameof(row), $"rows [{row}, {row + count}) outside [0, {Rows})");
-        return new Tensor(Backend, DType, count, Cols, Pointer + (nint)((long)row * Cols * DType.Size()), null);
+        long offset = (long)row * Cols * DType.Size();
+        return OnAccelerator
+            ? new Tensor(Backend, DType, count, Cols, Bytes.SubView(offset, (long)count * Cols * DType.Size()), null)
+            : new Tensor(Backend, DType, count, Cols, Pointer + (nint)offset, null);
     }
 
     /// <summary>A non-owning view of columns [col, col + count) of a one-row tensor (contiguous, unlike columns of several rows).</summary>
@@ -45,7 +71,10 @@ public sealed class Tensor : IDisposable
         if (Rows != 1) throw new InvalidOperationException($"column views need a one-row tensor, not {this}");
         if ((uint)col > (uint)Cols || (uint)count > (uint)(Cols - col))
             throw new ArgumentOutOfRangeException(nameof(col), $"columns [{col}, {col + count}) outside [0, {Cols})");
-        return new Tensor(Backend, DType, 1, count, Pointer + (nint)((long)col * DType.Size()), null);
+        long offset = (long)col * DType.Size();
+        return OnAccelerator
+            ? new Tensor(Backend, DType, 1, count, Bytes.SubView(offset, (long)count * DType.Size()), null)
+            : new Tensor(Backend, DType, 1, count, Pointer + (nint)offset, null);
     }
 
     public override string ToString() => $"{DType.Name()}[{Rows}, {Cols}]";

@@ -12,6 +12,8 @@ public sealed unsafe class CpuBackend : IBackend
 {
     public string Name => "cpu";
 
+    public BackendCapabilities Capabilities { get; } = new(PrefillChunk: 512, StackedDecodeProjections: false, DeviceMemory: false);
+
     public int KvElementSize => 4;
 
     /// <summary>MemAvailable of /proc/meminfo (0 where that file does not exist).</summary>
@@ -57,9 +59,16 @@ public sealed unsafe class CpuBackend : IBackend
 
     public void Download(Tensor src, Span<float> dst)
     {
-        Check(src, nameof(src), DType.F32);
+        Check(src, nameof(src));
         if (dst.Length < src.Length) throw new ArgumentException($"dst holds {dst.Length} floats, src {src} needs {src.Length}", nameof(dst));
-        new ReadOnlySpan<float>((void*)src.Pointer, checked((int)src.Length)).CopyTo(dst);
+        int n = checked((int)src.Length);
+        if (src.DType == DType.F32)
+        {
+            new ReadOnlySpan<float>((void*)src.Pointer, n).CopyTo(dst);
+            return;
+        }
+        var bits = new ReadOnlySpan<ushort>((void*)src.Pointer, n);
+        for (int i = 0; i < n; i++) dst[i] = src.DType == DType.BF16 ? DTypes.BF16ToF32(bits[i]) : DTypes.F16ToF32(bits[i]);
     }
 
     public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim)

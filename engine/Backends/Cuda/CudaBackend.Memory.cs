@@ -48,7 +48,11 @@ public sealed unsafe partial class CudaBackend
 
     public void Download(Tensor src, Span<float> dst)
     {
-        Require(src, DType.F32, nameof(src));
+        if (src.DType != DType.F32)
+        {
+            DownloadAsF32(src, dst);
+            return;
+        }
         if (dst.Length < src.Length) throw new ArgumentException($"destination holds {dst.Length} floats, {src} needs {src.Length}", nameof(dst));
         DownloadBytes(src, MemoryMarshalBytes(dst), src.ByteLength);
     }

@@ -108,6 +108,8 @@ public sealed unsafe partial class CudaBackend : IBackend
 
     public string Name => "cuda";
 
+    public BackendCapabilities Capabilities { get; } = new(PrefillChunk: 4096, StackedDecodeProjections: true, DeviceMemory: true);
+
     public int KvElementSize => _fullPrecision ? 4 : 2;
 
     public long FreeMemoryBytes

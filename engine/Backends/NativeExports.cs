@@ -1,8 +1,8 @@
 // Exports of a native library loaded at run time (libcuda, libnvrtc, libcublas): every required name that is absent
-// is collected, so the one-line error lists them all. Used by CuDriver, Nvrtc and CuBlas; exercised by their loading.
+// is collected, so the one-line error lists them all. Used by the driver and cuBLAS bindings; exercised by their loading.
 using System.Runtime.InteropServices;
 
-namespace LlamaRun.Backends.Cuda;
+namespace LlamaRun.Backends;
 
 internal sealed class NativeExports(nint library)
 {

@@ -1,0 +1,402 @@
+// IBackend over an ILGPU accelerator: NVIDIA GPUs through ILGPU's CUDA accelerator (--device cuda), or the same
+// kernels as .NET code on ILGPU's CPU accelerator (--device ilgpu-cpu, for debugging a kernel without a GPU). Checks
+// shapes, then queues kernels of kernels/ on one stream (GpuKernels). Owns the ILGPU context, accelerator and stream
+// and small fixed work buffers; weights, activations and the KV cache come from Alloc/Upload/AllocKvCache (Memory
+// file). Full-precision mode keeps the KV cache in f32 and multiplies f32 activations exactly, as the CPU backend
+// does. Exercised by tests/GpuOpsTests.cs (CPU accelerator in CI, CUDA on a GPU) and `llama-run check`.
+using System.Diagnostics;
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+using LlamaRun.Core;
+using LlamaRun.Kernels;
+
+namespace LlamaRun.Backends.Gpu;
+
+/// <summary>The ILGPU backend: every op runs asynchronously on one stream of one accelerator.</summary>
+public sealed unsafe partial class GpuBackend : IBackend
+{
+    private const int AttentionScratchFloats = 4 << 20;   // split-K partials (m, l, acc[headDim]) for decode
+
+    private readonly Context _context;
+    private readonly Accelerator _accelerator;
+    private readonly AcceleratorStream _stream;
+    private readonly GpuKernels _launch;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> _attentionScratch;
+    private readonly GpuRopeTables _rope;
+    private readonly GpuCuBlas? _blas;                  // large bf16 GEMMs when libcublas is present (CUDA only)
+    private readonly bool _flashAttention = Environment.GetEnvironmentVariable("LLAMA_FLASH_ATTENTION") != "0";
+    private readonly bool _fullPrecision;               // f32 KV cache, exact f32 matmuls
+    private MemoryBuffer1D<int, Stride1D.Dense>? _ints; // token ids in, argmax indices out
+    private bool _disposed;
+
+    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision)
+    {
+        _context = context;
+        _accelerator = accelerator;
+        Name = name;
+        _fullPrecision = fullPrecision;
+        try
+        {
+            _stream = accelerator.CreateStream();
+            var loader = new AcceleratorKernelLoader(accelerator);
+            long t0 = Stopwatch.GetTimestamp();
+            int multiprocessors = accelerator is CudaAccelerator cuda ? cuda.NumMultiprocessors : accelerator.NumMultiprocessors;
+            _launch = new GpuKernels(loader, _stream, accelerator.MaxNumThreadsPerGroup, multiprocessors,
+                emulated: accelerator is not CudaAccelerator, Environment.GetEnvironmentVariable("LLAMA_SYNC") == "1");
+            KernelLoadSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            Kernels = loader.Reports;
+            _attentionScratch = accelerator.Allocate1D<float>(AttentionScratchFloats);
+            _rope = new GpuRopeTables(accelerator, _stream);
+            EnsureInts(4096);
+            if (accelerator is CudaAccelerator ca) _blas = GpuCuBlas.TryCreate(ca, _stream, out _);
+            if (fullPrecision) _blas?.Wide();   // the widened-weight buffer, allocated up front like every other
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+        string blas = _blas is null ? "" : $", GEMM {Path.GetFileName(GpuCuBlas.Library)}";
+        Device = accelerator is CudaAccelerator c
+            ? $"{c.Name} (cc {c.Architecture.Major}.{c.Architecture.Minor}, {c.NumMultiprocessors} SMs, {c.MemorySize >> 20} MiB, ILGPU {c.InstructionSet} PTX{blas}"
+              + (fullPrecision ? ", full f32)" : ")")
+            : $"ILGPU CPU accelerator ({accelerator.MaxNumThreadsPerGroup} threads a group, warp {accelerator.WarpSize}{(fullPrecision ? ", full f32" : "")})";
+    }
+
+    /// <summary>Opens CUDA GPU 0 through ILGPU and loads every kernel, or returns null with a one-line reason.</summary>
+    public static GpuBackend? TryCreateCuda(out string reason, bool fullPrecision = false)
+    {
+        if (!GpuNative.TryLoad(out reason)) return null;
+        Context? context = null;
+        try
+        {
+            context = Context.Create(b => b.Cuda().Optimize(OptimizationLevel.O2).EnableAlgorithms());
+            if (context.GetCudaDevices().Count == 0)
+            {
+                reason = "ILGPU found no CUDA device";
+                context.Dispose();
+                return null;
+            }
+            var accelerator = context.GetCudaDevice(0).CreateCudaAccelerator(context);
+            return new GpuBackend(context, accelerator, "cuda", fullPrecision);
+        }
+        catch (Exception e) when (e is GpuException or CudaException or InvalidOperationException or NotSupportedException)
+        {
+            reason = e.Message.Split('\n')[0];
+            context?.Dispose();
+            return null;
+        }
+    }
+
+    /// <summary>The same kernels on ILGPU's CPU accelerator: 32-lane warps, groups of up to 256 threads; slow, for small shapes.</summary>
+    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false)
+    {
+        var context = Context.Create(b => b.CPU(new CPUDevice(numThreadsPerWarp: 32, numWarpsPerMultiprocessor: 8, numMultiprocessors: 1))
+            .Optimize(OptimizationLevel.O2).EnableAlgorithms());
+        try
+        {
+            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision);
+        }
+        catch
+        {
+            context.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Compiles every kernel the backend loads to PTX for sm_80 without a GPU (for tests and tools), in load order.</summary>
+    public static IReadOnlyList<(string Name, string Ptx, KernelNeeds Needs)> CompilePtx(CudaInstructionSet instructionSet)
+    {
+        using var context = Context.Create(b => b.CPU().Optimize(OptimizationLevel.O2).EnableAlgorithms());
+        using var loader = new PtxKernelLoader(context, instructionSet);
+        _ = new GpuKernels(loader, null!, 1024, 132, emulated: false, sync: false);
+        return loader.Kernels;
+    }
+
+    /// <summary>True when a CUDA driver and a GPU of compute capability 8.0 or newer are present; otherwise why not.</summary>
+    public static bool IsCudaAvailable(out string reason) => GpuNative.TryLoad(out reason);
+
+    public string Name { get; }
+
+    public BackendCapabilities Capabilities => new(PrefillChunk: Name == "cuda" ? 4096 : 512, StackedDecodeProjections: true, DeviceMemory: true);
+
+    public string Device { get; }
+
+    public int KvElementSize => _fullPrecision ? 4 : 2;
+
+    /// <summary>Seconds spent compiling (IL to PTX) and loading every kernel at start-up.</summary>
+    public double KernelLoadSeconds { get; }
+
+    /// <summary>Every kernel loaded at start-up, with its compile and load time and, on CUDA, registers and local memory.</summary>
+    public IReadOnlyList<KernelReport> Kernels { get; }
+
+    public long FreeMemoryBytes
+    {
+        get
+        {
+            if (_accelerator is not CudaAccelerator) return 0;
+            _accelerator.Bind();
+            return CudaAPI.CurrentAPI.GetMemoryInfo(out long free, out _) == CudaError.CUDA_SUCCESS ? free : 0;
+        }
+    }
+
+    private static void Require(Tensor t, DType dtype, string name)
+    {
+        if (t.DType != dtype) throw new ArgumentException($"{name} must be {dtype.Name()}, got {t}", name);
+    }
+
+    private void RequireOwn(Tensor t, string name)
+    {
+        if (!ReferenceEquals(t.Backend, this)) throw new ArgumentException($"{name} {t} belongs to backend {t.Backend.Name}", name);
+    }
+
+    // A cache of this backend's making: K and V both bf16 or both f32.
+    private static void RequireCache(KvCache cache)
+    {
+        if (cache.K.DType is not (DType.BF16 or DType.F32) || cache.V.DType != cache.K.DType)
+            throw new ArgumentException($"KV cache must be bf16 or f32, got K {cache.K} and V {cache.V}", nameof(cache));
+    }
+
+    private static void RequireShape(Tensor t, int rows, int cols, string name)
+    {
+        if (t.Rows != rows || t.Cols != cols) throw new ArgumentException($"{name} is {t}, expected [{rows}, {cols}]", name);
+    }
+
+    private static void RequireElementwise(Tensor a, Tensor b, Tensor dst)
+    {
+        Require(a, DType.F32, nameof(a));
+        Require(b, DType.F32, nameof(b));
+        Require(dst, DType.F32, nameof(dst));
+        if (a.Length != b.Length || a.Length != dst.Length)
+            throw new ArgumentException($"element-wise op on {a}, {b} -> {dst}: lengths differ", nameof(dst));
+    }
+
+    // True for bf16 compute (the kernel variants that round intermediates as a bf16 framework does); f16 compute is
+    // a CPU reference feature only.
+    private static bool Bf16Compute(DType compute) => compute switch
+    {
+        DType.F32 => false,
+        DType.BF16 => true,
+        _ => throw new NotSupportedException($"the GPU backend computes in F32 or BF16, not {compute.Name()}"),
+    };
+
+    public void Embedding(ReadOnlySpan<int> tokens, Tensor table, Tensor dst)
+    {
+        _accelerator.Bind();
+        RequireOwn(table, nameof(table));
+        Require(dst, DType.F32, nameof(dst));
+        RequireShape(dst, tokens.Length, table.Cols, nameof(dst));
+        foreach (int t in tokens)
+            if ((uint)t >= (uint)table.Rows) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} outside the vocabulary [0, {table.Rows})");
+        if (tokens.Length == 0) return;
+        var ids = EnsureInts(tokens.Length).View.SubView(0, tokens.Length);
+        fixed (int* p = tokens) ids.AsContiguous().CopyFromCPUUnsafeAsync(_stream, ref *p, tokens.Length);   // pageable: staged before return
+        _launch.Embedding(ids, table, GpuViews.F32(dst), tokens.Length, table.Cols);
+    }
+
+    public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps, DType compute = DType.F32)
+    {
+        bool bf16 = Bf16Compute(compute);
+        _accelerator.Bind();
+        Require(x, DType.F32, nameof(x));
+        Require(weight, DType.F32, nameof(weight));
+        Require(dst, DType.F32, nameof(dst));
+        RequireShape(weight, 1, x.Cols, nameof(weight));
+        RequireShape(dst, x.Rows, x.Cols, nameof(dst));
+        if (x.Rows == 0 || x.Cols == 0) return;
+        _launch.RmsNorm(x, weight, dst, x.Rows, x.Cols, eps, bf16);
+    }
+
+    public void AddRmsNorm(Tensor x, Tensor y, Tensor weight, Tensor dst, float eps, DType compute = DType.F32)
+    {
+        bool bf16 = Bf16Compute(compute);
+        _accelerator.Bind();
+        RequireElementwise(x, y, dst);
+        Require(weight, DType.F32, nameof(weight));
+        RequireShape(weight, 1, x.Cols, nameof(weight));
+        if (x.Rows == 0 || x.Cols == 0) return;
+        _launch.AddRmsNorm(x, y, weight, dst, x.Rows, x.Cols, eps, bf16);
+    }
+
+    public void MatMul(Tensor x, Tensor weight, Tensor dst)
+    {
+        _accelerator.Bind();
+        Require(x, DType.F32, nameof(x));
+        Require(dst, DType.F32, nameof(dst));
+        RequireOwn(weight, nameof(weight));
+        if (weight.Cols != x.Cols) throw new ArgumentException($"weight {weight} does not match x {x}", nameof(weight));
+        RequireShape(dst, x.Rows, weight.Rows, nameof(dst));
+        int tokens = x.Rows, inDim = x.Cols, outDim = weight.Rows;
+        if (tokens == 0 || outDim == 0) return;
+        bool prefill = tokens > MatMulKernels.GemvMaxTokens;
+        if (_fullPrecision && prefill && _blas is not null)
+        {
+            MatMulF32(x, weight, dst, tokens, inDim, outDim);
+            return;
+        }
+        if (!_fullPrecision && weight.DType == DType.BF16 && prefill)
+        {
+            if (_blas is not null)
+            {
+                // Same numerics as GemmBf16: activations rounded to bf16, products accumulated in f32.
+                var xb = _blas.Scratch((long)tokens * inDim);
+                _launch.ToBf16(GpuViews.F32(x), xb, (long)tokens * inDim);
+                _blas.GemmBf16(xb, weight, dst, tokens, inDim, outDim);
+            }
+            else
+            {
+                _launch.GemmBf16(GpuViews.F32(x), GpuViews.U16(weight), GpuViews.F32(dst), tokens, inDim, outDim);
+            }
+            return;
+        }
+        for (int t0 = 0; t0 < tokens; t0 += MatMulKernels.GemvMaxTokens)
+        {
+            int n = Math.Min(MatMulKernels.GemvMaxTokens, tokens - t0);
+            _launch.Gemv(x.SliceRows(t0, n), weight, dst.SliceRows(t0, n), n, inDim, outDim);
+        }
+    }
+
+    // Full precision through cuBLAS: f32 weights directly, bf16/f16 weights widened to f32 a block of rows at a time.
+    private void MatMulF32(Tensor x, Tensor weight, Tensor dst, int tokens, int inDim, int outDim)
+    {
+        if (weight.DType == DType.F32)
+        {
+            _blas!.GemmF32(GpuViews.Address(x), GpuViews.Address(weight), GpuViews.Address(dst), tokens, inDim, outDim, outDim);
+            return;
+        }
+        var wide = _blas!.Wide();
+        int blockRows = (int)Math.Max(1, Math.Min(outDim, GpuCuBlas.WideElements / inDim));
+        for (int r0 = 0; r0 < outDim; r0 += blockRows)
+        {
+            int rows = Math.Min(blockRows, outDim - r0);
+            long n = (long)rows * inDim;
+            _launch.Widen(weight.DType == DType.F16, GpuViews.U16(weight.SliceRows(r0, rows)), wide.SubView(0, n), n);
+            _blas.GemmF32(GpuViews.Address(x), (ulong)wide.LoadEffectiveAddressAsPtr(), GpuViews.Address(dst) + (ulong)r0 * 4, tokens, inDim, rows, outDim);
+        }
+    }
+
+    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32)
+    {
+        bool bf16 = Bf16Compute(compute);
+        _accelerator.Bind();
+        Require(q, DType.F32, nameof(q));
+        Require(k, DType.F32, nameof(k));
+        Require(v, DType.F32, nameof(v));
+        RequireCache(cache);
+        int hd = cache.HeadDim, tokens = q.Rows;
+        if (q.Cols % hd != 0) throw new ArgumentException($"q {q} is not a multiple of head dim {hd}", nameof(q));
+        RequireShape(k, tokens, cache.KvDim, nameof(k));
+        RequireShape(v, tokens, cache.KvDim, nameof(v));
+        if ((uint)layer >= (uint)cache.NumLayers) throw new ArgumentOutOfRangeException(nameof(layer));
+        if (startPos < 0 || startPos + tokens > cache.MaxSeq)
+            throw new ArgumentOutOfRangeException(nameof(startPos), $"positions [{startPos}, {startPos + tokens}) exceed the cache's {cache.MaxSeq}");
+        if (table.RotaryDim > hd) throw new ArgumentException($"rotary dim {table.RotaryDim} exceeds head dim {hd}", nameof(table));
+        if (tokens == 0) return;
+        var inv = _rope.Get(table);
+        var qs = table.QueryScale;
+        bool qsOn = qs is not null && layer >= qs.SkipLayers;
+        var args = new RopeArgs(q.Cols / hd, cache.NumKvHeads, hd, table.RotaryDim, startPos, layer * cache.MaxSeq + startPos,
+            table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0);
+        _launch.Rope(GpuViews.F32(q), GpuViews.F32(k), GpuViews.F32(v), cache.K, cache.V, inv, tokens, args, bf16);
+    }
+
+    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32)
+    {
+        bool bf16 = Bf16Compute(compute);
+        _accelerator.Bind();
+        Require(q, DType.F32, nameof(q));
+        Require(dst, DType.F32, nameof(dst));
+        int hd = cache.HeadDim, tokens = q.Rows, heads = q.Cols / hd;
+        if (q.Cols % hd != 0 || heads % cache.NumKvHeads != 0)
+            throw new ArgumentException($"q {q} does not split into heads of {hd} grouped over {cache.NumKvHeads} KV heads", nameof(q));
+        if (hd > AttentionKernels.MaxHeadDim) throw new ArgumentException($"head dim {hd} above {AttentionKernels.MaxHeadDim}", nameof(cache));
+        RequireShape(dst, tokens, q.Cols, nameof(dst));
+        if ((uint)layer >= (uint)cache.NumLayers) throw new ArgumentOutOfRangeException(nameof(layer));
+        if (startPos < 0 || startPos + tokens > cache.MaxSeq) throw new ArgumentOutOfRangeException(nameof(startPos));
+        if (tokens > 65535) throw new ArgumentException($"at most 65535 queries per call, got {tokens}", nameof(q));
+        if (tokens == 0) return;
+        RequireCache(cache);
+        _launch.Attention(GpuViews.F32(q), cache.LayerK(layer), cache.LayerV(layer), GpuViews.F32(dst), _attentionScratch.View, tokens,
+            heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16);
+    }
+
+    public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
+    {
+        _accelerator.Bind();
+        RequireCache(cache);
+        if (from.RotaryDim != to.RotaryDim || from.RotaryDim > cache.HeadDim)
+            throw new ArgumentException($"rotary dims {from.RotaryDim} and {to.RotaryDim} do not fit head dim {cache.HeadDim}", nameof(to));
+        if (length < 0 || length > cache.MaxSeq) throw new ArgumentOutOfRangeException(nameof(length));
+        if (length == 0) return;
+        var f = _rope.Get(from);
+        var t = _rope.Get(to, keep: from);
+        _launch.Rerotate(cache.K, f, t, cache.NumLayers, cache.MaxSeq, length, cache.NumKvHeads, cache.HeadDim, from.RotaryDim,
+            from.Magnitude, to.Magnitude);
+    }
+
+    public void SwiGlu(Tensor gate, Tensor up, Tensor dst, DType compute = DType.F32)
+    {
+        bool bf16 = Bf16Compute(compute);
+        _accelerator.Bind();
+        RequireElementwise(gate, up, dst);
+        if (dst.Length > 0) _launch.SwiGlu(GpuViews.F32(gate), GpuViews.F32(up), GpuViews.F32(dst), dst.Length, bf16);
+    }
+
+    public void Add(Tensor x, Tensor y, Tensor dst)
+    {
+        _accelerator.Bind();
+        RequireElementwise(x, y, dst);
+        if (dst.Length > 0) _launch.Add(GpuViews.F32(x), GpuViews.F32(y), GpuViews.F32(dst), dst.Length);
+    }
+
+    public void Argmax(Tensor x, Span<int> dst)
+    {
+        _accelerator.Bind();
+        Require(x, DType.F32, nameof(x));
+        if (dst.Length < x.Rows) throw new ArgumentException($"destination holds {dst.Length} ints, {x} has {x.Rows} rows", nameof(dst));
+        if (x.Rows == 0) return;
+        var idx = EnsureInts(x.Rows).View.SubView(0, x.Rows);
+        _launch.Argmax(GpuViews.F32(x), idx, x.Rows, x.Cols);
+        fixed (int* p = dst) idx.CopyToCPU(_stream, ref *p, x.Rows);
+    }
+
+    public void Round(Tensor x, DType dtype)
+    {
+        _accelerator.Bind();
+        Require(x, DType.F32, nameof(x));
+        if (dtype == DType.F32 || x.Length == 0) return;
+        _launch.Round(GpuViews.F32(x), x.Length, dtype == DType.F16);
+    }
+
+    public void Synchronize()
+    {
+        _accelerator.Bind();
+        _stream.Synchronize();
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        try
+        {
+            _accelerator.Bind();
+            _stream?.Synchronize();
+        }
+        catch (Exception)
+        {
+            // Dispose paths never throw: a failed kernel already reported its error.
+        }
+        _blas?.Dispose();
+        _rope?.Dispose();
+        _ints?.Dispose();
+        _attentionScratch?.Dispose();
+        _stream?.Dispose();
+        _accelerator.Dispose();
+        _context.Dispose();
+    }
+
+    public override string ToString() => $"{Name}: {Device}";
+}

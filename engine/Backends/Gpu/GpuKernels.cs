@@ -1,0 +1,349 @@
+// Typed launchers, one per kernel family (DESIGN R3, layer 2): every kernel of kernels/ is compiled and loaded once at
+// start-up into a typed delegate; each launcher computes grid, group and shared memory at the call, picks the variant
+// and queues it on the backend's stream. No synchronisation unless LLAMA_SYNC=1, which waits after every launch and
+// names the kernel that failed. Exercised by tests/GpuOpsTests.cs through GpuBackend.
+using ILGPU;
+using ILGPU.Runtime;
+using LlamaRun.Core;
+using LlamaRun.Kernels;
+using LlamaRun.Kernels.Device;
+using Stream = ILGPU.Runtime.AcceleratorStream;
+using F32 = ILGPU.ArrayView<float>;
+using U16 = ILGPU.ArrayView<ushort>;
+
+namespace LlamaRun.Backends.Gpu;
+
+internal sealed class GpuKernels
+{
+    // Queries per flash-attention group: 64 (4 warps, default) or 128 (8 warps, LLAMA_FLASH_ROWS=128).
+    private static readonly bool FlashRows128 = Environment.GetEnvironmentVariable("LLAMA_FLASH_ROWS") == "128";
+    private static readonly int FlashWarps = FlashRows128 ? 8 : 4;
+
+    // Decode split-K: groups per SM to aim for (LLAMA_ATTN_WAVES overrides, for tuning).
+    private static readonly int SplitWaves = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_ATTN_WAVES"), out int w) && w is > 0 and <= 64 ? w : 4;
+
+    private readonly Stream _stream;
+    private readonly bool _sync;
+    private readonly int _maxGroup, _multiprocessors;
+    private readonly int _scratchBytes;   // the tensor-core emulation's shared scratch (ILGPU's CPU accelerator only)
+
+    private readonly Action<Stream, KernelConfig, ArrayView<int>, F32, F32, int, int> _embeddingF32;
+    private readonly Action<Stream, KernelConfig, ArrayView<int>, U16, F32, int, int> _embeddingBf16, _embeddingF16;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, int, float> _rmsNorm, _rmsNormBf16;
+    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float> _rmsNorm4, _rmsNorm4Bf16;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, int, float> _addRmsNorm, _addRmsNormBf16;
+    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float> _addRmsNorm4, _addRmsNorm4Bf16;
+    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int, int> _gemvBf16T1, _gemvBf16;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, int, int, int> _gemvF32;
+    private readonly Action<Stream, KernelConfig, F32, U16, F32, int, int, int> _gemvBf16Any, _gemvF16, _gemmBf16;
+    private readonly Action<Stream, KernelConfig, F32, U16, long> _toBf16;
+    private readonly Action<Stream, KernelConfig, U16, F32, long> _widenBf16, _widenF16;
+    private readonly Action<Stream, KernelConfig, F32, long> _roundBf16, _roundF16;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs> _rope, _ropeBf16;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs> _ropeCacheF32, _ropeBf16CacheF32;
+    private readonly Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float> _rerotate;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float> _rerotateF32;
+    private readonly Action<Stream, KernelConfig, F32, U16, U16, F32, F32, AttentionArgs> _split, _tiled;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, F32, AttentionArgs> _splitF32;
+    private readonly Action<Stream, KernelConfig, F32, F32, int, int, int> _combine;
+    private readonly Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float> _flash64, _flash128;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, long> _swiGlu, _swiGluBf16, _add;
+    private readonly Action<Stream, KernelConfig, F32, ArrayView<int>, int> _argmax;
+
+    /// <summary>emulated: the accelerator runs the tensor-core helpers' C# paths (ILGPU's CPU accelerator).</summary>
+    public GpuKernels(IKernelLoader l, Stream stream, int maxGroup, int multiprocessors, bool emulated, bool sync)
+    {
+        _scratchBytes = TensorCore.ScratchBytes(emulated);
+        _stream = stream;
+        _maxGroup = maxGroup;
+        _multiprocessors = multiprocessors;
+        _sync = sync;
+        _embeddingF32 = l.Load<Action<Stream, KernelConfig, ArrayView<int>, F32, F32, int, int>>("embedding_f32", EmbeddingKernels.Embedding<float, F32Element>);
+        _embeddingBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<int>, U16, F32, int, int>>("embedding_bf16", EmbeddingKernels.Embedding<ushort, Bf16Element>);
+        _embeddingF16 = l.Load<Action<Stream, KernelConfig, ArrayView<int>, U16, F32, int, int>>("embedding_f16", EmbeddingKernels.Embedding<ushort, F16Element>);
+        _rmsNorm = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, float>>("rmsnorm", RmsNormKernels.RmsNorm<NoRounding>);
+        _rmsNormBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, float>>("rmsnorm_cbf16", RmsNormKernels.RmsNorm<Bf16Rounding>);
+        _rmsNorm4 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>("rmsnorm4", RmsNormKernels.RmsNorm4<NoRounding>);
+        _rmsNorm4Bf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>("rmsnorm4_cbf16", RmsNormKernels.RmsNorm4<Bf16Rounding>);
+        _addRmsNorm = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>>("add_rmsnorm", RmsNormKernels.AddRmsNorm<NoRounding>);
+        _addRmsNormBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>>("add_rmsnorm_cbf16", RmsNormKernels.AddRmsNorm<Bf16Rounding>);
+        _addRmsNorm4 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>("add_rmsnorm4", RmsNormKernels.AddRmsNorm4<NoRounding>);
+        _addRmsNorm4Bf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>("add_rmsnorm4_cbf16", RmsNormKernels.AddRmsNorm4<Bf16Rounding>);
+        _gemvBf16T1 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int, int>>("gemv_bf16_t1", MatMulKernels.GemvBf16<OneToken>);
+        _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int, int>>("gemv_bf16", MatMulKernels.GemvBf16<UpToEightTokens>);
+        _gemvF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>>("gemv_f32", MatMulKernels.Gemv<float, F32Element>);
+        _gemvBf16Any = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_bf16_any", MatMulKernels.Gemv<ushort, Bf16Element>);
+        _gemvF16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_f16", MatMulKernels.Gemv<ushort, F16Element>);
+        _gemmBf16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemm_bf16", MatMulKernels.GemmBf16, KernelNeeds.Mma,
+            dynamicShared: MatMulKernels.GemmSharedBytes);
+        _toBf16 = l.Load<Action<Stream, KernelConfig, F32, U16, long>>("to_bf16", RoundKernels.ToBf16);
+        _widenBf16 = l.Load<Action<Stream, KernelConfig, U16, F32, long>>("widen_bf16", RoundKernels.Widen<Bf16Element>);
+        _widenF16 = l.Load<Action<Stream, KernelConfig, U16, F32, long>>("widen_f16", RoundKernels.Widen<F16Element>);
+        _roundBf16 = l.Load<Action<Stream, KernelConfig, F32, long>>("round_bf16", RoundKernels.Round<Bf16Element>);
+        _roundF16 = l.Load<Action<Stream, KernelConfig, F32, long>>("round_f16", RoundKernels.Round<F16Element>);
+        _rope = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>("rope", RopeKernels.Rope<NoRounding, ushort, Bf16Element>);
+        _ropeBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>("rope_cbf16", RopeKernels.Rope<Bf16Rounding, ushort, Bf16Element>);
+        _ropeCacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>("rope_cf32", RopeKernels.Rope<NoRounding, float, F32Element>);
+        _ropeBf16CacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>("rope_cbf16_cf32", RopeKernels.Rope<Bf16Rounding, float, F32Element>);
+        _rerotate = l.Load<Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float>>("rerotate", RopeKernels.Rerotate<ushort, Bf16Element>);
+        _rerotateF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float>>("rerotate_cf32", RopeKernels.Rerotate<float, F32Element>);
+        _split = l.Load<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, AttentionArgs>>("attention_split", AttentionKernels.Split<ushort, Bf16Element>);
+        _splitF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, AttentionArgs>>("attention_split_cf32", AttentionKernels.Split<float, F32Element>);
+        _tiled = l.Load<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, AttentionArgs>>("attention_tiled", AttentionKernels.Tiled);
+        _combine = l.Load<Action<Stream, KernelConfig, F32, F32, int, int, int>>("attention_combine", AttentionKernels.Combine);
+        const KernelNeeds flashNeeds = KernelNeeds.Mma | KernelNeeds.Ldmatrix;
+        // Three 4-warp groups per SM (registers capped at 168 by the launch bounds); 8-warp groups: one per SM.
+        var bounds = FlashRows128 ? new KernelSpecialization(256, 1) : new KernelSpecialization(128, 3);
+        _flash64 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd64",
+            FlashRows128 ? AttentionFlashKernels.Flash<FlashHd64Q128> : AttentionFlashKernels.Flash<FlashHd64>, flashNeeds, bounds,
+            2 * AttentionFlashKernels.SharedElements(64, FlashWarps));
+        _flash128 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd128",
+            FlashRows128 ? AttentionFlashKernels.Flash<FlashHd128Q128> : AttentionFlashKernels.Flash<FlashHd128>, flashNeeds, bounds,
+            2 * AttentionFlashKernels.SharedElements(128, FlashWarps));
+        _swiGlu = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("swiglu", ActivationKernels.SwiGlu<NoRounding>);
+        _swiGluBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("swiglu_cbf16", ActivationKernels.SwiGlu<Bf16Rounding>);
+        _add = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("add", ActivationKernels.Add);
+        _argmax = l.Load<Action<Stream, KernelConfig, F32, ArrayView<int>, int>>("argmax", ArgmaxKernels.Argmax);
+    }
+
+    // Throws a launch failure with the kernel's name; with LLAMA_SYNC=1 waits for the kernel and names it on failure.
+    private void Done(string name)
+    {
+        if (!_sync) return;
+        try
+        {
+            _stream.Synchronize();
+        }
+        catch (Exception e)
+        {
+            throw new GpuException($"{e.Message.Split('\n')[0]}: in kernel {name} (LLAMA_SYNC=1)", e);
+        }
+    }
+
+    private static GpuException Failed(string name, KernelConfig config, Exception e) =>
+        new($"launching {name} grid {config.GridDim} group {config.GroupDim}: {e.Message.Split('\n')[0]}", e);
+
+    // Groups for a grid-stride loop over n elements with `group` threads.
+    private static int Groups(long n, int group) => (int)Math.Clamp((n + group - 1) / group, 1, 65535L * 16);
+
+    private int GroupSize(int wanted) => Math.Min(wanted, _maxGroup);
+
+    public void Embedding(ArrayView<int> tokens, Tensor table, F32 dst, int numTokens, int hidden)
+    {
+        int group = GroupSize(256);
+        var config = new KernelConfig(new Index3D((hidden + group - 1) / group, Math.Min(numTokens, 65535), 1), new Index3D(group, 1, 1));
+        string name = table.DType switch { DType.F32 => "embedding_f32", DType.F16 => "embedding_f16", _ => "embedding_bf16" };
+        try
+        {
+            if (table.DType == DType.F32) _embeddingF32(_stream, config, tokens, GpuViews.F32(table), dst, numTokens, hidden);
+            else (table.DType == DType.F16 ? _embeddingF16 : _embeddingBf16)(_stream, config, tokens, GpuViews.U16(table), dst, numTokens, hidden);
+        }
+        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
+        Done(name);
+    }
+
+    // bf16: the variants that round intermediates as a bf16 framework does (here and in Rope, SwiGlu, Attention).
+    public void RmsNorm(Tensor x, Tensor weight, Tensor dst, int rows, int n, float eps, bool bf16)
+    {
+        var config = new KernelConfig(rows, GroupSize(n >= 8192 ? 512 : 256));
+        bool vector = n % 4 == 0 && GpuViews.Aligned16(x, weight, dst);
+        string name = (vector ? "rmsnorm4" : "rmsnorm") + (bf16 ? "_cbf16" : "");
+        try
+        {
+            if (vector) (bf16 ? _rmsNorm4Bf16 : _rmsNorm4)(_stream, config, GpuViews.F4(x), GpuViews.F4(weight), GpuViews.F4(dst), n / 4, eps);
+            else (bf16 ? _rmsNormBf16 : _rmsNorm)(_stream, config, GpuViews.F32(x), GpuViews.F32(weight), GpuViews.F32(dst), n, eps);
+        }
+        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
+        Done(name);
+    }
+
+    public void AddRmsNorm(Tensor x, Tensor y, Tensor weight, Tensor dst, int rows, int n, float eps, bool bf16)
+    {
+        var config = new KernelConfig(rows, GroupSize(n >= 8192 ? 512 : 256));
+        bool vector = n % 4 == 0 && GpuViews.Aligned16(x, y, weight, dst);
+        string name = (vector ? "add_rmsnorm4" : "add_rmsnorm") + (bf16 ? "_cbf16" : "");
+        try
+        {
+            if (vector)
+                (bf16 ? _addRmsNorm4Bf16 : _addRmsNorm4)(_stream, config, GpuViews.F4(x), GpuViews.F4(y), GpuViews.F4(weight), GpuViews.F4(dst), n / 4, eps);
+            else (bf16 ? _addRmsNormBf16 : _addRmsNorm)(_stream, config, GpuViews.F32(x), GpuViews.F32(y), GpuViews.F32(weight), GpuViews.F32(dst), n, eps);
+        }
+        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
+        Done(name);
+    }
+
+    /// <summary>dst[T, out] = x[T, in] * weight^T for T &lt;= 8 tokens: one warp per output row.</summary>
+    public void Gemv(Tensor x, Tensor weight, Tensor dst, int tokens, int inDim, int outDim)
+    {
+        var config = new KernelConfig((outDim + MatMulKernels.GemvRowsPerGroup - 1) / MatMulKernels.GemvRowsPerGroup, 32 * MatMulKernels.GemvRowsPerGroup);
+        bool vector = weight.DType == DType.BF16 && inDim % 8 == 0 && GpuViews.Aligned16(x, weight);
+        string name = vector ? (tokens == 1 ? "gemv_bf16_t1" : "gemv_bf16") : weight.DType switch
+        {
+            DType.F32 => "gemv_f32", DType.F16 => "gemv_f16", _ => "gemv_bf16_any",
+        };
+        try
+        {
+            if (vector) (tokens == 1 ? _gemvBf16T1 : _gemvBf16)(_stream, config, GpuViews.F4(x), GpuViews.U4(weight), GpuViews.F32(dst), tokens, inDim, outDim);
+            else if (weight.DType == DType.F32) _gemvF32(_stream, config, GpuViews.F32(x), GpuViews.F32(weight), GpuViews.F32(dst), tokens, inDim, outDim);
+            else (weight.DType == DType.F16 ? _gemvF16 : _gemvBf16Any)(_stream, config, GpuViews.F32(x), GpuViews.U16(weight), GpuViews.F32(dst), tokens, inDim, outDim);
+        }
+        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
+        Done(name);
+    }
+
+    /// <summary>dst[M, N] = x[M, K] * weight[N, K]^T on tensor cores (bf16 weights; x rounded to bf16).</summary>
+    public void GemmBf16(F32 x, U16 weight, F32 dst, int m, int k, int n)
+    {
+        var config = new KernelConfig(new Index3D((n + MatMulKernels.GemmTile - 1) / MatMulKernels.GemmTile, (m + MatMulKernels.GemmTile - 1) / MatMulKernels.GemmTile, 1),
+            new Index3D(256, 1, 1), SharedMemoryConfig.RequestDynamic<byte>(MatMulKernels.GemmSharedBytes + _scratchBytes));
+        try { _gemmBf16(_stream, config, x, weight, dst, m, k, n); }
+        catch (Exception e) when (e is not GpuException) { throw Failed("gemm_bf16", config, e); }
+        Done("gemm_bf16");
+    }
+
+    public void ToBf16(F32 x, U16 dst, long n)
+    {
+        var config = ElementwiseConfig(n);
+        try { _toBf16(_stream, config, x, dst, n); }
+        catch (Exception e) when (e is not GpuException) { throw Failed("to_bf16", config, e); }
+        Done("to_bf16");
+    }
+
+    /// <summary>dst (f32) = n bf16 (or f16) values of src, exactly.</summary>
+    public void Widen(bool f16, U16 src, F32 dst, long n)
+    {
+        var config = ElementwiseConfig(n);
+        string name = f16 ? "widen_f16" : "widen_bf16";
+        try { (f16 ? _widenF16 : _widenBf16)(_stream, config, src, dst, n); }
+        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
+        Done(name);
+    }
+
+    /// <summary>Rounds n f32 values in place to bf16 (or f16) values.</summary>
+    public void Round(F32 x, long n, bool f16)
+    {
+        var config = ElementwiseConfig(n);
+        string name = f16 ? "round_f16" : "round_bf16";
+        try { (f16 ? _roundF16 : _roundBf16)(_stream, config, x, n); }
+        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
+        Done(name);
+    }
+
+    public void SwiGlu(F32 gate, F32 up, F32 dst, long n, bool bf16)
+    {
+        var config = ElementwiseConfig(n);
+        string name = bf16 ? "swiglu_cbf16" : "swiglu";
+        try { (bf16 ? _swiGluBf16 : _swiGlu)(_stream, config, gate, up, dst, n); }
+        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
+        Done(name);
+    }
+
+    public void Add(F32 x, F32 y, F32 dst, long n)
+    {
+        var config = ElementwiseConfig(n);
+        try { _add(_stream, config, x, y, dst, n); }
+        catch (Exception e) when (e is not GpuException) { throw Failed("add", config, e); }
+        Done("add");
+    }
+
+    // A grid-stride loop over n elements: 256 threads a group, enough groups for one element a thread.
+    private KernelConfig ElementwiseConfig(long n)
+    {
+        int group = GroupSize(256);
+        return new KernelConfig(Groups(n, group), group);
+    }
+
+    /// <summary>Rotary embedding of q and k plus the KV-cache append (cache rows cacheRow0 + t); f32 or bf16 cache views.</summary>
+    public void Rope(F32 q, F32 k, F32 v, Tensor kcache, Tensor vcache, F32 invFreq, int tokens, RopeArgs args, bool bf16)
+    {
+        var config = new KernelConfig(tokens, GroupSize(256));
+        bool f32Cache = kcache.DType == DType.F32;
+        string name = (bf16 ? "rope_cbf16" : "rope") + (f32Cache ? "_cf32" : "");
+        try
+        {
+            if (f32Cache) (bf16 ? _ropeBf16CacheF32 : _ropeCacheF32)(_stream, config, q, k, v, GpuViews.F32(kcache), GpuViews.F32(vcache), invFreq, args);
+            else (bf16 ? _ropeBf16 : _rope)(_stream, config, q, k, v, GpuViews.U16(kcache), GpuViews.U16(vcache), invFreq, args);
+        }
+        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
+        Done(name);
+    }
+
+    public void Rerotate(Tensor kcache, F32 invFrom, F32 invTo, int numLayers, int maxSeq, int length, int numKvHeads,
+        int headDim, int rotaryDim, float magFrom, float magTo)
+    {
+        var config = new KernelConfig(new Index3D(length, numLayers, 1), new Index3D(GroupSize(128), 1, 1));
+        bool f32Cache = kcache.DType == DType.F32;
+        string name = f32Cache ? "rerotate_cf32" : "rerotate";
+        try
+        {
+            if (f32Cache) _rerotateF32(_stream, config, GpuViews.F32(kcache), invFrom, invTo, maxSeq, numKvHeads, headDim, rotaryDim, magFrom, magTo);
+            else _rerotate(_stream, config, GpuViews.U16(kcache), invFrom, invTo, maxSeq, numKvHeads, headDim, rotaryDim, magFrom, magTo);
+        }
+        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
+        Done(name);
+    }
+
+    /// <summary>
+    /// Picks the attention variant: flash (prefill of at least 32 queries, bf16 cache, head dim 64 or 128), tiled
+    /// split-K (bf16 cache, small groups) or the per-head split-K, then the combine when the keys were split.
+    /// kcache and vcache are the layer's rows; partial holds partialFloats floats of split results.
+    /// </summary>
+    public void Attention(F32 q, Tensor kcache, Tensor vcache, F32 dst, F32 partial, int tokens, int numHeads, int numKvHeads,
+        int headDim, int startPos, bool flash, bool bf16)
+    {
+        bool f32Cache = kcache.DType == DType.F32;
+        float scale = 1f / MathF.Sqrt(headDim);
+        if (flash && !f32Cache && tokens >= AttentionFlashKernels.MinTokens && headDim is 64 or 128 && GpuViews.Aligned16(kcache, vcache))
+        {
+            int rows = 16 * FlashWarps;
+            var fc = new KernelConfig(new Index3D((tokens + rows - 1) / rows, numHeads, 1), new Index3D(32 * FlashWarps, 1, 1),
+                SharedMemoryConfig.RequestDynamic<byte>(2 * AttentionFlashKernels.SharedElements(headDim, FlashWarps) + _scratchBytes));
+            string flashName = headDim == 64 ? "attention_flash_hd64" : "attention_flash_hd128";
+            try
+            {
+                (headDim == 64 ? _flash64 : _flash128)(_stream, fc, q, GpuViews.U4(kcache), GpuViews.U4(vcache), dst,
+                    tokens, numHeads, numKvHeads, startPos, scale * 1.4426950408889634f);   // softmax in the exp2 domain
+            }
+            catch (Exception e) when (e is not GpuException) { throw Failed(flashName, fc, e); }
+            Done(flashName);
+            return;
+        }
+        bool tiled = !f32Cache && headDim <= AttentionKernels.TileMaxHeadDim && headDim % 8 == 0 && numHeads / numKvHeads <= AttentionKernels.TileMaxGroup
+            && GpuViews.Aligned16(kcache, vcache);
+        int units = tiled ? numKvHeads : numHeads, maxLen = startPos + tokens;
+        // Enough (head, query, split) groups to fill the GPU about SplitWaves times, at least one 64-key tile a split.
+        long wanted = Math.Max(1, (long)SplitWaves * _multiprocessors / ((long)units * tokens));
+        int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
+        splitLen = Math.Max(AttentionKernels.TileKeys, (splitLen + AttentionKernels.TileKeys - 1) / AttentionKernels.TileKeys * AttentionKernels.TileKeys);
+        int splits = (maxLen + splitLen - 1) / splitLen;
+        while (splits > 1 && (long)tokens * numHeads * splits * (headDim + 2) > partial.Length)
+        {
+            splitLen *= 2;
+            splits = (maxLen + splitLen - 1) / splitLen;
+        }
+        var args = new AttentionArgs(numHeads, numKvHeads, headDim, startPos, splitLen, splits, scale, bf16 ? 1 : 0);
+        var config = new KernelConfig(new Index3D(units, tokens, splits), new Index3D(AttentionKernels.GroupSize, 1, 1));
+        string name = tiled ? "attention_tiled" : f32Cache ? "attention_split_cf32" : "attention_split";
+        try
+        {
+            if (tiled) _tiled(_stream, config, q, GpuViews.U16(kcache), GpuViews.U16(vcache), dst, partial, args);
+            else if (f32Cache) _splitF32(_stream, config, q, GpuViews.F32(kcache), GpuViews.F32(vcache), dst, partial, args);
+            else _split(_stream, config, q, GpuViews.U16(kcache), GpuViews.U16(vcache), dst, partial, args);
+        }
+        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
+        Done(name);
+        if (splits <= 1) return;
+        var cc = new KernelConfig(new Index3D(numHeads, tokens, 1), new Index3D(AttentionKernels.GroupSize, 1, 1));
+        try { _combine(_stream, cc, partial, dst, numHeads, headDim, splits); }
+        catch (Exception e) when (e is not GpuException) { throw Failed("attention_combine", cc, e); }
+        Done("attention_combine");
+    }
+
+    public void Argmax(F32 x, ArrayView<int> dst, int rows, int cols)
+    {
+        var config = new KernelConfig(rows, GroupSize(256));
+        try { _argmax(_stream, config, x, dst, cols); }
+        catch (Exception e) when (e is not GpuException) { throw Failed("argmax", config, e); }
+        Done("argmax");
+    }
+}

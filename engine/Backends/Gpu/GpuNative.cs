@@ -1,0 +1,104 @@
+// The few CUDA driver calls ILGPU lacks, bound by hand from libcuda.so.1 (function pointers, loaded once): kernel
+// attributes (shared-memory carveout, registers, local memory), plus the availability probe that says in one line why
+// no GPU can be used, and the resolver that lets ILGPU (which imports "cuda") find libcuda.so.1.
+// Exercised by GpuBackend's start-up (`llama-run --device cuda`, tests/GpuOpsTests.cs on a GPU).
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+using LlamaRun.Core;
+namespace LlamaRun.Backends.Gpu;
+
+internal static unsafe class GpuNative
+{
+    private const int Success = 0;
+    private const int AttributeComputeCapabilityMajor = 75, AttributeComputeCapabilityMinor = 76;
+    private const int FuncAttributeNumRegs = 4, FuncAttributeLocalSizeBytes = 3, FuncAttributeMaxDynamicShared = 8, FuncAttributePreferredSharedCarveout = 9;
+
+    private static nint _library;
+    private static delegate* unmanaged<uint, int> cuInit;
+    private static delegate* unmanaged<int*, int> cuDeviceGetCount;
+    private static delegate* unmanaged<int*, int, int, int> cuDeviceGetAttribute;
+    private static delegate* unmanaged<int*, int, nint, int> cuFuncGetAttribute;
+    private static delegate* unmanaged<nint, int, int, int> cuFuncSetAttribute;
+    private static delegate* unmanaged<int, byte**, int> cuGetErrorName;
+    private static readonly Lazy<string?> LoadError = new(Load);   // null once usable, else why not (runs once)
+
+    /// <summary>True when a CUDA driver and a GPU of compute capability 8.0 or newer are present; otherwise why not, in one line.</summary>
+    public static bool TryLoad(out string reason)
+    {
+        reason = LoadError.Value ?? "";
+        return LoadError.Value is null;
+    }
+
+    private static string? Load()
+    {
+        if (!NativeLibrary.TryLoad("libcuda.so.1", out _library) && !NativeLibrary.TryLoad("libcuda.so", out _library)
+            && !NativeLibrary.TryLoad("nvcuda.dll", out _library))
+            return "no CUDA driver (libcuda.so.1 not found)";
+        var exports = new NativeExports(_library);
+        cuInit = (delegate* unmanaged<uint, int>)exports.Get("cuInit");
+        cuDeviceGetCount = (delegate* unmanaged<int*, int>)exports.Get("cuDeviceGetCount");
+        cuDeviceGetAttribute = (delegate* unmanaged<int*, int, int, int>)exports.Get("cuDeviceGetAttribute");
+        cuFuncGetAttribute = (delegate* unmanaged<int*, int, nint, int>)exports.Get("cuFuncGetAttribute");
+        cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)exports.Get("cuFuncSetAttribute");
+        cuGetErrorName = (delegate* unmanaged<int, byte**, int>)exports.Get("cuGetErrorName");
+        if (exports.AnyMissing) return $"CUDA driver too old: missing {exports.MissingList}";
+        int r = cuInit(0), count = 0;
+        if (r != Success) return $"CUDA driver present but cuInit failed: {ErrorName(r)}";
+        if ((r = cuDeviceGetCount(&count)) != Success) return $"cuDeviceGetCount failed: {ErrorName(r)}";
+        if (count == 0) return "CUDA driver present but no CUDA device found";
+        int major, minor;
+        if (cuDeviceGetAttribute(&major, AttributeComputeCapabilityMajor, 0) == Success
+            && cuDeviceGetAttribute(&minor, AttributeComputeCapabilityMinor, 0) == Success && major < 8)
+            return $"GPU 0 has compute capability {major}.{minor}; llama-run needs 8.0 or newer (bf16 tensor cores)";
+        RegisterResolver();
+        return null;
+    }
+
+    // ILGPU imports the driver as "cuda", which the loader only finds where an unversioned libcuda.so exists.
+    private static void RegisterResolver()
+    {
+        try
+        {
+            NativeLibrary.SetDllImportResolver(typeof(ILGPU.Context).Assembly,
+                (name, _, _) => name == "cuda" ? _library : 0);
+        }
+        catch (InvalidOperationException)
+        {
+            // ILGPU set a resolver itself (under WSL); it finds the driver on its own.
+        }
+    }
+
+    public static string ErrorName(int r)
+    {
+        byte* s = null;
+        if (cuGetErrorName != null && cuGetErrorName(r, &s) == Success && s != null)
+            return Marshal.PtrToStringUTF8((nint)s) ?? $"CUresult {r}";
+        return $"CUresult {r}";
+    }
+
+    /// <summary>Throws GpuException naming the error and the call when r is not CUDA_SUCCESS.</summary>
+    public static void Check(int r, [CallerArgumentExpression(nameof(r))] string? call = null)
+    {
+        if (r != Success) throw new GpuException($"{ErrorName(r)}: {call}");
+    }
+
+    /// <summary>
+    /// Lets a kernel take `bytes` of dynamic shared memory (above 48 KB launches fail until it is raised) and asks for
+    /// the largest shared-memory carveout of the unified L1/shared storage, so several groups fit on a multiprocessor.
+    /// </summary>
+    public static void AllowDynamicShared(nint function, int bytes)
+    {
+        Check(cuFuncSetAttribute(function, FuncAttributeMaxDynamicShared, bytes));
+        Check(cuFuncSetAttribute(function, FuncAttributePreferredSharedCarveout, 100));
+    }
+
+    /// <summary>Registers per thread and local memory (stack, spills) per thread of a loaded kernel.</summary>
+    public static (int Registers, int LocalBytes) KernelResources(nint function)
+    {
+        int regs, local;
+        Check(cuFuncGetAttribute(&regs, FuncAttributeNumRegs, function));
+        Check(cuFuncGetAttribute(&local, FuncAttributeLocalSizeBytes, function));
+        return (regs, local);
+    }
+}

@@ -1,0 +1,45 @@
+// Device copies of RoPE InvFreq tables in a few fixed slots allocated at start-up; a table is uploaded again (in the
+// stream's order, so kernels queued earlier still read the old contents) only when no slot holds its values.
+// Exercised by the Rope and Rerotate cases of tests/GpuOpsTests.cs.
+using ILGPU;
+using ILGPU.Runtime;
+using LlamaRun.Core;
+using LlamaRun.Kernels;
+
+namespace LlamaRun.Backends.Gpu;
+
+internal sealed unsafe class GpuRopeTables(Accelerator accelerator, AcceleratorStream stream) : IDisposable
+{
+    private const int Slots = 4, MaxPairs = RopeKernels.MaxPairs;
+
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> _device = accelerator.Allocate1D<float>(Slots * MaxPairs);   // [Slots, MaxPairs]
+    private readonly float[]?[] _content = new float[Slots][];
+    private int _next;
+
+    private ArrayView<float> Slot(int slot, int pairs) => _device.View.SubView(slot * MaxPairs, pairs);
+
+    /// <summary>The device copy of the table's InvFreq; never evicts the slot that holds keep's.</summary>
+    public ArrayView<float> Get(RopeTable table, RopeTable? keep = null)
+    {
+        float[] inv = table.InvFreq;
+        if (inv.Length > MaxPairs) throw new ArgumentException($"RoPE table has {inv.Length} pairs; at most {MaxPairs} are supported", nameof(table));
+        if (Find(inv) is int found) return Slot(found, inv.Length);
+        int slot = _next;
+        if (keep is not null && Find(keep.InvFreq) == slot) slot = (slot + 1) % Slots;
+        _next = (slot + 1) % Slots;
+        var copy = (float[])inv.Clone();   // the slot's record of what it holds (pageable: the copy is staged before return)
+        _content[slot] = copy;
+        var view = Slot(slot, inv.Length);
+        fixed (float* h = copy) view.CopyFromCPUUnsafeAsync(stream, ref *h, copy.Length);
+        return view;
+    }
+
+    private int? Find(float[] inv)
+    {
+        for (int s = 0; s < Slots; s++)
+            if (_content[s] is { } c && c.AsSpan().SequenceEqual(inv)) return s;
+        return null;
+    }
+
+    public void Dispose() => _device.Dispose();
+}

@@ -1,0 +1,394 @@
+// Causal flash attention for prefill (CpuOps.Attention) on tensor cores, bf16 KV cache: a group of W warps takes 16 W
+// queries of one head, each warp 16 query rows. Per 64-key tile: S = Q K^T by mma.sync (Q as bf16), scaled by
+// log2(e)/sqrt(headDim) in f32, the causal mask only on tiles that cross a warp's diagonal, an online softmax in the
+// exp2 domain, O += P V with P taken from the S registers as bf16. f32 accumulation throughout. K and V tiles are
+// prefetched into registers (16-byte loads, half a tile at a time) and stored to shared memory after the work they
+// overlap: V(j) during S(j), K(j+1) during P V(j). (Not cp.async: with it in a kernel, ptxas keeps every inline-PTX operand of ILGPU's in
+// local memory, 7 KB a thread here.) Warps whose rows all precede a tile skip it. Grid (ceil(T / 16W), numHeads),
+// 32 W threads; dynamic shared memory holds the queries (as bf16, read by ldmatrix) and the K and V tiles, rows padded
+// by 8 bf16. The fragments live in structs of named fields (Tiles8, Stage4), every loop over them written out: ILGPU does not unroll loops, and an array indexed in a
+// loop would live in local memory. Exercised by the flash cases of tests/GpuOpsTests.cs (ILGPU's CPU accelerator
+// runs the emulated fragments).
+using System.Runtime.CompilerServices;
+using ILGPU;
+using ILGPU.Algorithms;
+using LlamaRun.Kernels.Device;
+
+namespace LlamaRun.Kernels;
+
+/// <summary>Compile-time shape of a flash-attention variant: head dim (64 or 128) and warps per group.</summary>
+public interface IFlashShape
+{
+    int HeadDim { get; }
+    int Warps { get; }
+}
+
+public readonly struct FlashHd64 : IFlashShape
+{
+    public int HeadDim => 64;
+    public int Warps => 4;
+}
+
+public readonly struct FlashHd128 : IFlashShape
+{
+    public int HeadDim => 128;
+    public int Warps => 4;
+}
+
+/// <summary>128 queries a group (8 warps): half the cache reads per query, one group per SM.</summary>
+public readonly struct FlashHd64Q128 : IFlashShape
+{
+    public int HeadDim => 64;
+    public int Warps => 8;
+}
+
+public readonly struct FlashHd128Q128 : IFlashShape
+{
+    public int HeadDim => 128;
+    public int Warps => 8;
+}
+
+/// <summary>Eight 16x8 accumulator tiles side by side: 64 score columns (keys) or 64 output columns (dims).</summary>
+public struct Tiles8
+{
+    public Acc T0, T1, T2, T3, T4, T5, T6, T7;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Scale(float top, float bottom)
+    {
+        T0.Scale(top, bottom);
+        T1.Scale(top, bottom);
+        T2.Scale(top, bottom);
+        T3.Scale(top, bottom);
+        T4.Scale(top, bottom);
+        T5.Scale(top, bottom);
+        T6.Scale(top, bottom);
+        T7.Scale(top, bottom);
+    }
+}
+
+/// <summary>Up to four 16-byte chunks (half a thread's share) of a K or V tile, held in registers between their load and their store to shared memory.</summary>
+public struct Stage4
+{
+    public U4 R0, R1, R2, R3;
+}
+
+public static class AttentionFlashKernels
+{
+    public const int TileKeys = 64, MinTokens = 32;
+
+    /// <summary>Dynamic shared memory of one group, in bf16 elements: the group's queries, a K and a V tile, rows padded by 8
+    /// (plus TensorCore.ScratchBytes where the fragments are emulated).</summary>
+    public static int SharedElements(int headDim, int warps) => (16 * warps + 2 * TileKeys) * (headDim + 8);
+
+    // A 64-key tile of K or V rows [k0, k0 + 64) moves as 16-byte chunks, in two halves; with hd / 8 chunks a row,
+    // thread tid takes column 8 (tid % (hd / 8)) of rows tid / (hd / 8) + i * threads / (hd / 8) for i < 8 hd / threads,
+    // half h the i of [h n / 2, (h + 1) n / 2). Rows at or past kend read as zeros. src4 is the layer's cache as 16-byte
+    // vectors, headOffset the head's first element.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static U4 LoadChunk(ArrayView<U4> src4, long first, int row, int i, int rowsPerPass, int kvDim4, int k0, int kend) =>
+        k0 + row + i * rowsPerPass < kend ? src4[first + (long)i * rowsPerPass * kvDim4] : default;
+
+    // Half h of this thread's chunks of the tile at k0, global to registers.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Prefetch(ref Stage4 st, int h, ArrayView<U4> src4, long headOffset, int k0, int kend, int kvDim, int hd, int threads)
+    {
+        int perRow = hd / 8, half = TileKeys * perRow / threads / 2, rowsPerPass = threads / perRow, row = Group.IdxX / perRow;
+        int kvDim4 = kvDim / 8, i0 = h * half;
+        long first = (headOffset + (long)(k0 + row) * kvDim + Group.IdxX % perRow * 8) / 8;
+        st.R0 = LoadChunk(src4, first, row, i0, rowsPerPass, kvDim4, k0, kend);
+        if (half > 1) st.R1 = LoadChunk(src4, first, row, i0 + 1, rowsPerPass, kvDim4, k0, kend);
+        if (half > 2)
+        {
+            st.R2 = LoadChunk(src4, first, row, i0 + 2, rowsPerPass, kvDim4, k0, kend);
+            st.R3 = LoadChunk(src4, first, row, i0 + 3, rowsPerPass, kvDim4, k0, kend);
+        }
+    }
+
+    // Half h of the prefetched chunks, registers to the tile at byte offset tileOffset of shared memory (rows of hd + 8 bf16).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreStage(in Stage4 st, int h, ArrayView<U4> smem4, int tileOffset, int hd, int threads)
+    {
+        int perRow = hd / 8, half = TileKeys * perRow / threads / 2, row4 = (hd + 8) / 8, pass4 = threads / perRow * row4;
+        int first = tileOffset / 16 + Group.IdxX / perRow * row4 + Group.IdxX % perRow + h * half * pass4;
+        smem4[first] = st.R0;
+        if (half > 1) smem4[first + pass4] = st.R1;
+        if (half > 2)
+        {
+            smem4[first + 2 * pass4] = st.R2;
+            smem4[first + 3 * pass4] = st.R3;
+        }
+    }
+
+    // The group's query rows m0 .. m0 + bm - 1 (clamped to T - 1) of head h as bf16 into shared memory at qsOffset.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreQueries(ArrayView<float> q, ArrayView<uint> smem32, int qsOffset, int m0, int bm, int T, int qStride, int h, int hd, int threads)
+    {
+        for (int i = Group.IdxX; i < bm * hd / 2; i += threads)
+        {
+            int r = i / (hd / 2), c = i % (hd / 2) * 2;
+            long src = (long)XMath.Min(m0 + r, T - 1) * qStride + h * hd + c;
+            smem32[(qsOffset + 2 * (r * (hd + 8) + c)) / 4] = Bf16.Pack(q[src], q[src + 1]);
+        }
+    }
+
+    // The A fragment of the warp's 16 query rows over dims 16 kk .. 16 kk + 15, by one ldmatrix.x4.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static FragA QueryFragment(ArrayView<ushort> smem, uint smemBase, ArrayView<uint> scratch, int qsOffset, int warp, int row, int kk, int lane)
+    {
+        int r = warp * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
+        TensorCore.LdmatrixX4(smem, smemBase, qsOffset + 2 * (r * row + col), scratch, out uint a0, out uint a1, out uint a2, out uint a3);
+        return new FragA { A0 = a0, A1 = a1, A2 = a2, A3 = a3 };
+    }
+
+    // S tiles nt, nt + 1 (keys 8 nt .. 8 nt + 15) += Q(dims 16 kk ..) K^T, the K fragments by one ldmatrix.x4.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ScorePair(ref Acc s0, ref Acc s1, in FragA a, ArrayView<ushort> smem, uint smemBase, ArrayView<uint> scratch, int ksOffset, int row, int nt, int kk, int lane)
+    {
+        int key = nt * 8 + (lane & 7) + ((lane >> 4) << 3), col = kk * 16 + ((lane >> 3) & 1) * 8;
+        TensorCore.LdmatrixX4(smem, smemBase, ksOffset + 2 * (key * row + col), scratch, out uint b0, out uint b1, out uint b2, out uint b3);
+        TensorCore.Mma(ref s0, a, b0, b1, scratch);
+        TensorCore.Mma(ref s1, a, b2, b3, scratch);
+    }
+
+    // All 64 keys of the tile against the warp's queries over dims 16 kk .. 16 kk + 15.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Scores(ref Tiles8 s, ArrayView<ushort> smem, uint smemBase, ArrayView<uint> scratch, int qsOffset, int ksOffset, int warp, int row, int kk, int lane)
+    {
+        var a = QueryFragment(smem, smemBase, scratch, qsOffset, warp, row, kk, lane);
+        ScorePair(ref s.T0, ref s.T1, a, smem, smemBase, scratch, ksOffset, row, 0, kk, lane);
+        ScorePair(ref s.T2, ref s.T3, a, smem, smemBase, scratch, ksOffset, row, 2, kk, lane);
+        ScorePair(ref s.T4, ref s.T5, a, smem, smemBase, scratch, ksOffset, row, 4, kk, lane);
+        ScorePair(ref s.T6, ref s.T7, a, smem, smemBase, scratch, ksOffset, row, 6, kk, lane);
+    }
+
+    // O tiles nt, nt + 1 (dims 8 nt .. 8 nt + 15) += P(keys 16 kk ..) V, the V fragments by one ldmatrix.x4.trans.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void OutputPair(ref Acc o0, ref Acc o1, in FragA p, ArrayView<ushort> smem, uint smemBase, ArrayView<uint> scratch, int vsOffset, int row, int nt, int kk, int lane)
+    {
+        int key = kk * 16 + (lane & 15), col = (nt + (lane >> 4)) * 8;
+        TensorCore.LdmatrixX4Trans(smem, smemBase, vsOffset + 2 * (key * row + col), scratch, out uint b0, out uint b1, out uint b2, out uint b3);
+        TensorCore.Mma(ref o0, p, b0, b1, scratch);
+        TensorCore.Mma(ref o1, p, b2, b3, scratch);
+    }
+
+    // O (dims 0..63 in lo, 64..127 in hi when hd is 128) += P(keys 16 kk .. 16 kk + 15) V.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Outputs(ref Tiles8 lo, ref Tiles8 hi, in FragA p, ArrayView<ushort> smem, uint smemBase, ArrayView<uint> scratch, int vsOffset, int row, int kk, int lane, int hd)
+    {
+        OutputPair(ref lo.T0, ref lo.T1, p, smem, smemBase, scratch, vsOffset, row, 0, kk, lane);
+        OutputPair(ref lo.T2, ref lo.T3, p, smem, smemBase, scratch, vsOffset, row, 2, kk, lane);
+        OutputPair(ref lo.T4, ref lo.T5, p, smem, smemBase, scratch, vsOffset, row, 4, kk, lane);
+        OutputPair(ref lo.T6, ref lo.T7, p, smem, smemBase, scratch, vsOffset, row, 6, kk, lane);
+        if (hd == 128)
+        {
+            OutputPair(ref hi.T0, ref hi.T1, p, smem, smemBase, scratch, vsOffset, row, 8, kk, lane);
+            OutputPair(ref hi.T2, ref hi.T3, p, smem, smemBase, scratch, vsOffset, row, 10, kk, lane);
+            OutputPair(ref hi.T4, ref hi.T5, p, smem, smemBase, scratch, vsOffset, row, 12, kk, lane);
+            OutputPair(ref hi.T6, ref hi.T7, p, smem, smemBase, scratch, vsOffset, row, 14, kk, lane);
+        }
+    }
+
+    // The causal mask of one score tile whose first key (of this lane's columns) is key.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Mask(ref Acc s, int key, int qpos0, int qpos1)
+    {
+        if (key > qpos0) s.C0 = float.NegativeInfinity;
+        if (key + 1 > qpos0) s.C1 = float.NegativeInfinity;
+        if (key > qpos1) s.C2 = float.NegativeInfinity;
+        if (key + 1 > qpos1) s.C3 = float.NegativeInfinity;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MaskTile(ref Tiles8 s, int key, int qpos0, int qpos1)
+    {
+        Mask(ref s.T0, key, qpos0, qpos1);
+        Mask(ref s.T1, key + 8, qpos0, qpos1);
+        Mask(ref s.T2, key + 16, qpos0, qpos1);
+        Mask(ref s.T3, key + 24, qpos0, qpos1);
+        Mask(ref s.T4, key + 32, qpos0, qpos1);
+        Mask(ref s.T5, key + 40, qpos0, qpos1);
+        Mask(ref s.T6, key + 48, qpos0, qpos1);
+        Mask(ref s.T7, key + 56, qpos0, qpos1);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void RowMax(in Acc s, ref float m0, ref float m1)
+    {
+        m0 = XMath.Max(m0, XMath.Max(s.C0, s.C1));
+        m1 = XMath.Max(m1, XMath.Max(s.C2, s.C3));
+    }
+
+    // s = 2^(s - row max), and the row sums of the new weights.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Exp2(ref Acc s, float m0, float m1, ref float sum0, ref float sum1)
+    {
+        s.C0 = XMath.Exp2(s.C0 - m0);
+        s.C1 = XMath.Exp2(s.C1 - m0);
+        s.C2 = XMath.Exp2(s.C2 - m1);
+        s.C3 = XMath.Exp2(s.C3 - m1);
+        sum0 += s.C0 + s.C1;
+        sum1 += s.C2 + s.C3;
+    }
+
+    // Two adjacent score tiles (16 keys) as the bf16 A fragment of P.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static FragA Probabilities(in Acc left, in Acc right) => new()
+    {
+        A0 = Bf16.Pack(left.C0, left.C1),
+        A1 = Bf16.Pack(left.C2, left.C3),
+        A2 = Bf16.Pack(right.C0, right.C1),
+        A3 = Bf16.Pack(right.C2, right.C3),
+    };
+
+    // Output tile nt of rows r0 / r1 (when inside T), divided by the softmax sums.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(ArrayView<float> dst, in Acc o, int nt, int r0, int r1, int T, int qStride, int h, int hd, int tig, float l0, float l1)
+    {
+        long col = h * hd + nt * 8 + tig * 2;
+        if (r0 < T)
+        {
+            dst[(long)r0 * qStride + col] = o.C0 / l0;
+            dst[(long)r0 * qStride + col + 1] = o.C1 / l0;
+        }
+        if (r1 < T)
+        {
+            dst[(long)r1 * qStride + col] = o.C2 / l1;
+            dst[(long)r1 * qStride + col + 1] = o.C3 / l1;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreTiles(ArrayView<float> dst, in Tiles8 o, int nt0, int r0, int r1, int T, int qStride, int h, int hd, int tig, float l0, float l1)
+    {
+        Store(dst, o.T0, nt0, r0, r1, T, qStride, h, hd, tig, l0, l1);
+        Store(dst, o.T1, nt0 + 1, r0, r1, T, qStride, h, hd, tig, l0, l1);
+        Store(dst, o.T2, nt0 + 2, r0, r1, T, qStride, h, hd, tig, l0, l1);
+        Store(dst, o.T3, nt0 + 3, r0, r1, T, qStride, h, hd, tig, l0, l1);
+        Store(dst, o.T4, nt0 + 4, r0, r1, T, qStride, h, hd, tig, l0, l1);
+        Store(dst, o.T5, nt0 + 5, r0, r1, T, qStride, h, hd, tig, l0, l1);
+        Store(dst, o.T6, nt0 + 6, r0, r1, T, qStride, h, hd, tig, l0, l1);
+        Store(dst, o.T7, nt0 + 7, r0, r1, T, qStride, h, hd, tig, l0, l1);
+    }
+
+    // kernels
+
+    /// <summary>kcache, vcache: the layer's cache rows as 16-byte vectors (kvDim % 8 == 0).</summary>
+    public static void Flash<TS>(ArrayView<float> q, ArrayView<U4> kcache, ArrayView<U4> vcache, ArrayView<float> dst,
+        int T, int numHeads, int numKvHeads, int startPos, float scaleLog2)
+        where TS : struct, IFlashShape
+    {
+        int hd = default(TS).HeadDim, bm = 16 * default(TS).Warps, threads = 32 * default(TS).Warps, row = hd + 8;
+        var smem = SharedMemory.GetDynamic<ushort>();
+        var smem4 = smem.Cast<U4>();   // the same memory, for 16-byte stores
+        var smem32 = smem.Cast<uint>();
+        uint smemBase = TensorCore.SharedBase();
+        var scratch = TensorCore.Scratch(smem, 2 * SharedElements(hd, default(TS).Warps));
+        int ksOffset = 0, vsOffset = 2 * TileKeys * row, qsOffset = 4 * TileKeys * row;   // byte offsets of the K, V and Q tiles
+        int lane = Warp.LaneIdx, warp = Warp.WarpIdx, tig = lane & 3;
+        int h = Grid.IdxY, m0 = (Grid.DimX - 1 - Grid.IdxX) * bm;   // heaviest (latest) query tiles first
+        int kvh = h / (numHeads / numKvHeads), kvDim = numKvHeads * hd, qStride = numHeads * hd;
+        int r0 = m0 + warp * 16 + (lane >> 2), r1 = r0 + 8;
+        int kend = startPos + XMath.Min(m0 + bm - 1, T - 1) + 1;
+        long headOffset = (long)kvh * hd;
+        Stage4 st = default;
+        Prefetch(ref st, 0, kcache, headOffset, 0, kend, kvDim, hd, threads);
+        StoreStage(st, 0, smem4, ksOffset, hd, threads);
+        Prefetch(ref st, 1, kcache, headOffset, 0, kend, kvDim, hd, threads);
+        StoreStage(st, 1, smem4, ksOffset, hd, threads);
+
+        StoreQueries(q, smem32, qsOffset, m0, bm, T, qStride, h, hd, threads);   // the loop's first barrier publishes it
+        Tiles8 oLo = default, oHi = default, s = default;
+        float mrow0 = float.NegativeInfinity, mrow1 = float.NegativeInfinity, lrow0 = 0f, lrow1 = 0f;
+        int qpos0 = startPos + r0, qpos1 = startPos + r1;
+        int warpFirst = startPos + m0 + warp * 16;   // smallest query position of this warp
+        for (int k0 = 0; k0 < kend; k0 += TileKeys)
+        {
+            Group.Barrier();   // K(j) visible; every warp is done with V(j-1)
+            // V(j) arrives in two halves, each in flight while half of S(j) is computed (the V tile is free: every
+            // warp passed the barrier after its P V(j-1)).
+            Prefetch(ref st, 0, vcache, headOffset, k0, kend, kvDim, hd, threads);
+            bool active = k0 <= warpFirst + 15;
+            if (active)
+            {
+                s = default;
+                Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 0, lane);
+                Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 1, lane);
+                if (hd == 128)
+                {
+                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 2, lane);
+                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 3, lane);
+                }
+            }
+            StoreStage(st, 0, smem4, vsOffset, hd, threads);
+            Prefetch(ref st, 1, vcache, headOffset, k0, kend, kvDim, hd, threads);
+            if (active)
+            {
+                if (hd == 128)
+                {
+                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 4, lane);
+                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 5, lane);
+                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 6, lane);
+                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 7, lane);
+                }
+                else
+                {
+                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 2, lane);
+                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 3, lane);
+                }
+                s.Scale(scaleLog2, scaleLog2);
+                if (k0 + TileKeys - 1 > warpFirst) MaskTile(ref s, k0 + tig * 2, qpos0, qpos1);
+                float mx0 = mrow0, mx1 = mrow1;
+                RowMax(s.T0, ref mx0, ref mx1);
+                RowMax(s.T1, ref mx0, ref mx1);
+                RowMax(s.T2, ref mx0, ref mx1);
+                RowMax(s.T3, ref mx0, ref mx1);
+                RowMax(s.T4, ref mx0, ref mx1);
+                RowMax(s.T5, ref mx0, ref mx1);
+                RowMax(s.T6, ref mx0, ref mx1);
+                RowMax(s.T7, ref mx0, ref mx1);
+                mx0 = Reduce.QuadMax(mx0);
+                mx1 = Reduce.QuadMax(mx1);
+                float c0 = XMath.Exp2(mrow0 - mx0), c1 = XMath.Exp2(mrow1 - mx1);
+                mrow0 = mx0;
+                mrow1 = mx1;
+                float sum0 = 0f, sum1 = 0f;
+                Exp2(ref s.T0, mx0, mx1, ref sum0, ref sum1);
+                Exp2(ref s.T1, mx0, mx1, ref sum0, ref sum1);
+                Exp2(ref s.T2, mx0, mx1, ref sum0, ref sum1);
+                Exp2(ref s.T3, mx0, mx1, ref sum0, ref sum1);
+                Exp2(ref s.T4, mx0, mx1, ref sum0, ref sum1);
+                Exp2(ref s.T5, mx0, mx1, ref sum0, ref sum1);
+                Exp2(ref s.T6, mx0, mx1, ref sum0, ref sum1);
+                Exp2(ref s.T7, mx0, mx1, ref sum0, ref sum1);
+                lrow0 = lrow0 * c0 + Reduce.QuadSum(sum0);
+                lrow1 = lrow1 * c1 + Reduce.QuadSum(sum1);
+                oLo.Scale(c0, c1);
+                if (hd == 128) oHi.Scale(c0, c1);
+            }
+            StoreStage(st, 1, smem4, vsOffset, hd, threads);
+            // K(j+1) likewise during P V(j), into the K tile every warp is done with after the barrier.
+            bool more = k0 + TileKeys < kend;
+            if (more) Prefetch(ref st, 0, kcache, headOffset, k0 + TileKeys, kend, kvDim, hd, threads);
+            Group.Barrier();   // V(j) visible; every warp is done with K(j)
+            if (active)
+            {
+                Outputs(ref oLo, ref oHi, Probabilities(s.T0, s.T1), smem, smemBase, scratch, vsOffset, row, 0, lane, hd);
+                Outputs(ref oLo, ref oHi, Probabilities(s.T2, s.T3), smem, smemBase, scratch, vsOffset, row, 1, lane, hd);
+            }
+            if (more)
+            {
+                StoreStage(st, 0, smem4, ksOffset, hd, threads);
+                Prefetch(ref st, 1, kcache, headOffset, k0 + TileKeys, kend, kvDim, hd, threads);
+            }
+            if (active)
+            {
+                Outputs(ref oLo, ref oHi, Probabilities(s.T4, s.T5), smem, smemBase, scratch, vsOffset, row, 2, lane, hd);
+                Outputs(ref oLo, ref oHi, Probabilities(s.T6, s.T7), smem, smemBase, scratch, vsOffset, row, 3, lane, hd);
+            }
+            if (more) StoreStage(st, 1, smem4, ksOffset, hd, threads);   // the next barrier publishes K(j+1)
+        }
+        StoreTiles(dst, oLo, 0, r0, r1, T, qStride, h, hd, tig, lrow0, lrow1);
+        if (hd == 128) StoreTiles(dst, oHi, 8, r0, r1, T, qStride, h, hd, tig, lrow0, lrow1);
+    }
+}

@@ -1,0 +1,100 @@
+// RMSNorm (CpuOps.RmsNorm): dst[r, :] = x[r, :] * (1 / sqrt(mean(x[r, :]^2) + eps)) * weight, one group per row
+// (any multiple of 32 threads up to 1024). The sum of squares is accumulated in f32 per thread, then reduced over the
+// group. Rows of n % 4 == 0 read and write 16 bytes at a time (the launcher checks alignment). AddRmsNorm fuses the
+// residual add in front: x += y (rounded under bf16 compute, as a bf16 residual stream is), then dst = RmsNorm(x);
+// dst may alias y. Under Bf16Rounding x * rsqrt(...) is rounded, then the product with the weight (LlamaRMSNorm in
+// bf16). Exercised by the RmsNorm and AddRmsNorm cases of tests/GpuOpsTests.cs.
+using System.Runtime.CompilerServices;
+using ILGPU;
+using ILGPU.Algorithms;
+using LlamaRun.Kernels.Device;
+
+namespace LlamaRun.Kernels;
+
+public static class RmsNormKernels
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Out<TR>(float x, float r, float w) where TR : struct, IRounding =>
+        default(TR).Round(default(TR).Round(x * r) * w);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Scale(float sumSquares, int n, float eps) => 1f / XMath.Sqrt(sumSquares / n + eps);
+
+    // kernels
+
+    /// <summary>Rows of any length.</summary>
+    public static void RmsNorm<TR>(ArrayView<float> x, ArrayView<float> weight, ArrayView<float> dst, int n, float eps)
+        where TR : struct, IRounding
+    {
+        var scratch = SharedMemory.Allocate<float>(32);
+        long row = (long)Grid.IdxX * n;
+        float ss = 0f;
+        for (int i = Group.IdxX; i < n; i += Group.DimX)
+        {
+            float v = x[row + i];
+            ss += v * v;
+        }
+        float r = Scale(Reduce.GroupSum(ss, scratch), n, eps);
+        for (int i = Group.IdxX; i < n; i += Group.DimX) dst[row + i] = Out<TR>(x[row + i], r, weight[i]);
+    }
+
+    /// <summary>Rows of n % 4 == 0 floats, as 16-byte vectors (x, weight and dst viewed as F4, n4 = n / 4).</summary>
+    public static void RmsNorm4<TR>(ArrayView<F4> x, ArrayView<F4> weight, ArrayView<F4> dst, int n4, float eps)
+        where TR : struct, IRounding
+    {
+        var scratch = SharedMemory.Allocate<float>(32);
+        long row = (long)Grid.IdxX * n4;
+        float ss = 0f;
+        for (int i = Group.IdxX; i < n4; i += Group.DimX)
+        {
+            F4 v = x[row + i];
+            ss += v.X * v.X + v.Y * v.Y + v.Z * v.Z + v.W * v.W;
+        }
+        float r = Scale(Reduce.GroupSum(ss, scratch), 4 * n4, eps);
+        for (int i = Group.IdxX; i < n4; i += Group.DimX)
+        {
+            F4 v = x[row + i], w = weight[i];
+            dst[row + i] = new F4(Out<TR>(v.X, r, w.X), Out<TR>(v.Y, r, w.Y), Out<TR>(v.Z, r, w.Z), Out<TR>(v.W, r, w.W));
+        }
+    }
+
+    /// <summary>x += y, then dst = RmsNorm(x); rows of n % 4 == 0 floats as F4 vectors; dst may alias y.</summary>
+    public static void AddRmsNorm4<TR>(ArrayView<F4> x, ArrayView<F4> y, ArrayView<F4> weight, ArrayView<F4> dst, int n4, float eps)
+        where TR : struct, IRounding
+    {
+        var scratch = SharedMemory.Allocate<float>(32);
+        long row = (long)Grid.IdxX * n4;
+        float ss = 0f;
+        for (int i = Group.IdxX; i < n4; i += Group.DimX)
+        {
+            F4 a = x[row + i], b = y[row + i];
+            var v = new F4(default(TR).Round(a.X + b.X), default(TR).Round(a.Y + b.Y), default(TR).Round(a.Z + b.Z), default(TR).Round(a.W + b.W));
+            x[row + i] = v;
+            ss += v.X * v.X + v.Y * v.Y + v.Z * v.Z + v.W * v.W;
+        }
+        // GroupSum's barriers also order every thread's reads of y before any write of dst (which may alias y).
+        float r = Scale(Reduce.GroupSum(ss, scratch), 4 * n4, eps);
+        for (int i = Group.IdxX; i < n4; i += Group.DimX)
+        {
+            F4 v = x[row + i], w = weight[i];
+            dst[row + i] = new F4(Out<TR>(v.X, r, w.X), Out<TR>(v.Y, r, w.Y), Out<TR>(v.Z, r, w.Z), Out<TR>(v.W, r, w.W));
+        }
+    }
+
+    /// <summary>x += y, then dst = RmsNorm(x), rows of any length; dst may alias y.</summary>
+    public static void AddRmsNorm<TR>(ArrayView<float> x, ArrayView<float> y, ArrayView<float> weight, ArrayView<float> dst, int n, float eps)
+        where TR : struct, IRounding
+    {
+        var scratch = SharedMemory.Allocate<float>(32);
+        long row = (long)Grid.IdxX * n;
+        float ss = 0f;
+        for (int i = Group.IdxX; i < n; i += Group.DimX)
+        {
+            float v = default(TR).Round(x[row + i] + y[row + i]);
+            x[row + i] = v;
+            ss += v * v;
+        }
+        float r = Scale(Reduce.GroupSum(ss, scratch), n, eps);
+        for (int i = Group.IdxX; i < n; i += Group.DimX) dst[row + i] = Out<TR>(x[row + i], r, weight[i]);
+    }
+}

@@ -1,0 +1,112 @@
+// Fused rotary embedding (CpuOps.Rope), consuming a whole RopeTable: rotates q and k in place by the angle
+// pos * invFreq[j] on the pairs (x[j], x[j + rotaryDim / 2]), cos and sin times the table's magnitude, multiplies q by
+// the query scale of (layer, pos) when the layer's gate is on, and stores k and v in the KV cache's element type at
+// rows cacheRow0 + t. One group per token (a multiple of 32 threads); the group first computes the token's cos/sin
+// per pair into shared memory (RopeMath, the same f32 values as the CPU). Rerotate moves cached keys from one table's
+// rotation to another's (dynamic NTK). Exercised by the Rope and Rerotate cases of tests/GpuOpsTests.cs.
+using ILGPU;
+using LlamaRun.Kernels.Device;
+
+namespace LlamaRun.Kernels;
+
+/// <summary>Scalars of one Rope launch (by value; ILGPU lays the struct out for the kernel).</summary>
+public readonly record struct RopeArgs(
+    int NumHeads, int NumKvHeads, int HeadDim, int RotaryDim, int StartPos, int CacheRow0,
+    float Magnitude, float QueryScaleContext, int QueryScaleOn);
+
+public static class RopeKernels
+{
+    /// <summary>Most pairs one table may have (the shared cos/sin arrays are this long).</summary>
+    public const int MaxPairs = 256;
+
+    // kernels
+
+    public static void Rope<TR, TC, TE>(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<TC> kcache,
+        ArrayView<TC> vcache, ArrayView<float> invFreq, RopeArgs a)
+        where TR : struct, IRounding
+        where TC : unmanaged
+        where TE : struct, IElement<TC>
+    {
+        var cs = SharedMemory.Allocate<float>(MaxPairs);
+        var sn = SharedMemory.Allocate<float>(MaxPairs);
+        var r = default(TR);
+        int t = Grid.IdxX, pos = a.StartPos + t, half = a.RotaryDim / 2, rest = a.HeadDim - a.RotaryDim, perHead = half + rest;
+        for (int j = Group.IdxX; j < half; j += Group.DimX)
+        {
+            RopeMath.CosSin(RopeMath.Angle(pos, invFreq[j]), out float c, out float s);
+            cs[j] = r.Round(c * a.Magnitude);
+            sn[j] = r.Round(s * a.Magnitude);
+        }
+        Group.Barrier();
+        float qs = a.QueryScaleOn != 0 ? RopeMath.QueryScale(pos, a.QueryScaleContext) : 1f;
+        long qRow = (long)t * a.NumHeads * a.HeadDim;
+        for (int e = Group.IdxX; e < a.NumHeads * perHead; e += Group.DimX)
+        {
+            int h = e / perHead, j = e % perHead;
+            long x = qRow + h * a.HeadDim;
+            if (j < half)
+            {
+                RopeMath.Rotate<TR>(q[x + j], q[x + j + half], cs[j], sn[j], out float y0, out float y1);
+                q[x + j] = r.Round(y0 * qs);
+                q[x + j + half] = r.Round(y1 * qs);
+            }
+            else
+            {
+                long d = x + a.RotaryDim + (j - half);
+                q[d] = r.Round(q[d] * qs);
+            }
+        }
+        int kvDim = a.NumKvHeads * a.HeadDim;
+        long kRow = (long)t * kvDim, cRow = (long)(a.CacheRow0 + t) * kvDim;
+        for (int e = Group.IdxX; e < a.NumKvHeads * perHead; e += Group.DimX)
+        {
+            int h = e / perHead, j = e % perHead, o = h * a.HeadDim;
+            if (j < half)
+            {
+                RopeMath.Rotate<TR>(k[kRow + o + j], k[kRow + o + j + half], cs[j], sn[j], out float y0, out float y1);
+                k[kRow + o + j] = y0;
+                k[kRow + o + j + half] = y1;
+                kcache[cRow + o + j] = default(TE).Store(y0);
+                kcache[cRow + o + j + half] = default(TE).Store(y1);
+            }
+            else
+            {
+                int d = o + a.RotaryDim + (j - half);
+                kcache[cRow + d] = default(TE).Store(k[kRow + d]);
+            }
+        }
+        for (int d = Group.IdxX; d < kvDim; d += Group.DimX) vcache[cRow + d] = default(TE).Store(v[kRow + d]);
+    }
+
+    /// <summary>Grid (length, numLayers): the key at position p of each layer goes from table `from` to table `to`.</summary>
+    public static void Rerotate<TC, TE>(ArrayView<TC> kcache, ArrayView<float> invFrom, ArrayView<float> invTo,
+        int maxSeq, int numKvHeads, int headDim, int rotaryDim, float magFrom, float magTo)
+        where TC : unmanaged
+        where TE : struct, IElement<TC>
+    {
+        var c0 = SharedMemory.Allocate<float>(MaxPairs);
+        var s0 = SharedMemory.Allocate<float>(MaxPairs);
+        var c1 = SharedMemory.Allocate<float>(MaxPairs);
+        var s1 = SharedMemory.Allocate<float>(MaxPairs);
+        int p = Grid.IdxX, layer = Grid.IdxY, half = rotaryDim / 2;
+        for (int j = Group.IdxX; j < half; j += Group.DimX)
+        {
+            RopeMath.CosSin(RopeMath.Angle(p, invFrom[j]), out float cf, out float sf);
+            RopeMath.CosSin(RopeMath.Angle(p, invTo[j]), out float ct, out float st);
+            c0[j] = cf * magFrom;
+            s0[j] = sf * magFrom;
+            c1[j] = ct * magTo;
+            s1[j] = st * magTo;
+        }
+        Group.Barrier();
+        long row = ((long)layer * maxSeq + p) * numKvHeads * headDim;
+        for (int e = Group.IdxX; e < numKvHeads * half; e += Group.DimX)
+        {
+            int j = e % half;
+            long o = row + (e / half) * headDim + j;
+            RopeMath.Rerotate(default(TE).Load(kcache[o]), default(TE).Load(kcache[o + half]), c0[j], s0[j], c1[j], s1[j], out float y0, out float y1);
+            kcache[o] = default(TE).Store(y0);
+            kcache[o + half] = default(TE).Store(y1);
+        }
+    }
+}

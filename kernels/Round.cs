@@ -1,0 +1,32 @@
+// Rounding and conversion of f32 activations (CpuOps.Round): Round rounds x in place to the nearest bf16 or f16
+// value (as a framework computing in that type stores it); ToBf16 converts activations to bf16 for the cuBLAS prefill
+// GEMM (the same rounding as the tensor-core GEMM's operand loads); Widen converts bf16 or f16 weights to f32 exactly
+// for the full-precision GEMM. Grid-stride loops, any grid and group size. Exercised by the Round cases of
+// tests/GpuOpsTests.cs and, through MatMul, its GEMM cases.
+using ILGPU;
+using LlamaRun.Kernels.Device;
+
+namespace LlamaRun.Kernels;
+
+public static class RoundKernels
+{
+    // kernels
+
+    /// <summary>x[i] = value of type TE nearest to x[i] (TE: Bf16Element or F16Element).</summary>
+    public static void Round<TE>(ArrayView<float> x, long n) where TE : struct, IElement<ushort>
+    {
+        for (long i = Grid.GlobalIndex.X; i < n; i += (long)Grid.DimX * Group.DimX) x[i] = default(TE).Load(default(TE).Store(x[i]));
+    }
+
+    /// <summary>dst[i] = bf16(x[i]) for i &lt; n, round to nearest even.</summary>
+    public static void ToBf16(ArrayView<float> x, ArrayView<ushort> dst, long n)
+    {
+        for (long i = Grid.GlobalIndex.X; i < n; i += (long)Grid.DimX * Group.DimX) dst[i] = Bf16.FromF32(x[i]);
+    }
+
+    /// <summary>dst[i] = src[i] widened exactly to f32 (TE: Bf16Element or F16Element).</summary>
+    public static void Widen<TE>(ArrayView<ushort> src, ArrayView<float> dst, long n) where TE : struct, IElement<ushort>
+    {
+        for (long i = Grid.GlobalIndex.X; i < n; i += (long)Grid.DimX * Group.DimX) dst[i] = default(TE).Load(src[i]);
+    }
+}
