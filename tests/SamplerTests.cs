@@ -12,7 +12,9 @@ public class SamplerTests
     {
         var s = new Sampler(SamplerOptions.Greedy);
         Assert.Equal(2, s.Sample(new float[] { 1, 2, 5, 5, -1 }, []));
-        Assert.Equal(1, s.Sample(new float[] { float.NaN, 3, 1 }, []));
+        // The one argmax rule of every backend and the sampler: a NaN ranks above any number (as torch.argmax).
+        Assert.Equal(0, s.Sample(new float[] { float.NaN, 3, 1 }, []));
+        Assert.Equal(2, s.Sample(new float[] { 1, 3, float.NaN, float.NaN }, []));
     }
 
     [Fact]

@@ -1,6 +1,7 @@
-// Element types of weights and activations, and the bit-level conversions between them.
-// bf16 and f16 are converted by bit operations so the CPU and the CUDA kernels round identically.
+// Element types of weights and activations, and the bit-level conversions between them: the kernels' own
+// (kernels/Device/Bits.cs), so the CPU and the GPU kernels round identically.
 using System.Runtime.CompilerServices;
+using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Core;
 
@@ -15,21 +16,16 @@ public static class DTypes
     public static string Name(this DType t) => t switch { DType.F32 => "F32", DType.F16 => "F16", _ => "BF16" };
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float BF16ToF32(ushort b) => BitConverter.Int32BitsToSingle(b << 16);
+    public static float BF16ToF32(ushort b) => Bf16.ToF32(b);
 
     /// <summary>Round-to-nearest-even f32 to bf16, NaN kept quiet (as torch does).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ushort F32ToBF16(float f)
-    {
-        uint u = BitConverter.SingleToUInt32Bits(f);
-        if ((u & 0x7fffffff) > 0x7f800000) return (ushort)((u >> 16) | 0x40);
-        u += 0x7fff + ((u >> 16) & 1);
-        return (ushort)(u >> 16);
-    }
+    public static ushort F32ToBF16(float f) => Bf16.FromF32(f);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float F16ToF32(ushort h) => (float)BitConverter.UInt16BitsToHalf(h);
+    public static float F16ToF32(ushort h) => F16.ToF32(h);
 
+    /// <summary>Round-to-nearest-even f32 to f16 (IEEE binary16, as System.Half).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ushort F32ToF16(float f) => BitConverter.HalfToUInt16Bits((Half)f);
+    public static ushort F32ToF16(float f) => F16.FromF32(f);
 }

@@ -1,12 +1,13 @@
 // The one RoPE table format every backend's rotary op consumes (ROPE.md section 8).
 // Producers (one file per method family in this folder) build it; the forward pass only reads it.
+using LlamaRun.Kernels.Device;
+
 namespace LlamaRun.Core;
 
 /// <summary>Query-only logit multiplier lambda(layer, m) = max(1, ln(m+1)/ln(Context)) for layers >= SkipLayers.</summary>
 public sealed record QueryScale(float Context, int SkipLayers)
 {
-    public float At(int layer, int position) =>
-        layer < SkipLayers ? 1f : MathF.Max(1f, MathF.Log(position + 1) / MathF.Log(Context));
+    public float At(int layer, int position) => layer < SkipLayers ? 1f : RopeMath.QueryScale(position, Context);
 }
 
 /// <summary>Per-pair inverse frequencies plus cos/sin magnitude and an optional query scale.</summary>

@@ -1,5 +1,7 @@
 // Token sampling over one row of logits: repetition penalty, top-k, temperature, top-p, min-p, seeded RNG.
 // Temperature 0 is greedy (argmax after the repetition penalty). Same seed and logits give the same token.
+using LlamaRun.Backends.Cpu;
+
 namespace LlamaRun.Text;
 
 /// <summary>Sampling settings; Temperature 0 means greedy, TopK 0 and TopP 1 and MinP 0 mean "off".</summary>
@@ -45,7 +47,7 @@ public sealed class Sampler
     public int Sample(Span<float> logits, ReadOnlySpan<int> history)
     {
         ApplyRepetitionPenalty(logits, history);
-        if (_options.Temperature == 0f) return Argmax(logits);
+        if (_options.Temperature == 0f) return CpuOps.Argmax(logits);   // the one argmax rule (NaN ranks above any number)
 
         int n = Filter(logits);
         var c = _candidates.AsSpan(0, n);
@@ -76,15 +78,6 @@ public sealed class Sampler
         return c[keep - 1].Id;
     }
 
-    /// <summary>Index of the largest logit, the first on ties; NaN never wins.</summary>
-    public static int Argmax(ReadOnlySpan<float> logits)
-    {
-        int best = 0;
-        float bestValue = float.NegativeInfinity;
-        for (int i = 0; i < logits.Length; i++)
-            if (logits[i] > bestValue) { bestValue = logits[i]; best = i; }
-        return best;
-    }
 
     private void ApplyRepetitionPenalty(Span<float> logits, ReadOnlySpan<int> history)
     {

@@ -3,7 +3,9 @@
 // Numerics as transformers: angle = f32(p) * InvFreq[j] in f32; cos/sin of that f32 angle (computed in double,
 // rounded to f32) times Magnitude in f32; out = x*cos - y*sin / y*cos + x*sin with each product rounded (no FMA).
 // A bf16/f16 compute type also rounds cos, sin, every product and every sum to it (apply_rotary_pos_emb in that dtype).
+// The angle, cos/sin, rotation and re-rotation formulas are RopeMath's, which the GPU kernels call too.
 using LlamaRun.Core;
+using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Backends.Cpu;
 
@@ -30,18 +32,13 @@ public static unsafe partial class CpuOps
                 CosSin(table, pos, cos, sin);
                 float* qt = (float*)qp + (nint)t * qDim;
                 float* kt = (float*)kp + (nint)t * kvDim;
-                if (compute == DType.F32)
-                {
-                    for (int h = 0; h < p.Heads; h++) RotatePairs(qt + h * p.HeadDim, cos, sin);
-                    for (int h = 0; h < p.KvHeads; h++) RotatePairs(kt + h * p.HeadDim, cos, sin);
-                }
-                else
+                if (compute != DType.F32)
                 {
                     Round(cos, compute);
                     Round(sin, compute);
-                    for (int h = 0; h < p.Heads; h++) RotatePairsRounded(qt + h * p.HeadDim, cos, sin, compute);
-                    for (int h = 0; h < p.KvHeads; h++) RotatePairsRounded(kt + h * p.HeadDim, cos, sin, compute);
                 }
+                for (int h = 0; h < p.Heads; h++) RotatePairs(qt + h * p.HeadDim, cos, sin, compute);
+                for (int h = 0; h < p.KvHeads; h++) RotatePairs(kt + h * p.HeadDim, cos, sin, compute);
                 if (table.QueryScale is { } qs)
                 {
                     float s = qs.At(p.Layer, pos);
@@ -87,12 +84,7 @@ public static unsafe partial class CpuOps
                 {
                     float* x = row + h * headDim;
                     for (int j = 0; j < half; j++)
-                    {
-                        double c = c0[j], s = s0[j], a = x[j], b = x[j + half], det = c * c + s * s;
-                        float u = (float)((c * a + s * b) / det), w = (float)((c * b - s * a) / det);
-                        x[j] = u * c1[j] - w * s1[j];
-                        x[j + half] = w * c1[j] + u * s1[j];
-                    }
+                        RopeMath.Rerotate(x[j], x[j + half], c0[j], s0[j], c1[j], s1[j], out x[j], out x[j + half]);
                 }
             }
         }
@@ -109,37 +101,31 @@ public static unsafe partial class CpuOps
     // cos[j], sin[j] of the f32 angle f32(pos) * InvFreq[j], each times Magnitude.
     internal static void CosSin(RopeTable table, int pos, Span<float> cos, Span<float> sin)
     {
-        float fp = pos, mag = table.Magnitude;
+        float mag = table.Magnitude;
         var inv = table.InvFreq;
         for (int j = 0; j < inv.Length; j++)
         {
-            float angle = fp * inv[j];
-            cos[j] = (float)Math.Cos(angle) * mag;
-            sin[j] = (float)Math.Sin(angle) * mag;
+            RopeMath.CosSin(RopeMath.Angle(pos, inv[j]), out float c, out float s);
+            cos[j] = c * mag;
+            sin[j] = s * mag;
         }
     }
 
-    // Pairs (x[j], x[j + half]) for j < half = cos.Length; dims from 2*half on are left alone.
-    private static void RotatePairs(float* x, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
+    // Pairs (x[j], x[j + half]) for j < half = cos.Length, every product and sum rounded to compute (x*cos +
+    // rotate_half(x)*sin evaluated in that dtype); dims from 2*half on are left alone.
+    private static void RotatePairs(float* x, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, DType compute)
     {
-        int half = cos.Length;
-        for (int j = 0; j < half; j++)
+        switch (compute)
         {
-            float a = x[j], b = x[j + half];
-            x[j] = a * cos[j] - b * sin[j];
-            x[j + half] = b * cos[j] + a * sin[j];
+            case DType.BF16: RotatePairs<Bf16Rounding>(x, cos, sin); break;
+            case DType.F16: RotatePairs<F16Rounding>(x, cos, sin); break;
+            default: RotatePairs<NoRounding>(x, cos, sin); break;
         }
     }
 
-    // RotatePairs with every product and sum rounded to compute: x*cos + rotate_half(x)*sin evaluated in that dtype.
-    private static void RotatePairsRounded(float* x, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, DType compute)
+    private static void RotatePairs<TR>(float* x, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin) where TR : struct, IRounding
     {
         int half = cos.Length;
-        for (int j = 0; j < half; j++)
-        {
-            float a = x[j], b = x[j + half];
-            x[j] = RoundTo(RoundTo(a * cos[j], compute) - RoundTo(b * sin[j], compute), compute);
-            x[j + half] = RoundTo(RoundTo(b * cos[j], compute) + RoundTo(a * sin[j], compute), compute);
-        }
+        for (int j = 0; j < half; j++) RopeMath.Rotate<TR>(x[j], x[j + half], cos[j], sin[j], out x[j], out x[j + half]);
     }
 }

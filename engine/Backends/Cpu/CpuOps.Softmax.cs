@@ -1,6 +1,7 @@
 // CPU softmax (max-subtracted, never TensorPrimitives.SoftMax, which does not subtract the max) and argmax.
 // Numerics: exp in f32 of (x - max), the normalizing sum in double. NaN: a row holding a NaN softmaxes to all NaN,
-// and Argmax returns the index of its first NaN (NaN ranks above everything, as torch.argmax). Test: CpuOpsTests.
+// and Argmax returns the index of its first NaN: the one argmax rule of llama-run (kernels/Argmax.cs ArgmaxRule, which
+// the GPU kernel follows; NaN ranks above everything, as torch.argmax). Test: CpuOpsTests.
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 

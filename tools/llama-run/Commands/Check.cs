@@ -84,7 +84,7 @@ public static class Check
                 sr += (double)e[v] * e[v];
                 maxAbs = Math.Max(maxAbs, Math.Abs(d));
             }
-            if (Text.Sampler.Argmax(e) == Text.Sampler.Argmax(a)) argmaxAgree++;
+            if (CpuOps.Argmax(e) == CpuOps.Argmax(a)) argmaxAgree++;
         }
         double nmse = se / Math.Max(sr, 1e-30);
         bool pass = finite && nmse < bound;

@@ -2,6 +2,7 @@
 // at several depths of filler text filling the context, asks for it greedily, and prints accuracy per depth.
 using System.Globalization;
 using System.Text;
+using LlamaRun.Backends.Cpu;
 using LlamaRun.Model;
 using LlamaRun.Text;
 
@@ -97,7 +98,7 @@ public static class Passkey
         int pos = prompt.Length;
         for (int i = 0; i < maxNew && pos < model.MaxSeq; i++)
         {
-            int next = Sampler.Argmax(logits);
+            int next = CpuOps.Argmax(logits);
             sb.Append(decoder.Append(next));
             if (i + 1 < maxNew) model.Forward([next], pos++, LogitsRows.Last, logits);
         }
