@@ -127,14 +127,8 @@ public static class QuickBench
                 token = LlamaRun.Backends.Cpu.CpuOps.Argmax(logits);
             }
         }
-        var rows = p.Report().ToList();
-        double total = rows.Sum(r => r.Seconds);
-        Console.WriteLine(string.Create(Inv,
-            $"\n| decode op (profiled, {1e3 * total / tokens:F2} ms/token timed per op vs {1e3 / tokensPerSecond:F2} unprofiled) | calls/token | ms/token | % | weight GB/s |"));
-        Console.WriteLine("|---|---:|---:|---:|---:|");
-        foreach (var r in rows)
-            Console.WriteLine(string.Create(Inv,
-                $"| {r.Op} | {r.Calls / (double)tokens:F0} | {1e3 * r.Seconds / tokens:F3} | {100 * r.Seconds / total:F1} | {(r.Bytes > 0 ? (r.Bytes / r.Seconds / 1e9).ToString("F1", Inv) : "-")} |"));
+        Console.WriteLine();
+        Console.Write(p.Table(tokens, FormattableString.Invariant($"decode op (unprofiled {1e3 / tokensPerSecond:F2} ms/token)")));
     }
 
     private static string RuntimeInfo() =>

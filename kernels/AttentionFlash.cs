@@ -132,60 +132,60 @@ public static class AttentionFlashKernels
         }
     }
 
-    // The A fragment of the warp's 16 query rows over dims 16 kk .. 16 kk + 15, by one ldmatrix.x4.
+    // The A fragment of the warp's 16 query rows over dims 16 kk .. 16 kk + 15, by one ldmatrix.x4; qLane is this
+    // lane's row address for kk = 0 (row warp * 16 + lane % 16, column 8 (lane / 16)).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static FragA QueryFragment(ArrayView<ushort> smem, uint smemBase, ArrayView<uint> scratch, int qsOffset, int warp, int row, int kk, int lane)
+    private static FragA QueryFragment(ArrayView<ushort> smem, ArrayView<uint> scratch, uint qLane, int kk)
     {
-        int r = warp * 16 + (lane & 15), col = kk * 16 + (lane >> 4) * 8;
-        TensorCore.LdmatrixX4(smem, smemBase, qsOffset + 2 * (r * row + col), scratch, out uint a0, out uint a1, out uint a2, out uint a3);
+        TensorCore.LdmatrixX4(smem, qLane + (uint)(32 * kk), scratch, out uint a0, out uint a1, out uint a2, out uint a3);
         return new FragA { A0 = a0, A1 = a1, A2 = a2, A3 = a3 };
     }
 
-    // S tiles nt, nt + 1 (keys 8 nt .. 8 nt + 15) += Q(dims 16 kk ..) K^T, the K fragments by one ldmatrix.x4.
+    // S tiles nt, nt + 1 (keys 8 nt .. 8 nt + 15) += Q(dims 16 kk ..) K^T, the K fragments by one ldmatrix.x4; kLane is
+    // this lane's row address for nt = kk = 0 (key lane % 8 + 8 (lane / 16), column 8 ((lane / 8) % 2)).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void ScorePair(ref Acc s0, ref Acc s1, in FragA a, ArrayView<ushort> smem, uint smemBase, ArrayView<uint> scratch, int ksOffset, int row, int nt, int kk, int lane)
+    private static void ScorePair(ref Acc s0, ref Acc s1, in FragA a, ArrayView<ushort> smem, ArrayView<uint> scratch, uint kLane, int row, int nt, int kk)
     {
-        int key = nt * 8 + (lane & 7) + ((lane >> 4) << 3), col = kk * 16 + ((lane >> 3) & 1) * 8;
-        TensorCore.LdmatrixX4(smem, smemBase, ksOffset + 2 * (key * row + col), scratch, out uint b0, out uint b1, out uint b2, out uint b3);
+        TensorCore.LdmatrixX4(smem, kLane + (uint)(16 * nt * row + 32 * kk), scratch, out uint b0, out uint b1, out uint b2, out uint b3);
         TensorCore.Mma(ref s0, a, b0, b1, scratch);
         TensorCore.Mma(ref s1, a, b2, b3, scratch);
     }
 
     // All 64 keys of the tile against the warp's queries over dims 16 kk .. 16 kk + 15.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Scores(ref Tiles8 s, ArrayView<ushort> smem, uint smemBase, ArrayView<uint> scratch, int qsOffset, int ksOffset, int warp, int row, int kk, int lane)
+    private static void Scores(ref Tiles8 s, ArrayView<ushort> smem, ArrayView<uint> scratch, uint qLane, uint kLane, int row, int kk)
     {
-        var a = QueryFragment(smem, smemBase, scratch, qsOffset, warp, row, kk, lane);
-        ScorePair(ref s.T0, ref s.T1, a, smem, smemBase, scratch, ksOffset, row, 0, kk, lane);
-        ScorePair(ref s.T2, ref s.T3, a, smem, smemBase, scratch, ksOffset, row, 2, kk, lane);
-        ScorePair(ref s.T4, ref s.T5, a, smem, smemBase, scratch, ksOffset, row, 4, kk, lane);
-        ScorePair(ref s.T6, ref s.T7, a, smem, smemBase, scratch, ksOffset, row, 6, kk, lane);
+        var a = QueryFragment(smem, scratch, qLane, kk);
+        ScorePair(ref s.T0, ref s.T1, a, smem, scratch, kLane, row, 0, kk);
+        ScorePair(ref s.T2, ref s.T3, a, smem, scratch, kLane, row, 2, kk);
+        ScorePair(ref s.T4, ref s.T5, a, smem, scratch, kLane, row, 4, kk);
+        ScorePair(ref s.T6, ref s.T7, a, smem, scratch, kLane, row, 6, kk);
     }
 
-    // O tiles nt, nt + 1 (dims 8 nt .. 8 nt + 15) += P(keys 16 kk ..) V, the V fragments by one ldmatrix.x4.trans.
+    // O tiles nt, nt + 1 (dims 8 nt .. 8 nt + 15) += P(keys 16 kk ..) V, the V fragments by one ldmatrix.x4.trans; vLane
+    // is this lane's row address for nt = kk = 0 (key lane % 16, column 8 (lane / 16)).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void OutputPair(ref Acc o0, ref Acc o1, in FragA p, ArrayView<ushort> smem, uint smemBase, ArrayView<uint> scratch, int vsOffset, int row, int nt, int kk, int lane)
+    private static void OutputPair(ref Acc o0, ref Acc o1, in FragA p, ArrayView<ushort> smem, ArrayView<uint> scratch, uint vLane, int row, int nt, int kk)
     {
-        int key = kk * 16 + (lane & 15), col = (nt + (lane >> 4)) * 8;
-        TensorCore.LdmatrixX4Trans(smem, smemBase, vsOffset + 2 * (key * row + col), scratch, out uint b0, out uint b1, out uint b2, out uint b3);
+        TensorCore.LdmatrixX4Trans(smem, vLane + (uint)(32 * kk * row + 16 * nt), scratch, out uint b0, out uint b1, out uint b2, out uint b3);
         TensorCore.Mma(ref o0, p, b0, b1, scratch);
         TensorCore.Mma(ref o1, p, b2, b3, scratch);
     }
 
     // O (dims 0..63 in lo, 64..127 in hi when hd is 128) += P(keys 16 kk .. 16 kk + 15) V.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Outputs(ref Tiles8 lo, ref Tiles8 hi, in FragA p, ArrayView<ushort> smem, uint smemBase, ArrayView<uint> scratch, int vsOffset, int row, int kk, int lane, int hd)
+    private static void Outputs(ref Tiles8 lo, ref Tiles8 hi, in FragA p, ArrayView<ushort> smem, ArrayView<uint> scratch, uint vLane, int row, int kk, int hd)
     {
-        OutputPair(ref lo.T0, ref lo.T1, p, smem, smemBase, scratch, vsOffset, row, 0, kk, lane);
-        OutputPair(ref lo.T2, ref lo.T3, p, smem, smemBase, scratch, vsOffset, row, 2, kk, lane);
-        OutputPair(ref lo.T4, ref lo.T5, p, smem, smemBase, scratch, vsOffset, row, 4, kk, lane);
-        OutputPair(ref lo.T6, ref lo.T7, p, smem, smemBase, scratch, vsOffset, row, 6, kk, lane);
+        OutputPair(ref lo.T0, ref lo.T1, p, smem, scratch, vLane, row, 0, kk);
+        OutputPair(ref lo.T2, ref lo.T3, p, smem, scratch, vLane, row, 2, kk);
+        OutputPair(ref lo.T4, ref lo.T5, p, smem, scratch, vLane, row, 4, kk);
+        OutputPair(ref lo.T6, ref lo.T7, p, smem, scratch, vLane, row, 6, kk);
         if (hd == 128)
         {
-            OutputPair(ref hi.T0, ref hi.T1, p, smem, smemBase, scratch, vsOffset, row, 8, kk, lane);
-            OutputPair(ref hi.T2, ref hi.T3, p, smem, smemBase, scratch, vsOffset, row, 10, kk, lane);
-            OutputPair(ref hi.T4, ref hi.T5, p, smem, smemBase, scratch, vsOffset, row, 12, kk, lane);
-            OutputPair(ref hi.T6, ref hi.T7, p, smem, smemBase, scratch, vsOffset, row, 14, kk, lane);
+            OutputPair(ref hi.T0, ref hi.T1, p, smem, scratch, vLane, row, 8, kk);
+            OutputPair(ref hi.T2, ref hi.T3, p, smem, scratch, vLane, row, 10, kk);
+            OutputPair(ref hi.T4, ref hi.T5, p, smem, scratch, vLane, row, 12, kk);
+            OutputPair(ref hi.T6, ref hi.T7, p, smem, scratch, vLane, row, 14, kk);
         }
     }
 
@@ -223,10 +223,10 @@ public static class AttentionFlashKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Exp2(ref Acc s, float m0, float m1, ref float sum0, ref float sum1)
     {
-        s.C0 = XMath.Exp2(s.C0 - m0);
-        s.C1 = XMath.Exp2(s.C1 - m0);
-        s.C2 = XMath.Exp2(s.C2 - m1);
-        s.C3 = XMath.Exp2(s.C3 - m1);
+        s.C0 = FastMath.Exp2(s.C0 - m0);
+        s.C1 = FastMath.Exp2(s.C1 - m0);
+        s.C2 = FastMath.Exp2(s.C2 - m1);
+        s.C3 = FastMath.Exp2(s.C3 - m1);
         sum0 += s.C0 + s.C1;
         sum1 += s.C2 + s.C3;
     }
@@ -289,6 +289,10 @@ public static class AttentionFlashKernels
         int h = Grid.IdxY, m0 = (Grid.DimX - 1 - Grid.IdxX) * bm;   // heaviest (latest) query tiles first
         int kvh = h / (numHeads / numKvHeads), kvDim = numKvHeads * hd, qStride = numHeads * hd;
         int r0 = m0 + warp * 16 + (lane >> 2), r1 = r0 + 8;
+        // This lane's ldmatrix row addresses (tile offsets plus the lane's row and column; 2 bytes an element).
+        uint qLane = smemBase + (uint)(qsOffset + 2 * ((warp * 16 + (lane & 15)) * row + (lane >> 4) * 8));
+        uint kLane = smemBase + (uint)(ksOffset + 2 * (((lane & 7) + ((lane >> 4) << 3)) * row + ((lane >> 3) & 1) * 8));
+        uint vLane = smemBase + (uint)(vsOffset + 2 * ((lane & 15) * row + (lane >> 4) * 8));
         int kend = startPos + XMath.Min(m0 + bm - 1, T - 1) + 1;
         long headOffset = (long)kvh * hd;
         Stage4 st = default;
@@ -312,12 +316,12 @@ public static class AttentionFlashKernels
             if (active)
             {
                 s = default;
-                Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 0, lane);
-                Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 1, lane);
+                Scores(ref s, smem, scratch, qLane, kLane, row, 0);
+                Scores(ref s, smem, scratch, qLane, kLane, row, 1);
                 if (hd == 128)
                 {
-                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 2, lane);
-                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 3, lane);
+                    Scores(ref s, smem, scratch, qLane, kLane, row, 2);
+                    Scores(ref s, smem, scratch, qLane, kLane, row, 3);
                 }
             }
             StoreStage(st, 0, smem4, vsOffset, hd, threads);
@@ -326,15 +330,15 @@ public static class AttentionFlashKernels
             {
                 if (hd == 128)
                 {
-                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 4, lane);
-                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 5, lane);
-                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 6, lane);
-                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 7, lane);
+                    Scores(ref s, smem, scratch, qLane, kLane, row, 4);
+                    Scores(ref s, smem, scratch, qLane, kLane, row, 5);
+                    Scores(ref s, smem, scratch, qLane, kLane, row, 6);
+                    Scores(ref s, smem, scratch, qLane, kLane, row, 7);
                 }
                 else
                 {
-                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 2, lane);
-                    Scores(ref s, smem, smemBase, scratch, qsOffset, ksOffset, warp, row, 3, lane);
+                    Scores(ref s, smem, scratch, qLane, kLane, row, 2);
+                    Scores(ref s, smem, scratch, qLane, kLane, row, 3);
                 }
                 s.Scale(scaleLog2, scaleLog2);
                 if (k0 + TileKeys - 1 > warpFirst) MaskTile(ref s, k0 + tig * 2, qpos0, qpos1);
@@ -349,7 +353,7 @@ public static class AttentionFlashKernels
                 RowMax(s.T7, ref mx0, ref mx1);
                 mx0 = Reduce.QuadMax(mx0);
                 mx1 = Reduce.QuadMax(mx1);
-                float c0 = XMath.Exp2(mrow0 - mx0), c1 = XMath.Exp2(mrow1 - mx1);
+                float c0 = FastMath.Exp2(mrow0 - mx0), c1 = FastMath.Exp2(mrow1 - mx1);
                 mrow0 = mx0;
                 mrow1 = mx1;
                 float sum0 = 0f, sum1 = 0f;
@@ -373,8 +377,8 @@ public static class AttentionFlashKernels
             Group.Barrier();   // V(j) visible; every warp is done with K(j)
             if (active)
             {
-                Outputs(ref oLo, ref oHi, Probabilities(s.T0, s.T1), smem, smemBase, scratch, vsOffset, row, 0, lane, hd);
-                Outputs(ref oLo, ref oHi, Probabilities(s.T2, s.T3), smem, smemBase, scratch, vsOffset, row, 1, lane, hd);
+                Outputs(ref oLo, ref oHi, Probabilities(s.T0, s.T1), smem, scratch, vLane, row, 0, hd);
+                Outputs(ref oLo, ref oHi, Probabilities(s.T2, s.T3), smem, scratch, vLane, row, 1, hd);
             }
             if (more)
             {
@@ -383,8 +387,8 @@ public static class AttentionFlashKernels
             }
             if (active)
             {
-                Outputs(ref oLo, ref oHi, Probabilities(s.T4, s.T5), smem, smemBase, scratch, vsOffset, row, 2, lane, hd);
-                Outputs(ref oLo, ref oHi, Probabilities(s.T6, s.T7), smem, smemBase, scratch, vsOffset, row, 3, lane, hd);
+                Outputs(ref oLo, ref oHi, Probabilities(s.T4, s.T5), smem, scratch, vLane, row, 2, hd);
+                Outputs(ref oLo, ref oHi, Probabilities(s.T6, s.T7), smem, scratch, vLane, row, 3, hd);
             }
             if (more) StoreStage(st, 1, smem4, ksOffset, hd, threads);   // the next barrier publishes K(j+1)
         }

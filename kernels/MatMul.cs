@@ -1,7 +1,7 @@
 // MatMul dst[T, out] = x[T, in] * weight[out, in]^T (CpuOps.MatMul); x and dst are f32.
 // GemvBf16: decode (T <= 8 tokens, TT = the compile-time maximum): one warp per output row, the weights read once for
 // all tokens in 16-byte loads, eight in flight per lane; needs in % 8 == 0. Gemv: any weight type and shape, 4-byte
-// loads. Both: group of 256 threads = 8 rows. GemmBf16: prefill on tensor cores (the fallback when cuBLAS is absent):
+// loads. Both: one warp a row, any group size (8 rows a group on a GPU). GemmBf16: prefill on tensor cores (the fallback when cuBLAS is absent):
 // 128x128x32 tiles, 8 warps as 2 x 4, each a 64 x 32 tile of 4 x 4 mma.sync fragments; x rounded to bf16 as it is
 // staged in shared memory, f32 accumulation. Exercised by the MatMul cases of tests/GpuOpsTests.cs.
 using System.Runtime.CompilerServices;
@@ -68,12 +68,13 @@ public static class MatMulKernels
         }
     }
 
-    // Lane 0 writes the warp's sum of token t's row into dst when t < T.
+    // Lane 0 writes the warp's sum of token t's row into dst when t < T (T is the same for the whole warp).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void StoreRow(float acc, ArrayView<float> dst, int t, int T, int outDim, int row)
     {
+        if (t >= T) return;
         float sum = Reduce.WarpSum(acc);
-        if (Warp.LaneIdx == 0 && t < T) dst[(long)t * outDim + row] = sum;
+        if (Warp.LaneIdx == 0) dst[(long)t * outDim + row] = sum;
     }
 
     // kernels
@@ -132,11 +133,7 @@ public static class MatMulKernels
             for (int t = 0; t < GemvMaxTokens; t++)
                 if (t < T) acc[t] += wk * x[(long)t * inDim + k];
         }
-        for (int t = 0; t < GemvMaxTokens; t++)
-        {
-            float sum = Reduce.WarpSum(acc[t]);
-            if (lane == 0 && t < T) dst[(long)t * outDim + row] = sum;
-        }
+        for (int t = 0; t < GemvMaxTokens; t++) StoreRow(acc[t], dst, t, T, outDim, row);
     }
 
     /// <summary>Grid (ceil(N / 128), ceil(M / 128)), 256 threads, GemmSharedBytes of dynamic shared memory: dst[M, N] = x[M, K] * weight[N, K]^T, bf16 weights.</summary>

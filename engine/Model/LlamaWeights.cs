@@ -64,10 +64,10 @@ public sealed class LlamaWeights : IDisposable
     /// <summary>Tensor names that were present but ignored (rotary_emb.inv_freq buffers).</summary>
     public IReadOnlyList<string> Ignored { get; private init; } = [];
 
-    /// <summary>Loads every weight of modelDir (a directory or a .safetensors file), checking names, shapes and dtypes against config; fuseProjections defaults to true on GPUs.</summary>
+    /// <summary>Loads every weight of modelDir (a directory or a .safetensors file), checking names, shapes and dtypes against config; fuseProjections defaults to what the backend states pays off.</summary>
     public static LlamaWeights Load(string modelDir, LlamaConfig config, IBackend backend, bool? fuseProjections = null)
     {
-        bool fuse = fuseProjections ?? backend.Name == "cuda";
+        bool fuse = fuseProjections ?? backend.Capabilities.StackedDecodeProjections;
         var checkpoint = Checkpoint.Open(modelDir);
         var owned = new List<Tensor>();
         var hostBuffers = new List<nint>();

@@ -80,6 +80,15 @@ public static class TensorCore
             c.C3 = c3.Value;
             return;
         }
+        c = MmaEmulated(c, a, b0, b1, scratch);
+    }
+
+    // The emulations are not inlined: on CUDA their calls sit in dead branches, so a kernel's PTX (and the driver's
+    // compile time) stays that of the inline-PTX path. They take and return values: an address passed to a call, even
+    // a dead one, would keep ptxas from holding the fragments in registers.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static Acc MmaEmulated(Acc c, FragA a, uint b0, uint b1, ArrayView<uint> scratch)
+    {
         // Lane (g, t) needs rows g and g+8 of A (held by lanes 4g..4g+3) and columns 2t, 2t+1 of B (held by lanes
         // 8t..8t+3 and 8t+4..8t+7): every lane publishes its fragments, then reads those, a k-quarter (source t' = kt) at a time.
         int lane = Warp.LaneIdx, w = Warp.WarpIdx * ScratchWords, g = lane >> 2, t = lane & 3;
@@ -101,36 +110,48 @@ public static class TensorCore
             c.C3 += Dot2(r1, q0) + Dot2(r3, q1);
         }
         Warp.Barrier();   // the scratch is free for the next exchange
+        return c;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Dot2(uint x, uint y) => Bf16.Lo(x) * Bf16.Lo(y) + Bf16.Hi(x) * Bf16.Hi(y);
 
     /// <summary>
-    /// ldmatrix.x4: four 8x8 b16 matrices from shared memory. Lane l supplies the byte offset (in the dynamic shared
-    /// memory smem, whose .shared address is smemBase) of row l % 8 of matrix l / 8; rj receives matrix j's row l / 4,
+    /// ldmatrix.x4: four 8x8 b16 matrices from shared memory. Lane l supplies the address (SharedBase() plus the byte
+    /// offset in the dynamic shared memory smem) of row l % 8 of matrix l / 8; rj receives matrix j's row l / 4,
     /// elements 2(l % 4) and 2(l % 4) + 1. Rows are 16 bytes, 16-byte aligned.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void LdmatrixX4(ArrayView<ushort> smem, uint smemBase, int rowOffset, ArrayView<uint> scratch, out uint r0, out uint r1, out uint r2, out uint r3)
+    public static void LdmatrixX4(ArrayView<ushort> smem, uint address, ArrayView<uint> scratch, out uint r0, out uint r1, out uint r2, out uint r3)
     {
         if (CudaAsm.IsSupported)
         {
             Output<uint> o0 = default, o1 = default, o2 = default, o3 = default;
-            Input<uint> address = smemBase + (uint)rowOffset;
-            CudaAsm.EmitRef("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];", ref o0, ref o1, ref o2, ref o3, ref address);
+            Input<uint> a = address;
+            CudaAsm.EmitRef("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];", ref o0, ref o1, ref o2, ref o3, ref a);
             r0 = o0.Value;
             r1 = o1.Value;
             r2 = o2.Value;
             r3 = o3.Value;
             return;
         }
+        var r = LdmatrixX4Emulated(smem, (int)address, scratch);   // off CUDA SharedBase() is 0: the address is the offset
+        (r0, r1, r2, r3) = (r.X, r.Y, r.Z, r.W);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static U4 LdmatrixX4Emulated(ArrayView<ushort> smem, int rowOffset, ArrayView<uint> scratch)
+    {
         int lane = Warp.LaneIdx, w = Publish(scratch, rowOffset), col = 2 * (lane & 3), row = w + (lane >> 2);
-        r0 = Word(smem, (int)scratch[row], col);
-        r1 = Word(smem, (int)scratch[row + 8], col);
-        r2 = Word(smem, (int)scratch[row + 16], col);
-        r3 = Word(smem, (int)scratch[row + 24], col);
+        var r = new U4
+        {
+            X = Word(smem, (int)scratch[row], col),
+            Y = Word(smem, (int)scratch[row + 8], col),
+            Z = Word(smem, (int)scratch[row + 16], col),
+            W = Word(smem, (int)scratch[row + 24], col),
+        };
         Warp.Barrier();
+        return r;
     }
 
     /// <summary>
@@ -138,25 +159,36 @@ public static class TensorCore
     /// (2(l % 4) + 1, l / 4) of matrix j (row, column), i.e. a B fragment of a row-major [k][n] tile.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void LdmatrixX4Trans(ArrayView<ushort> smem, uint smemBase, int rowOffset, ArrayView<uint> scratch, out uint r0, out uint r1, out uint r2, out uint r3)
+    public static void LdmatrixX4Trans(ArrayView<ushort> smem, uint address, ArrayView<uint> scratch, out uint r0, out uint r1, out uint r2, out uint r3)
     {
         if (CudaAsm.IsSupported)
         {
             Output<uint> o0 = default, o1 = default, o2 = default, o3 = default;
-            Input<uint> address = smemBase + (uint)rowOffset;
-            CudaAsm.EmitRef("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];", ref o0, ref o1, ref o2, ref o3, ref address);
+            Input<uint> a = address;
+            CudaAsm.EmitRef("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];", ref o0, ref o1, ref o2, ref o3, ref a);
             r0 = o0.Value;
             r1 = o1.Value;
             r2 = o2.Value;
             r3 = o3.Value;
             return;
         }
+        var t = LdmatrixX4TransEmulated(smem, (int)address, scratch);
+        (r0, r1, r2, r3) = (t.X, t.Y, t.Z, t.W);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static U4 LdmatrixX4TransEmulated(ArrayView<ushort> smem, int rowOffset, ArrayView<uint> scratch)
+    {
         int lane = Warp.LaneIdx, w = Publish(scratch, rowOffset), r = w + 2 * (lane & 3), col = lane >> 2;
-        r0 = Column(smem, (int)scratch[r], (int)scratch[r + 1], col);
-        r1 = Column(smem, (int)scratch[r + 8], (int)scratch[r + 9], col);
-        r2 = Column(smem, (int)scratch[r + 16], (int)scratch[r + 17], col);
-        r3 = Column(smem, (int)scratch[r + 24], (int)scratch[r + 25], col);
+        var t = new U4
+        {
+            X = Column(smem, (int)scratch[r], (int)scratch[r + 1], col),
+            Y = Column(smem, (int)scratch[r + 8], (int)scratch[r + 9], col),
+            Z = Column(smem, (int)scratch[r + 16], (int)scratch[r + 17], col),
+            W = Column(smem, (int)scratch[r + 24], (int)scratch[r + 25], col),
+        };
         Warp.Barrier();
+        return t;
     }
 
     // Every lane's row offset into the warp's scratch; returns the warp's first scratch word.

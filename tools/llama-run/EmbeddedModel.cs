@@ -41,5 +41,6 @@ public static class EmbeddedModel
     }
 
     private static Stream Open(Assembly asm, string file) =>
-        asm.GetManifestResourceStream("austen/" + file) ?? throw new InvalidOperationException($"embedded model file {file} is missing from this build");
+        asm.GetManifestResourceStream("austen/" + file)
+            ?? throw new UsageException($"this build has no embedded model (published with EmbedDefaultModel=false): give -m DIR");
 }

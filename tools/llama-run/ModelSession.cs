@@ -1,10 +1,11 @@
 // Everything a command needs to run a model: config, tokenizer, backend, weights, RoPE schedule, KV cache.
-// Shared flags: -m DIR, --ctx N, --device cpu|cuda|auto, --rope METHOD[:k=v,...], --rope-table FILE, -b N (prefill chunk),
+// Shared flags: -m DIR, --ctx N, --device cpu|cuda|ilgpu-cpu|auto, --rope METHOD[:k=v,...], --rope-table FILE, -b N (prefill chunk),
 // --compute mixed|f32|bf16: mixed (default) keeps activations in f32 with a bf16 KV cache and bf16 tensor-core
 // operands on the GPU; f32 keeps everything but the stored weights in f32 (the CPU always does); bf16 rounds every
 // activation and op intermediate as transformers in bfloat16 does.
 using LlamaRun.Core;
 using LlamaRun.Backends;
+using LlamaRun.Backends.Gpu;
 using LlamaRun.Model;
 using LlamaRun.Rope;
 using LlamaRun.Text;
@@ -36,9 +37,6 @@ public sealed class ModelSession : IDisposable
     /// <summary>One line on the RoPE table in use (empty within the trained length without scaling).</summary>
     public string RopeNote { get; }
 
-    /// <summary>Prefill tokens per forward chunk on a GPU unless -b says otherwise.</summary>
-    public const int DefaultGpuBatch = 4096;
-
     /// <summary>Largest context accepted (2^24 positions; RoPE tables and position arithmetic are exact below it).</summary>
     public const int MaxContext = 1 << 24;
 
@@ -52,32 +50,32 @@ public sealed class ModelSession : IDisposable
         return dir;
     }
 
-    /// <summary>Loads the model for a context of ctx tokens (0: the trained length).</summary>
-    public static ModelSession Open(Args args, int ctx, bool needTokenizer = true)
+    /// <summary>Loads the model for a context of ctx tokens (0: the trained length), on backend when given (it then belongs to the session).</summary>
+    public static ModelSession Open(Args args, int ctx, bool needTokenizer = true, IBackend? backend = null)
     {
-        string dir = ModelDirectory(args);
-        string device = args.String("--device") ?? "auto";
-        string? ropeSpec = args.String("--rope");
-        string? ropeTable = args.String("--rope-table");
-        var (compute, fullPrecision) = ComputeType(args.String("--compute"));
-        int batch = args.Int("-b", 0, min: 1);
-        var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
-        if (ctx <= 0) ctx = config.MaxPositionEmbeddings;
-        if (ctx > MaxContext) throw new UsageException($"--ctx {ctx} is larger than the {MaxContext} positions llama-run supports");
-        var tokenizer = needTokenizer || HasTokenizer(dir) ? Tokenizer.FromModelDirectory(dir) : null;
-        if (tokenizer is not null && tokenizer.VocabSize > config.VocabSize)
-            throw new UsageException($"{dir}: the tokenizer has {tokenizer.VocabSize} tokens but the model only {config.VocabSize}");
-
-        var backend = BackendFactory.Create(device, fullPrecision);
         try
         {
+            string dir = ModelDirectory(args);
+            string device = args.String("--device") ?? "auto";
+            string? ropeSpec = args.String("--rope");
+            string? ropeTable = args.String("--rope-table");
+            var (compute, fullPrecision) = ComputeType(args.String("--compute"));
+            int batch = args.Int("-b", 0, min: 1);
+            var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+            if (ctx <= 0) ctx = config.MaxPositionEmbeddings;
+            if (ctx > MaxContext) throw new UsageException($"--ctx {ctx} is larger than the {MaxContext} positions llama-run supports");
+            var tokenizer = needTokenizer || HasTokenizer(dir) ? Tokenizer.FromModelDirectory(dir) : null;
+            if (tokenizer is not null && tokenizer.VocabSize > config.VocabSize)
+                throw new UsageException($"{dir}: the tokenizer has {tokenizer.VocabSize} tokens but the model only {config.VocabSize}");
+
+            backend ??= CreateBackend(device, config, compute, fullPrecision);
             CheckMemory(backend, config, ctx);
             var (rope, note) = ChooseRope(config, ctx, ropeSpec, ropeTable);
             var weights = LlamaWeights.Load(dir, config, backend);
             try
             {
                 // Prefill chunks: a GPU reaches its tensor-core rate on large GEMMs, the CPU gains nothing past 512 rows.
-                if (batch == 0) batch = backend.Name == "cuda" ? DefaultGpuBatch : 512;
+                if (batch == 0) batch = backend.Capabilities.PrefillChunk;
                 var model = Llama.Create(config, weights, backend, ctx, rope, maxBatch: batch, activations: compute);
                 return new ModelSession(dir, config, tokenizer, backend, weights, model, note);
             }
@@ -89,10 +87,15 @@ public sealed class ModelSession : IDisposable
         }
         catch
         {
-            backend.Dispose();
+            backend?.Dispose();
             throw;
         }
     }
+
+    /// <summary>The backend for --device, with the GPU kernels this model's shapes and compute mode use.</summary>
+    public static IBackend CreateBackend(string device, LlamaConfig config, DType compute, bool fullPrecision) =>
+        BackendFactory.Create(device, fullPrecision,
+            GpuKernelSet.For(config.HeadDim, config.NumAttentionHeads / config.NumKeyValueHeads, compute == DType.BF16));
 
     /// <summary>Parses --compute: mixed (default), f32 (full precision on the GPU too) or bf16 (activations rounded as in bf16).</summary>
     public static (DType Activations, bool FullPrecision) ComputeType(string? value) => value?.ToLowerInvariant() switch

@@ -4,7 +4,7 @@ using LlamaRun.Cli;
 using LlamaRun.Cli.Commands;
 using LlamaRun.Model;
 
-string[] switches = ["--no-bos", "--json", "--ops-only", "-h", "--help"];
+string[] switches = ["--no-bos", "--json", "--ops-only", "--profile", "--kernels", "-h", "--help"];
 try
 {
     if (args.Length > 0 && (args[0] is "-h" or "--help" or "help"))
@@ -27,7 +27,8 @@ try
         _ => throw new UsageException($"unknown command '{command}' (see llama-run --help)"),
     };
 }
-catch (Exception e) when (e is UsageException or ModelFormatException or IOException or UnauthorizedAccessException or ArgumentException or OutOfMemoryException)
+catch (Exception e) when (e is UsageException or ModelFormatException or IOException or UnauthorizedAccessException or ArgumentException
+    or OutOfMemoryException or LlamaRun.Backends.Gpu.GpuException)
 {
     Console.Out.Flush();
     Console.Error.WriteLine($"llama-run: {Flatten(e.Message)}");

@@ -31,7 +31,7 @@ public sealed unsafe partial class GpuBackend : IBackend
     private MemoryBuffer1D<int, Stride1D.Dense>? _ints; // token ids in, argmax indices out
     private bool _disposed;
 
-    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision)
+    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels)
     {
         _context = context;
         _accelerator = accelerator;
@@ -40,18 +40,18 @@ public sealed unsafe partial class GpuBackend : IBackend
         try
         {
             _stream = accelerator.CreateStream();
+            if (accelerator is CudaAccelerator ca) _blas = GpuCuBlas.TryCreate(ca, _stream, out _);
+            if (fullPrecision) _blas?.Wide();   // the widened-weight buffer, allocated up front like every other
             var loader = new AcceleratorKernelLoader(accelerator);
             long t0 = Stopwatch.GetTimestamp();
-            int multiprocessors = accelerator is CudaAccelerator cuda ? cuda.NumMultiprocessors : accelerator.NumMultiprocessors;
-            _launch = new GpuKernels(loader, _stream, accelerator.MaxNumThreadsPerGroup, multiprocessors,
-                emulated: accelerator is not CudaAccelerator, Environment.GetEnvironmentVariable("LLAMA_SYNC") == "1");
+            _launch = new GpuKernels(loader, _stream, accelerator.MaxNumThreadsPerGroup, accelerator.NumMultiprocessors, kernels,
+                f32Cache: fullPrecision, gemm: _blas is null, emulated: accelerator is not CudaAccelerator,
+                sync: Environment.GetEnvironmentVariable("LLAMA_SYNC") == "1");
             KernelLoadSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
             Kernels = loader.Reports;
             _attentionScratch = accelerator.Allocate1D<float>(AttentionScratchFloats);
             _rope = new GpuRopeTables(accelerator, _stream);
             EnsureInts(4096);
-            if (accelerator is CudaAccelerator ca) _blas = GpuCuBlas.TryCreate(ca, _stream, out _);
-            if (fullPrecision) _blas?.Wide();   // the widened-weight buffer, allocated up front like every other
         }
         catch
         {
@@ -65,8 +65,8 @@ public sealed unsafe partial class GpuBackend : IBackend
             : $"ILGPU CPU accelerator ({accelerator.MaxNumThreadsPerGroup} threads a group, warp {accelerator.WarpSize}{(fullPrecision ? ", full f32" : "")})";
     }
 
-    /// <summary>Opens CUDA GPU 0 through ILGPU and loads every kernel, or returns null with a one-line reason.</summary>
-    public static GpuBackend? TryCreateCuda(out string reason, bool fullPrecision = false)
+    /// <summary>Opens CUDA GPU 0 through ILGPU and loads the kernels (all, or the given set), or returns null with a one-line reason.</summary>
+    public static GpuBackend? TryCreateCuda(out string reason, bool fullPrecision = false, GpuKernelSet? kernels = null)
     {
         if (!GpuNative.TryLoad(out reason)) return null;
         Context? context = null;
@@ -80,7 +80,7 @@ public sealed unsafe partial class GpuBackend : IBackend
                 return null;
             }
             var accelerator = context.GetCudaDevice(0).CreateCudaAccelerator(context);
-            return new GpuBackend(context, accelerator, "cuda", fullPrecision);
+            return new GpuBackend(context, accelerator, "cuda", fullPrecision, kernels ?? GpuKernelSet.All);
         }
         catch (Exception e) when (e is GpuException or CudaException or InvalidOperationException or NotSupportedException)
         {
@@ -91,13 +91,13 @@ public sealed unsafe partial class GpuBackend : IBackend
     }
 
     /// <summary>The same kernels on ILGPU's CPU accelerator: 32-lane warps, groups of up to 256 threads; slow, for small shapes.</summary>
-    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false)
+    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false, GpuKernelSet? kernels = null)
     {
         var context = Context.Create(b => b.CPU(new CPUDevice(numThreadsPerWarp: 32, numWarpsPerMultiprocessor: 8, numMultiprocessors: 1))
             .Optimize(OptimizationLevel.O2).EnableAlgorithms());
         try
         {
-            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision);
+            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision, kernels ?? GpuKernelSet.All);
         }
         catch
         {
@@ -111,8 +111,9 @@ public sealed unsafe partial class GpuBackend : IBackend
     {
         using var context = Context.Create(b => b.CPU().Optimize(OptimizationLevel.O2).EnableAlgorithms());
         using var loader = new PtxKernelLoader(context, instructionSet);
-        _ = new GpuKernels(loader, null!, 1024, 132, emulated: false, sync: false);
-        return loader.Kernels;
+        _ = new GpuKernels(loader, null!, 1024, 132, GpuKernelSet.All, f32Cache: false, gemm: true, emulated: false, sync: false);
+        _ = new GpuKernels(loader, null!, 1024, 132, GpuKernelSet.All, f32Cache: true, gemm: false, emulated: false, sync: false);
+        return loader.Kernels.DistinctBy(k => k.Name).ToList();
     }
 
     /// <summary>True when a CUDA driver and a GPU of compute capability 8.0 or newer are present; otherwise why not.</summary>
@@ -120,7 +121,10 @@ public sealed unsafe partial class GpuBackend : IBackend
 
     public string Name { get; }
 
-    public BackendCapabilities Capabilities => new(PrefillChunk: Name == "cuda" ? 4096 : 512, StackedDecodeProjections: true, DeviceMemory: true);
+    public BackendCapabilities Capabilities => Name == "cuda" ? CudaCapabilities : CpuAcceleratorCapabilities;
+
+    private static readonly BackendCapabilities CudaCapabilities = new(PrefillChunk: 4096, StackedDecodeProjections: true, DeviceMemory: true);
+    private static readonly BackendCapabilities CpuAcceleratorCapabilities = new(PrefillChunk: 512, StackedDecodeProjections: true, DeviceMemory: true);
 
     public string Device { get; }
 

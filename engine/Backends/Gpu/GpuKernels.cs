@@ -26,85 +26,123 @@ internal sealed class GpuKernels
     private readonly bool _sync;
     private readonly int _maxGroup, _multiprocessors;
     private readonly int _scratchBytes;   // the tensor-core emulation's shared scratch (ILGPU's CPU accelerator only)
+    private readonly int _rowsPerGemvGroup; // 8 on a GPU; 1 where every warp barrier wakes all of a group's threads (CPU accelerator)
 
     private readonly Action<Stream, KernelConfig, ArrayView<int>, F32, F32, int, int> _embeddingF32;
     private readonly Action<Stream, KernelConfig, ArrayView<int>, U16, F32, int, int> _embeddingBf16, _embeddingF16;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, int, float> _rmsNorm, _rmsNormBf16;
-    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float> _rmsNorm4, _rmsNorm4Bf16;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, int, float> _addRmsNorm, _addRmsNormBf16;
-    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float> _addRmsNorm4, _addRmsNorm4Bf16;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, int, float> _rmsNorm;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, int, float>? _rmsNormBf16;
+    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float> _rmsNorm4;
+    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>? _rmsNorm4Bf16;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, int, float> _addRmsNorm;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>? _addRmsNormBf16;
+    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float> _addRmsNorm4;
+    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>? _addRmsNorm4Bf16;
     private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int, int> _gemvBf16T1, _gemvBf16;
     private readonly Action<Stream, KernelConfig, F32, F32, F32, int, int, int> _gemvF32;
-    private readonly Action<Stream, KernelConfig, F32, U16, F32, int, int, int> _gemvBf16Any, _gemvF16, _gemmBf16;
+    private readonly Action<Stream, KernelConfig, F32, U16, F32, int, int, int> _gemvBf16Any, _gemvF16;
+    private readonly Action<Stream, KernelConfig, F32, U16, F32, int, int, int>? _gemmBf16;
     private readonly Action<Stream, KernelConfig, F32, U16, long> _toBf16;
-    private readonly Action<Stream, KernelConfig, U16, F32, long> _widenBf16, _widenF16;
-    private readonly Action<Stream, KernelConfig, F32, long> _roundBf16, _roundF16;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs> _rope, _ropeBf16;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs> _ropeCacheF32, _ropeBf16CacheF32;
-    private readonly Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float> _rerotate;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float> _rerotateF32;
-    private readonly Action<Stream, KernelConfig, F32, U16, U16, F32, F32, AttentionArgs> _split, _tiled;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, F32, AttentionArgs> _splitF32;
+    private readonly Action<Stream, KernelConfig, U16, F32, long>? _widenBf16, _widenF16;
+    private readonly Action<Stream, KernelConfig, F32, long>? _roundBf16, _roundF16;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>? _rope, _ropeBf16;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>? _ropeCacheF32, _ropeBf16CacheF32;
+    private readonly Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float>? _rerotate;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float>? _rerotateF32;
+    private readonly Action<Stream, KernelConfig, F32, U16, U16, F32, F32, AttentionArgs>? _split;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, F32, AttentionArgs>? _splitF32;
     private readonly Action<Stream, KernelConfig, F32, F32, int, int, int> _combine;
-    private readonly Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float> _flash64, _flash128;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, long> _swiGlu, _swiGluBf16, _add;
+    private readonly Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>? _flash64, _flash128;
+    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>? _decode1, _decode2, _decode4, _decode8;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, long> _swiGlu, _add;
+    private readonly Action<Stream, KernelConfig, F32, F32, F32, long>? _swiGluBf16;
     private readonly Action<Stream, KernelConfig, F32, ArrayView<int>, int> _argmax;
 
-    /// <summary>emulated: the accelerator runs the tensor-core helpers' C# paths (ILGPU's CPU accelerator).</summary>
-    public GpuKernels(IKernelLoader l, Stream stream, int maxGroup, int multiprocessors, bool emulated, bool sync)
+    /// <summary>
+    /// Loads the core kernels plus the optional variants of set; f32Cache: the full-precision variants (an f32 KV
+    /// cache, exact f32 matmuls) instead of the bf16-cache ones; gemm: our tensor-core GEMM (where cuBLAS is absent).
+    /// emulated: the accelerator runs the tensor-core helpers' C# paths (ILGPU's CPU accelerator).
+    /// </summary>
+    public GpuKernels(IKernelLoader l, Stream stream, int maxGroup, int multiprocessors, GpuKernelSet set, bool f32Cache, bool gemm,
+        bool emulated, bool sync)
     {
         _scratchBytes = TensorCore.ScratchBytes(emulated);
+        _rowsPerGemvGroup = emulated ? 1 : MatMulKernels.GemvRowsPerGroup;
         _stream = stream;
         _maxGroup = maxGroup;
         _multiprocessors = multiprocessors;
         _sync = sync;
+        bool bf16 = set.Bf16Compute;
         _embeddingF32 = l.Load<Action<Stream, KernelConfig, ArrayView<int>, F32, F32, int, int>>("embedding_f32", EmbeddingKernels.Embedding<float, F32Element>);
         _embeddingBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<int>, U16, F32, int, int>>("embedding_bf16", EmbeddingKernels.Embedding<ushort, Bf16Element>);
         _embeddingF16 = l.Load<Action<Stream, KernelConfig, ArrayView<int>, U16, F32, int, int>>("embedding_f16", EmbeddingKernels.Embedding<ushort, F16Element>);
         _rmsNorm = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, float>>("rmsnorm", RmsNormKernels.RmsNorm<NoRounding>);
-        _rmsNormBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, float>>("rmsnorm_cbf16", RmsNormKernels.RmsNorm<Bf16Rounding>);
         _rmsNorm4 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>("rmsnorm4", RmsNormKernels.RmsNorm4<NoRounding>);
-        _rmsNorm4Bf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>("rmsnorm4_cbf16", RmsNormKernels.RmsNorm4<Bf16Rounding>);
         _addRmsNorm = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>>("add_rmsnorm", RmsNormKernels.AddRmsNorm<NoRounding>);
-        _addRmsNormBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>>("add_rmsnorm_cbf16", RmsNormKernels.AddRmsNorm<Bf16Rounding>);
         _addRmsNorm4 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>("add_rmsnorm4", RmsNormKernels.AddRmsNorm4<NoRounding>);
-        _addRmsNorm4Bf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>("add_rmsnorm4_cbf16", RmsNormKernels.AddRmsNorm4<Bf16Rounding>);
+        if (bf16)
+        {
+            _rmsNormBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, float>>("rmsnorm_cbf16", RmsNormKernels.RmsNorm<Bf16Rounding>);
+            _rmsNorm4Bf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>("rmsnorm4_cbf16", RmsNormKernels.RmsNorm4<Bf16Rounding>);
+            _addRmsNormBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>>("add_rmsnorm_cbf16", RmsNormKernels.AddRmsNorm<Bf16Rounding>);
+            _addRmsNorm4Bf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>("add_rmsnorm4_cbf16", RmsNormKernels.AddRmsNorm4<Bf16Rounding>);
+            _roundBf16 = l.Load<Action<Stream, KernelConfig, F32, long>>("round_bf16", RoundKernels.Round<Bf16Element>);
+            _roundF16 = l.Load<Action<Stream, KernelConfig, F32, long>>("round_f16", RoundKernels.Round<F16Element>);
+            _swiGluBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("swiglu_cbf16", ActivationKernels.SwiGlu<Bf16Rounding>);
+        }
         _gemvBf16T1 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int, int>>("gemv_bf16_t1", MatMulKernels.GemvBf16<OneToken>);
         _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int, int>>("gemv_bf16", MatMulKernels.GemvBf16<UpToEightTokens>);
         _gemvF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>>("gemv_f32", MatMulKernels.Gemv<float, F32Element>);
         _gemvBf16Any = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_bf16_any", MatMulKernels.Gemv<ushort, Bf16Element>);
         _gemvF16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_f16", MatMulKernels.Gemv<ushort, F16Element>);
-        _gemmBf16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemm_bf16", MatMulKernels.GemmBf16, KernelNeeds.Mma,
-            dynamicShared: MatMulKernels.GemmSharedBytes);
+        if (gemm && !f32Cache)
+            _gemmBf16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemm_bf16", MatMulKernels.GemmBf16, KernelNeeds.Mma,
+                dynamicShared: MatMulKernels.GemmSharedBytes);
         _toBf16 = l.Load<Action<Stream, KernelConfig, F32, U16, long>>("to_bf16", RoundKernels.ToBf16);
-        _widenBf16 = l.Load<Action<Stream, KernelConfig, U16, F32, long>>("widen_bf16", RoundKernels.Widen<Bf16Element>);
-        _widenF16 = l.Load<Action<Stream, KernelConfig, U16, F32, long>>("widen_f16", RoundKernels.Widen<F16Element>);
-        _roundBf16 = l.Load<Action<Stream, KernelConfig, F32, long>>("round_bf16", RoundKernels.Round<Bf16Element>);
-        _roundF16 = l.Load<Action<Stream, KernelConfig, F32, long>>("round_f16", RoundKernels.Round<F16Element>);
-        _rope = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>("rope", RopeKernels.Rope<NoRounding, ushort, Bf16Element>);
-        _ropeBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>("rope_cbf16", RopeKernels.Rope<Bf16Rounding, ushort, Bf16Element>);
-        _ropeCacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>("rope_cf32", RopeKernels.Rope<NoRounding, float, F32Element>);
-        _ropeBf16CacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>("rope_cbf16_cf32", RopeKernels.Rope<Bf16Rounding, float, F32Element>);
-        _rerotate = l.Load<Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float>>("rerotate", RopeKernels.Rerotate<ushort, Bf16Element>);
-        _rerotateF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float>>("rerotate_cf32", RopeKernels.Rerotate<float, F32Element>);
-        _split = l.Load<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, AttentionArgs>>("attention_split", AttentionKernels.Split<ushort, Bf16Element>);
-        _splitF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, AttentionArgs>>("attention_split_cf32", AttentionKernels.Split<float, F32Element>);
-        _tiled = l.Load<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, AttentionArgs>>("attention_tiled", AttentionKernels.Tiled);
+        if (f32Cache)
+        {
+            _widenBf16 = l.Load<Action<Stream, KernelConfig, U16, F32, long>>("widen_bf16", RoundKernels.Widen<Bf16Element>);
+            _widenF16 = l.Load<Action<Stream, KernelConfig, U16, F32, long>>("widen_f16", RoundKernels.Widen<F16Element>);
+            _ropeCacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>("rope_cf32", RopeKernels.Rope<NoRounding, float, F32Element>);
+            if (bf16) _ropeBf16CacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>("rope_cbf16_cf32", RopeKernels.Rope<Bf16Rounding, float, F32Element>);
+            _rerotateF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float>>("rerotate_cf32", RopeKernels.Rerotate<float, F32Element>);
+            _splitF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, AttentionArgs>>("attention_split_cf32", AttentionKernels.Split<float, F32Element>);
+        }
+        else
+        {
+            _rope = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>("rope", RopeKernels.Rope<NoRounding, ushort, Bf16Element>);
+            if (bf16) _ropeBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>("rope_cbf16", RopeKernels.Rope<Bf16Rounding, ushort, Bf16Element>);
+            _rerotate = l.Load<Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float>>("rerotate", RopeKernels.Rerotate<ushort, Bf16Element>);
+            _split = l.Load<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, AttentionArgs>>("attention_split", AttentionKernels.Split<ushort, Bf16Element>);
+            if (set.Decode(1)) _decode1 = LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead>);
+            if (set.Decode(2)) _decode2 = LoadDecode(l, "attention_decode_g2", AttentionDecodeKernels.Decode<TwoQueryHeads>);
+            if (set.Decode(4)) _decode4 = LoadDecode(l, "attention_decode_g4", AttentionDecodeKernels.Decode<FourQueryHeads>);
+            if (set.Decode(8)) _decode8 = LoadDecode(l, "attention_decode_g8", AttentionDecodeKernels.Decode<EightQueryHeads>);
+            const KernelNeeds flashNeeds = KernelNeeds.Mma | KernelNeeds.Ldmatrix;
+            // Three 4-warp groups per SM (registers capped at 168 by the launch bounds); 8-warp groups: one per SM.
+            var bounds = FlashRows128 ? new KernelSpecialization(256, 1) : new KernelSpecialization(128, 3);
+            if (set.Flash(64))
+                _flash64 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd64",
+                    FlashRows128 ? AttentionFlashKernels.Flash<FlashHd64Q128> : AttentionFlashKernels.Flash<FlashHd64>, flashNeeds, bounds,
+                    2 * AttentionFlashKernels.SharedElements(64, FlashWarps));
+            if (set.Flash(128))
+                _flash128 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd128",
+                    FlashRows128 ? AttentionFlashKernels.Flash<FlashHd128Q128> : AttentionFlashKernels.Flash<FlashHd128>, flashNeeds, bounds,
+                    2 * AttentionFlashKernels.SharedElements(128, FlashWarps));
+        }
         _combine = l.Load<Action<Stream, KernelConfig, F32, F32, int, int, int>>("attention_combine", AttentionKernels.Combine);
-        const KernelNeeds flashNeeds = KernelNeeds.Mma | KernelNeeds.Ldmatrix;
-        // Three 4-warp groups per SM (registers capped at 168 by the launch bounds); 8-warp groups: one per SM.
-        var bounds = FlashRows128 ? new KernelSpecialization(256, 1) : new KernelSpecialization(128, 3);
-        _flash64 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd64",
-            FlashRows128 ? AttentionFlashKernels.Flash<FlashHd64Q128> : AttentionFlashKernels.Flash<FlashHd64>, flashNeeds, bounds,
-            2 * AttentionFlashKernels.SharedElements(64, FlashWarps));
-        _flash128 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd128",
-            FlashRows128 ? AttentionFlashKernels.Flash<FlashHd128Q128> : AttentionFlashKernels.Flash<FlashHd128>, flashNeeds, bounds,
-            2 * AttentionFlashKernels.SharedElements(128, FlashWarps));
         _swiGlu = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("swiglu", ActivationKernels.SwiGlu<NoRounding>);
-        _swiGluBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("swiglu_cbf16", ActivationKernels.SwiGlu<Bf16Rounding>);
         _add = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("add", ActivationKernels.Add);
         _argmax = l.Load<Action<Stream, KernelConfig, F32, ArrayView<int>, int>>("argmax", ArgmaxKernels.Argmax);
     }
+
+    private static Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs> LoadDecode(IKernelLoader l, string name,
+        Action<ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs> kernel) =>
+        l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>>(name, kernel);
+
+    // An optional variant, or a clear error naming it (the backend was created without it).
+    private static T Need<T>(T? kernel, string name) where T : Delegate =>
+        kernel ?? throw new GpuException($"kernel {name} was not loaded: this backend was created for other shapes or another compute mode");
 
     // Throws a launch failure with the kernel's name; with LLAMA_SYNC=1 waits for the kernel and names it on failure.
     private void Done(string name)
@@ -150,8 +188,8 @@ internal sealed class GpuKernels
         string name = (vector ? "rmsnorm4" : "rmsnorm") + (bf16 ? "_cbf16" : "");
         try
         {
-            if (vector) (bf16 ? _rmsNorm4Bf16 : _rmsNorm4)(_stream, config, GpuViews.F4(x), GpuViews.F4(weight), GpuViews.F4(dst), n / 4, eps);
-            else (bf16 ? _rmsNormBf16 : _rmsNorm)(_stream, config, GpuViews.F32(x), GpuViews.F32(weight), GpuViews.F32(dst), n, eps);
+            if (vector) (bf16 ? Need(_rmsNorm4Bf16, name) : _rmsNorm4)(_stream, config, GpuViews.F4(x), GpuViews.F4(weight), GpuViews.F4(dst), n / 4, eps);
+            else (bf16 ? Need(_rmsNormBf16, name) : _rmsNorm)(_stream, config, GpuViews.F32(x), GpuViews.F32(weight), GpuViews.F32(dst), n, eps);
         }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
@@ -165,8 +203,8 @@ internal sealed class GpuKernels
         try
         {
             if (vector)
-                (bf16 ? _addRmsNorm4Bf16 : _addRmsNorm4)(_stream, config, GpuViews.F4(x), GpuViews.F4(y), GpuViews.F4(weight), GpuViews.F4(dst), n / 4, eps);
-            else (bf16 ? _addRmsNormBf16 : _addRmsNorm)(_stream, config, GpuViews.F32(x), GpuViews.F32(y), GpuViews.F32(weight), GpuViews.F32(dst), n, eps);
+                (bf16 ? Need(_addRmsNorm4Bf16, name) : _addRmsNorm4)(_stream, config, GpuViews.F4(x), GpuViews.F4(y), GpuViews.F4(weight), GpuViews.F4(dst), n / 4, eps);
+            else (bf16 ? Need(_addRmsNormBf16, name) : _addRmsNorm)(_stream, config, GpuViews.F32(x), GpuViews.F32(y), GpuViews.F32(weight), GpuViews.F32(dst), n, eps);
         }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
@@ -175,7 +213,7 @@ internal sealed class GpuKernels
     /// <summary>dst[T, out] = x[T, in] * weight^T for T &lt;= 8 tokens: one warp per output row.</summary>
     public void Gemv(Tensor x, Tensor weight, Tensor dst, int tokens, int inDim, int outDim)
     {
-        var config = new KernelConfig((outDim + MatMulKernels.GemvRowsPerGroup - 1) / MatMulKernels.GemvRowsPerGroup, 32 * MatMulKernels.GemvRowsPerGroup);
+        var config = new KernelConfig((outDim + _rowsPerGemvGroup - 1) / _rowsPerGemvGroup, 32 * _rowsPerGemvGroup);
         bool vector = weight.DType == DType.BF16 && inDim % 8 == 0 && GpuViews.Aligned16(x, weight);
         string name = vector ? (tokens == 1 ? "gemv_bf16_t1" : "gemv_bf16") : weight.DType switch
         {
@@ -196,7 +234,7 @@ internal sealed class GpuKernels
     {
         var config = new KernelConfig(new Index3D((n + MatMulKernels.GemmTile - 1) / MatMulKernels.GemmTile, (m + MatMulKernels.GemmTile - 1) / MatMulKernels.GemmTile, 1),
             new Index3D(256, 1, 1), SharedMemoryConfig.RequestDynamic<byte>(MatMulKernels.GemmSharedBytes + _scratchBytes));
-        try { _gemmBf16(_stream, config, x, weight, dst, m, k, n); }
+        try { Need(_gemmBf16, "gemm_bf16")(_stream, config, x, weight, dst, m, k, n); }
         catch (Exception e) when (e is not GpuException) { throw Failed("gemm_bf16", config, e); }
         Done("gemm_bf16");
     }
@@ -214,7 +252,7 @@ internal sealed class GpuKernels
     {
         var config = ElementwiseConfig(n);
         string name = f16 ? "widen_f16" : "widen_bf16";
-        try { (f16 ? _widenF16 : _widenBf16)(_stream, config, src, dst, n); }
+        try { Need(f16 ? _widenF16 : _widenBf16, name)(_stream, config, src, dst, n); }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
     }
@@ -224,7 +262,7 @@ internal sealed class GpuKernels
     {
         var config = ElementwiseConfig(n);
         string name = f16 ? "round_f16" : "round_bf16";
-        try { (f16 ? _roundF16 : _roundBf16)(_stream, config, x, n); }
+        try { Need(f16 ? _roundF16 : _roundBf16, name)(_stream, config, x, n); }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
     }
@@ -233,7 +271,7 @@ internal sealed class GpuKernels
     {
         var config = ElementwiseConfig(n);
         string name = bf16 ? "swiglu_cbf16" : "swiglu";
-        try { (bf16 ? _swiGluBf16 : _swiGlu)(_stream, config, gate, up, dst, n); }
+        try { (bf16 ? Need(_swiGluBf16, name) : _swiGlu)(_stream, config, gate, up, dst, n); }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
     }
@@ -261,8 +299,8 @@ internal sealed class GpuKernels
         string name = (bf16 ? "rope_cbf16" : "rope") + (f32Cache ? "_cf32" : "");
         try
         {
-            if (f32Cache) (bf16 ? _ropeBf16CacheF32 : _ropeCacheF32)(_stream, config, q, k, v, GpuViews.F32(kcache), GpuViews.F32(vcache), invFreq, args);
-            else (bf16 ? _ropeBf16 : _rope)(_stream, config, q, k, v, GpuViews.U16(kcache), GpuViews.U16(vcache), invFreq, args);
+            if (f32Cache) Need(bf16 ? _ropeBf16CacheF32 : _ropeCacheF32, name)(_stream, config, q, k, v, GpuViews.F32(kcache), GpuViews.F32(vcache), invFreq, args);
+            else Need(bf16 ? _ropeBf16 : _rope, name)(_stream, config, q, k, v, GpuViews.U16(kcache), GpuViews.U16(vcache), invFreq, args);
         }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
@@ -276,24 +314,25 @@ internal sealed class GpuKernels
         string name = f32Cache ? "rerotate_cf32" : "rerotate";
         try
         {
-            if (f32Cache) _rerotateF32(_stream, config, GpuViews.F32(kcache), invFrom, invTo, maxSeq, numKvHeads, headDim, rotaryDim, magFrom, magTo);
-            else _rerotate(_stream, config, GpuViews.U16(kcache), invFrom, invTo, maxSeq, numKvHeads, headDim, rotaryDim, magFrom, magTo);
+            if (f32Cache) Need(_rerotateF32, name)(_stream, config, GpuViews.F32(kcache), invFrom, invTo, maxSeq, numKvHeads, headDim, rotaryDim, magFrom, magTo);
+            else Need(_rerotate, name)(_stream, config, GpuViews.U16(kcache), invFrom, invTo, maxSeq, numKvHeads, headDim, rotaryDim, magFrom, magTo);
         }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
     }
 
     /// <summary>
-    /// Picks the attention variant: flash (prefill of at least 32 queries, bf16 cache, head dim 64 or 128), tiled
-    /// split-K (bf16 cache, small groups) or the per-head split-K, then the combine when the keys were split.
-    /// kcache and vcache are the layer's rows; partial holds partialFloats floats of split results.
+    /// Picks the attention variant: flash (prefill of at least 32 queries, bf16 cache, head dim 64 or 128), decode
+    /// split-K (bf16 cache, head dim 64, 128 or 256, up to 8 query heads per KV head) or the per-head split-K, then the
+    /// combine when the keys were split. kcache and vcache are the layer's rows; partial holds the split results.
     /// </summary>
     public void Attention(F32 q, Tensor kcache, Tensor vcache, F32 dst, F32 partial, int tokens, int numHeads, int numKvHeads,
         int headDim, int startPos, bool flash, bool bf16)
     {
-        bool f32Cache = kcache.DType == DType.F32;
+        bool f32Cache = kcache.DType == DType.F32, vectors = GpuViews.Aligned16(kcache, vcache) && (numKvHeads * headDim) % 8 == 0;
         float scale = 1f / MathF.Sqrt(headDim);
-        if (flash && !f32Cache && tokens >= AttentionFlashKernels.MinTokens && headDim is 64 or 128 && GpuViews.Aligned16(kcache, vcache))
+        var flashKernel = headDim == 64 ? _flash64 : headDim == 128 ? _flash128 : null;
+        if (flash && !f32Cache && tokens >= AttentionFlashKernels.MinTokens && flashKernel is not null && vectors)
         {
             int rows = 16 * FlashWarps;
             var fc = new KernelConfig(new Index3D((tokens + rows - 1) / rows, numHeads, 1), new Index3D(32 * FlashWarps, 1, 1),
@@ -301,20 +340,22 @@ internal sealed class GpuKernels
             string flashName = headDim == 64 ? "attention_flash_hd64" : "attention_flash_hd128";
             try
             {
-                (headDim == 64 ? _flash64 : _flash128)(_stream, fc, q, GpuViews.U4(kcache), GpuViews.U4(vcache), dst,
+                flashKernel(_stream, fc, q, GpuViews.U4(kcache), GpuViews.U4(vcache), dst,
                     tokens, numHeads, numKvHeads, startPos, scale * 1.4426950408889634f);   // softmax in the exp2 domain
             }
             catch (Exception e) when (e is not GpuException) { throw Failed(flashName, fc, e); }
             Done(flashName);
             return;
         }
-        bool tiled = !f32Cache && headDim <= AttentionKernels.TileMaxHeadDim && headDim % 8 == 0 && numHeads / numKvHeads <= AttentionKernels.TileMaxGroup
-            && GpuViews.Aligned16(kcache, vcache);
-        int units = tiled ? numKvHeads : numHeads, maxLen = startPos + tokens;
-        // Enough (head, query, split) groups to fill the GPU about SplitWaves times, at least one 64-key tile a split.
+        int group = numHeads / numKvHeads, variant = GpuKernelSet.DecodeVariant(group);
+        var decode = variant switch { 1 => _decode1, 2 => _decode2, 4 => _decode4, 8 => _decode8, _ => null };
+        bool useDecode = !f32Cache && decode is not null && headDim is 64 or 128 or 256 && vectors && (long)tokens * numHeads * headDim % 4 == 0;
+        int units = useDecode ? numKvHeads : numHeads, maxLen = startPos + tokens;
+        // Enough (head, query, split) groups to fill the GPU about SplitWaves times, at least 64 keys a split.
+        const int MinSplit = 64;
         long wanted = Math.Max(1, (long)SplitWaves * _multiprocessors / ((long)units * tokens));
         int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
-        splitLen = Math.Max(AttentionKernels.TileKeys, (splitLen + AttentionKernels.TileKeys - 1) / AttentionKernels.TileKeys * AttentionKernels.TileKeys);
+        splitLen = Math.Max(MinSplit, (splitLen + MinSplit - 1) / MinSplit * MinSplit);
         int splits = (maxLen + splitLen - 1) / splitLen;
         while (splits > 1 && (long)tokens * numHeads * splits * (headDim + 2) > partial.Length)
         {
@@ -322,13 +363,15 @@ internal sealed class GpuKernels
             splits = (maxLen + splitLen - 1) / splitLen;
         }
         var args = new AttentionArgs(numHeads, numKvHeads, headDim, startPos, splitLen, splits, scale, bf16 ? 1 : 0);
-        var config = new KernelConfig(new Index3D(units, tokens, splits), new Index3D(AttentionKernels.GroupSize, 1, 1));
-        string name = tiled ? "attention_tiled" : f32Cache ? "attention_split_cf32" : "attention_split";
+        int shared = useDecode ? 4 * AttentionDecodeKernels.SharedFloats(variant, headDim) : 0;
+        var config = new KernelConfig(new Index3D(units, tokens, splits), new Index3D(AttentionKernels.GroupSize, 1, 1),
+            useDecode ? SharedMemoryConfig.RequestDynamic<byte>(shared) : default);
+        string name = useDecode ? $"attention_decode_g{variant}" : f32Cache ? "attention_split_cf32" : "attention_split";
         try
         {
-            if (tiled) _tiled(_stream, config, q, GpuViews.U16(kcache), GpuViews.U16(vcache), dst, partial, args);
-            else if (f32Cache) _splitF32(_stream, config, q, GpuViews.F32(kcache), GpuViews.F32(vcache), dst, partial, args);
-            else _split(_stream, config, q, GpuViews.U16(kcache), GpuViews.U16(vcache), dst, partial, args);
+            if (useDecode) decode!(_stream, config, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial, args);
+            else if (f32Cache) Need(_splitF32, name)(_stream, config, q, GpuViews.F32(kcache), GpuViews.F32(vcache), dst, partial, args);
+            else Need(_split, name)(_stream, config, q, GpuViews.U16(kcache), GpuViews.U16(vcache), dst, partial, args);
         }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);

@@ -5,13 +5,15 @@ using System.Diagnostics;
 using System.Globalization;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Cpu;
+using LlamaRun.Backends.Gpu;
+using LlamaRun.Core;
 using LlamaRun.Model;
 
 namespace LlamaRun.Cli.Commands;
 
 public static class Bench
 {
-    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--compute mixed|f32|bf16] [-b N]";
+    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--compute mixed|f32|bf16] [-b N] [--profile] | llama-run bench --kernels [--device D]";
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
@@ -22,6 +24,13 @@ public static class Bench
 
     public static int Run(Args args)
     {
+        if (args.Has("--kernels"))
+        {
+            string kernelDevice = args.String("--device") ?? "cuda";
+            args.RejectUnknown();
+            using var b = BackendFactory.Create(kernelDevice);
+            return KernelBench.Run(b);
+        }
         int[] prompts = args.String("-p") is { } p ? ParseLengths(p) : [512, 4096, 16384];
         int decode = args.Int("-n", 128, min: 0);
         int depth = args.Int("--depth", 16384, min: 0);
@@ -40,28 +49,32 @@ public static class Bench
         if (tests.Count == 0) throw new UsageException("nothing to run: give -p and/or -n");
 
         // Keep only the tests whose KV cache fits next to the weights, then size the context for the longest of them.
-        long freeBefore, weightFiles = Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length);
-        int kvElement;
-        using (var probe = BackendFactory.Create(device, ModelSession.ComputeType(args.String("--compute")).FullPrecision))
-        {
-            freeBefore = probe.FreeMemoryBytes;
-            kvElement = probe.KvElementSize;
-        }
+        long weightFiles = Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length);
+        var (compute, fullPrecision) = ModelSession.ComputeType(args.String("--compute"));
+        var load = Stopwatch.StartNew();
+        IBackend backend = ModelSession.CreateBackend(device, config, compute, fullPrecision);   // the session takes it over
+        if (args.Has("--profile")) return Profile(args, backend, decode, depth);
+        double backendSeconds = load.Elapsed.TotalSeconds;
+        long freeBefore = backend.FreeMemoryBytes;
+        int kvElement = backend.KvElementSize;
         long budget = freeBefore > 0 ? (long)(0.9 * (freeBefore - weightFiles)) : long.MaxValue;
         var skipped = tests.Where(t => Llama.KvCacheBytes(config, t.Positions, kvElement) > budget).ToList();
         foreach (var t in skipped)
             Console.Error.WriteLine(string.Create(Inv,
                 $"skipping {t.Name}: {t.Positions} positions need {Llama.KvCacheBytes(config, t.Positions, kvElement) / 1e9:F2} GB of KV cache, {Math.Max(0, budget) / 1e9:F2} GB available"));
         tests = tests.Except(skipped).ToList();
-        if (tests.Count == 0) throw new UsageException("no test fits in memory");
+        if (tests.Count == 0)
+        {
+            backend.Dispose();
+            throw new UsageException("no test fits in memory");
+        }
         int ctx = tests.Max(t => t.Positions);
 
-        var load = Stopwatch.StartNew();
-        using var s = ModelSession.Open(args, ctx, needTokenizer: false);
+        using var s = ModelSession.Open(args, ctx, needTokenizer: false, backend: backend);
         args.RejectUnknown();
         double loadSeconds = load.Elapsed.TotalSeconds;
         if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
-        long deviceUsed = s.Backend.Name == "cpu" ? 0 : freeBefore - s.Backend.FreeMemoryBytes;
+        long deviceUsed = s.Backend.Capabilities.DeviceMemory ? freeBefore - s.Backend.FreeMemoryBytes : 0;
 
         var runner = new Runner(s.Model);
         runner.Prefill(Math.Min(16, ctx));   // warm-up: JIT, first-touch of the weights, kernel compilation
@@ -91,9 +104,34 @@ public static class Bench
             Console.WriteLine(string.Create(Inv, $"| {model} | {size} | {parameters} | {s.Backend.Name} | {t.Name} | {mean:F2} ± {sd:F2} |"));
         long kv = Llama.KvCacheBytes(config, ctx, s.Backend.KvElementSize);
         Console.WriteLine();
-        Console.WriteLine(string.Create(Inv, $"device: {s.Backend.Device}; ctx {ctx}; load {loadSeconds:F2} s"));
+        string kernels = s.Backend is GpuBackend gpu
+            ? string.Create(Inv, $" (backend {backendSeconds:F2} s, of which {gpu.Kernels.Count} kernels compiled and loaded in {gpu.KernelLoadSeconds:F2} s)")
+            : "";
+        Console.WriteLine(string.Create(Inv, $"device: {s.Backend.Device}; ctx {ctx}; load {loadSeconds:F2} s{kernels}"));
         Console.WriteLine($"memory: weights {FormatBytes(s.Weights.WeightBytes)} + KV cache {FormatBytes(kv)} = {FormatBytes(s.Weights.WeightBytes + kv)}" +
                           (deviceUsed > 0 ? $"; device memory used (free before load - free after) {FormatBytes(deviceUsed)}" : ""));
+        return 0;
+    }
+
+    // `--profile`: decode steps with every op timed on its own (synchronized), at depth 0 and at --depth: where a token's
+    // time goes, and the GB/s each op reads.
+    private static int Profile(Args args, IBackend backend, int decode, int depth)
+    {
+        var p = new ProfileBackend(backend);
+        int tokens = Math.Clamp(decode, 1, 32);
+        using var s = ModelSession.Open(args, depth + 2 * tokens, needTokenizer: false, backend: p);
+        args.RejectUnknown();
+        var runner = new Runner(s.Model);
+        runner.Decode(0, tokens);   // warm-up
+        foreach (int d in depth > 0 ? new[] { 0, depth } : [0])
+        {
+            if (d > 0) runner.Fill(d);
+            p.Clear();
+            runner.Decode(d, tokens);
+            Console.WriteLine();
+            Console.Write(p.Table(tokens, $"decode at depth {d}"));
+        }
+        Console.WriteLine($"\ndevice: {s.Backend.Device}");
         return 0;
     }
 

@@ -1,11 +1,12 @@
-// `llama-run check [-m DIR] [--tokens N]`: every op on the CPU and CUDA backends over the shape table (NMSE, max abs
-// error, NaN/Inf parity, guard rows), then the whole model's logits GPU against CPU, in the default mixed precision
-// and in full f32 (--compute f32). Exits non-zero on any failure.
+// `llama-run check [-m DIR] [--tokens N] [--ops-only]`: the kernels the GPU backend loaded (compile and load time,
+// registers, local memory), every op on the CPU and GPU backends over the shape table (NMSE, max abs error, NaN/Inf
+// parity, guard rows), then the whole model's logits GPU against CPU, in the default mixed precision and in full f32
+// (--compute f32). Exits non-zero on any failure.
 using System.Globalization;
 using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Cpu;
-using LlamaRun.Backends.Cuda;
+using LlamaRun.Backends.Gpu;
 using LlamaRun.Model;
 using LlamaRun.Rope;
 
@@ -13,17 +14,23 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Check
 {
-    public const string Usage = "llama-run check [-m DIR] [--tokens N] [--ops-only]";
+    public const string Usage = "llama-run check [-m DIR] [--tokens N] [--ops-only] | llama-run check --ptx DIR";
 
     public static int Run(Args args)
     {
+        if (args.String("--ptx") is { } ptxDir)
+        {
+            args.RejectUnknown();
+            return WritePtx(ptxDir);
+        }
         int tokens = args.Int("--tokens", 256, min: 2);
         bool opsOnly = args.Has("--ops-only");
         string? dir = opsOnly ? null : ModelSession.ModelDirectory(args);
         args.RejectUnknown();
-        using var gpu = CudaBackend.TryCreate(out string reason) ?? throw new UsageException($"check needs a CUDA GPU: {reason}");
-        using var full = CudaBackend.TryCreate(out reason, fullPrecision: true) ?? throw new UsageException($"check needs a CUDA GPU: {reason}");
+        using var gpu = GpuBackend.TryCreateCuda(out string reason) ?? throw new UsageException($"check needs a CUDA GPU: {reason}");
+        using var full = GpuBackend.TryCreateCuda(out reason, fullPrecision: true) ?? throw new UsageException($"check needs a CUDA GPU: {reason}");
         using var cpu = new CpuBackend();
+        PrintKernels(gpu);
         Console.WriteLine($"# ops: {cpu.Device} vs {gpu.Device}");
         Console.WriteLine("| op | case | NMSE | max abs | result |\n|---|---|---:|---:|---|");
         int failed = 0, total = 0;
@@ -37,6 +44,27 @@ public static class Check
         Console.WriteLine($"ops: {total - failed} passed, {failed} failed");
         if (dir is not null && !CheckModel(dir, cpu, gpu, full, tokens)) failed++;
         return failed == 0 ? 0 : 1;
+    }
+
+    // Compiles every kernel to PTX without a GPU (ILGPU's sm_80 target) and writes DIR/NAME.ptx, for ptxas -v or reading.
+    private static int WritePtx(string dir)
+    {
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var kernels = GpuBackend.CompilePtx(ILGPU.Runtime.Cuda.CudaInstructionSet.ISA_78);
+        Directory.CreateDirectory(dir);
+        foreach (var (name, ptx, _) in kernels) File.WriteAllText(Path.Combine(dir, name + ".ptx"), ptx);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{kernels.Count} kernels compiled to PTX 7.8 in {sw.Elapsed.TotalSeconds:F2} s, written to {dir}"));
+        return 0;
+    }
+
+    /// <summary>The kernel table of a GPU backend: compile and load time, registers and local memory (which hot kernels keep at 0).</summary>
+    public static void PrintKernels(GpuBackend gpu)
+    {
+        Console.WriteLine($"# kernels: {gpu.Kernels.Count} compiled and loaded in {gpu.KernelLoadSeconds:F2} s");
+        Console.WriteLine("| kernel | PTX chars | compile ms | load ms | registers | local bytes |\n|---|---:|---:|---:|---:|---:|");
+        foreach (var k in gpu.Kernels)
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {k.Name} | {k.PtxChars} | {k.CompileMs:F0} | {k.LoadMs:F0} | {k.Registers} | {k.LocalBytes} |"));
     }
 
     // Runs the same token sequence through the model on both backends (prefill, then decode) and compares every position's logits.

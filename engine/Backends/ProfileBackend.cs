@@ -1,12 +1,9 @@
 // An IBackend wrapper that times every op of the wrapped backend (synchronizing after each) and sums time and weight bytes
-// per op and shape, to show where decode time goes. Used by `Bench --quick --profile`.
+// per op and shape, to show where decode time goes. Used by `llama-run bench --profile` and `Bench --quick --profile`.
 using System.Diagnostics;
 using LlamaRun.Core;
-using LlamaRun.Backends;
-using LlamaRun.Model;
-using LlamaRun.Rope;
 
-namespace LlamaRun.Bench;
+namespace LlamaRun.Backends;
 
 /// <summary>Times each call of the inner backend; Report() lists the totals, slowest first.</summary>
 public sealed class ProfileBackend(IBackend inner) : IBackend
@@ -24,6 +21,20 @@ public sealed class ProfileBackend(IBackend inner) : IBackend
         _totals.OrderByDescending(kv => kv.Value.Seconds).Select(kv => (kv.Key, kv.Value.Seconds, kv.Value.Bytes, kv.Value.Calls));
 
     public void Clear() => _totals.Clear();
+
+    /// <summary>The report as a markdown table per token: calls, milliseconds, share of the time, GB/s of weights (and KV cache) read.</summary>
+    public string Table(int tokens, string title)
+    {
+        var rows = Report().ToList();
+        double total = rows.Sum(r => r.Seconds);
+        var sb = new System.Text.StringBuilder();
+        sb.Append(FormattableString.Invariant($"| {title}: {1e3 * total / tokens:F2} ms/token timed op by op | calls/token | ms/token | % | GB/s read |\n"));
+        sb.Append("|---|---:|---:|---:|---:|\n");
+        foreach (var r in rows)
+            sb.Append(FormattableString.Invariant(
+                $"| {r.Op} | {r.Calls / (double)tokens:F0} | {1e3 * r.Seconds / tokens:F3} | {100 * r.Seconds / total:F1} | {(r.Bytes > 0 ? (r.Bytes / r.Seconds / 1e9).ToString("F1", System.Globalization.CultureInfo.InvariantCulture) : "-")} |\n"));
+        return sb.ToString();
+    }
 
     private void Time(string op, long bytes, Action a)
     {
