@@ -78,39 +78,42 @@ public static class AttentionFlashKernels
     public const int TileKeys = 64, MinTokens = 32;
 
     /// <summary>Dynamic shared memory of one group, in bf16 elements: the group's queries, a K and a V tile, rows padded by 8
-    /// (plus TensorCore.ScratchBytes where the fragments are emulated).</summary>
+    /// (plus EmulatedTensorCores.ScratchBytes where the fragments are emulated).</summary>
     public static int SharedElements(int headDim, int warps) => (16 * warps + 2 * TileKeys) * (headDim + 8);
 
     // A 64-key tile of K or V rows [k0, k0 + 64) moves as 16-byte chunks, in two halves; with hd / 8 chunks a row,
     // thread tid takes column 8 (tid % (hd / 8)) of rows tid / (hd / 8) + i * threads / (hd / 8) for i < 8 hd / threads,
-    // half h the i of [h n / 2, (h + 1) n / 2). Rows at or past kend read as zeros. src4 is the layer's cache as 16-byte
-    // vectors, headOffset the head's first element.
+    // half h the i of [h n / 2, (h + 1) n / 2). Rows at or past kend read as zeros. col4 is the head's first 16-byte
+    // column in a cache row; hd / 8 is a power of two, so the thread's row and column are shifts (kept out of registers).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static U4 LoadChunk(ArrayView<U4> src4, long first, int row, int i, int rowsPerPass, int kvDim4, int k0, int kend) =>
-        k0 + row + i * rowsPerPass < kend ? src4[first + (long)i * rowsPerPass * kvDim4] : default;
+    private static U4 LoadChunk(ArrayView<U4> src4, int col4, int i, int rowsPerPass, int perRow, int kvDim4, int k0, int kend)
+    {
+        uint tid = (uint)Group.IdxX;
+        int r = k0 + (int)(tid / (uint)perRow) + i * rowsPerPass;
+        return r < kend ? src4[(long)r * kvDim4 + col4 + (int)(tid % (uint)perRow)] : default;
+    }
 
     // Half h of this thread's chunks of the tile at k0, global to registers.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Prefetch(ref Stage4 st, int h, ArrayView<U4> src4, long headOffset, int k0, int kend, int kvDim, int hd, int threads)
+    private static void Prefetch(ref Stage4 st, int h, ArrayView<U4> src4, int col4, int k0, int kend, int kvDim4, int hd, int threads)
     {
-        int perRow = hd / 8, half = TileKeys * perRow / threads / 2, rowsPerPass = threads / perRow, row = Group.IdxX / perRow;
-        int kvDim4 = kvDim / 8, i0 = h * half;
-        long first = (headOffset + (long)(k0 + row) * kvDim + Group.IdxX % perRow * 8) / 8;
-        st.R0 = LoadChunk(src4, first, row, i0, rowsPerPass, kvDim4, k0, kend);
-        if (half > 1) st.R1 = LoadChunk(src4, first, row, i0 + 1, rowsPerPass, kvDim4, k0, kend);
+        int perRow = hd / 8, half = TileKeys * perRow / threads / 2, rowsPerPass = threads / perRow, i0 = h * half;
+        st.R0 = LoadChunk(src4, col4, i0, rowsPerPass, perRow, kvDim4, k0, kend);
+        if (half > 1) st.R1 = LoadChunk(src4, col4, i0 + 1, rowsPerPass, perRow, kvDim4, k0, kend);
         if (half > 2)
         {
-            st.R2 = LoadChunk(src4, first, row, i0 + 2, rowsPerPass, kvDim4, k0, kend);
-            st.R3 = LoadChunk(src4, first, row, i0 + 3, rowsPerPass, kvDim4, k0, kend);
+            st.R2 = LoadChunk(src4, col4, i0 + 2, rowsPerPass, perRow, kvDim4, k0, kend);
+            st.R3 = LoadChunk(src4, col4, i0 + 3, rowsPerPass, perRow, kvDim4, k0, kend);
         }
     }
 
-    // Half h of the prefetched chunks, registers to the tile at byte offset tileOffset of shared memory (rows of hd + 8 bf16).
+    // Half h of the prefetched chunks, registers to the tile at 16-byte index tile4 of shared memory (rows of hd + 8 bf16).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreStage(in Stage4 st, int h, ArrayView<U4> smem4, int tileOffset, int hd, int threads)
+    private static void StoreStage(in Stage4 st, int h, ArrayView<U4> smem4, int tile4, int hd, int threads)
     {
-        int perRow = hd / 8, half = TileKeys * perRow / threads / 2, row4 = (hd + 8) / 8, pass4 = threads / perRow * row4;
-        int first = tileOffset / 16 + Group.IdxX / perRow * row4 + Group.IdxX % perRow + h * half * pass4;
+        int perRow = hd / 8, half = TileKeys * perRow / threads / 2, pass4 = threads / perRow * ((hd + 8) / 8);
+        uint tid = (uint)Group.IdxX;
+        int first = tile4 + (int)(tid / (uint)perRow) * ((hd + 8) / 8) + (int)(tid % (uint)perRow) + h * half * pass4;
         smem4[first] = st.R0;
         if (half > 1) smem4[first + pass4] = st.R1;
         if (half > 2)
@@ -135,57 +138,57 @@ public static class AttentionFlashKernels
     // The A fragment of the warp's 16 query rows over dims 16 kk .. 16 kk + 15, by one ldmatrix.x4; qLane is this
     // lane's row address for kk = 0 (row warp * 16 + lane % 16, column 8 (lane / 16)).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static FragA QueryFragment(ArrayView<ushort> smem, ArrayView<uint> scratch, uint qLane, int kk)
+    private static FragA QueryFragment<TC>(ArrayView<ushort> smem, ArrayView<uint> scratch, uint qLane, int kk) where TC : struct, ITensorCores
     {
-        TensorCore.LdmatrixX4(smem, qLane + (uint)(32 * kk), scratch, out uint a0, out uint a1, out uint a2, out uint a3);
+        default(TC).LdmatrixX4(smem, qLane + (uint)(32 * kk), scratch, out uint a0, out uint a1, out uint a2, out uint a3);
         return new FragA { A0 = a0, A1 = a1, A2 = a2, A3 = a3 };
     }
 
     // S tiles nt, nt + 1 (keys 8 nt .. 8 nt + 15) += Q(dims 16 kk ..) K^T, the K fragments by one ldmatrix.x4; kLane is
     // this lane's row address for nt = kk = 0 (key lane % 8 + 8 (lane / 16), column 8 ((lane / 8) % 2)).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void ScorePair(ref Acc s0, ref Acc s1, in FragA a, ArrayView<ushort> smem, ArrayView<uint> scratch, uint kLane, int row, int nt, int kk)
+    private static void ScorePair<TC>(ref Acc s0, ref Acc s1, in FragA a, ArrayView<ushort> smem, ArrayView<uint> scratch, uint kLane, int row, int nt, int kk) where TC : struct, ITensorCores
     {
-        TensorCore.LdmatrixX4(smem, kLane + (uint)(16 * nt * row + 32 * kk), scratch, out uint b0, out uint b1, out uint b2, out uint b3);
-        TensorCore.Mma(ref s0, a, b0, b1, scratch);
-        TensorCore.Mma(ref s1, a, b2, b3, scratch);
+        default(TC).LdmatrixX4(smem, kLane + (uint)(16 * nt * row + 32 * kk), scratch, out uint b0, out uint b1, out uint b2, out uint b3);
+        default(TC).Mma(ref s0, a, b0, b1, scratch);
+        default(TC).Mma(ref s1, a, b2, b3, scratch);
     }
 
     // All 64 keys of the tile against the warp's queries over dims 16 kk .. 16 kk + 15.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Scores(ref Tiles8 s, ArrayView<ushort> smem, ArrayView<uint> scratch, uint qLane, uint kLane, int row, int kk)
+    private static void Scores<TC>(ref Tiles8 s, ArrayView<ushort> smem, ArrayView<uint> scratch, uint qLane, uint kLane, int row, int kk) where TC : struct, ITensorCores
     {
-        var a = QueryFragment(smem, scratch, qLane, kk);
-        ScorePair(ref s.T0, ref s.T1, a, smem, scratch, kLane, row, 0, kk);
-        ScorePair(ref s.T2, ref s.T3, a, smem, scratch, kLane, row, 2, kk);
-        ScorePair(ref s.T4, ref s.T5, a, smem, scratch, kLane, row, 4, kk);
-        ScorePair(ref s.T6, ref s.T7, a, smem, scratch, kLane, row, 6, kk);
+        var a = QueryFragment<TC>(smem, scratch, qLane, kk);
+        ScorePair<TC>(ref s.T0, ref s.T1, a, smem, scratch, kLane, row, 0, kk);
+        ScorePair<TC>(ref s.T2, ref s.T3, a, smem, scratch, kLane, row, 2, kk);
+        ScorePair<TC>(ref s.T4, ref s.T5, a, smem, scratch, kLane, row, 4, kk);
+        ScorePair<TC>(ref s.T6, ref s.T7, a, smem, scratch, kLane, row, 6, kk);
     }
 
     // O tiles nt, nt + 1 (dims 8 nt .. 8 nt + 15) += P(keys 16 kk ..) V, the V fragments by one ldmatrix.x4.trans; vLane
     // is this lane's row address for nt = kk = 0 (key lane % 16, column 8 (lane / 16)).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void OutputPair(ref Acc o0, ref Acc o1, in FragA p, ArrayView<ushort> smem, ArrayView<uint> scratch, uint vLane, int row, int nt, int kk)
+    private static void OutputPair<TC>(ref Acc o0, ref Acc o1, in FragA p, ArrayView<ushort> smem, ArrayView<uint> scratch, uint vLane, int row, int nt, int kk) where TC : struct, ITensorCores
     {
-        TensorCore.LdmatrixX4Trans(smem, vLane + (uint)(32 * kk * row + 16 * nt), scratch, out uint b0, out uint b1, out uint b2, out uint b3);
-        TensorCore.Mma(ref o0, p, b0, b1, scratch);
-        TensorCore.Mma(ref o1, p, b2, b3, scratch);
+        default(TC).LdmatrixX4Trans(smem, vLane + (uint)(32 * kk * row + 16 * nt), scratch, out uint b0, out uint b1, out uint b2, out uint b3);
+        default(TC).Mma(ref o0, p, b0, b1, scratch);
+        default(TC).Mma(ref o1, p, b2, b3, scratch);
     }
 
     // O (dims 0..63 in lo, 64..127 in hi when hd is 128) += P(keys 16 kk .. 16 kk + 15) V.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Outputs(ref Tiles8 lo, ref Tiles8 hi, in FragA p, ArrayView<ushort> smem, ArrayView<uint> scratch, uint vLane, int row, int kk, int hd)
+    private static void Outputs<TC>(ref Tiles8 lo, ref Tiles8 hi, in FragA p, ArrayView<ushort> smem, ArrayView<uint> scratch, uint vLane, int row, int kk, int hd) where TC : struct, ITensorCores
     {
-        OutputPair(ref lo.T0, ref lo.T1, p, smem, scratch, vLane, row, 0, kk);
-        OutputPair(ref lo.T2, ref lo.T3, p, smem, scratch, vLane, row, 2, kk);
-        OutputPair(ref lo.T4, ref lo.T5, p, smem, scratch, vLane, row, 4, kk);
-        OutputPair(ref lo.T6, ref lo.T7, p, smem, scratch, vLane, row, 6, kk);
+        OutputPair<TC>(ref lo.T0, ref lo.T1, p, smem, scratch, vLane, row, 0, kk);
+        OutputPair<TC>(ref lo.T2, ref lo.T3, p, smem, scratch, vLane, row, 2, kk);
+        OutputPair<TC>(ref lo.T4, ref lo.T5, p, smem, scratch, vLane, row, 4, kk);
+        OutputPair<TC>(ref lo.T6, ref lo.T7, p, smem, scratch, vLane, row, 6, kk);
         if (hd == 128)
         {
-            OutputPair(ref hi.T0, ref hi.T1, p, smem, scratch, vLane, row, 8, kk);
-            OutputPair(ref hi.T2, ref hi.T3, p, smem, scratch, vLane, row, 10, kk);
-            OutputPair(ref hi.T4, ref hi.T5, p, smem, scratch, vLane, row, 12, kk);
-            OutputPair(ref hi.T6, ref hi.T7, p, smem, scratch, vLane, row, 14, kk);
+            OutputPair<TC>(ref hi.T0, ref hi.T1, p, smem, scratch, vLane, row, 8, kk);
+            OutputPair<TC>(ref hi.T2, ref hi.T3, p, smem, scratch, vLane, row, 10, kk);
+            OutputPair<TC>(ref hi.T4, ref hi.T5, p, smem, scratch, vLane, row, 12, kk);
+            OutputPair<TC>(ref hi.T6, ref hi.T7, p, smem, scratch, vLane, row, 14, kk);
         }
     }
 
@@ -274,16 +277,17 @@ public static class AttentionFlashKernels
     // kernels
 
     /// <summary>kcache, vcache: the layer's cache rows as 16-byte vectors (kvDim % 8 == 0).</summary>
-    public static void Flash<TS>(ArrayView<float> q, ArrayView<U4> kcache, ArrayView<U4> vcache, ArrayView<float> dst,
+    public static void Flash<TS, TC>(ArrayView<float> q, ArrayView<U4> kcache, ArrayView<U4> vcache, ArrayView<float> dst,
         int T, int numHeads, int numKvHeads, int startPos, float scaleLog2)
         where TS : struct, IFlashShape
+        where TC : struct, ITensorCores
     {
         int hd = default(TS).HeadDim, bm = 16 * default(TS).Warps, threads = 32 * default(TS).Warps, row = hd + 8;
         var smem = SharedMemory.GetDynamic<ushort>();
         var smem4 = smem.Cast<U4>();   // the same memory, for 16-byte stores
         var smem32 = smem.Cast<uint>();
-        uint smemBase = TensorCore.SharedBase();
-        var scratch = TensorCore.Scratch(smem, 2 * SharedElements(hd, default(TS).Warps));
+        uint smemBase = default(TC).SharedBase();
+        var scratch = default(TC).Scratch(smem, 2 * SharedElements(hd, default(TS).Warps));
         int ksOffset = 0, vsOffset = 2 * TileKeys * row, qsOffset = 4 * TileKeys * row;   // byte offsets of the K, V and Q tiles
         int lane = Warp.LaneIdx, warp = Warp.WarpIdx, tig = lane & 3;
         int h = Grid.IdxY, m0 = (Grid.DimX - 1 - Grid.IdxX) * bm;   // heaviest (latest) query tiles first
@@ -295,11 +299,13 @@ public static class AttentionFlashKernels
         uint vLane = smemBase + (uint)(vsOffset + 2 * ((lane & 15) * row + (lane >> 4) * 8));
         int kend = startPos + XMath.Min(m0 + bm - 1, T - 1) + 1;
         long headOffset = (long)kvh * hd;
+        int kvDim4 = kvDim / 8, ks4 = ksOffset / 16, vs4 = vsOffset / 16;
+        int col4 = (int)(headOffset / 8);
         Stage4 st = default;
-        Prefetch(ref st, 0, kcache, headOffset, 0, kend, kvDim, hd, threads);
-        StoreStage(st, 0, smem4, ksOffset, hd, threads);
-        Prefetch(ref st, 1, kcache, headOffset, 0, kend, kvDim, hd, threads);
-        StoreStage(st, 1, smem4, ksOffset, hd, threads);
+        Prefetch(ref st, 0, kcache, col4, 0, kend, kvDim4, hd, threads);
+        StoreStage(st, 0, smem4, ks4, hd, threads);
+        Prefetch(ref st, 1, kcache, col4, 0, kend, kvDim4, hd, threads);
+        StoreStage(st, 1, smem4, ks4, hd, threads);
 
         StoreQueries(q, smem32, qsOffset, m0, bm, T, qStride, h, hd, threads);   // the loop's first barrier publishes it
         Tiles8 oLo = default, oHi = default, s = default;
@@ -311,34 +317,34 @@ public static class AttentionFlashKernels
             Group.Barrier();   // K(j) visible; every warp is done with V(j-1)
             // V(j) arrives in two halves, each in flight while half of S(j) is computed (the V tile is free: every
             // warp passed the barrier after its P V(j-1)).
-            Prefetch(ref st, 0, vcache, headOffset, k0, kend, kvDim, hd, threads);
+            Prefetch(ref st, 0, vcache, col4, k0, kend, kvDim4, hd, threads);
             bool active = k0 <= warpFirst + 15;
             if (active)
             {
                 s = default;
-                Scores(ref s, smem, scratch, qLane, kLane, row, 0);
-                Scores(ref s, smem, scratch, qLane, kLane, row, 1);
+                Scores<TC>(ref s, smem, scratch, qLane, kLane, row, 0);
+                Scores<TC>(ref s, smem, scratch, qLane, kLane, row, 1);
                 if (hd == 128)
                 {
-                    Scores(ref s, smem, scratch, qLane, kLane, row, 2);
-                    Scores(ref s, smem, scratch, qLane, kLane, row, 3);
+                    Scores<TC>(ref s, smem, scratch, qLane, kLane, row, 2);
+                    Scores<TC>(ref s, smem, scratch, qLane, kLane, row, 3);
                 }
             }
-            StoreStage(st, 0, smem4, vsOffset, hd, threads);
-            Prefetch(ref st, 1, vcache, headOffset, k0, kend, kvDim, hd, threads);
+            StoreStage(st, 0, smem4, vs4, hd, threads);
+            Prefetch(ref st, 1, vcache, col4, k0, kend, kvDim4, hd, threads);
             if (active)
             {
                 if (hd == 128)
                 {
-                    Scores(ref s, smem, scratch, qLane, kLane, row, 4);
-                    Scores(ref s, smem, scratch, qLane, kLane, row, 5);
-                    Scores(ref s, smem, scratch, qLane, kLane, row, 6);
-                    Scores(ref s, smem, scratch, qLane, kLane, row, 7);
+                    Scores<TC>(ref s, smem, scratch, qLane, kLane, row, 4);
+                    Scores<TC>(ref s, smem, scratch, qLane, kLane, row, 5);
+                    Scores<TC>(ref s, smem, scratch, qLane, kLane, row, 6);
+                    Scores<TC>(ref s, smem, scratch, qLane, kLane, row, 7);
                 }
                 else
                 {
-                    Scores(ref s, smem, scratch, qLane, kLane, row, 2);
-                    Scores(ref s, smem, scratch, qLane, kLane, row, 3);
+                    Scores<TC>(ref s, smem, scratch, qLane, kLane, row, 2);
+                    Scores<TC>(ref s, smem, scratch, qLane, kLane, row, 3);
                 }
                 s.Scale(scaleLog2, scaleLog2);
                 if (k0 + TileKeys - 1 > warpFirst) MaskTile(ref s, k0 + tig * 2, qpos0, qpos1);
@@ -370,27 +376,27 @@ public static class AttentionFlashKernels
                 oLo.Scale(c0, c1);
                 if (hd == 128) oHi.Scale(c0, c1);
             }
-            StoreStage(st, 1, smem4, vsOffset, hd, threads);
+            StoreStage(st, 1, smem4, vs4, hd, threads);
             // K(j+1) likewise during P V(j), into the K tile every warp is done with after the barrier.
             bool more = k0 + TileKeys < kend;
-            if (more) Prefetch(ref st, 0, kcache, headOffset, k0 + TileKeys, kend, kvDim, hd, threads);
+            if (more) Prefetch(ref st, 0, kcache, col4, k0 + TileKeys, kend, kvDim4, hd, threads);
             Group.Barrier();   // V(j) visible; every warp is done with K(j)
             if (active)
             {
-                Outputs(ref oLo, ref oHi, Probabilities(s.T0, s.T1), smem, scratch, vLane, row, 0, hd);
-                Outputs(ref oLo, ref oHi, Probabilities(s.T2, s.T3), smem, scratch, vLane, row, 1, hd);
+                Outputs<TC>(ref oLo, ref oHi, Probabilities(s.T0, s.T1), smem, scratch, vLane, row, 0, hd);
+                Outputs<TC>(ref oLo, ref oHi, Probabilities(s.T2, s.T3), smem, scratch, vLane, row, 1, hd);
             }
             if (more)
             {
-                StoreStage(st, 0, smem4, ksOffset, hd, threads);
-                Prefetch(ref st, 1, kcache, headOffset, k0 + TileKeys, kend, kvDim, hd, threads);
+                StoreStage(st, 0, smem4, ks4, hd, threads);
+                Prefetch(ref st, 1, kcache, col4, k0 + TileKeys, kend, kvDim4, hd, threads);
             }
             if (active)
             {
-                Outputs(ref oLo, ref oHi, Probabilities(s.T4, s.T5), smem, scratch, vLane, row, 2, hd);
-                Outputs(ref oLo, ref oHi, Probabilities(s.T6, s.T7), smem, scratch, vLane, row, 3, hd);
+                Outputs<TC>(ref oLo, ref oHi, Probabilities(s.T4, s.T5), smem, scratch, vLane, row, 2, hd);
+                Outputs<TC>(ref oLo, ref oHi, Probabilities(s.T6, s.T7), smem, scratch, vLane, row, 3, hd);
             }
-            if (more) StoreStage(st, 1, smem4, ksOffset, hd, threads);   // the next barrier publishes K(j+1)
+            if (more) StoreStage(st, 1, smem4, ks4, hd, threads);   // the next barrier publishes K(j+1)
         }
         StoreTiles(dst, oLo, 0, r0, r1, T, qStride, h, hd, tig, lrow0, lrow1);
         if (hd == 128) StoreTiles(dst, oHi, 8, r0, r1, T, qStride, h, hd, tig, lrow0, lrow1);

@@ -1,6 +1,6 @@
 // MatMul dst[T, out] = x[T, in] * weight[out, in]^T (CpuOps.MatMul); x and dst are f32.
-// GemvBf16: decode (T <= 8 tokens, TT = the compile-time maximum): one warp per output row, the weights read once for
-// all tokens in 16-byte loads, eight in flight per lane; needs in % 8 == 0. Gemv: any weight type and shape, 4-byte
+// GemvBf16: decode (one token): one warp per output row, the weights in 16-byte loads, up to sixteen in flight per
+// lane; needs in % 8 == 0. Gemv: any weight type and shape and up to 8 tokens (the weights read once for all), 4-byte
 // loads. Both: one warp a row, any group size (8 rows a group on a GPU). GemmBf16: prefill on tensor cores (the fallback when cuBLAS is absent):
 // 128x128x32 tiles, 8 warps as 2 x 4, each a 64 x 32 tile of 4 x 4 mma.sync fragments; x rounded to bf16 as it is
 // staged in shared memory, f32 accumulation. Exercised by the MatMul cases of tests/GpuOpsTests.cs.
@@ -10,35 +10,13 @@ using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Kernels;
 
-/// <summary>A compile-time token count (the most tokens one GEMV launch takes).</summary>
-public interface ITokens
-{
-    int Max { get; }
-}
-
-public readonly struct OneToken : ITokens
-{
-    public int Max => 1;
-}
-
-public readonly struct UpToEightTokens : ITokens
-{
-    public int Max => 8;
-}
-
-/// <summary>One float accumulator per token of a GEMV (named fields: ILGPU keeps them in registers).</summary>
-public struct Sums8
-{
-    public float S0, S1, S2, S3, S4, S5, S6, S7;
-}
-
 public static class MatMulKernels
 {
     public const int GemvMaxTokens = 8, GemvRowsPerGroup = 8;
     public const int GemmTile = 128, GemmK = 32;
     private const int GemmRowWords = (GemmK + 8) / 2;   // padded shared row of 40 bf16: conflict-free fragment loads
 
-    /// <summary>Dynamic shared memory of one GemmBf16 group (plus TensorCore.ScratchBytes where the fragments are emulated).</summary>
+    /// <summary>Dynamic shared memory of one GemmBf16 group (plus EmulatedTensorCores.ScratchBytes where the fragments are emulated).</summary>
     public const int GemmSharedBytes = 2 * 2 * GemmTile * GemmRowWords * 4;
 
     // The dot product of 8 bf16 weights with x4[xk], x4[xk + 1] (8 floats).
@@ -50,71 +28,38 @@ public static class MatMulKernels
              + Bf16.Lo(w.Z) * b.X + Bf16.Hi(w.Z) * b.Y + Bf16.Lo(w.W) * b.Z + Bf16.Hi(w.W) * b.W;
     }
 
-    // acc[t] += dot(w, x[t, k .. k + 8)) for every token t < T (at most TT.Max); xk is the F4 index of column k of token 0.
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Accumulate<TT>(ref Sums8 acc, in U4 w, ArrayView<F4> x4, long xk, int T, int in4) where TT : struct, ITokens
-    {
-        int max = default(TT).Max;
-        acc.S0 += Dot8(w, x4, xk);
-        if (max > 1)
-        {
-            if (T > 1) acc.S1 += Dot8(w, x4, xk + in4);
-            if (T > 2) acc.S2 += Dot8(w, x4, xk + 2L * in4);
-            if (T > 3) acc.S3 += Dot8(w, x4, xk + 3L * in4);
-            if (T > 4) acc.S4 += Dot8(w, x4, xk + 4L * in4);
-            if (T > 5) acc.S5 += Dot8(w, x4, xk + 5L * in4);
-            if (T > 6) acc.S6 += Dot8(w, x4, xk + 6L * in4);
-            if (T > 7) acc.S7 += Dot8(w, x4, xk + 7L * in4);
-        }
-    }
-
-    // Lane 0 writes the warp's sum of token t's row into dst when t < T (T is the same for the whole warp).
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreRow(float acc, ArrayView<float> dst, int t, int T, int outDim, int row)
-    {
-        if (t >= T) return;
-        float sum = Reduce.WarpSum(acc);
-        if (Warp.LaneIdx == 0) dst[(long)t * outDim + row] = sum;
-    }
-
     // kernels
 
-    /// <summary>bf16 weights viewed as U4 (8 per element), x as F4; in % 8 == 0, T &lt;= TT.Max.</summary>
-    public static void GemvBf16<TT>(ArrayView<F4> x, ArrayView<U4> weight, ArrayView<float> dst, int T, int inDim, int outDim)
-        where TT : struct, ITokens
+    /// <summary>One token: x as F4 [in / 4], bf16 weights as U4 (8 per element) [out, in / 8], in % 8 == 0.</summary>
+    public static void GemvBf16(ArrayView<F4> x, ArrayView<U4> weight, ArrayView<float> dst, int inDim, int outDim)
     {
         int row = (Grid.IdxX * Group.DimX + Group.IdxX) >> 5, lane = Warp.LaneIdx;
         if (row >= outDim) return;
-        int chunks = inDim / 8, in4 = inDim / 4;
+        int chunks = inDim / 8;
         long w0 = (long)row * chunks;
-        Sums8 acc = default;
+        float acc = 0f;
         int k = lane;
-        for (; k + 7 * 32 < chunks; k += 8 * 32)
+        for (; k + 15 * 32 < chunks; k += 16 * 32)
         {
-            // Eight independent 16-byte weight loads in flight per lane before the first use (latency hiding).
+            // Sixteen independent 16-byte weight loads in flight per lane before the first use: a row of 4096 weights
+            // is one round trip to memory.
             U4 a0 = weight[w0 + k], a1 = weight[w0 + k + 32], a2 = weight[w0 + k + 64], a3 = weight[w0 + k + 96];
             U4 a4 = weight[w0 + k + 128], a5 = weight[w0 + k + 160], a6 = weight[w0 + k + 192], a7 = weight[w0 + k + 224];
-            Accumulate<TT>(ref acc, a0, x, 2L * k, T, in4);
-            Accumulate<TT>(ref acc, a1, x, 2L * (k + 32), T, in4);
-            Accumulate<TT>(ref acc, a2, x, 2L * (k + 64), T, in4);
-            Accumulate<TT>(ref acc, a3, x, 2L * (k + 96), T, in4);
-            Accumulate<TT>(ref acc, a4, x, 2L * (k + 128), T, in4);
-            Accumulate<TT>(ref acc, a5, x, 2L * (k + 160), T, in4);
-            Accumulate<TT>(ref acc, a6, x, 2L * (k + 192), T, in4);
-            Accumulate<TT>(ref acc, a7, x, 2L * (k + 224), T, in4);
+            U4 a8 = weight[w0 + k + 256], a9 = weight[w0 + k + 288], a10 = weight[w0 + k + 320], a11 = weight[w0 + k + 352];
+            U4 a12 = weight[w0 + k + 384], a13 = weight[w0 + k + 416], a14 = weight[w0 + k + 448], a15 = weight[w0 + k + 480];
+            acc += Dot8(a0, x, 2L * k) + Dot8(a1, x, 2L * (k + 32)) + Dot8(a2, x, 2L * (k + 64)) + Dot8(a3, x, 2L * (k + 96))
+                 + Dot8(a4, x, 2L * (k + 128)) + Dot8(a5, x, 2L * (k + 160)) + Dot8(a6, x, 2L * (k + 192)) + Dot8(a7, x, 2L * (k + 224))
+                 + Dot8(a8, x, 2L * (k + 256)) + Dot8(a9, x, 2L * (k + 288)) + Dot8(a10, x, 2L * (k + 320)) + Dot8(a11, x, 2L * (k + 352))
+                 + Dot8(a12, x, 2L * (k + 384)) + Dot8(a13, x, 2L * (k + 416)) + Dot8(a14, x, 2L * (k + 448)) + Dot8(a15, x, 2L * (k + 480));
         }
-        for (; k < chunks; k += 32) Accumulate<TT>(ref acc, weight[w0 + k], x, 2L * k, T, in4);
-        StoreRow(acc.S0, dst, 0, T, outDim, row);
-        if (default(TT).Max > 1)
+        for (; k + 3 * 32 < chunks; k += 4 * 32)
         {
-            StoreRow(acc.S1, dst, 1, T, outDim, row);
-            StoreRow(acc.S2, dst, 2, T, outDim, row);
-            StoreRow(acc.S3, dst, 3, T, outDim, row);
-            StoreRow(acc.S4, dst, 4, T, outDim, row);
-            StoreRow(acc.S5, dst, 5, T, outDim, row);
-            StoreRow(acc.S6, dst, 6, T, outDim, row);
-            StoreRow(acc.S7, dst, 7, T, outDim, row);
+            U4 a0 = weight[w0 + k], a1 = weight[w0 + k + 32], a2 = weight[w0 + k + 64], a3 = weight[w0 + k + 96];
+            acc += Dot8(a0, x, 2L * k) + Dot8(a1, x, 2L * (k + 32)) + Dot8(a2, x, 2L * (k + 64)) + Dot8(a3, x, 2L * (k + 96));
         }
+        for (; k < chunks; k += 32) acc += Dot8(weight[w0 + k], x, 2L * k);
+        float sum = Reduce.WarpSum(acc);
+        if (lane == 0) dst[row] = sum;
     }
 
     /// <summary>Any weight type (TE reads TW) and any in; T &lt;= GemvMaxTokens.</summary>
@@ -133,17 +78,23 @@ public static class MatMulKernels
             for (int t = 0; t < GemvMaxTokens; t++)
                 if (t < T) acc[t] += wk * x[(long)t * inDim + k];
         }
-        for (int t = 0; t < GemvMaxTokens; t++) StoreRow(acc[t], dst, t, T, outDim, row);
+        for (int t = 0; t < GemvMaxTokens; t++)
+        {
+            if (t >= T) break;   // T is the same for the whole warp
+            float sum = Reduce.WarpSum(acc[t]);
+            if (lane == 0) dst[(long)t * outDim + row] = sum;
+        }
     }
 
     /// <summary>Grid (ceil(N / 128), ceil(M / 128)), 256 threads, GemmSharedBytes of dynamic shared memory: dst[M, N] = x[M, K] * weight[N, K]^T, bf16 weights.</summary>
-    public static void GemmBf16(ArrayView<float> x, ArrayView<ushort> weight, ArrayView<float> dst, int M, int K, int N)
+    public static void GemmBf16<TC>(ArrayView<float> x, ArrayView<ushort> weight, ArrayView<float> dst, int M, int K, int N)
+        where TC : struct, ITensorCores
     {
         // Dynamic shared memory: two stages of A (x as bf16) and B (weight) tiles, [stage][128 rows][GemmRowWords words].
         var smem = SharedMemory.GetDynamic<ushort>();
         var As = smem.SubView(0, 4 * GemmTile * GemmRowWords).Cast<uint>();
         var Bs = smem.SubView(4 * GemmTile * GemmRowWords, 4 * GemmTile * GemmRowWords).Cast<uint>();
-        var scratch = TensorCore.Scratch(smem, GemmSharedBytes);
+        var scratch = default(TC).Scratch(smem, GemmSharedBytes);
         int tid = Group.IdxX, lane = Warp.LaneIdx, warp = Warp.WarpIdx;
         int g = lane >> 2, tig = lane & 3, wm = warp >> 2, wn = warp & 3;
         int m0 = Grid.IdxY * GemmTile, n0 = Grid.IdxX * GemmTile;
@@ -174,7 +125,7 @@ public static class MatMulKernels
                 {
                     int n = stage + (wn * 32 + nt * 8 + g) * GemmRowWords + kk + tig;
                     uint b0 = Bs[n], b1 = Bs[n + 4];
-                    for (int mt = 0; mt < 4; mt++) TensorCore.Mma(ref acc[mt * 4 + nt], a[mt], b0, b1, scratch);
+                    for (int mt = 0; mt < 4; mt++) default(TC).Mma(ref acc[mt * 4 + nt], a[mt], b0, b1, scratch);
                 }
             }
             if (kt + 1 < tiles) StoreGemmTiles(As, Bs, ((kt + 1) & 1) * GemmTile * GemmRowWords, tid, ra, rb);

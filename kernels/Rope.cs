@@ -1,18 +1,20 @@
 // Fused rotary embedding (CpuOps.Rope), consuming a whole RopeTable: rotates q and k in place by the angle
 // pos * invFreq[j] on the pairs (x[j], x[j + rotaryDim / 2]), cos and sin times the table's magnitude, multiplies q by
 // the query scale of (layer, pos) when the layer's gate is on, and stores k and v in the KV cache's element type at
-// rows cacheRow0 + t. One group per token (a multiple of 32 threads); the group first computes the token's cos/sin
-// per pair into shared memory (RopeMath, the same f32 values as the CPU). Rerotate moves cached keys from one table's
+// rows cacheRow0 + t. Groups (a multiple of 32 threads) take one token and a range of its heads; a group first computes
+// the token's cos/sin per pair into shared memory (RopeMath, the same f32 values as the CPU). Rerotate moves cached keys from one table's
 // rotation to another's (dynamic NTK). Exercised by the Rope and Rerotate cases of tests/GpuOpsTests.cs.
 using ILGPU;
+using ILGPU.Algorithms;
 using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Kernels;
 
-/// <summary>Scalars of one Rope launch (by value; ILGPU lays the struct out for the kernel).</summary>
+/// <summary>Scalars of one Rope launch (by value; ILGPU lays the struct out for the kernel). HeadsPerGroup: heads (q heads,
+/// then KV heads) each group of a token rotates.</summary>
 public readonly record struct RopeArgs(
     int NumHeads, int NumKvHeads, int HeadDim, int RotaryDim, int StartPos, int CacheRow0,
-    float Magnitude, float QueryScaleContext, int QueryScaleOn);
+    float Magnitude, float QueryScaleContext, int QueryScaleOn, int HeadsPerGroup);
 
 public static class RopeKernels
 {
@@ -21,6 +23,11 @@ public static class RopeKernels
 
     // kernels
 
+    /// <summary>
+    /// Grid (T, ceil((numHeads + numKvHeads) / HeadsPerGroup)): group (t, g) rotates heads g HeadsPerGroup .. of token t
+    /// (q heads first, then KV heads, whose k and v it also stores). Few tokens take one head a group, so a decode step
+    /// spreads over many multiprocessors; many tokens take all heads a group, so each token's cos/sin is computed once.
+    /// </summary>
     public static void Rope<TR, TC, TE>(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<TC> kcache,
         ArrayView<TC> vcache, ArrayView<float> invFreq, RopeArgs a)
         where TR : struct, IRounding
@@ -31,6 +38,7 @@ public static class RopeKernels
         var sn = SharedMemory.Allocate<float>(MaxPairs);
         var r = default(TR);
         int t = Grid.IdxX, pos = a.StartPos + t, half = a.RotaryDim / 2, rest = a.HeadDim - a.RotaryDim, perHead = half + rest;
+        int h0 = Grid.IdxY * a.HeadsPerGroup, h1 = XMath.Min(a.NumHeads + a.NumKvHeads, h0 + a.HeadsPerGroup);
         for (int j = Group.IdxX; j < half; j += Group.DimX)
         {
             RopeMath.CosSin(RopeMath.Angle(pos, invFreq[j]), out float c, out float s);
@@ -39,43 +47,47 @@ public static class RopeKernels
         }
         Group.Barrier();
         float qs = a.QueryScaleOn != 0 ? RopeMath.QueryScale(pos, a.QueryScaleContext) : 1f;
-        long qRow = (long)t * a.NumHeads * a.HeadDim;
-        for (int e = Group.IdxX; e < a.NumHeads * perHead; e += Group.DimX)
-        {
-            int h = e / perHead, j = e % perHead;
-            long x = qRow + h * a.HeadDim;
-            if (j < half)
-            {
-                RopeMath.Rotate<TR>(q[x + j], q[x + j + half], cs[j], sn[j], out float y0, out float y1);
-                q[x + j] = r.Round(y0 * qs);
-                q[x + j + half] = r.Round(y1 * qs);
-            }
-            else
-            {
-                long d = x + a.RotaryDim + (j - half);
-                q[d] = r.Round(q[d] * qs);
-            }
-        }
         int kvDim = a.NumKvHeads * a.HeadDim;
-        long kRow = (long)t * kvDim, cRow = (long)(a.CacheRow0 + t) * kvDim;
-        for (int e = Group.IdxX; e < a.NumKvHeads * perHead; e += Group.DimX)
+        long qRow = (long)t * a.NumHeads * a.HeadDim, kRow = (long)t * kvDim, cRow = (long)(a.CacheRow0 + t) * kvDim;
+        for (int e = Group.IdxX; e < (h1 - h0) * perHead; e += Group.DimX)
         {
-            int h = e / perHead, j = e % perHead, o = h * a.HeadDim;
-            if (j < half)
+            int h = h0 + e / perHead, j = e % perHead;
+            if (h < a.NumHeads)
             {
-                RopeMath.Rotate<TR>(k[kRow + o + j], k[kRow + o + j + half], cs[j], sn[j], out float y0, out float y1);
-                k[kRow + o + j] = y0;
-                k[kRow + o + j + half] = y1;
-                kcache[cRow + o + j] = default(TE).Store(y0);
-                kcache[cRow + o + j + half] = default(TE).Store(y1);
+                long x = qRow + h * a.HeadDim;
+                if (j < half)
+                {
+                    RopeMath.Rotate<TR>(q[x + j], q[x + j + half], cs[j], sn[j], out float y0, out float y1);
+                    q[x + j] = r.Round(y0 * qs);
+                    q[x + j + half] = r.Round(y1 * qs);
+                }
+                else
+                {
+                    long d = x + a.RotaryDim + (j - half);
+                    q[d] = r.Round(q[d] * qs);
+                }
             }
             else
             {
-                int d = o + a.RotaryDim + (j - half);
-                kcache[cRow + d] = default(TE).Store(k[kRow + d]);
+                int o = (h - a.NumHeads) * a.HeadDim;
+                if (j < half)
+                {
+                    RopeMath.Rotate<TR>(k[kRow + o + j], k[kRow + o + j + half], cs[j], sn[j], out float y0, out float y1);
+                    k[kRow + o + j] = y0;
+                    k[kRow + o + j + half] = y1;
+                    kcache[cRow + o + j] = default(TE).Store(y0);
+                    kcache[cRow + o + j + half] = default(TE).Store(y1);
+                }
+                else
+                {
+                    int d = o + a.RotaryDim + (j - half);
+                    kcache[cRow + d] = default(TE).Store(k[kRow + d]);
+                }
             }
         }
-        for (int d = Group.IdxX; d < kvDim; d += Group.DimX) vcache[cRow + d] = default(TE).Store(v[kRow + d]);
+        // The values of this group's KV heads.
+        int kv0 = XMath.Max(h0, a.NumHeads) - a.NumHeads, kv1 = XMath.Max(h1, a.NumHeads) - a.NumHeads;
+        for (int d = kv0 * a.HeadDim + Group.IdxX; d < kv1 * a.HeadDim; d += Group.DimX) vcache[cRow + d] = default(TE).Store(v[kRow + d]);
     }
 
     /// <summary>Grid (length, numLayers): the key at position p of each layer goes from table `from` to table `to`.</summary>

@@ -302,7 +302,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         var qs = table.QueryScale;
         bool qsOn = qs is not null && layer >= qs.SkipLayers;
         var args = new RopeArgs(q.Cols / hd, cache.NumKvHeads, hd, table.RotaryDim, startPos, layer * cache.MaxSeq + startPos,
-            table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0);
+            table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0, HeadsPerGroup: 0);
         _launch.Rope(GpuViews.F32(q), GpuViews.F32(k), GpuViews.F32(v), cache.K, cache.V, inv, tokens, args, bf16);
     }
 

@@ -28,35 +28,35 @@ internal sealed class GpuKernels
     private readonly int _scratchBytes;   // the tensor-core emulation's shared scratch (ILGPU's CPU accelerator only)
     private readonly int _rowsPerGemvGroup; // 8 on a GPU; 1 where every warp barrier wakes all of a group's threads (CPU accelerator)
 
-    private readonly Action<Stream, KernelConfig, ArrayView<int>, F32, F32, int, int> _embeddingF32;
-    private readonly Action<Stream, KernelConfig, ArrayView<int>, U16, F32, int, int> _embeddingBf16, _embeddingF16;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, int, float> _rmsNorm;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, int, float>? _rmsNormBf16;
-    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float> _rmsNorm4;
-    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>? _rmsNorm4Bf16;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, int, float> _addRmsNorm;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>? _addRmsNormBf16;
-    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float> _addRmsNorm4;
-    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>? _addRmsNorm4Bf16;
-    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int, int> _gemvBf16T1, _gemvBf16;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, int, int, int> _gemvF32;
-    private readonly Action<Stream, KernelConfig, F32, U16, F32, int, int, int> _gemvBf16Any, _gemvF16;
-    private readonly Action<Stream, KernelConfig, F32, U16, F32, int, int, int>? _gemmBf16;
-    private readonly Action<Stream, KernelConfig, F32, U16, long> _toBf16;
-    private readonly Action<Stream, KernelConfig, U16, F32, long>? _widenBf16, _widenF16;
-    private readonly Action<Stream, KernelConfig, F32, long>? _roundBf16, _roundF16;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>? _rope, _ropeBf16;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>? _ropeCacheF32, _ropeBf16CacheF32;
-    private readonly Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float>? _rerotate;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float>? _rerotateF32;
-    private readonly Action<Stream, KernelConfig, F32, U16, U16, F32, F32, AttentionArgs>? _split;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, F32, F32, AttentionArgs>? _splitF32;
-    private readonly Action<Stream, KernelConfig, F32, F32, int, int, int> _combine;
-    private readonly Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>? _flash64, _flash128;
-    private readonly Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>? _decode1, _decode2, _decode4, _decode8;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, long> _swiGlu, _add;
-    private readonly Action<Stream, KernelConfig, F32, F32, F32, long>? _swiGluBf16;
-    private readonly Action<Stream, KernelConfig, F32, ArrayView<int>, int> _argmax;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<int>, F32, F32, int, int>> _embeddingF32;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<int>, U16, F32, int, int>> _embeddingBf16, _embeddingF16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, float>> _rmsNorm;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, float>>? _rmsNormBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>> _rmsNorm4;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>? _rmsNorm4Bf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>> _addRmsNorm;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>>? _addRmsNormBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>> _addRmsNorm4;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>? _addRmsNorm4Bf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>> _gemvBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>> _gemvF32;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>> _gemvBf16Any, _gemvF16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>? _gemmBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, long>> _toBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, U16, F32, long>>? _widenBf16, _widenF16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, long>>? _roundBf16, _roundF16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>? _rope, _ropeBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>? _ropeCacheF32, _ropeBf16CacheF32;
+    private readonly KernelHandle<Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float>>? _rerotate;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float>>? _rerotateF32;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, AttentionArgs>>? _split;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, AttentionArgs>>? _splitF32;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, int, int, int>> _combine;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>? _flash64, _flash128;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>>? _decode1, _decode2, _decode4, _decode8;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long>> _swiGlu, _add;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long>>? _swiGluBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<int>, int>> _argmax;
 
     /// <summary>
     /// Loads the core kernels plus the optional variants of set; f32Cache: the full-precision variants (an f32 KV
@@ -66,7 +66,7 @@ internal sealed class GpuKernels
     public GpuKernels(IKernelLoader l, Stream stream, int maxGroup, int multiprocessors, GpuKernelSet set, bool f32Cache, bool gemm,
         bool emulated, bool sync)
     {
-        _scratchBytes = TensorCore.ScratchBytes(emulated);
+        _scratchBytes = emulated ? EmulatedTensorCores.ScratchBytes : 0;
         _rowsPerGemvGroup = emulated ? 1 : MatMulKernels.GemvRowsPerGroup;
         _stream = stream;
         _maxGroup = maxGroup;
@@ -90,13 +90,13 @@ internal sealed class GpuKernels
             _roundF16 = l.Load<Action<Stream, KernelConfig, F32, long>>("round_f16", RoundKernels.Round<F16Element>);
             _swiGluBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("swiglu_cbf16", ActivationKernels.SwiGlu<Bf16Rounding>);
         }
-        _gemvBf16T1 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int, int>>("gemv_bf16_t1", MatMulKernels.GemvBf16<OneToken>);
-        _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int, int>>("gemv_bf16", MatMulKernels.GemvBf16<UpToEightTokens>);
+        _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>>("gemv_bf16", MatMulKernels.GemvBf16);
         _gemvF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>>("gemv_f32", MatMulKernels.Gemv<float, F32Element>);
         _gemvBf16Any = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_bf16_any", MatMulKernels.Gemv<ushort, Bf16Element>);
         _gemvF16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_f16", MatMulKernels.Gemv<ushort, F16Element>);
         if (gemm && !f32Cache)
-            _gemmBf16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemm_bf16", MatMulKernels.GemmBf16, KernelNeeds.Mma,
+            _gemmBf16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemm_bf16",
+                emulated ? MatMulKernels.GemmBf16<EmulatedTensorCores> : MatMulKernels.GemmBf16<PtxTensorCores>, emulated ? KernelNeeds.None : KernelNeeds.Mma,
                 dynamicShared: MatMulKernels.GemmSharedBytes);
         _toBf16 = l.Load<Action<Stream, KernelConfig, F32, U16, long>>("to_bf16", RoundKernels.ToBf16);
         if (f32Cache)
@@ -118,31 +118,44 @@ internal sealed class GpuKernels
             if (set.Decode(2)) _decode2 = LoadDecode(l, "attention_decode_g2", AttentionDecodeKernels.Decode<TwoQueryHeads>);
             if (set.Decode(4)) _decode4 = LoadDecode(l, "attention_decode_g4", AttentionDecodeKernels.Decode<FourQueryHeads>);
             if (set.Decode(8)) _decode8 = LoadDecode(l, "attention_decode_g8", AttentionDecodeKernels.Decode<EightQueryHeads>);
-            const KernelNeeds flashNeeds = KernelNeeds.Mma | KernelNeeds.Ldmatrix;
+            var flashNeeds = emulated ? KernelNeeds.None : KernelNeeds.Mma | KernelNeeds.Ldmatrix;
             // Three 4-warp groups per SM (registers capped at 168 by the launch bounds); 8-warp groups: one per SM.
             var bounds = FlashRows128 ? new KernelSpecialization(256, 1) : new KernelSpecialization(128, 3);
             if (set.Flash(64))
                 _flash64 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd64",
-                    FlashRows128 ? AttentionFlashKernels.Flash<FlashHd64Q128> : AttentionFlashKernels.Flash<FlashHd64>, flashNeeds, bounds,
+                    Flash<FlashHd64, FlashHd64Q128>(emulated), flashNeeds, bounds,
                     2 * AttentionFlashKernels.SharedElements(64, FlashWarps));
             if (set.Flash(128))
                 _flash128 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd128",
-                    FlashRows128 ? AttentionFlashKernels.Flash<FlashHd128Q128> : AttentionFlashKernels.Flash<FlashHd128>, flashNeeds, bounds,
+                    Flash<FlashHd128, FlashHd128Q128>(emulated), flashNeeds, bounds,
                     2 * AttentionFlashKernels.SharedElements(128, FlashWarps));
         }
         _combine = l.Load<Action<Stream, KernelConfig, F32, F32, int, int, int>>("attention_combine", AttentionKernels.Combine);
         _swiGlu = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("swiglu", ActivationKernels.SwiGlu<NoRounding>);
         _add = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("add", ActivationKernels.Add);
         _argmax = l.Load<Action<Stream, KernelConfig, F32, ArrayView<int>, int>>("argmax", ArgmaxKernels.Argmax);
+        l.Complete();   // every kernel loaded (or the first failure thrown) before the backend is used
     }
 
-    private static Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs> LoadDecode(IKernelLoader l, string name,
+    private static KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>> LoadDecode(IKernelLoader l, string name,
         Action<ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs> kernel) =>
         l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>>(name, kernel);
 
+    // The flash variant of a head dim (64-query groups, or 128 with LLAMA_FLASH_ROWS=128) for the accelerator's tensor cores.
+    private static Action<F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float> Flash<T64, T128>(bool emulated)
+        where T64 : struct, IFlashShape
+        where T128 : struct, IFlashShape =>
+        (FlashRows128, emulated) switch
+        {
+            (false, false) => AttentionFlashKernels.Flash<T64, PtxTensorCores>,
+            (false, true) => AttentionFlashKernels.Flash<T64, EmulatedTensorCores>,
+            (true, false) => AttentionFlashKernels.Flash<T128, PtxTensorCores>,
+            (true, true) => AttentionFlashKernels.Flash<T128, EmulatedTensorCores>,
+        };
+
     // An optional variant, or a clear error naming it (the backend was created without it).
-    private static T Need<T>(T? kernel, string name) where T : Delegate =>
-        kernel ?? throw new GpuException($"kernel {name} was not loaded: this backend was created for other shapes or another compute mode");
+    private static T Need<T>(KernelHandle<T>? kernel, string name) where T : Delegate =>
+        kernel?.Launch ?? throw new GpuException($"kernel {name} was not loaded: this backend was created for other shapes or another compute mode");
 
     // Throws a launch failure with the kernel's name; with LLAMA_SYNC=1 waits for the kernel and names it on failure.
     private void Done(string name)
@@ -173,8 +186,8 @@ internal sealed class GpuKernels
         string name = table.DType switch { DType.F32 => "embedding_f32", DType.F16 => "embedding_f16", _ => "embedding_bf16" };
         try
         {
-            if (table.DType == DType.F32) _embeddingF32(_stream, config, tokens, GpuViews.F32(table), dst, numTokens, hidden);
-            else (table.DType == DType.F16 ? _embeddingF16 : _embeddingBf16)(_stream, config, tokens, GpuViews.U16(table), dst, numTokens, hidden);
+            if (table.DType == DType.F32) _embeddingF32.Launch(_stream, config, tokens, GpuViews.F32(table), dst, numTokens, hidden);
+            else (table.DType == DType.F16 ? _embeddingF16 : _embeddingBf16).Launch(_stream, config, tokens, GpuViews.U16(table), dst, numTokens, hidden);
         }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
@@ -188,8 +201,8 @@ internal sealed class GpuKernels
         string name = (vector ? "rmsnorm4" : "rmsnorm") + (bf16 ? "_cbf16" : "");
         try
         {
-            if (vector) (bf16 ? Need(_rmsNorm4Bf16, name) : _rmsNorm4)(_stream, config, GpuViews.F4(x), GpuViews.F4(weight), GpuViews.F4(dst), n / 4, eps);
-            else (bf16 ? Need(_rmsNormBf16, name) : _rmsNorm)(_stream, config, GpuViews.F32(x), GpuViews.F32(weight), GpuViews.F32(dst), n, eps);
+            if (vector) (bf16 ? Need(_rmsNorm4Bf16, name) : _rmsNorm4.Launch)(_stream, config, GpuViews.F4(x), GpuViews.F4(weight), GpuViews.F4(dst), n / 4, eps);
+            else (bf16 ? Need(_rmsNormBf16, name) : _rmsNorm.Launch)(_stream, config, GpuViews.F32(x), GpuViews.F32(weight), GpuViews.F32(dst), n, eps);
         }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
@@ -203,27 +216,28 @@ internal sealed class GpuKernels
         try
         {
             if (vector)
-                (bf16 ? Need(_addRmsNorm4Bf16, name) : _addRmsNorm4)(_stream, config, GpuViews.F4(x), GpuViews.F4(y), GpuViews.F4(weight), GpuViews.F4(dst), n / 4, eps);
-            else (bf16 ? Need(_addRmsNormBf16, name) : _addRmsNorm)(_stream, config, GpuViews.F32(x), GpuViews.F32(y), GpuViews.F32(weight), GpuViews.F32(dst), n, eps);
+                (bf16 ? Need(_addRmsNorm4Bf16, name) : _addRmsNorm4.Launch)(_stream, config, GpuViews.F4(x), GpuViews.F4(y), GpuViews.F4(weight), GpuViews.F4(dst), n / 4, eps);
+            else (bf16 ? Need(_addRmsNormBf16, name) : _addRmsNorm.Launch)(_stream, config, GpuViews.F32(x), GpuViews.F32(y), GpuViews.F32(weight), GpuViews.F32(dst), n, eps);
         }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
     }
 
-    /// <summary>dst[T, out] = x[T, in] * weight^T for T &lt;= 8 tokens: one warp per output row.</summary>
+    /// <summary>dst[T, out] = x[T, in] * weight^T for T &lt;= 8 tokens: one warp per output row (bf16: one launch a token).</summary>
     public void Gemv(Tensor x, Tensor weight, Tensor dst, int tokens, int inDim, int outDim)
     {
         var config = new KernelConfig((outDim + _rowsPerGemvGroup - 1) / _rowsPerGemvGroup, 32 * _rowsPerGemvGroup);
         bool vector = weight.DType == DType.BF16 && inDim % 8 == 0 && GpuViews.Aligned16(x, weight);
-        string name = vector ? (tokens == 1 ? "gemv_bf16_t1" : "gemv_bf16") : weight.DType switch
-        {
-            DType.F32 => "gemv_f32", DType.F16 => "gemv_f16", _ => "gemv_bf16_any",
-        };
+        string name = vector ? "gemv_bf16" : weight.DType switch { DType.F32 => "gemv_f32", DType.F16 => "gemv_f16", _ => "gemv_bf16_any" };
         try
         {
-            if (vector) (tokens == 1 ? _gemvBf16T1 : _gemvBf16)(_stream, config, GpuViews.F4(x), GpuViews.U4(weight), GpuViews.F32(dst), tokens, inDim, outDim);
-            else if (weight.DType == DType.F32) _gemvF32(_stream, config, GpuViews.F32(x), GpuViews.F32(weight), GpuViews.F32(dst), tokens, inDim, outDim);
-            else (weight.DType == DType.F16 ? _gemvF16 : _gemvBf16Any)(_stream, config, GpuViews.F32(x), GpuViews.U16(weight), GpuViews.F32(dst), tokens, inDim, outDim);
+            if (vector)
+            {
+                for (int t = 0; t < tokens; t++)
+                    _gemvBf16.Launch(_stream, config, GpuViews.F4(x.SliceRows(t, 1)), GpuViews.U4(weight), GpuViews.F32(dst.SliceRows(t, 1)), inDim, outDim);
+            }
+            else if (weight.DType == DType.F32) _gemvF32.Launch(_stream, config, GpuViews.F32(x), GpuViews.F32(weight), GpuViews.F32(dst), tokens, inDim, outDim);
+            else (weight.DType == DType.F16 ? _gemvF16 : _gemvBf16Any).Launch(_stream, config, GpuViews.F32(x), GpuViews.U16(weight), GpuViews.F32(dst), tokens, inDim, outDim);
         }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
@@ -242,7 +256,7 @@ internal sealed class GpuKernels
     public void ToBf16(F32 x, U16 dst, long n)
     {
         var config = ElementwiseConfig(n);
-        try { _toBf16(_stream, config, x, dst, n); }
+        try { _toBf16.Launch(_stream, config, x, dst, n); }
         catch (Exception e) when (e is not GpuException) { throw Failed("to_bf16", config, e); }
         Done("to_bf16");
     }
@@ -271,7 +285,7 @@ internal sealed class GpuKernels
     {
         var config = ElementwiseConfig(n);
         string name = bf16 ? "swiglu_cbf16" : "swiglu";
-        try { (bf16 ? Need(_swiGluBf16, name) : _swiGlu)(_stream, config, gate, up, dst, n); }
+        try { (bf16 ? Need(_swiGluBf16, name) : _swiGlu.Launch)(_stream, config, gate, up, dst, n); }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
     }
@@ -279,7 +293,7 @@ internal sealed class GpuKernels
     public void Add(F32 x, F32 y, F32 dst, long n)
     {
         var config = ElementwiseConfig(n);
-        try { _add(_stream, config, x, y, dst, n); }
+        try { _add.Launch(_stream, config, x, y, dst, n); }
         catch (Exception e) when (e is not GpuException) { throw Failed("add", config, e); }
         Done("add");
     }
@@ -294,7 +308,10 @@ internal sealed class GpuKernels
     /// <summary>Rotary embedding of q and k plus the KV-cache append (cache rows cacheRow0 + t); f32 or bf16 cache views.</summary>
     public void Rope(F32 q, F32 k, F32 v, Tensor kcache, Tensor vcache, F32 invFreq, int tokens, RopeArgs args, bool bf16)
     {
-        var config = new KernelConfig(tokens, GroupSize(256));
+        // A few tokens: one head a group, so the step spreads over the GPU; many: every head of a token in one group.
+        int heads = args.NumHeads + args.NumKvHeads, perGroup = tokens < _multiprocessors ? 1 : heads;
+        args = args with { HeadsPerGroup = perGroup };
+        var config = new KernelConfig(new Index3D(tokens, (heads + perGroup - 1) / perGroup, 1), new Index3D(GroupSize(perGroup == 1 ? 128 : 256), 1, 1));
         bool f32Cache = kcache.DType == DType.F32;
         string name = (bf16 ? "rope_cbf16" : "rope") + (f32Cache ? "_cf32" : "");
         try
@@ -340,7 +357,7 @@ internal sealed class GpuKernels
             string flashName = headDim == 64 ? "attention_flash_hd64" : "attention_flash_hd128";
             try
             {
-                flashKernel(_stream, fc, q, GpuViews.U4(kcache), GpuViews.U4(vcache), dst,
+                flashKernel.Launch(_stream, fc, q, GpuViews.U4(kcache), GpuViews.U4(vcache), dst,
                     tokens, numHeads, numKvHeads, startPos, scale * 1.4426950408889634f);   // softmax in the exp2 domain
             }
             catch (Exception e) when (e is not GpuException) { throw Failed(flashName, fc, e); }
@@ -369,7 +386,7 @@ internal sealed class GpuKernels
         string name = useDecode ? $"attention_decode_g{variant}" : f32Cache ? "attention_split_cf32" : "attention_split";
         try
         {
-            if (useDecode) decode!(_stream, config, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial, args);
+            if (useDecode) decode!.Launch(_stream, config, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial, args);
             else if (f32Cache) Need(_splitF32, name)(_stream, config, q, GpuViews.F32(kcache), GpuViews.F32(vcache), dst, partial, args);
             else Need(_split, name)(_stream, config, q, GpuViews.U16(kcache), GpuViews.U16(vcache), dst, partial, args);
         }
@@ -377,7 +394,7 @@ internal sealed class GpuKernels
         Done(name);
         if (splits <= 1) return;
         var cc = new KernelConfig(new Index3D(numHeads, tokens, 1), new Index3D(AttentionKernels.GroupSize, 1, 1));
-        try { _combine(_stream, cc, partial, dst, numHeads, headDim, splits); }
+        try { _combine.Launch(_stream, cc, partial, dst, numHeads, headDim, splits); }
         catch (Exception e) when (e is not GpuException) { throw Failed("attention_combine", cc, e); }
         Done("attention_combine");
     }
@@ -385,7 +402,7 @@ internal sealed class GpuKernels
     public void Argmax(F32 x, ArrayView<int> dst, int rows, int cols)
     {
         var config = new KernelConfig(rows, GroupSize(256));
-        try { _argmax(_stream, config, x, dst, cols); }
+        try { _argmax.Launch(_stream, config, x, dst, cols); }
         catch (Exception e) when (e is not GpuException) { throw Failed("argmax", config, e); }
         Done("argmax");
     }

@@ -1,5 +1,6 @@
 // Compiles ILGPU kernels (IL -> PTX on CUDA) and loads them into typed launch delegates, failing fast with the
-// kernel's name and ILGPU's message. Tensor-core kernels are checked for the instructions their
+// kernel's name and ILGPU's message. ILGPU compiles one kernel at a time; the driver's compile of each kernel's PTX
+// (the larger share of start-up) runs on the thread pool meanwhile, and Complete waits for all of them. Tensor-core kernels are checked for the instructions their
 // inline PTX must produce: a trimmed publish that dropped the CudaAsm branches would otherwise run emulation-free
 // kernels without them. PtxKernelLoader compiles the same kernels offline (no GPU) for tests and tools.
 // Exercised by GpuBackend's start-up and tests/KernelPtxTests.cs.
@@ -21,12 +22,23 @@ public enum KernelNeeds { None = 0, Mma = 1, Ldmatrix = 2 }
 /// <summary>One compiled kernel: its name, PTX size, compile and load time, and (on CUDA) registers and local memory.</summary>
 public sealed record KernelReport(string Name, int PtxChars, double CompileMs, double LoadMs, int Registers, int LocalBytes);
 
-/// <summary>Turns a kernel method into a launch delegate of type T.</summary>
+/// <summary>A kernel being loaded: Launch is its launch delegate (waiting, the first time, for its load to finish).</summary>
+public sealed class KernelHandle<T>(Task<T>? load) where T : Delegate
+{
+    private T? _launch;
+
+    public T Launch => _launch ??= load?.GetAwaiter().GetResult() ?? throw new InvalidOperationException("kernel compiled offline only");
+}
+
+/// <summary>Turns kernel methods into launch delegates of type T.</summary>
 public interface IKernelLoader
 {
     /// <summary>dynamicShared: the most dynamic shared memory a launch asks for (bytes); it also selects the largest shared carveout.</summary>
-    T Load<T>(string name, Delegate kernel, KernelNeeds needs = KernelNeeds.None, KernelSpecialization specialization = default, int dynamicShared = 0)
+    KernelHandle<T> Load<T>(string name, Delegate kernel, KernelNeeds needs = KernelNeeds.None, KernelSpecialization specialization = default, int dynamicShared = 0)
         where T : Delegate;
+
+    /// <summary>Waits for every load, throwing the first failure.</summary>
+    void Complete();
 }
 
 /// <summary>A kernel that failed to compile or load, or lacks an instruction it needs.</summary>
@@ -35,11 +47,13 @@ public sealed class GpuException(string message, Exception? inner = null) : Exce
 /// <summary>Loads kernels on one accelerator and keeps a report of each.</summary>
 public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLoader
 {
-    private readonly List<KernelReport> _reports = [];
+    private readonly List<KernelReport?> _reports = [];
+    private readonly List<Task> _loads = [];
 
-    public IReadOnlyList<KernelReport> Reports => _reports;
+    /// <summary>One report a kernel, in load order (complete after Complete()).</summary>
+    public IReadOnlyList<KernelReport> Reports => [.. _reports.OfType<KernelReport>()];
 
-    public T Load<T>(string name, Delegate kernel, KernelNeeds needs = KernelNeeds.None, KernelSpecialization specialization = default, int dynamicShared = 0)
+    public KernelHandle<T> Load<T>(string name, Delegate kernel, KernelNeeds needs = KernelNeeds.None, KernelSpecialization specialization = default, int dynamicShared = 0)
         where T : Delegate
     {
         var entry = EntryPointDescription.FromExplicitlyGroupedKernel(kernel.Method);
@@ -59,27 +73,46 @@ public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLo
         {
             ptxChars = ptx.PTXAssembly.Length;
             if (PtxKernelLoader.Missing(ptx.PTXAssembly, needs) is { } missing)
-                throw new GpuException($"kernel {name}: its PTX has no {missing} (the inline-PTX branch was removed; a trimmed build needs the trimmer settings of tools/llama-run)");
+                throw new GpuException($"kernel {name}: its PTX has no {missing} (the inline-PTX branch was removed; a trimmed build needs the trimmer settings of Directory.Build.props)");
         }
-        t0 = Stopwatch.GetTimestamp();
-        Kernel loaded;
+        int slot = _reports.Count;
+        _reports.Add(null);
+        var load = Task.Run(() =>
+        {
+            long t1 = Stopwatch.GetTimestamp();
+            Kernel loaded;
+            try
+            {
+                loaded = accelerator.LoadKernel(compiled);   // binds the accelerator's context to this thread
+            }
+            catch (Exception e)
+            {
+                throw new GpuException($"kernel {name}: the driver could not load it: {e.Message.Split('\n')[0]}", e);
+            }
+            int registers = 0, local = 0;
+            if (loaded is CudaKernel cuda)
+            {
+                if (dynamicShared > 0) GpuNative.AllowDynamicShared(cuda.FunctionPtr, dynamicShared);
+                (registers, local) = GpuNative.KernelResources(cuda.FunctionPtr);
+            }
+            var report = new KernelReport(name, ptxChars, compileMs, Stopwatch.GetElapsedTime(t1).TotalMilliseconds, registers, local);
+            lock (_reports) _reports[slot] = report;
+            return loaded.CreateLauncherDelegate<T>();
+        });
+        _loads.Add(load);
+        return new KernelHandle<T>(load);
+    }
+
+    public void Complete()
+    {
         try
         {
-            loaded = accelerator.LoadKernel(compiled);
+            Task.WaitAll([.. _loads]);
         }
-        catch (Exception e)
+        catch (AggregateException e)
         {
-            throw new GpuException($"kernel {name}: the driver could not load it: {e.Message.Split('\n')[0]}", e);
+            throw e.InnerExceptions[0] is GpuException g ? g : new GpuException(e.InnerExceptions[0].Message, e.InnerExceptions[0]);
         }
-        double loadMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
-        int registers = 0, local = 0;
-        if (loaded is CudaKernel cuda)
-        {
-            if (dynamicShared > 0) GpuNative.AllowDynamicShared(cuda.FunctionPtr, dynamicShared);
-            (registers, local) = GpuNative.KernelResources(cuda.FunctionPtr);
-        }
-        _reports.Add(new KernelReport(name, ptxChars, compileMs, loadMs, registers, local));
-        return loaded.CreateLauncherDelegate<T>();
     }
 }
 
@@ -94,12 +127,16 @@ public sealed class PtxKernelLoader : IKernelLoader, IDisposable
     /// <summary>(name, PTX) of every kernel loaded so far.</summary>
     public List<(string Name, string Ptx, KernelNeeds Needs)> Kernels { get; } = [];
 
-    public T Load<T>(string name, Delegate kernel, KernelNeeds needs = KernelNeeds.None, KernelSpecialization specialization = default, int dynamicShared = 0)
+    public KernelHandle<T> Load<T>(string name, Delegate kernel, KernelNeeds needs = KernelNeeds.None, KernelSpecialization specialization = default, int dynamicShared = 0)
         where T : Delegate
     {
         var compiled = (PTXCompiledKernel)_backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(kernel.Method), specialization);
         Kernels.Add((name, compiled.PTXAssembly, needs));
-        return null!;
+        return new KernelHandle<T>(null);
+    }
+
+    public void Complete()
+    {
     }
 
     /// <summary>The first instruction a kernel needs that its PTX lacks, or null.</summary>
