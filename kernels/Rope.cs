@@ -49,44 +49,42 @@ public static class RopeKernels
         float qs = a.QueryScaleOn != 0 ? RopeMath.QueryScale(pos, a.QueryScaleContext) : 1f;
         int kvDim = a.NumKvHeads * a.HeadDim;
         long qRow = (long)t * a.NumHeads * a.HeadDim, kRow = (long)t * kvDim, cRow = (long)(a.CacheRow0 + t) * kvDim;
-        for (int e = Group.IdxX; e < (h1 - h0) * perHead; e += Group.DimX)
+        int q0 = h0, q1 = XMath.Min(h1, a.NumHeads);   // this group's q heads, then its KV heads kv0 .. kv1 - 1
+        for (int e = Group.IdxX; e < (q1 - q0) * perHead; e += Group.DimX)
         {
-            int h = h0 + e / perHead, j = e % perHead;
-            if (h < a.NumHeads)
+            int j = e % perHead;
+            long x = qRow + (q0 + e / perHead) * a.HeadDim;
+            if (j < half)
             {
-                long x = qRow + h * a.HeadDim;
-                if (j < half)
-                {
-                    RopeMath.Rotate<TR>(q[x + j], q[x + j + half], cs[j], sn[j], out float y0, out float y1);
-                    q[x + j] = r.Round(y0 * qs);
-                    q[x + j + half] = r.Round(y1 * qs);
-                }
-                else
-                {
-                    long d = x + a.RotaryDim + (j - half);
-                    q[d] = r.Round(q[d] * qs);
-                }
+                RopeMath.Rotate<TR>(q[x + j], q[x + j + half], cs[j], sn[j], out float y0, out float y1);
+                q[x + j] = r.Round(y0 * qs);
+                q[x + j + half] = r.Round(y1 * qs);
             }
             else
             {
-                int o = (h - a.NumHeads) * a.HeadDim;
-                if (j < half)
-                {
-                    RopeMath.Rotate<TR>(k[kRow + o + j], k[kRow + o + j + half], cs[j], sn[j], out float y0, out float y1);
-                    k[kRow + o + j] = y0;
-                    k[kRow + o + j + half] = y1;
-                    kcache[cRow + o + j] = default(TE).Store(y0);
-                    kcache[cRow + o + j + half] = default(TE).Store(y1);
-                }
-                else
-                {
-                    int d = o + a.RotaryDim + (j - half);
-                    kcache[cRow + d] = default(TE).Store(k[kRow + d]);
-                }
+                long d = x + a.RotaryDim + (j - half);
+                q[d] = r.Round(q[d] * qs);
+            }
+        }
+        int kv0 = XMath.Max(h0, a.NumHeads) - a.NumHeads, kv1 = XMath.Max(h1, a.NumHeads) - a.NumHeads;
+        for (int e = Group.IdxX; e < (kv1 - kv0) * perHead; e += Group.DimX)
+        {
+            int j = e % perHead, o = (kv0 + e / perHead) * a.HeadDim;
+            if (j < half)
+            {
+                RopeMath.Rotate<TR>(k[kRow + o + j], k[kRow + o + j + half], cs[j], sn[j], out float y0, out float y1);
+                k[kRow + o + j] = y0;
+                k[kRow + o + j + half] = y1;
+                kcache[cRow + o + j] = default(TE).Store(y0);
+                kcache[cRow + o + j + half] = default(TE).Store(y1);
+            }
+            else
+            {
+                int d = o + a.RotaryDim + (j - half);
+                kcache[cRow + d] = default(TE).Store(k[kRow + d]);
             }
         }
         // The values of this group's KV heads.
-        int kv0 = XMath.Max(h0, a.NumHeads) - a.NumHeads, kv1 = XMath.Max(h1, a.NumHeads) - a.NumHeads;
         for (int d = kv0 * a.HeadDim + Group.IdxX; d < kv1 * a.HeadDim; d += Group.DimX) vcache[cRow + d] = default(TE).Store(v[kRow + d]);
     }
 

@@ -18,10 +18,22 @@ public static class RoundKernels
         for (long i = Grid.GlobalIndex.X; i < n; i += (long)Grid.DimX * Group.DimX) x[i] = default(TE).Load(default(TE).Store(x[i]));
     }
 
-    /// <summary>dst[i] = bf16(x[i]) for i &lt; n, round to nearest even.</summary>
-    public static void ToBf16(ArrayView<float> x, ArrayView<ushort> dst, long n)
+    /// <summary>dst[i] = bf16(x[i]) for i &lt; n, round to nearest even; vector 1: x 16-byte and dst 8-byte aligned, 4 at a time.</summary>
+    public static void ToBf16(ArrayView<float> x, ArrayView<ushort> dst, long n, int vector)
     {
-        for (long i = Grid.GlobalIndex.X; i < n; i += (long)Grid.DimX * Group.DimX) dst[i] = Bf16.FromF32(x[i]);
+        long stride = (long)Grid.DimX * Group.DimX, done = 0;
+        if (vector != 0)
+        {
+            var x4 = x.Cast<F4>();
+            var d4 = dst.Cast<ulong>();
+            for (long i = Grid.GlobalIndex.X; i < n / 4; i += stride)
+            {
+                F4 v = x4[i];
+                d4[i] = Bf16.Pack(v.X, v.Y) | ((ulong)Bf16.Pack(v.Z, v.W) << 32);
+            }
+            done = n / 4 * 4;
+        }
+        for (long i = done + Grid.GlobalIndex.X; i < n; i += stride) dst[i] = Bf16.FromF32(x[i]);
     }
 
     /// <summary>dst[i] = src[i] widened exactly to f32 (TE: Bf16Element or F16Element).</summary>

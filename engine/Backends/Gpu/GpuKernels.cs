@@ -19,6 +19,9 @@ internal sealed class GpuKernels
     private static readonly bool FlashRows128 = Environment.GetEnvironmentVariable("LLAMA_FLASH_ROWS") == "128";
     private static readonly int FlashWarps = FlashRows128 ? 8 : 4;
 
+    // 4-warp flash groups per SM: 3 (registers capped at 168, the default) or 2 (LLAMA_FLASH_BLOCKS=2: up to 255 registers).
+    private static readonly int FlashBlocks = Environment.GetEnvironmentVariable("LLAMA_FLASH_BLOCKS") == "2" ? 2 : 3;
+
     // Decode split-K: groups per SM to aim for (LLAMA_ATTN_WAVES overrides, for tuning).
     private static readonly int SplitWaves = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_ATTN_WAVES"), out int w) && w is > 0 and <= 64 ? w : 4;
 
@@ -42,7 +45,7 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>> _gemvF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>> _gemvBf16Any, _gemvF16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>? _gemmBf16;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, long>> _toBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, long, int>> _toBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, U16, F32, long>>? _widenBf16, _widenF16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, long>>? _roundBf16, _roundF16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>? _rope, _ropeBf16;
@@ -54,8 +57,8 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, int, int, int>> _combine;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>? _flash64, _flash128;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>>? _decode1, _decode2, _decode4, _decode8;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long>> _swiGlu, _add;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long>>? _swiGluBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long, int>> _swiGlu, _add;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long, int>>? _swiGluBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<int>, int>> _argmax;
 
     /// <summary>
@@ -73,6 +76,19 @@ internal sealed class GpuKernels
         _multiprocessors = multiprocessors;
         _sync = sync;
         bool bf16 = set.Bf16Compute;
+        if (!f32Cache)
+        {
+            // First: flash attention takes the driver longest to compile, which then overlaps ILGPU's work on the rest.
+            var flashNeeds = emulated ? KernelNeeds.None : KernelNeeds.Mma | KernelNeeds.Ldmatrix;
+            // Launch bounds: FlashBlocks 4-warp groups per SM, or one 8-warp group.
+            var bounds = FlashRows128 ? new KernelSpecialization(256, 1) : new KernelSpecialization(128, FlashBlocks);
+            if (set.Flash(64))
+                _flash64 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd64",
+                    Flash<FlashHd64, FlashHd64Q128>(emulated), flashNeeds, bounds, 2 * AttentionFlashKernels.SharedElements(64, FlashWarps));
+            if (set.Flash(128))
+                _flash128 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd128",
+                    Flash<FlashHd128, FlashHd128Q128>(emulated), flashNeeds, bounds, 2 * AttentionFlashKernels.SharedElements(128, FlashWarps));
+        }
         _embeddingF32 = l.Load<Action<Stream, KernelConfig, ArrayView<int>, F32, F32, int, int>>("embedding_f32", EmbeddingKernels.Embedding<float, F32Element>);
         _embeddingBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<int>, U16, F32, int, int>>("embedding_bf16", EmbeddingKernels.Embedding<ushort, Bf16Element>);
         _embeddingF16 = l.Load<Action<Stream, KernelConfig, ArrayView<int>, U16, F32, int, int>>("embedding_f16", EmbeddingKernels.Embedding<ushort, F16Element>);
@@ -88,7 +104,7 @@ internal sealed class GpuKernels
             _addRmsNorm4Bf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>("add_rmsnorm4_cbf16", RmsNormKernels.AddRmsNorm4<Bf16Rounding>);
             _roundBf16 = l.Load<Action<Stream, KernelConfig, F32, long>>("round_bf16", RoundKernels.Round<Bf16Element>);
             _roundF16 = l.Load<Action<Stream, KernelConfig, F32, long>>("round_f16", RoundKernels.Round<F16Element>);
-            _swiGluBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("swiglu_cbf16", ActivationKernels.SwiGlu<Bf16Rounding>);
+            _swiGluBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("swiglu_cbf16", ActivationKernels.SwiGlu<Bf16Rounding>);
         }
         _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>>("gemv_bf16", MatMulKernels.GemvBf16);
         _gemvF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>>("gemv_f32", MatMulKernels.Gemv<float, F32Element>);
@@ -98,7 +114,7 @@ internal sealed class GpuKernels
             _gemmBf16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemm_bf16",
                 emulated ? MatMulKernels.GemmBf16<EmulatedTensorCores> : MatMulKernels.GemmBf16<PtxTensorCores>, emulated ? KernelNeeds.None : KernelNeeds.Mma,
                 dynamicShared: MatMulKernels.GemmSharedBytes);
-        _toBf16 = l.Load<Action<Stream, KernelConfig, F32, U16, long>>("to_bf16", RoundKernels.ToBf16);
+        _toBf16 = l.Load<Action<Stream, KernelConfig, F32, U16, long, int>>("to_bf16", RoundKernels.ToBf16);
         if (f32Cache)
         {
             _widenBf16 = l.Load<Action<Stream, KernelConfig, U16, F32, long>>("widen_bf16", RoundKernels.Widen<Bf16Element>);
@@ -118,21 +134,10 @@ internal sealed class GpuKernels
             if (set.Decode(2)) _decode2 = LoadDecode(l, "attention_decode_g2", AttentionDecodeKernels.Decode<TwoQueryHeads>);
             if (set.Decode(4)) _decode4 = LoadDecode(l, "attention_decode_g4", AttentionDecodeKernels.Decode<FourQueryHeads>);
             if (set.Decode(8)) _decode8 = LoadDecode(l, "attention_decode_g8", AttentionDecodeKernels.Decode<EightQueryHeads>);
-            var flashNeeds = emulated ? KernelNeeds.None : KernelNeeds.Mma | KernelNeeds.Ldmatrix;
-            // Three 4-warp groups per SM (registers capped at 168 by the launch bounds); 8-warp groups: one per SM.
-            var bounds = FlashRows128 ? new KernelSpecialization(256, 1) : new KernelSpecialization(128, 3);
-            if (set.Flash(64))
-                _flash64 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd64",
-                    Flash<FlashHd64, FlashHd64Q128>(emulated), flashNeeds, bounds,
-                    2 * AttentionFlashKernels.SharedElements(64, FlashWarps));
-            if (set.Flash(128))
-                _flash128 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd128",
-                    Flash<FlashHd128, FlashHd128Q128>(emulated), flashNeeds, bounds,
-                    2 * AttentionFlashKernels.SharedElements(128, FlashWarps));
         }
         _combine = l.Load<Action<Stream, KernelConfig, F32, F32, int, int, int>>("attention_combine", AttentionKernels.Combine);
-        _swiGlu = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("swiglu", ActivationKernels.SwiGlu<NoRounding>);
-        _add = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long>>("add", ActivationKernels.Add);
+        _swiGlu = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("swiglu", ActivationKernels.SwiGlu<NoRounding>);
+        _add = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("add", ActivationKernels.Add);
         _argmax = l.Load<Action<Stream, KernelConfig, F32, ArrayView<int>, int>>("argmax", ArgmaxKernels.Argmax);
         l.Complete();   // every kernel loaded (or the first failure thrown) before the backend is used
     }
@@ -255,8 +260,9 @@ internal sealed class GpuKernels
 
     public void ToBf16(F32 x, U16 dst, long n)
     {
-        var config = ElementwiseConfig(n);
-        try { _toBf16.Launch(_stream, config, x, dst, n); }
+        int vector = Aligned(x, 16) && Aligned(dst, 8) ? 1 : 0;
+        var config = ElementwiseConfig(vector != 0 ? (n + 3) / 4 : n);
+        try { _toBf16.Launch(_stream, config, x, dst, n, vector); }
         catch (Exception e) when (e is not GpuException) { throw Failed("to_bf16", config, e); }
         Done("to_bf16");
     }
@@ -283,20 +289,24 @@ internal sealed class GpuKernels
 
     public void SwiGlu(F32 gate, F32 up, F32 dst, long n, bool bf16)
     {
-        var config = ElementwiseConfig(n);
+        int vector = Aligned(gate, 16) && Aligned(up, 16) && Aligned(dst, 16) ? 1 : 0;
+        var config = ElementwiseConfig(vector != 0 ? (n + 3) / 4 : n);
         string name = bf16 ? "swiglu_cbf16" : "swiglu";
-        try { (bf16 ? Need(_swiGluBf16, name) : _swiGlu.Launch)(_stream, config, gate, up, dst, n); }
+        try { (bf16 ? Need(_swiGluBf16, name) : _swiGlu.Launch)(_stream, config, gate, up, dst, n, vector); }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);
     }
 
     public void Add(F32 x, F32 y, F32 dst, long n)
     {
-        var config = ElementwiseConfig(n);
-        try { _add.Launch(_stream, config, x, y, dst, n); }
+        int vector = Aligned(x, 16) && Aligned(y, 16) && Aligned(dst, 16) ? 1 : 0;
+        var config = ElementwiseConfig(vector != 0 ? (n + 3) / 4 : n);
+        try { _add.Launch(_stream, config, x, y, dst, n, vector); }
         catch (Exception e) when (e is not GpuException) { throw Failed("add", config, e); }
         Done("add");
     }
+
+    private static bool Aligned<T>(ArrayView<T> v, int bytes) where T : unmanaged => (long)v.LoadEffectiveAddressAsPtr() % bytes == 0;
 
     // A grid-stride loop over n elements: 256 threads a group, enough groups for one element a thread.
     private KernelConfig ElementwiseConfig(long n)
