@@ -1,4 +1,4 @@
-// GPU kernels through IBackend (CudaBackend): RMSNorm, rotary, decode GEMV (GB/s against HBM) and causal attention
+// GPU kernels through IBackend (the ILGPU CUDA backend): RMSNorm, rotary, decode GEMV (GB/s against HBM) and causal attention
 // prefill at 4k and 16k (TFLOP/s). Launches are queued N times, then one synchronize (OperationsPerInvoke = N).
 // Run: Bench --filter '*KernelBenchmarks*' (skipped with a message when there is no CUDA device).
 using BenchmarkDotNet.Attributes;

@@ -1,4 +1,4 @@
-// Exports of a native library loaded at run time (libcuda, libnvrtc, libcublas): every required name that is absent
+// Exports of a native library loaded at run time (libcuda, libcublas): every required name that is absent
 // is collected, so the one-line error lists them all. Used by the driver and cuBLAS bindings; exercised by their loading.
 using System.Runtime.InteropServices;
 

@@ -113,6 +113,10 @@ public static class OpCheckCases
         c.Add(new(OpKind.Attention, "query scale", Bf16Cache) { T = 4, Heads = 4, KvHeads = 1, HeadDim = 32, StartPos = 1025, QueryScale = true });
 
         c.Add(new(OpKind.Rerotate, "dynamic NTK switch", Bf16Cache) { T = 100, Heads = 8, KvHeads = 8, HeadDim = 64 });
+        // Small enough for ILGPU's CPU accelerator (tests/GpuOpsTests.cs): flash prefill, rope prefill, rerotate.
+        c.Add(new(OpKind.Attention, "small prefill, flash", Bf16Cache) { T = 33, Heads = 2, KvHeads = 1, HeadDim = 64 });
+        c.Add(new(OpKind.Rope, "small prefill", Bf16Cache) { T = 9, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 3 });
+        c.Add(new(OpKind.Rerotate, "small", Bf16Cache) { T = 24, Heads = 2, KvHeads = 2, HeadDim = 64 });
         c.Add(new(OpKind.Rerotate, "Llama-3-8B long", Bf16Cache) { T = 4100, Heads = 32, KvHeads = 8, HeadDim = 128, Theta = 500000f });
 
         foreach (int n in new[] { 1, 31, 33, 127, 1025, 11008 * 4 })

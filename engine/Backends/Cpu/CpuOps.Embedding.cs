@@ -6,7 +6,7 @@ using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cpu;
 
-/// <summary>Reference CPU implementations of every op; each file holds one op family and mirrors kernels/&lt;family&gt;.cu.</summary>
+/// <summary>Reference CPU implementations of every op; each file holds one op family and mirrors the GPU kernels of kernels/mirrors kernels/&lt;family&gt;.cu.lt;Familymirrors kernels/&lt;family&gt;.cu.gt;.cs.</summary>
 public static unsafe partial class CpuOps
 {
     /// <summary>dst[t, :] = table[tokens[t], :] as f32; table is [vocab, hidden] of tableType, ids are not range-checked here.</summary>

@@ -1,0 +1,207 @@
+// Every GPU kernel against the CPU op on the shared case table (NMSE, max abs, NaN/Inf parity, guard rows): DESIGN R8.
+// Two candidates run the same ILGPU kernels: ILGPU's CPU accelerator (always, small cases, so CI checks the kernels
+// without a GPU) and CUDA (every case; skipped without a GPU). Whole models: hf-tiny against transformers on both,
+// austen against the CPU backend on CUDA.
+// Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~GpuOpsTests"
+using LlamaRun.Core;
+using LlamaRun.Backends;
+using LlamaRun.Backends.Cpu;
+using LlamaRun.Backends.Gpu;
+using LlamaRun.Kernels;
+using LlamaRun.Model;
+using LlamaRun.Rope;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace LlamaRun.Tests;
+
+/// <summary>The CPU reference and the GPU backends, each created once for all cases of the class.</summary>
+public sealed class GpuBackends : IDisposable
+{
+    private readonly Lazy<GpuBackend> _cuda = new(() => GpuBackend.TryCreateCuda(out string why) ?? throw new InvalidOperationException(why));
+    private readonly Lazy<GpuBackend> _cudaFull = new(() => GpuBackend.TryCreateCuda(out string why, fullPrecision: true) ?? throw new InvalidOperationException(why));
+    private readonly Lazy<GpuBackend> _host = new(() => GpuBackend.CreateCpuAccelerator());
+    private readonly Lazy<GpuBackend> _hostFull = new(() => GpuBackend.CreateCpuAccelerator(fullPrecision: true));
+    public CpuBackend Cpu { get; } = new();
+
+    public GpuBackend Get(string device, bool fullPrecision) => (device, fullPrecision) switch
+    {
+        ("cuda", false) => _cuda.Value,
+        ("cuda", true) => _cudaFull.Value,
+        (_, false) => _host.Value,
+        _ => _hostFull.Value,
+    };
+
+    public void Dispose()
+    {
+        foreach (var b in new[] { _cuda, _cudaFull, _host, _hostFull })
+            if (b.IsValueCreated) b.Value.Dispose();
+        Cpu.Dispose();
+    }
+}
+
+public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) : IClassFixture<GpuBackends>
+{
+    // The CPU accelerator runs each GPU thread as a .NET thread step (a shuffle costs ~0.3 ms), so it takes the cases
+    // up to this much work (tokens x features x outputs + attention scores x head dim): a few seconds in all.
+    private const long HostWork = 150_000;
+
+    private static long Work(OpCase c) =>
+        (long)c.T * Math.Max(c.N, 1) * Math.Max(c.Out, 1) + (long)c.T * (c.StartPos + c.T) * c.Heads * c.HeadDim;
+
+    public static TheoryData<string> HostCases()
+    {
+        var data = new TheoryData<string>();
+        foreach (var c in OpCheckCases.All.Where(c => Work(c) <= HostWork)) data.Add(c.Name);
+        return data;
+    }
+
+    public static TheoryData<string> AllCases()
+    {
+        var data = new TheoryData<string>();
+        foreach (var c in OpCheckCases.All) data.Add(c.Name);
+        return data;
+    }
+
+    private void Check(string device, string name)
+    {
+        var c = OpCases.Find(name);
+        var r = OpCheck.Run(backends.Cpu, backends.Get(device, c.FullPrecision), c);
+        output.WriteLine($"{device} {r.Shape}: nmse {r.Nmse:E2}, max abs {r.MaxAbs:E2} {r.Detail}");
+        Assert.True(r.Pass, $"{device} {r.Shape}: {r.Detail}");
+    }
+
+    [Theory, MemberData(nameof(HostCases))]
+    public void OnCpuAccelerator(string name) => Check("ilgpu-cpu", name);
+
+    [CudaTheory, MemberData(nameof(AllCases))]
+    public void OnCuda(string name) => Check("cuda", name);
+
+    [Fact]
+    public void HostCasesCoverEveryOp()
+    {
+        var host = OpCheckCases.All.Where(c => Work(c) <= HostWork).ToList();
+        foreach (var op in Enum.GetValues<OpKind>()) Assert.Contains(host, c => c.Op == op);
+        Assert.Contains(host, c => c.Op == OpKind.Attention && c.T > 1);   // prefill (flash or split) as well as decode
+        Assert.Contains(host, c => c.Op == OpKind.Attention && c.T == 1);
+        Assert.Contains(host, c => c.Op == OpKind.MatMul && c.T > MatMulKernels.GemvMaxTokens && c.Weight == DType.BF16 && !c.FullPrecision);
+    }
+
+    [Fact]
+    public void CaseTableIsComplete()
+    {
+        foreach (var op in Enum.GetValues<OpKind>()) Assert.Contains(OpCheckCases.All, c => c.Op == op);
+        Assert.Equal(OpCheckCases.All.Count, OpCheckCases.All.Select(c => c.Name).Distinct().Count());
+    }
+
+    [Fact]
+    public void F16ComputeIsRefusedClearly()
+    {
+        var g = backends.Get("ilgpu-cpu", false);
+        using var x = g.Alloc(DType.F32, 1, 8);
+        using var w = g.Alloc(DType.F32, 1, 8);
+        var e = Assert.Throws<NotSupportedException>(() => g.RmsNorm(x, w, x, 1e-5f, DType.F16));
+        Assert.Contains("F16", e.Message);
+    }
+
+    [Fact]
+    public void ShapeErrorsAreArgumentExceptions()
+    {
+        var g = backends.Get("ilgpu-cpu", false);
+        using var x = g.Alloc(DType.F32, 2, 64);
+        using var w = g.Alloc(DType.BF16, 8, 63);
+        using var y = g.Alloc(DType.F32, 2, 8);
+        var e = Assert.Throws<ArgumentException>(() => g.MatMul(x, w, y));
+        Assert.Contains("does not match", e.Message);
+        using var table = g.Alloc(DType.BF16, 10, 64);
+        Assert.Throws<ArgumentOutOfRangeException>(() => g.Embedding([3, 10], table, x));
+    }
+
+    [Fact]
+    public void CudaAvailabilityIsExplainedInOneLine()
+    {
+        if (GpuBackend.IsCudaAvailable(out string reason)) return;
+        Assert.False(string.IsNullOrWhiteSpace(reason));
+        Assert.DoesNotContain('\n', reason);
+        Assert.Null(GpuBackend.TryCreateCuda(out string again));
+        Assert.Equal(reason, again);
+    }
+
+    [Fact]
+    public void CudaPtxHasTensorCoreInstructions()
+    {
+        var kernels = GpuBackend.CompilePtx(ILGPU.Runtime.Cuda.CudaInstructionSet.ISA_80);
+        Assert.NotEmpty(kernels);
+        var tensorCore = kernels.Where(k => k.Needs != KernelNeeds.None).ToList();
+        Assert.Contains(tensorCore, k => k.Name == "gemm_bf16");
+        Assert.Contains(tensorCore, k => k.Name == "attention_flash_hd128");
+        foreach (var (name, ptx, needs) in tensorCore)
+        {
+            Assert.Contains("mma.sync.aligned.m16n8k16", ptx);
+            if (needs.HasFlag(KernelNeeds.Ldmatrix)) Assert.Contains("ldmatrix.sync.aligned", ptx);
+            Assert.DoesNotContain("EmulatedTensorCores", ptx);
+            output.WriteLine($"{name}: {ptx.Length} chars of PTX");
+        }
+    }
+
+    // hf-tiny (head dim 16, 2 layers) against transformers' logits on the first tokens of its reference (causal, so a
+    // prefix has the same logits): a prefill, then decode steps, in full f32 with the CPU oracle test's bound.
+    // The CPU accelerator takes 8 tokens (a warp shuffle costs it ~0.3 ms), CUDA 64.
+    [Theory]
+    [InlineData("ilgpu-cpu", 8)]
+    [InlineData("cuda", 64)]
+    public void HfTinyMatchesTransformers(string device, int tokens)
+    {
+        if (device == "cuda" && !GpuBackend.IsCudaAvailable(out _)) return;
+        string dir = Path.Combine(LoaderTestSupport.HfTiny, "default");
+        var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+        using var reference = SafeTensorsFile.Open(Path.Combine(dir, "reference.safetensors"));
+        int[] ids = reference.ReadI64("input_ids").Select(v => (int)v).Take(tokens).ToArray();
+        float[] expected = reference.ReadF32("logits");
+        var backend = backends.Get(device, fullPrecision: true);
+        using var weights = LlamaWeights.Load(dir, config, backend);
+        using var model = Llama.Create(config, weights, backend, ids.Length, RopeMethods.FromConfig(config));
+        int v = config.VocabSize, prefill = ids.Length - 2;
+        var logits = new float[ids.Length * v];
+        model.Forward(ids[..prefill], 0, LogitsRows.All, logits.AsSpan(0, prefill * v));
+        for (int p = prefill; p < ids.Length; p++) model.Forward([ids[p]], p, LogitsRows.Last, logits.AsSpan(p * v, v));
+        double max = 0;
+        for (int i = 0; i < logits.Length; i++) max = Math.Max(max, Math.Abs(logits[i] - expected[i]));
+        output.WriteLine($"hf-tiny default on {device}, {ids.Length} tokens: max |diff| {max:E3}");
+        Assert.True(max <= 1e-4, $"max |diff| {max} > 1e-4");
+    }
+
+    // austen (head dim 64, bf16 weights) against the CPU backend on 40 tokens: prefill through the GEMM and flash
+    // attention, then decode steps. Mixed precision keeps the bf16 KV cache and bf16 tensor-core inputs; full f32 must
+    // agree to f32 rounding. CUDA only: the CPU accelerator would take minutes.
+    [CudaTheory]
+    [InlineData("cuda", false)]
+    [InlineData("cuda", true)]
+    public void AustenMatchesTheCpuBackend(string device, bool fullPrecision)
+    {
+        string dir = LoaderTestSupport.RepoRoot + "/models/austen";
+        var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+        var ids = Enumerable.Range(0, 40).Select(i => (i * 7919 + 13) % config.VocabSize).ToArray();
+        float[] Logits(IBackend b)
+        {
+            using var w = LlamaWeights.Load(dir, config, b);
+            using var m = Llama.Create(config, w, b, ids.Length, RopeMethods.FromConfig(config), maxBatch: 32);
+            int v = config.VocabSize;
+            var logits = new float[ids.Length * v];
+            m.Forward(ids[..36], 0, LogitsRows.All, logits.AsSpan(0, 36 * v));
+            for (int p = 36; p < ids.Length; p++) m.Forward([ids[p]], p, LogitsRows.Last, logits.AsSpan(p * v, v));
+            return logits;
+        }
+        var expected = Logits(backends.Cpu);
+        var actual = Logits(backends.Get(device, fullPrecision));
+        double se = 0, sr = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            se += Math.Pow(actual[i] - expected[i], 2);
+            sr += (double)expected[i] * expected[i];
+        }
+        double bound = fullPrecision ? 1e-9 : 1e-4;
+        output.WriteLine($"austen on {device}{(fullPrecision ? " full f32" : "")}, 36-token prefill (chunks of 32) + 4 decode: logits NMSE {se / sr:E2}");
+        Assert.True(se / sr < bound, $"NMSE {se / sr} >= {bound}");
+    }
+}
