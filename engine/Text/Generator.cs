@@ -17,9 +17,14 @@ public static class Generator
 {
     /// <summary>Generates up to maxNewTokens (negative: until EOS or the context is full) and streams text to onText.</summary>
     public static GenerationStats Generate(Llama model, Tokenizer tokenizer, string prompt, int maxNewTokens,
+        SamplerOptions options, Action<string> onText) =>
+        Generate(model, tokenizer, tokenizer.Encode(prompt, addBos: true), maxNewTokens, options, onText);
+
+    /// <summary>The same from prompt ids already encoded (with BOS).</summary>
+    public static GenerationStats Generate(Llama model, Tokenizer tokenizer, IReadOnlyList<int> promptIds, int maxNewTokens,
         SamplerOptions options, Action<string> onText)
     {
-        var tokens = new List<int>(tokenizer.Encode(prompt, addBos: true));
+        var tokens = new List<int>(promptIds);
         if (tokens.Count == 0) throw new ArgumentException("the tokenizer has no BOS token and the prompt is empty");
         if (tokens.Count >= model.MaxSeq)
             throw new ArgumentException($"the prompt has {tokens.Count} tokens and does not fit a context of {model.MaxSeq} (raise --ctx)");

@@ -37,15 +37,16 @@ public static class Generate
         args.RejectUnknown();
         if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
 
-        int promptTokens = s.Tokenizer.Encode(prompt, addBos: true).Length;
-        if (promptTokens >= s.Model.MaxSeq)
-            throw new UsageException($"the prompt has {promptTokens} tokens and does not fit a context of {s.Model.MaxSeq} (raise --ctx)");
+        // Encoded once, and checked against the context before the prompt is echoed.
+        int[] promptIds = s.Tokenizer.Encode(prompt, addBos: true);
+        if (promptIds.Length >= s.Model.MaxSeq)
+            throw new UsageException($"the prompt has {promptIds.Length} tokens and does not fit a context of {s.Model.MaxSeq} (raise --ctx)");
         var stdout = Console.Out;
         stdout.Write(prompt);
         GenerationStats stats;
         try
         {
-            stats = Generator.Generate(s.Model, s.Tokenizer, prompt, n, options, text =>
+            stats = Generator.Generate(s.Model, s.Tokenizer, promptIds, n, options, text =>
             {
                 stdout.Write(text);
                 stdout.Flush();
