@@ -11,7 +11,7 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Bench
 {
-    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--compute mixed|f32|bf16] [-b N]";
+    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--compute mixed|f32|bf16] [--kv bf16|f32] [-b N]";
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
@@ -42,7 +42,8 @@ public static class Bench
         // Keep only the tests whose KV cache fits next to the weights, then size the context for the longest of them.
         long freeBefore, weightFiles = Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length);
         int kvElement;
-        using (var probe = BackendFactory.Create(device, ModelSession.ComputeType(args.String("--compute")).FullPrecision))
+        using (var probe = BackendFactory.Create(device, ModelSession.ComputeType(args.String("--compute")).FullPrecision,
+                   ModelSession.KvCacheType(args.String("--kv"))))
         {
             freeBefore = probe.FreeMemoryBytes;
             kvElement = probe.KvElementSize;
