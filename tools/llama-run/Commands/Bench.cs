@@ -1,6 +1,8 @@
 // `llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3]`: llama-bench style table of
 // prefill (ppP: P random tokens from position 0) and decode (tgN after an empty cache; tgN @ dD after filling D positions)
 // tokens/s, mean ± stdev over r repetitions, plus load time and memory. Tests that do not fit in memory are skipped.
+// On the CPU each decode row also shows the bytes a token reads (weights plus the cached K and V it attends over) and
+// the % of the bound that the host read bandwidth, measured before and after the tests, sets (the higher of the two).
 using System.Diagnostics;
 using System.Globalization;
 using LlamaRun.Backends;
@@ -42,11 +44,13 @@ public static class Bench
         // Keep only the tests whose KV cache fits next to the weights, then size the context for the longest of them.
         long freeBefore, weightFiles = Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length);
         int kvElement;
+        bool cpu;
         using (var probe = BackendFactory.Create(device, ModelSession.ComputeType(args.String("--compute")).FullPrecision,
                    ModelSession.KvCacheType(args.String("--kv"))))
         {
             freeBefore = probe.FreeMemoryBytes;
             kvElement = probe.KvElementSize;
+            cpu = probe.Name == "cpu";
         }
         long budget = freeBefore > 0 ? (long)(0.9 * (freeBefore - weightFiles)) : long.MaxValue;
         var skipped = tests.Where(t => Llama.KvCacheBytes(config, t.Positions, kvElement) > budget).ToList();
@@ -57,6 +61,8 @@ public static class Bench
         if (tests.Count == 0) throw new UsageException("no test fits in memory");
         int ctx = tests.Max(t => t.Positions);
 
+        // The read bandwidth before the model is resident and nothing else runs, and again after the tests.
+        double readBefore = cpu ? CpuReadBandwidth.Measure(0) : 0;
         var load = Stopwatch.StartNew();
         using var s = ModelSession.Open(args, ctx, needTokenizer: false);
         args.RejectUnknown();
@@ -83,18 +89,31 @@ public static class Bench
             results.Add((t, mean, sd));
         }
 
+        double readAfter = cpu ? CpuReadBandwidth.Measure(0) : 0, read = Math.Max(readBefore, readAfter);
         string model = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir)));
         string size = FormatBytes(s.Weights.WeightBytes);
         string parameters = FormatCount(ParameterCount(config));
-        Console.WriteLine("| model | size | params | backend | test | t/s |");
-        Console.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |");
+        Console.WriteLine("| model | size | params | backend | test | t/s |" + (cpu ? " bytes/token | bound t/s | % of bound |" : ""));
+        Console.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |" + (cpu ? " ---: | ---: | ---: |" : ""));
         foreach (var (t, mean, sd) in results)
-            Console.WriteLine(string.Create(Inv, $"| {model} | {size} | {parameters} | {s.Backend.Name} | {t.Name} | {mean:F2} ± {sd:F2} |"));
+        {
+            string row = string.Create(Inv, $"| {model} | {size} | {parameters} | {s.Backend.Name} | {t.Name} | {mean:F2} ± {sd:F2} |");
+            if (cpu && t.Decode > 0)
+            {
+                double bytes = DecodeBytes(s, t);
+                row += string.Create(Inv, $" {bytes / 1e6:F0} MB | {read * 1e9 / bytes:F1} | {100 * mean * bytes / (read * 1e9):F0}% |");
+            }
+            else if (cpu) row += " - | - | - |";
+            Console.WriteLine(row);
+        }
         long kv = Llama.KvCacheBytes(config, ctx, s.Backend.KvElementSize);
         Console.WriteLine();
         Console.WriteLine(string.Create(Inv, $"device: {s.Backend.Device}; ctx {ctx}; load {loadSeconds:F2} s"));
         Console.WriteLine($"memory: weights {FormatBytes(s.Weights.WeightBytes)} + KV cache {FormatBytes(kv)} = {FormatBytes(s.Weights.WeightBytes + kv)}" +
                           (deviceUsed > 0 ? $"; device memory used (free before load - free after) {FormatBytes(deviceUsed)}" : ""));
+        if (cpu)
+            Console.WriteLine(string.Create(Inv,
+                $"read bandwidth ({CpuReadBandwidth.PoolThreads} threads, best of 8 passes over 1 GiB): {readBefore:F1} GB/s before, {readAfter:F1} GB/s after the tests; bound = {read:F1} GB/s / bytes a token"));
         return 0;
     }
 
@@ -134,6 +153,15 @@ public static class Bench
             }
             return n / Stopwatch.GetElapsedTime(t0).TotalSeconds;
         }
+    }
+
+    // Bytes a decode token of test t reads: the weights, and K and V of every layer at the positions it attends over
+    // (depth + (n + 1) / 2 on average for n tokens after depth cached positions).
+    private static double DecodeBytes(ModelSession s, Test t)
+    {
+        var c = s.Config;
+        double positions = t.Depth + (t.Decode + 1) / 2.0;
+        return s.Weights.DecodeReadBytes + 2.0 * c.NumHiddenLayers * c.KvDim * s.Backend.KvElementSize * positions;
     }
 
     // "512,4096" or "0" (no prefill test), as llama-bench takes -p.
