@@ -1,5 +1,5 @@
 // The CPU row readers (engine/Backends/Cpu/CpuRows.cs) against scalar conversions: every F16 bit pattern through the
-// fast pair-order load and its exact fallback, BF16 pair order, the pair split and merge at lengths 0..256, and the
+// natural-order load, the fast pair-order load (finite values exact, specials flagged) and its exact fallback, BF16 pair order, the pair split and merge at lengths 0..256, and the
 // decode GEMV over F16 rows holding infinities and NaNs. Run: dotnet test tests/Tests.csproj --filter CpuRowsTests
 using System.Runtime.Intrinsics;
 using LlamaRun.Core;
@@ -21,7 +21,7 @@ public unsafe class CpuRowsTests
     private static int Natural(int k) => k < 8 ? 2 * k : 2 * (k - 8) + 1;
 
     [Fact]
-    public void F16PairLoadIsExactForEveryFiniteBitPatternAndFlagsTheRest()
+    public void F16LoadsAreExactForEveryBitPattern()
     {
         var bits = new ushort[65536];
         for (int i = 0; i < bits.Length; i++) bits[i] = (ushort)i;
@@ -31,9 +31,11 @@ public unsafe class CpuRowsTests
                 var specials = Vector256<ushort>.Zero;
                 F16Row.Load16(bp, i, out var even, out var odd, ref specials);
                 F16Row.Load16Exact(bp, i, out var exactEven, out var exactOdd);
+                Vector256<float> lo = F16Row.Load8(bp, i), hi = F16Row.Load8(bp, i + 8);
                 bool anySpecial = false;
                 for (int k = 0; k < 16; k++)
                 {
+                    Same(DTypes.F16ToF32(bits[i + k]), k < 8 ? lo.GetElement(k) : hi.GetElement(k - 8), $"Load8 F16 0x{i + k:x4}");
                     ushort h = bits[i + Natural(k)];
                     float e = DTypes.F16ToF32(h);
                     Same(e, k < 8 ? exactEven.GetElement(k) : exactOdd.GetElement(k - 8), $"exact F16 0x{h:x4}");

@@ -195,13 +195,13 @@ public static unsafe partial class CpuOps
         {
             int tile = Math.Min(kt, it.Key1 - s0);
             if (decode) ScoresByRows<TKv>(job, s0, tile, qa, scores);
-            else ScoresByBlocks<TKv>(job, it, s0, tile, qa, scores);
+            else BlockPass<TKv>(job, it, s0, tile, values: false, qa, scores, acc);
             for (int r = 0; r < nq; r++)
             {
                 int rows = Visible(p, it, r / perToken, s0, tile);
                 if (rows > 0) OnlineSoftmax(scores + r * kt, rows, ref max[r], ref sum[r], acc + r * hd, hd, job.Compute);
             }
-            Values<TKv>(job, it, s0, tile, scores, acc);
+            BlockPass<TKv>(job, it, s0, tile, values: true, qa, scores, acc);
         }
     }
 

@@ -34,7 +34,7 @@ public static unsafe partial class CpuOps
                     scores[(r + 2) * kt + j] = d.GetElement(2);
                     scores[(r + 3) * kt + j] = d.GetElement(3);
                 }
-                for (; g < group; g++, r++) scores[r * kt + j] = DotSlice<TKv>(qa + r * hd, ks, hd) * job.Scale;
+                for (; g < group; g++, r++) scores[r * kt + j] = DotRow<TKv>(ks, qa + r * hd, hd) * job.Scale;
             }
             // The V row of the same position, to L2, one line per line of K read.
             if (Sse.IsSupported)
@@ -42,75 +42,35 @@ public static unsafe partial class CpuOps
         }
     }
 
-    // Prefill scores of the item's queries (one kv head) for rows [s0, s0 + tile), in blocks of 8 rows.
-    private static void ScoresByBlocks<TKv>(in AttentionJob job, in AttentionItem it, int s0, int tile, float* qa, float* scores)
+    // One pass over the tile [s0, s0 + tile) in blocks of rows, each head's slice of a block for every query of that head
+    // that sees rows of it: the K pass (values false) stores scores[r, j] for blocks of 8 rows, eight dot products at
+    // once; the V pass (values true) adds e[r, j] * V[s0 + j] to acc[r] for blocks of 16 rows (the slice stays in L1).
+    private static void BlockPass<TKv>(in AttentionJob job, in AttentionItem it, int s0, int tile, bool values, float* qa, float* scores, float* acc)
         where TKv : struct, IRowReader
     {
         var p = job.P;
-        int hd = p.HeadDim, group = job.Group, perToken = it.KvHeadCount * group, kt = job.KeyTile;
+        int hd = p.HeadDim, group = job.Group, perToken = it.KvHeadCount * group, kt = job.KeyTile, step = values ? 16 : 8;
         nint kvDim = job.KvDim, size = p.Cache.Size();
-        for (int j = 0; j < tile; j += 8)
+        byte* cache = (byte*)(values ? job.V : job.K);
+        for (int j = 0; j < tile; j += step)
             for (int kv = 0; kv < it.KvHeadCount; kv++)
             {
-                byte* kb = (byte*)job.K + ((s0 + j) * kvDim + (it.KvHead0 + kv) * hd) * size;
+                byte* slice = cache + ((s0 + j) * kvDim + (it.KvHead0 + kv) * hd) * size;
                 for (int ti = 0; ti < it.TokenCount; ti++)
                 {
-                    int rows = Visible(p, it, ti, s0, tile) - j;
-                    if (rows <= 0) continue;
-                    for (int g = 0; g < group; g++)
+                    int rows = Math.Min(step, Visible(p, it, ti, s0, tile) - j);
+                    for (int g = 0, r = ti * perToken + kv * group; g < group && rows > 0; g++, r++)
                     {
-                        int r = ti * perToken + kv * group + g;
                         float* sr = scores + r * kt + j;
-                        if (rows >= 8)
-                            (Dot8<TKv>(qa + r * hd, kb, kvDim, hd) * job.Scale).Store(sr);
+                        if (values)
+                            Accumulate<TKv>(sr, slice, kvDim, rows, acc + r * hd, hd);
+                        else if (rows == 8)
+                            (Dot8<TKv>(qa + r * hd, slice, kvDim, hd) * job.Scale).Store(sr);
                         else
-                            for (int jj = 0; jj < rows; jj++) sr[jj] = DotRow<TKv>(kb + jj * kvDim * size, qa + r * hd, hd) * job.Scale;
+                            for (int jj = 0; jj < rows; jj++) sr[jj] = DotRow<TKv>(slice + jj * kvDim * size, qa + r * hd, hd) * job.Scale;
                     }
                 }
             }
-    }
-
-    // acc[r] += e[r, j] * V[s0 + j] over the rows each query sees, in blocks of 16 rows whose head slice stays in L1.
-    private static void Values<TKv>(in AttentionJob job, in AttentionItem it, int s0, int tile, float* e, float* acc)
-        where TKv : struct, IRowReader
-    {
-        var p = job.P;
-        int hd = p.HeadDim, group = job.Group, perToken = it.KvHeadCount * group, kt = job.KeyTile;
-        nint kvDim = job.KvDim, size = p.Cache.Size();
-        for (int j = 0; j < tile; j += 16)
-            for (int kv = 0; kv < it.KvHeadCount; kv++)
-            {
-                byte* vb = (byte*)job.V + ((s0 + j) * kvDim + (it.KvHead0 + kv) * hd) * size;
-                for (int ti = 0; ti < it.TokenCount; ti++)
-                {
-                    int rows = Math.Min(16, Visible(p, it, ti, s0, tile) - j);
-                    if (rows <= 0) continue;
-                    for (int g = 0; g < group; g++)
-                    {
-                        int r = ti * perToken + kv * group + g;
-                        Accumulate<TKv>(e + r * kt + j, vb, kvDim, rows, acc + r * hd, hd);
-                    }
-                }
-            }
-    }
-
-    // q . k for one query and one head slice.
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float DotSlice<TKv>(float* q, void* k, int hd) where TKv : struct, IRowReader
-    {
-        var a0 = Vector256<float>.Zero;
-        var a1 = Vector256<float>.Zero;
-        var none = Vector256<ushort>.Zero;
-        int i = 0;
-        for (; i + 16 <= hd; i += 16)
-        {
-            TKv.Load16(k, i, out var e, out var o, ref none);
-            a0 = Vector256.MultiplyAddEstimate(e, Vector256.Load(q + i), a0);
-            a1 = Vector256.MultiplyAddEstimate(o, Vector256.Load(q + i + 8), a1);
-        }
-        float s = Vector256.Sum(a0 + a1);
-        for (; i < hd; i++) s += q[i] * TKv.Load1(k, i);
-        return s;
     }
 
     // [q_g . k] for the four queries q + g * hd of one group and its head slice, which is loaded once for all four.

@@ -131,8 +131,8 @@ public static unsafe partial class CpuOps
 
     // One row times one operand in the reader's Load16 order (pair-split x for 16-bit rows); 4 accumulators, 32 elements
     // per iteration. An F16 row that held an infinity or NaN is redone with exact conversions (F16Row's fast path is
-    // exact for finite values only). Attention uses it for single cache rows too.
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    // exact for finite values only). Attention uses it for each head's slice of a cached row.
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
     private static float DotRow<TW>(void* w, float* x, int n) where TW : struct, IRowReader
     {
         var a0 = Vector256<float>.Zero;
