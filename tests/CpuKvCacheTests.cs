@@ -98,6 +98,28 @@ public unsafe class CpuKvCacheTests(ITestOutputHelper output)
     public void AttentionPrefill(DType type, int heads, int kvHeads, int hd, int startPos, int tokens) =>
         CheckAttention(type, heads, kvHeads, hd, startPos, tokens, heads * 7 + tokens);
 
+    [Theory]
+    [InlineData(1, 300)]   // decode: blocks of rows merged
+    [InlineData(5, 100)]   // prefill tiles
+    public void AttentionNaNStaysInItsHead(int tokens, int startPos)
+    {
+        const int heads = 4, kvHeads = 2, hd = 32, kvDim = kvHeads * hd;
+        int maxSeq = startPos + tokens;
+        var q = Uniform(tokens * heads * hd, 1);
+        var k = Uniform(maxSeq * kvDim, 2).Select(DTypes.F32ToBF16).ToArray();
+        var v = Uniform(maxSeq * kvDim, 3).Select(DTypes.F32ToBF16).ToArray();
+        q[(tokens - 1) * heads * hd + 2 * hd + 5] = float.NaN;   // last token, head 2
+        var dst = new float[tokens * heads * hd];
+        fixed (float* qp = q, dp = dst)
+        fixed (ushort* kp = k, vp = v)
+            CpuOps.Attention(qp, kp, vp, dp, new AttentionParams(tokens, heads, kvHeads, hd, startPos, DType.BF16));
+        for (int i = 0; i < dst.Length; i++)
+        {
+            bool poisoned = i / (heads * hd) == tokens - 1 && i / hd % heads == 2;
+            Assert.True(poisoned == float.IsNaN(dst[i]), $"T={tokens} element {i}: {dst[i]}");
+        }
+    }
+
     [Fact]
     public void Bf16StoreMatchesScalarAtEveryLength()
     {

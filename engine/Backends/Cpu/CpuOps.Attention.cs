@@ -9,6 +9,7 @@
 // unrounded e. Test: CpuOpsAttentionTests, CpuOpsBf16Tests.Attention*.
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cpu;
@@ -210,14 +211,12 @@ public static unsafe partial class CpuOps
     private static int Visible(in AttentionParams p, in AttentionItem it, int ti, int s0, int tile) =>
         Math.Min(tile, p.StartPos + it.Token0 + ti + 1 - s0);
 
-    // One tile of scores [n] (overwritten by e) into the running max, sum and accumulator [hd] of one query.
+    // One tile of scores [n] (overwritten by e) into the running max, sum and accumulator [hd] of one query. One loop
+    // for the max and one for exp and the sum (a decode tile holds 32 to 256 keys, so calls would cost as much).
     private static void OnlineSoftmax(float* scores, int n, ref float max, ref float sum, float* acc, int hd, DType compute)
     {
-        var e = new Span<float>(scores, n);
-        float m = MathF.Max(max, TensorPrimitives.Max(e));
-        TensorPrimitives.Subtract(e, m, e);
-        TensorPrimitives.Exp(e, e);
-        float tileSum = TensorPrimitives.Sum(e);
+        float m = MathF.Max(max, MaxOf(scores, n));
+        float tileSum = ExpSum(scores, n, m);
         if (max == float.NegativeInfinity)
         {
             sum = tileSum;
@@ -229,7 +228,52 @@ public static unsafe partial class CpuOps
             if (rescale != 1f) TensorPrimitives.Multiply(new ReadOnlySpan<float>(acc, hd), rescale, new Span<float>(acc, hd));
         }
         max = m;
-        if (compute != DType.F32) Round(e, compute);
+        if (compute != DType.F32) Round(scores, n, compute);
+    }
+
+    // The largest of x[0..n), NaN if any is NaN (n >= 1).
+    private static float MaxOf(float* x, int n)
+    {
+        int i = 0;
+        float m = float.NegativeInfinity;
+        if (n >= 8)
+        {
+            var v = Vector256.Load(x);
+            for (i = 8; i + 8 <= n; i += 8) v = Vector256.Max(v, Vector256.Load(x + i));
+            v = Vector256.Max(v, Vector256.Load(x + n - 8));   // the tail, overlapping
+            for (int k = 0; k < 8; k++) m = MathF.Max(m, v.GetElement(k));
+            return m;
+        }
+        for (; i < n; i++) m = MathF.Max(m, x[i]);
+        return m;
+    }
+
+    // x[i] = exp(x[i] - m) for i < n, returning their f32 sum; every element goes through the same vector exp.
+    private static float ExpSum(float* x, int n, float m)
+    {
+        var mv = Vector256.Create(m);
+        var total = Vector256<float>.Zero;
+        int i = 0;
+        for (; i + 8 <= n; i += 8)
+        {
+            var e = Vector256.Exp(Vector256.Load(x + i) - mv);
+            e.Store(x + i);
+            total += e;
+        }
+        float s = Vector256.Sum(total);
+        if (i < n)
+        {
+            Span<float> tail = stackalloc float[8];
+            tail.Fill(m);
+            new ReadOnlySpan<float>(x + i, n - i).CopyTo(tail);
+            var e = Vector256.Exp(Vector256.Create<float>(tail) - mv);
+            for (int k = 0; k < n - i; k++)
+            {
+                x[i + k] = e.GetElement(k);
+                s += e.GetElement(k);
+            }
+        }
+        return s;
     }
 
     // Each query's accumulator times 1/sum, in natural order, to its row and head of dst.
