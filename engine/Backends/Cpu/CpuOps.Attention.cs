@@ -139,6 +139,7 @@ public static unsafe partial class CpuOps
     }
 
     // out[h] = sum_i e^(m_i - M) acc_i / sum_i e^(m_i - M) l_i over the blocks i, M the largest m_i.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void MergePartials<TKv>(float* partials, int items, int heads, int hd, float* dst) where TKv : struct, IRowReader
     {
         int outLength = heads * (hd + 2);
@@ -213,6 +214,7 @@ public static unsafe partial class CpuOps
 
     // One tile of scores [n] (overwritten by e) into the running max, sum and accumulator [hd] of one query. One loop
     // for the max and one for exp and the sum (a decode tile holds 32 to 256 keys, so calls would cost as much).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void OnlineSoftmax(float* scores, int n, ref float max, ref float sum, float* acc, int hd, DType compute)
     {
         float m = MathF.Max(max, MaxOf(scores, n));

@@ -13,6 +13,7 @@ namespace LlamaRun.Backends.Cpu;
 public static unsafe partial class CpuOps
 {
     // Decode scores of every head for rows [s0, s0 + tile): scores[r, j] for query head r, row s0 + j.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ScoresByRows<TKv>(in AttentionJob job, int s0, int tile, float* qa, float* scores) where TKv : struct, IRowReader
     {
         var p = job.P;
@@ -45,6 +46,7 @@ public static unsafe partial class CpuOps
     // One pass over the tile [s0, s0 + tile) in blocks of rows, each head's slice of a block for every query of that head
     // that sees rows of it: the K pass (values false) stores scores[r, j] for blocks of 8 rows, eight dot products at
     // once; the V pass (values true) adds e[r, j] * V[s0 + j] to acc[r] for blocks of 16 rows (the slice stays in L1).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void BlockPass<TKv>(in AttentionJob job, in AttentionItem it, int s0, int tile, bool values, float* qa, float* scores, float* acc)
         where TKv : struct, IRowReader
     {
