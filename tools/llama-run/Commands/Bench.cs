@@ -71,7 +71,10 @@ public static class Bench
         long deviceUsed = s.Backend.Name == "cpu" ? 0 : freeBefore - s.Backend.FreeMemoryBytes;
 
         var runner = new Runner(s.Model);
-        runner.Prefill(Math.Min(16, ctx));   // warm-up: JIT, first-touch of the weights, kernel compilation
+        // Warm-up: JIT (the one-token paths too, until tiered compilation has optimized them), first-touch of the weights,
+        // kernel compilation.
+        runner.Prefill(Math.Min(16, ctx));
+        if (decode > 0) runner.Decode(0, Math.Min(64, ctx));
         var results = new List<(Test Test, double Mean, double Sd)>();
         foreach (var t in tests)
         {
