@@ -1,8 +1,9 @@
 // `llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3]`: llama-bench style table of
 // prefill (ppP: P random tokens from position 0) and decode (tgN after an empty cache; tgN @ dD after filling D positions)
 // tokens/s, mean ± stdev over r repetitions, plus load time and memory. Tests that do not fit in memory are skipped.
-// On the CPU each decode row also shows the bytes a token reads (weights plus the cached K and V it attends over) and
-// the % of the bound that the host read bandwidth, measured before and after the tests, sets (the higher of the two).
+// On the CPU each decode row also shows the bytes a token reads (weights plus the cached K and V it attends over), the
+// host read bandwidth measured just before and just after that test's repetitions (the higher of the two, since other
+// machines' load moves it), and the % of the bound they set.
 using System.Diagnostics;
 using System.Globalization;
 using LlamaRun.Backends;
@@ -61,8 +62,6 @@ public static class Bench
         if (tests.Count == 0) throw new UsageException("no test fits in memory");
         int ctx = tests.Max(t => t.Positions);
 
-        // The read bandwidth before the model is resident and nothing else runs, and again after the tests.
-        double readBefore = cpu ? CpuReadBandwidth.Measure(0) : 0;
         var load = Stopwatch.StartNew();
         using var s = ModelSession.Open(args, ctx, needTokenizer: false);
         args.RejectUnknown();
@@ -74,8 +73,8 @@ public static class Bench
         // Warm-up: JIT (the one-token paths too, until tiered compilation has optimized them), first-touch of the weights,
         // kernel compilation.
         runner.Prefill(Math.Min(16, ctx));
-        if (decode > 0) runner.Decode(0, Math.Min(64, ctx));
-        var results = new List<(Test Test, double Mean, double Sd)>();
+        if (decode > 0) runner.WarmUpDecode(Math.Min(64, ctx), seconds: 1.5);
+        var results = new List<(Test Test, double Mean, double Sd, double Read)>();
         foreach (var t in tests)
         {
             var rates = new double[reps];
@@ -85,28 +84,30 @@ public static class Bench
                 runner.Fill(t.Depth);
                 Console.Error.WriteLine(string.Create(Inv, $"filled {t.Depth} positions in {fill.Elapsed.TotalSeconds:F1} s"));
             }
+            bool bound = cpu && t.Decode > 0;
+            double readBefore = bound ? CpuReadBandwidth.Measure(0) : 0;
             for (int r = 0; r < reps; r++)
                 rates[r] = t.Prompt > 0 ? runner.Prefill(t.Prompt) : runner.Decode(t.Depth, t.Decode);
+            double read = bound ? Math.Max(readBefore, CpuReadBandwidth.Measure(0)) : 0;
             double mean = rates.Average();
             double sd = reps > 1 ? Math.Sqrt(rates.Sum(x => (x - mean) * (x - mean)) / (reps - 1)) : 0;
-            results.Add((t, mean, sd));
+            results.Add((t, mean, sd, read));
         }
 
-        double readAfter = cpu ? CpuReadBandwidth.Measure(0) : 0, read = Math.Max(readBefore, readAfter);
         string model = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir)));
         string size = FormatBytes(s.Weights.WeightBytes);
         string parameters = FormatCount(ParameterCount(config));
-        Console.WriteLine("| model | size | params | backend | test | t/s |" + (cpu ? " bytes/token | bound t/s | % of bound |" : ""));
-        Console.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |" + (cpu ? " ---: | ---: | ---: |" : ""));
-        foreach (var (t, mean, sd) in results)
+        Console.WriteLine("| model | size | params | backend | test | t/s |" + (cpu ? " bytes/token | read GB/s | bound t/s | % of bound |" : ""));
+        Console.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |" + (cpu ? " ---: | ---: | ---: | ---: |" : ""));
+        foreach (var (t, mean, sd, read) in results)
         {
             string row = string.Create(Inv, $"| {model} | {size} | {parameters} | {s.Backend.Name} | {t.Name} | {mean:F2} ± {sd:F2} |");
-            if (cpu && t.Decode > 0)
+            if (read > 0)
             {
                 double bytes = DecodeBytes(s, t);
-                row += string.Create(Inv, $" {bytes / 1e6:F0} MB | {read * 1e9 / bytes:F1} | {100 * mean * bytes / (read * 1e9):F0}% |");
+                row += string.Create(Inv, $" {bytes / 1e6:F0} MB | {read:F1} | {read * 1e9 / bytes:F1} | {100 * mean * bytes / (read * 1e9):F0}% |");
             }
-            else if (cpu) row += " - | - | - |";
+            else if (cpu) row += " - | - | - | - |";
             Console.WriteLine(row);
         }
         long kv = Llama.KvCacheBytes(config, ctx, s.Backend.KvElementSize);
@@ -115,8 +116,7 @@ public static class Bench
         Console.WriteLine($"memory: weights {FormatBytes(s.Weights.WeightBytes)} + KV cache {FormatBytes(kv)} = {FormatBytes(s.Weights.WeightBytes + kv)}" +
                           (deviceUsed > 0 ? $"; device memory used (free before load - free after) {FormatBytes(deviceUsed)}" : ""));
         if (cpu)
-            Console.WriteLine(string.Create(Inv,
-                $"read bandwidth ({CpuReadBandwidth.PoolThreads} threads, best of 8 passes over 1 GiB): {readBefore:F1} GB/s before, {readAfter:F1} GB/s after the tests; bound = {read:F1} GB/s / bytes a token"));
+            Console.WriteLine($"read GB/s: {CpuReadBandwidth.PoolThreads} threads, best of 8 passes over 1 GiB, the higher of just before and just after the test; bound = read / bytes a token");
         return 0;
     }
 
@@ -141,6 +141,19 @@ public static class Bench
         {
             model.Reset();
             model.Forward(RandomTokens(depth), 0, LogitsRows.None, default);
+        }
+
+        // Decodes for `seconds` (at least two tokens), from an empty cache again whenever `positions` are filled.
+        public void WarmUpDecode(int positions, double seconds)
+        {
+            int token = _rng.Next(model.VocabSize);
+            long t0 = Stopwatch.GetTimestamp();
+            for (int i = 0; i < 2 || Stopwatch.GetElapsedTime(t0).TotalSeconds < seconds; i++)
+            {
+                if (i % positions == 0) model.Reset();
+                model.Forward([token], i % positions, LogitsRows.Last, _logits);
+                token = CpuOps.Argmax(_logits);
+            }
         }
 
         // Greedy decode of n tokens at positions start.. (the cache holds positions 0..start-1); each token waits for its logits.
