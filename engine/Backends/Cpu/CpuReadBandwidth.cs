@@ -21,20 +21,42 @@ public static unsafe class CpuReadBandwidth
     /// <summary>Best read GB/s over several passes of a buffer of `bytes` (STREAM reports the best pass too); threads 0 means the whole pool.</summary>
     public static double Measure(int threads, int passes = 8, long bytes = BufferBytes)
     {
-        float* p = AllocFilled(bytes);
-        try
+        using var probe = new Probe(bytes);
+        return probe.Measure(threads, passes);
+    }
+
+    /// <summary>A filled buffer kept for repeated measurements (between the repetitions of a benchmark).</summary>
+    public sealed class Probe : IDisposable
+    {
+        private float* _p;
+        private readonly long _bytes;
+
+        public Probe(long bytes = BufferBytes)
         {
-            Sum(p, bytes, threads);   // warm up the pool and the code
+            _p = AllocFilled(bytes);
+            _bytes = bytes;
+            Sum(_p, _bytes, 0);   // warm up the pool and the code
+        }
+
+        /// <summary>Best read GB/s over `passes` sums of the buffer on `threads` threads (0: the whole pool).</summary>
+        public double Measure(int threads, int passes = 8)
+        {
+            ObjectDisposedException.ThrowIf(_p == null, this);
             double best = double.MaxValue;
             for (int i = 0; i < passes; i++)
             {
                 long t0 = Stopwatch.GetTimestamp();
-                Sum(p, bytes, threads);
+                Sum(_p, _bytes, threads);
                 best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
             }
-            return bytes / best / 1e9;
+            return _bytes / best / 1e9;
         }
-        finally { NativeMemory.AlignedFree(p); }
+
+        public void Dispose()
+        {
+            NativeMemory.AlignedFree(_p);
+            _p = null;
+        }
     }
 
     /// <summary>A page-aligned buffer of `bytes` (a multiple of 4 KiB) filled with 1f, every page touched.</summary>

@@ -2,8 +2,8 @@
 // prefill (ppP: P random tokens from position 0) and decode (tgN after an empty cache; tgN @ dD after filling D positions)
 // tokens/s, mean ± stdev over r repetitions, plus load time and memory. Tests that do not fit in memory are skipped.
 // On the CPU each decode row also shows the bytes a token reads (weights plus the cached K and V it attends over), the
-// host read bandwidth measured just before and just after that test's repetitions (the higher of the two, since other
-// machines' load moves it), and the % of the bound they set.
+// host read bandwidth (measured just before each repetition, since other machines' load moves it; the mean of those)
+// and the % of the bound: the mean over repetitions of tokens/s * bytes a token / that repetition's bandwidth.
 using System.Diagnostics;
 using System.Globalization;
 using LlamaRun.Backends;
@@ -69,12 +69,13 @@ public static class Bench
         if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
         long deviceUsed = s.Backend.Name == "cpu" ? 0 : freeBefore - s.Backend.FreeMemoryBytes;
 
+        using var bandwidth = cpu ? new CpuReadBandwidth.Probe() : null;
         var runner = new Runner(s.Model);
         // Warm-up: JIT (the one-token paths too, until tiered compilation has optimized them), first-touch of the weights,
         // kernel compilation.
         runner.Prefill(Math.Min(16, ctx));
         if (decode > 0) runner.WarmUpDecode(Math.Min(64, ctx), seconds: 1.5);
-        var results = new List<(Test Test, double Mean, double Sd, double Read)>();
+        var results = new List<(Test Test, double Mean, double Sd, double Read, double Bound)>();
         foreach (var t in tests)
         {
             var rates = new double[reps];
@@ -84,14 +85,17 @@ public static class Bench
                 runner.Fill(t.Depth);
                 Console.Error.WriteLine(string.Create(Inv, $"filled {t.Depth} positions in {fill.Elapsed.TotalSeconds:F1} s"));
             }
-            bool bound = cpu && t.Decode > 0;
-            double readBefore = bound ? CpuReadBandwidth.Measure(0) : 0;
+            var reads = new double[reps];
             for (int r = 0; r < reps; r++)
+            {
+                if (bandwidth is not null && t.Decode > 0) reads[r] = bandwidth.Measure(0);
                 rates[r] = t.Prompt > 0 ? runner.Prefill(t.Prompt) : runner.Decode(t.Depth, t.Decode);
-            double read = bound ? Math.Max(readBefore, CpuReadBandwidth.Measure(0)) : 0;
+            }
             double mean = rates.Average();
             double sd = reps > 1 ? Math.Sqrt(rates.Sum(x => (x - mean) * (x - mean)) / (reps - 1)) : 0;
-            results.Add((t, mean, sd, read));
+            double bytes = bandwidth is not null && t.Decode > 0 ? DecodeBytes(s, t) : 0;
+            double bound = bytes > 0 ? Enumerable.Range(0, reps).Average(r => rates[r] * bytes / (reads[r] * 1e9)) : 0;
+            results.Add((t, mean, sd, reads.Average(), bound));
         }
 
         string model = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir)));
@@ -99,13 +103,13 @@ public static class Bench
         string parameters = FormatCount(ParameterCount(config));
         Console.WriteLine("| model | size | params | backend | test | t/s |" + (cpu ? " bytes/token | read GB/s | bound t/s | % of bound |" : ""));
         Console.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |" + (cpu ? " ---: | ---: | ---: | ---: |" : ""));
-        foreach (var (t, mean, sd, read) in results)
+        foreach (var (t, mean, sd, read, bound) in results)
         {
             string row = string.Create(Inv, $"| {model} | {size} | {parameters} | {s.Backend.Name} | {t.Name} | {mean:F2} ± {sd:F2} |");
-            if (read > 0)
+            if (bound > 0)
             {
                 double bytes = DecodeBytes(s, t);
-                row += string.Create(Inv, $" {bytes / 1e6:F0} MB | {read:F1} | {read * 1e9 / bytes:F1} | {100 * mean * bytes / (read * 1e9):F0}% |");
+                row += string.Create(Inv, $" {bytes / 1e6:F0} MB | {read:F1} | {read * 1e9 / bytes:F1} | {100 * bound:F0}% |");
             }
             else if (cpu) row += " - | - | - | - |";
             Console.WriteLine(row);
@@ -116,7 +120,7 @@ public static class Bench
         Console.WriteLine($"memory: weights {FormatBytes(s.Weights.WeightBytes)} + KV cache {FormatBytes(kv)} = {FormatBytes(s.Weights.WeightBytes + kv)}" +
                           (deviceUsed > 0 ? $"; device memory used (free before load - free after) {FormatBytes(deviceUsed)}" : ""));
         if (cpu)
-            Console.WriteLine($"read GB/s: {CpuReadBandwidth.PoolThreads} threads, best of 8 passes over 1 GiB, the higher of just before and just after the test; bound = read / bytes a token");
+            Console.WriteLine($"read GB/s: {CpuReadBandwidth.PoolThreads} threads, best of 8 passes over 1 GiB before each repetition (mean shown); % of bound: mean over repetitions");
         return 0;
     }
 
