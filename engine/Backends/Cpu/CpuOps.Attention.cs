@@ -6,7 +6,7 @@
 // Numerics: score = (q . k) * 1/sqrt(headDim) in f32; online softmax over key tiles: e = exp(s - running max) in f32,
 // f32 sums, the accumulator rescaled when the max grows; out = acc * (1/sum). A bf16/f16 compute type follows torch's
 // CPU flash kernel: tiles of 512 keys in order from key 0, e rounded to that type before it weights V, the sum of the
-// unrounded e. Test: CpuOpsAttentionTests, CpuOpsBf16Tests.Attention*.
+// unrounded e. Test: CpuKvCacheTests (both cache types), CpuOpsAttentionTests, CpuOpsBf16Tests.Attention*.
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;

@@ -2,7 +2,7 @@
 // memory order (row by row, each row's heads in turn) and prefetches the tile's V rows into L2 meanwhile, since the
 // hardware prefetchers lose track of short runs (a head's slice of a row is 128 to 512 bytes); prefill reads blocks of 8
 // rows of one head, eight dot products at once. V is read in blocks of 16 rows per head with the outputs in registers.
-// q and the accumulators are in the reader's Load16 order (pair-split for BF16). Test: CpuOpsAttentionTests.
+// q and the accumulators are in the reader's Load16 order (pair-split for BF16). Test: CpuKvCacheTests, CpuOpsAttentionTests.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;

@@ -1,7 +1,7 @@
 // Row readers shared by MatMul and Attention: F32, BF16 and F16 elements widened to f32, 8 at a time in natural order
 // (Load8) or 16 at a time from one 32-byte load (Load16; 16-bit types give the even elements in the first vector and
 // the odd ones in the second, "pair order", so the f32 operand is stored pair-split once by SplitPairs).
-// Test: CpuOpsTests.MatMul*, CpuOpsTests.F16*, CpuOpsTests.PairSplit*, CpuOpsAttentionTests.
+// Test: CpuRowsTests, CpuOpsTests.MatMul*, CpuKvCacheTests.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
