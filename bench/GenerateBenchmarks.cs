@@ -5,6 +5,7 @@ using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Running;
 using LlamaRun.Core;
 using LlamaRun.Backends;
+using LlamaRun.Backends.Cpu;
 using LlamaRun.MakeCheckpoint;
 using LlamaRun.Model;
 using LlamaRun.Rope;
@@ -39,10 +40,10 @@ public class GenerateBenchmarks
         string dir = CheckpointPresets.EnsureWritten(preset, CheckpointPresets.DefaultCacheRoot());
         var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
         // Bandwidth first, while the model's memory is not yet resident and nothing else runs.
-        double bytesPerSecond = Device == "cpu" ? MemoryBandwidth.Measure(0) * 1e9 : HbmSpecBytesPerSecond;
-        Bounds[Key(Preset, Device)] = bytesPerSecond / CheckpointPresets.DecodeBytesPerToken(config, preset.DType);
+        double bytesPerSecond = Device == "cpu" ? CpuReadBandwidth.Measure(0) * 1e9 : HbmSpecBytesPerSecond;
         _backend = BackendFactory.Create(Device);
         _weights = LlamaWeights.Load(dir, config, _backend);
+        Bounds[Key(Preset, Device)] = bytesPerSecond / _weights.DecodeReadBytes;
         _model = Llama.Create(config, _weights, _backend, DecodeTokens + PrefillTokens, RopeMethods.FromConfig(config));
         _logits = new float[config.VocabSize];
         _prompt = [.. Enumerable.Range(0, PrefillTokens).Select(i => (int)((i * 7919L + 1) % config.VocabSize))];

@@ -4,6 +4,7 @@ using System.Diagnostics;
 using System.Globalization;
 using LlamaRun.Core;
 using LlamaRun.Backends;
+using LlamaRun.Backends.Cpu;
 using LlamaRun.MakeCheckpoint;
 using LlamaRun.Model;
 using LlamaRun.Rope;
@@ -18,8 +19,8 @@ public static class QuickBench
     public static int Run(string device, bool generate, bool profile)
     {
         Console.WriteLine($"## llama-run quick bench ({RuntimeInfo()})\n");
-        int threads = MemoryBandwidth.PoolThreads;
-        double bw1 = MemoryBandwidth.Measure(1), bwAll = MemoryBandwidth.Measure(0);
+        int threads = CpuReadBandwidth.PoolThreads;
+        double bw1 = CpuReadBandwidth.Measure(1), bwAll = CpuReadBandwidth.Measure(0);
         Console.WriteLine("| memory read (1 GiB sum, best of 8) | GB/s |\n|---|---:|");
         Console.WriteLine(string.Create(Inv, $"| 1 thread | {bw1:F1} |\n| {threads} threads | {bwAll:F1} |\n"));
 
@@ -99,7 +100,7 @@ public static class QuickBench
             if (rep > 0) rates.Add(tokens / Stopwatch.GetElapsedTime(t0).TotalSeconds);   // the first repetition warms up
         }
         double mean = rates.Average(), sd = Math.Sqrt(rates.Sum(r => (r - mean) * (r - mean)) / Math.Max(1, rates.Count - 1));
-        long bytes = CheckpointPresets.DecodeBytesPerToken(config, preset.DType);
+        long bytes = weights.DecodeReadBytes;
         double bound = readGBps * 1e9 / bytes;
         Console.WriteLine("| model | backend | test | tokens/s | bound tokens/s | % of bound |\n|---|---|---|---:|---:|---:|");
         Console.WriteLine(string.Create(Inv,

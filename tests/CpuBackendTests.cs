@@ -1,5 +1,5 @@
 // CpuBackend: memory (Alloc alignment and zeroing, Upload aliasing, Download), shape checks, and that each IBackend
-// op equals the CpuOps it wraps, plus the worker pool. Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~CpuBackendTests"
+// op equals the CpuOps it wraps, plus the worker pool and the read-bandwidth probe. Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~CpuBackendTests"
 using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Cpu;
@@ -172,5 +172,24 @@ public unsafe class CpuBackendTests
         var after = new int[64];
         CpuParallel.For(64, i => after[i] = i);
         Assert.Equal(Enumerable.Range(0, 64), after);
+    }
+
+    [Fact]
+    public void ReadBandwidthSumsEveryElementOnAnyThreadCount()
+    {
+        foreach (long bytes in new long[] { 4096, 1 << 20, (1 << 20) + 4096 * 3 })
+        {
+            float* p = CpuReadBandwidth.AllocFilled(bytes);
+            try
+            {
+                p[bytes / 4 - 1] = 2f;   // the last element counts too
+                foreach (int threads in new[] { 1, 0 })
+                    Assert.Equal(bytes / 4 + 1, (long)CpuReadBandwidth.Sum(p, bytes, threads));
+            }
+            finally { System.Runtime.InteropServices.NativeMemory.AlignedFree(p); }
+        }
+        double gbps = CpuReadBandwidth.Measure(0, passes: 2, bytes: 1 << 24);
+        Assert.True(gbps > 0 && double.IsFinite(gbps), $"{gbps} GB/s");
+        Assert.Throws<ArgumentOutOfRangeException>(() => CpuReadBandwidth.Measure(1, bytes: 1000));
     }
 }

@@ -1,4 +1,5 @@
-// CPU Rope, Attention and RerotateCache against independent scalar implementations (transformers' formulas).
+// CPU Rope, Attention (F32 and BF16 caches, through CpuKvCacheTests.CheckAttention) and RerotateCache against
+// independent scalar implementations (transformers' formulas).
 // Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~CpuOpsAttentionTests"
 using LlamaRun.Core;
 using LlamaRun.Backends.Cpu;
@@ -119,34 +120,8 @@ public unsafe class CpuOpsAttentionTests
     [MemberData(nameof(AttentionCases))]
     public void AttentionMatchesNaiveDouble(int heads, int kvHeads, int hd, int startPos, int tokens)
     {
-        int qDim = heads * hd, kvDim = kvHeads * hd, maxSeq = startPos + tokens + 1, group = heads / kvHeads;
-        var q = Uniform(tokens * qDim, heads + tokens, -2, 2);
-        var kc = Uniform(maxSeq * kvDim, hd + startPos, -2, 2);
-        var vc = Uniform(maxSeq * kvDim, hd + startPos + 1);
-        var dst = new float[tokens * qDim + 1];
-        dst[^1] = 42f;
-        fixed (float* qp = q, kp = kc, vp = vc, dp = dst)
-            CpuOps.Attention(qp, kp, vp, dp, new AttentionParams(tokens, heads, kvHeads, hd, startPos));
-        for (int t = 0; t < tokens; t++)
-            for (int h = 0; h < heads; h++)
-            {
-                int len = startPos + t + 1, kvh = h / group;
-                var scores = new double[len];
-                for (int s = 0; s < len; s++)
-                {
-                    double dot = 0;
-                    for (int i = 0; i < hd; i++) dot += (double)q[t * qDim + h * hd + i] * kc[s * kvDim + kvh * hd + i];
-                    scores[s] = dot / Math.Sqrt(hd);
-                }
-                double max = scores.Max(), sum = scores.Sum(x => Math.Exp(x - max));
-                for (int i = 0; i < hd; i++)
-                {
-                    double e = 0;
-                    for (int s = 0; s < len; s++) e += Math.Exp(scores[s] - max) / sum * vc[s * kvDim + kvh * hd + i];
-                    Close(e, dst[t * qDim + h * hd + i], 2e-6 * Math.Sqrt(len + hd), $"Attention {heads}/{kvHeads} hd={hd} start={startPos} [{t},{h},{i}]");
-                }
-            }
-        Assert.Equal(42f, dst[^1]);
+        foreach (var cache in new[] { DType.F32, DType.BF16 })
+            CpuKvCacheTests.CheckAttention(cache, heads, kvHeads, hd, startPos, tokens, heads + tokens);
     }
 
     [Theory]

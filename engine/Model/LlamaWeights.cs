@@ -61,6 +61,20 @@ public sealed class LlamaWeights : IDisposable
     /// <summary>Bytes of all distinct uploaded weight tensors.</summary>
     public long WeightBytes { get; }
 
+    /// <summary>Bytes of weights one decode step reads: every layer's matrices and norms, the final norm, the classifier and one embedding row (none when tied).</summary>
+    public long DecodeReadBytes
+    {
+        get
+        {
+            long bytes = Norm.ByteLength + LmHead.ByteLength;
+            if (!ReferenceEquals(LmHead, EmbedTokens)) bytes += EmbedTokens.ByteLength / Math.Max(1, EmbedTokens.Rows);
+            foreach (var l in Layers)
+                bytes += l.InputLayernorm.ByteLength + l.PostAttentionLayernorm.ByteLength + l.QProj.ByteLength + l.KProj.ByteLength
+                         + l.VProj.ByteLength + l.OProj.ByteLength + l.GateProj.ByteLength + l.UpProj.ByteLength + l.DownProj.ByteLength;
+            return bytes;
+        }
+    }
+
     /// <summary>Tensor names that were present but ignored (rotary_emb.inv_freq buffers).</summary>
     public IReadOnlyList<string> Ignored { get; private init; } = [];
 

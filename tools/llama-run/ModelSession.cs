@@ -2,7 +2,8 @@
 // Shared flags: -m DIR, --ctx N, --device cpu|cuda|ilgpu-cpu|auto, --rope METHOD[:k=v,...], --rope-table FILE, -b N (prefill chunk),
 // --compute mixed|f32|bf16: mixed (default) keeps activations in f32 with a bf16 KV cache and bf16 tensor-core
 // operands on the GPU; f32 keeps everything but the stored weights in f32 (the CPU always does); bf16 rounds every
-// activation and op intermediate as transformers in bfloat16 does.
+// activation and op intermediate as transformers in bfloat16 does. --kv bf16|f32: the CPU's KV cache (bf16 by default,
+// f32 with --compute f32).
 using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Gpu;
@@ -60,6 +61,7 @@ public sealed class ModelSession : IDisposable
             string? ropeSpec = args.String("--rope");
             string? ropeTable = args.String("--rope-table");
             var (compute, fullPrecision) = ComputeType(args.String("--compute"));
+            var kv = KvCacheType(args.String("--kv"));
             int batch = args.Int("-b", 0, min: 1);
             var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
             if (ctx <= 0) ctx = config.MaxPositionEmbeddings;
@@ -68,7 +70,7 @@ public sealed class ModelSession : IDisposable
             if (tokenizer is not null && tokenizer.VocabSize > config.VocabSize)
                 throw new UsageException($"{dir}: the tokenizer has {tokenizer.VocabSize} tokens but the model only {config.VocabSize}");
 
-            backend ??= CreateBackend(device, config, compute, fullPrecision);
+            backend ??= CreateBackend(device, config, compute, fullPrecision, kv);
             CheckMemory(backend, config, ctx);
             var (rope, note) = ChooseRope(config, ctx, ropeSpec, ropeTable);
             var weights = LlamaWeights.Load(dir, config, backend);
@@ -93,8 +95,8 @@ public sealed class ModelSession : IDisposable
     }
 
     /// <summary>The backend for --device, with the GPU kernels this model's shapes and compute mode use.</summary>
-    public static IBackend CreateBackend(string device, LlamaConfig config, DType compute, bool fullPrecision) =>
-        BackendFactory.Create(device, fullPrecision,
+    public static IBackend CreateBackend(string device, LlamaConfig config, DType compute, bool fullPrecision, DType? kvCache = null) =>
+        BackendFactory.Create(device, fullPrecision, kvCache,
             GpuKernelSet.For(config.HeadDim, config.NumAttentionHeads / config.NumKeyValueHeads, compute == DType.BF16));
 
     /// <summary>Parses --compute: mixed (default), f32 (full precision on the GPU too) or bf16 (activations rounded as in bf16).</summary>
@@ -104,6 +106,15 @@ public sealed class ModelSession : IDisposable
         "f32" => (DType.F32, true),
         "bf16" => (DType.BF16, false),
         _ => throw new UsageException($"--compute must be mixed, f32 or bf16, not '{value}'"),
+    };
+
+    /// <summary>Parses --kv: bf16 or f32, or null when not given (the backend's default).</summary>
+    public static DType? KvCacheType(string? value) => value?.ToLowerInvariant() switch
+    {
+        null => null,
+        "bf16" => DType.BF16,
+        "f32" => DType.F32,
+        _ => throw new UsageException($"--kv must be bf16 or f32, not '{value}'"),
     };
 
     private static bool HasTokenizer(string dir) =>

@@ -66,14 +66,4 @@ public static class CheckpointPresets
     public static string DefaultCacheRoot() =>
         Environment.GetEnvironmentVariable("LLAMA_BENCH_CACHE") is { Length: > 0 } env ? env
             : Path.Combine(Path.GetTempPath(), "llama-run-bench");
-
-    /// <summary>Bytes of weights read to decode one token: every matrix once (a tied classifier once), norms as F32.</summary>
-    public static long DecodeBytesPerToken(LlamaConfig c, DType weights)
-    {
-        long h = c.HiddenSize, perLayer = h * c.QDim + 2 * h * c.KvDim + c.QDim * h + 3 * h * c.IntermediateSize;
-        long matrices = c.NumHiddenLayers * perLayer + (long)c.VocabSize * h;   // the classifier; the embedding row is negligible
-        if (!c.TieWordEmbeddings) matrices += h;                                 // one embedding row besides the classifier
-        long norms = (2L * c.NumHiddenLayers + 1) * h * 4;
-        return matrices * weights.Size() + norms;
-    }
 }

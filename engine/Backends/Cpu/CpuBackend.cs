@@ -1,6 +1,7 @@
 // IBackend on the host CPU: checks shapes (one ArgumentException per violation) and calls CpuOps.
-// Tensors are 64-byte aligned native memory (Alloc) or aliases of caller memory (Upload); the KV cache is F32.
-// Test: CpuBackendTests (shape errors, Upload aliasing, a whole layer step against CpuOps).
+// Tensors are 64-byte aligned native memory (Alloc) or aliases of caller memory (Upload); the KV cache is F32 (the
+// default, the numerical reference) or BF16 (half the memory and the bytes decode attention reads).
+// Test: CpuBackendTests (shape errors, Upload aliasing, a whole layer step against CpuOps, the BF16 cache).
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using LlamaRun.Core;
@@ -10,11 +11,21 @@ namespace LlamaRun.Backends.Cpu;
 /// <summary>The CPU backend: SIMD, multi-threaded, and the numerical reference for the other backends.</summary>
 public sealed unsafe class CpuBackend : IBackend
 {
+    /// <summary>A backend whose KV cache holds kvCache elements (F32 or BF16; BF16 rounds keys and values to nearest even).</summary>
+    public CpuBackend(DType kvCache = DType.F32)
+    {
+        if (kvCache is not (DType.F32 or DType.BF16)) throw new ArgumentException($"the CPU KV cache is F32 or BF16, not {kvCache.Name()}", nameof(kvCache));
+        KvCacheType = kvCache;
+    }
+
     public string Name => "cpu";
 
     public BackendCapabilities Capabilities { get; } = new(PrefillChunk: 512, StackedDecodeProjections: false, DeviceMemory: false);
 
-    public int KvElementSize => 4;
+    /// <summary>Element type of the caches AllocKvCache makes.</summary>
+    public DType KvCacheType { get; }
+
+    public int KvElementSize => KvCacheType.Size();
 
     /// <summary>MemAvailable of /proc/meminfo (0 where that file does not exist).</summary>
     public long FreeMemoryBytes
@@ -78,7 +89,7 @@ public sealed unsafe class CpuBackend : IBackend
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(numKvHeads);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(headDim);
         int rows = checked(numLayers * maxSeq), kvDim = checked(numKvHeads * headDim);
-        return new KvCache(Alloc(DType.F32, rows, kvDim), Alloc(DType.F32, rows, kvDim), numLayers, maxSeq, numKvHeads, headDim);
+        return new KvCache(Alloc(KvCacheType, rows, kvDim), Alloc(KvCacheType, rows, kvDim), numLayers, maxSeq, numKvHeads, headDim);
     }
 
     public void Embedding(ReadOnlySpan<int> tokens, Tensor table, Tensor dst)
@@ -129,9 +140,9 @@ public sealed unsafe class CpuBackend : IBackend
         CheckPositions(cache, layer, startPos, q.Rows);
         ArgumentNullException.ThrowIfNull(table);
         if (table.RotaryDim > cache.HeadDim) throw new ArgumentException($"rotary dim {table.RotaryDim} of table '{table.Method}' exceeds head dim {cache.HeadDim}", nameof(table));
-        var p = new RopeParams(q.Rows, heads, cache.NumKvHeads, cache.HeadDim, startPos, layer);
-        CpuOps.Rope((float*)q.Pointer, (float*)k.Pointer, (float*)v.Pointer, (float*)cache.LayerK(layer).Pointer,
-            (float*)cache.LayerV(layer).Pointer, table, p, compute);
+        var p = new RopeParams(q.Rows, heads, cache.NumKvHeads, cache.HeadDim, startPos, layer, cache.K.DType);
+        CpuOps.Rope((float*)q.Pointer, (float*)k.Pointer, (float*)v.Pointer, (void*)cache.LayerK(layer).Pointer,
+            (void*)cache.LayerV(layer).Pointer, table, p, compute);
     }
 
     public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32)
@@ -141,8 +152,8 @@ public sealed unsafe class CpuBackend : IBackend
         Check(dst, nameof(dst), DType.F32);
         Shape(dst, nameof(dst), q.Rows, q.Cols);
         CheckPositions(cache, layer, startPos, q.Rows);
-        var p = new AttentionParams(q.Rows, heads, cache.NumKvHeads, cache.HeadDim, startPos);
-        CpuOps.Attention((float*)q.Pointer, (float*)cache.LayerK(layer).Pointer, (float*)cache.LayerV(layer).Pointer, (float*)dst.Pointer, p, compute);
+        var p = new AttentionParams(q.Rows, heads, cache.NumKvHeads, cache.HeadDim, startPos, cache.K.DType);
+        CpuOps.Attention((float*)q.Pointer, (void*)cache.LayerK(layer).Pointer, (void*)cache.LayerV(layer).Pointer, (float*)dst.Pointer, p, compute);
     }
 
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
@@ -154,7 +165,7 @@ public sealed unsafe class CpuBackend : IBackend
         if (from.RotaryDim != to.RotaryDim) throw new ArgumentException($"rotary dims differ: '{from.Method}' {from.RotaryDim}, '{to.Method}' {to.RotaryDim}", nameof(to));
         if (from.RotaryDim > cache.HeadDim) throw new ArgumentException($"rotary dim {from.RotaryDim} exceeds head dim {cache.HeadDim}", nameof(from));
         if (!(from.Magnitude > 0 && float.IsFinite(from.Magnitude))) throw new ArgumentException($"magnitude {from.Magnitude} of '{from.Method}' is not positive and finite", nameof(from));
-        CpuOps.RerotateCache((float*)cache.K.Pointer, cache.NumLayers, cache.MaxSeq, length, cache.NumKvHeads, cache.HeadDim, from, to);
+        CpuOps.RerotateCache((void*)cache.K.Pointer, cache.NumLayers, cache.MaxSeq, length, cache.NumKvHeads, cache.HeadDim, from, to, cache.K.DType);
     }
 
     public void SwiGlu(Tensor gate, Tensor up, Tensor dst, DType compute = DType.F32)
@@ -212,8 +223,9 @@ public sealed unsafe class CpuBackend : IBackend
     private void CheckCache(KvCache cache)
     {
         ArgumentNullException.ThrowIfNull(cache);
-        Check(cache.K, "cache.K", DType.F32);
-        Check(cache.V, "cache.V", DType.F32);
+        Check(cache.K, "cache.K");
+        Check(cache.V, "cache.V", cache.K.DType);
+        if (cache.K.DType is not (DType.F32 or DType.BF16)) throw new ArgumentException($"cache.K is {cache.K}, expected dtype F32 or BF16", nameof(cache));
         Shape(cache.K, "cache.K", cache.NumLayers * cache.MaxSeq, cache.KvDim);
         Shape(cache.V, "cache.V", cache.NumLayers * cache.MaxSeq, cache.KvDim);
     }

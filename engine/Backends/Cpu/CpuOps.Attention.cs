@@ -1,42 +1,97 @@
-// CPU causal grouped-query attention over the KV cache, one work item per (kv head, 4 tokens), multi-threaded.
-// Numerics as transformers' eager path in f32: score = (q . k) * 1/sqrt(headDim), softmax with the max subtracted,
-// f32 exp and f32 (vectorized) sum, probabilities p = e * (1/sum), out = sum_s p_s v_s. A bf16/f16 compute type follows
-// torch's CPU flash kernel instead: online softmax over blocks of 512 keys, e = exp(s - running max) rounded to that type
-// before it weights V (f32 accumulation), the f32 sum of the unrounded e, out = acc / sum. Test: CpuOpsTests.Attention*,
-// CpuOpsBf16Tests.Attention*.
+// CPU causal grouped-query attention over an F32 or BF16 KV cache, multi-threaded: a work item reads each cached row it
+// needs once, K in one pass for the scores and V in one pass for the outputs (the loops are in CpuOps.AttentionTiles.cs).
+// Decode (one token, f32 compute) splits the visible positions into blocks, one item each holding every head, so each
+// item streams contiguous rows; the items' softmax states (max, sum, accumulator) are merged at the end. Otherwise an
+// item is one kv head and a tile of tokens, over keys in tiles of 64 that stay in cache while all its queries use them.
+// Numerics: score = (q . k) * 1/sqrt(headDim) in f32; online softmax over key tiles: e = exp(s - running max) in f32,
+// f32 sums, the accumulator rescaled when the max grows; out = acc * (1/sum). A bf16/f16 compute type follows torch's
+// CPU flash kernel: tiles of 512 keys in order from key 0, e rounded to that type before it weights V, the sum of the
+// unrounded e. Test: CpuKvCacheTests (both cache types), CpuOpsAttentionTests, CpuOpsBf16Tests.Attention*.
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
-using System.Runtime.Intrinsics.X86;
 using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cpu;
 
-/// <summary>Shape of one Attention call: q and dst [Tokens, Heads*HeadDim], query t at position StartPos+t.</summary>
-public readonly record struct AttentionParams(int Tokens, int Heads, int KvHeads, int HeadDim, int StartPos);
+/// <summary>Shape of one Attention call: q and dst [Tokens, Heads*HeadDim], query t at position StartPos+t, cached rows of type Cache.</summary>
+public readonly record struct AttentionParams(int Tokens, int Heads, int KvHeads, int HeadDim, int StartPos, DType Cache = DType.F32);
 
 public static unsafe partial class CpuOps
 {
-    [ThreadStatic] private static float[]? _scoreScratch;
+    [ThreadStatic] private static float[]? _attentionScratch;
+    [ThreadStatic] private static float[]? _attentionPartials;
+
+    // Keys per softmax tile: prefill (a tile of one head's rows stays in L1/L2 for all queries of the item), the rounded
+    // compute types (torch's kv split), and decode, whose tile of V rows (prefetched while K is read) must sit in L2.
+    private const int PrefillKeyTile = 64, RoundedKeyTile = 512, DecodeTileBytes = 256 << 10;
+    // Queries (tokens x heads of one group) per prefill item: enough to reuse each key tile, few enough to balance.
+    private const int QueriesPerItem = 32;
+
+    // The call's pointers and shape, passed by value to the work items.
+    private readonly struct AttentionJob(float* q, void* k, void* v, AttentionParams p, DType compute)
+    {
+        public readonly nint Q = (nint)q, K = (nint)k, V = (nint)v;
+        public readonly AttentionParams P = p;
+        public readonly DType Compute = compute;
+        public readonly float Scale = (float)(1.0 / Math.Sqrt(p.HeadDim));
+        public readonly int KeyTile = compute != DType.F32 ? RoundedKeyTile : p.Tokens == 1 ? DecodeKeyTile(p) : PrefillKeyTile;
+        public int Group => P.Heads / P.KvHeads;
+        public int KvDim => P.KvHeads * P.HeadDim;
+        public int QDim => P.Heads * P.HeadDim;
+    }
+
+    // Rows of a decode tile: a power of two from 32 to 256 whose V rows fit in DecodeTileBytes.
+    private static int DecodeKeyTile(in AttentionParams p)
+    {
+        long rowBytes = (long)p.KvHeads * p.HeadDim * p.Cache.Size();
+        int rows = 256;
+        while (rows > 32 && rows * rowBytes > DecodeTileBytes) rows /= 2;
+        return rows;
+    }
+
+    // One work item: kv heads [KvHead0, +KvHeadCount) with all their query heads, tokens [Token0, +TokenCount), keys [Key0, Key1).
+    private readonly record struct AttentionItem(int KvHead0, int KvHeadCount, int Token0, int TokenCount, int Key0, int Key1)
+    {
+        public int Queries(int group) => TokenCount * KvHeadCount * group;
+    }
 
     /// <summary>dst[t, h] = softmax(q[t, h] . K[0..StartPos+t, h / (Heads/KvHeads)]^T / sqrt(HeadDim)) . V over the layer's kCache, vCache [maxSeq, kvDim].</summary>
-    public static void Attention(float* q, float* kCache, float* vCache, float* dst, AttentionParams p, DType compute = DType.F32)
+    public static void Attention(float* q, void* kCache, void* vCache, float* dst, AttentionParams p, DType compute = DType.F32)
     {
         if (p.Tokens <= 0 || p.Heads <= 0) return;
-        float scale = (float)(1.0 / Math.Sqrt(p.HeadDim));
-        nint qp = (nint)q, kc = (nint)kCache, vc = (nint)vCache, dp = (nint)dst;
-        // A work item is one kv head and up to 4 consecutive tokens: its 4*group queries share every K and V row
-        // load, which keeps long-context prefill from streaming the cache once per query.
-        const int TokenBlock = 4;
-        int tokenBlocks = (p.Tokens + TokenBlock - 1) / TokenBlock, items = p.KvHeads * tokenBlocks;
+        var job = new AttentionJob(q, kCache, vCache, p, compute);
+        switch (p.Cache)
+        {
+            case DType.F32: Attention<F32Row>(job, dst); break;
+            case DType.BF16: Attention<Bf16Row>(job, dst); break;
+            default: throw new NotSupportedException($"attention over a {p.Cache.Name()} KV cache");
+        }
+    }
+
+    private static void Attention<TKv>(AttentionJob job, float* dst) where TKv : struct, IRowReader
+    {
+        var p = job.P;
+        if (p.Tokens == 1 && job.Compute == DType.F32)
+        {
+            Decode<TKv>(job, dst);
+            return;
+        }
+        int group = job.Group, tokenTile = Math.Max(1, QueriesPerItem / group);
+        int tiles = (p.Tokens + tokenTile - 1) / tokenTile, items = p.KvHeads * tiles;
+        nint dp = (nint)dst;
         void Item(int item)
         {
-            // Later tokens cost more, so hand them out first for a better balance.
-            int rev = items - 1 - item;
-            AttentionBlock((float*)qp, (float*)kc, (float*)vc, (float*)dp, p, rev % p.KvHeads, rev / p.KvHeads * TokenBlock, scale, compute);
+            // Later tokens see more keys, so hand them out first for a better balance.
+            int rev = items - 1 - item, t0 = rev / p.KvHeads * tokenTile, nt = Math.Min(tokenTile, p.Tokens - t0);
+            var it = new AttentionItem(rev % p.KvHeads, 1, t0, nt, 0, p.StartPos + t0 + nt);
+            fixed (float* s = Scratch(ref _attentionScratch, ScratchFloats(job, it)))
+            {
+                Attend<TKv>(job, it, s);
+                Finish<TKv>(job, it, s, (float*)dp);
+            }
         }
-        long work = (long)p.Tokens * p.Heads * (p.StartPos + p.Tokens) * p.HeadDim;
-        if (work < 16384)
+        if ((long)p.Tokens * p.Heads * (p.StartPos + p.Tokens) * p.HeadDim < 16384)
         {
             for (int i = 0; i < items; i++) Item(i);
         }
@@ -46,186 +101,207 @@ public static unsafe partial class CpuOps
         }
     }
 
-    // Queries of kv head kvh at tokens t0..t0+3 (all heads of its group) against cache rows 0..StartPos+t.
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void AttentionBlock(float* q, float* kCache, float* vCache, float* dst, AttentionParams p, int kvh, int t0, float scale, DType compute)
+    // One token: blocks of positions, every head per block; each block leaves [heads, hd] accumulators, then the
+    // running maxima [heads] and sums [heads], in its slot of the partials, merged by MergePartials.
+    private static void Decode<TKv>(AttentionJob job, float* dst) where TKv : struct, IRowReader
     {
-        int hd = p.HeadDim, qDim = p.Heads * hd, kvDim = p.KvHeads * hd, group = p.Heads / p.KvHeads;
-        int nt = Math.Min(4, p.Tokens - t0), nq = nt * group, lenMax = p.StartPos + t0 + nt;
-        var scratch = _scoreScratch;
-        if (scratch is null || scratch.Length < nq * (lenMax + hd))
-            _scoreScratch = scratch = new float[Math.Max(nq * (lenMax + hd), 4096)];
-        fixed (float* sp = scratch)
+        var p = job.P;
+        int len = p.StartPos + 1, hd = p.HeadDim;
+        // About 8 blocks per thread (so the pool can redo a descheduled worker's block cheaply), whole key tiles each.
+        int block = (len + CpuParallel.Threads * 8 - 1) / (CpuParallel.Threads * 8);
+        block = Math.Max(1, (block + job.KeyTile - 1) / job.KeyTile) * job.KeyTile;
+        int items = (len + block - 1) / block, outLength = p.Heads * (hd + 2);
+        var partials = _attentionPartials;
+        if (partials is null || partials.Length < items * outLength)
         {
-            float* acc = sp + nq * lenMax;   // [nq, hd]; scores are [nq, lenMax], query r = ti * group + g
-            float* kh = kCache + kvh * hd;
-            float* vh = vCache + kvh * hd;
-            nint* qr = stackalloc nint[nq];
-            for (int r = 0; r < nq; r++) qr[r] = (nint)(q + (nint)(t0 + r / group) * qDim + (kvh * group + r % group) * hd);
-            // Scores: each K row is loaded once for all queries of the block that can see it, four dot products at a time.
-            for (int s = 0; s < lenMax; s++)
+            CpuParallel.WaitForWorkers();
+            _attentionPartials = partials = GC.AllocateUninitializedArray<float>(Math.Max(items * outLength, 4096), pinned: true);
+        }
+        void Block(int i, float* output)
+        {
+            var it = new AttentionItem(0, p.KvHeads, 0, 1, i * block, Math.Min(len, (i + 1) * block));
+            fixed (float* s = Scratch(ref _attentionScratch, ScratchFloats(job, it)))
             {
-                float* kr = kh + (nint)s * kvDim;
-                int r = Math.Max(0, s - p.StartPos - t0) * group;
-                for (; r + 4 <= nq; r += 4)
-                {
-                    var d = Dot4((float*)qr[r], (float*)qr[r + 1], (float*)qr[r + 2], (float*)qr[r + 3], kr, hd) * scale;
-                    sp[(nint)r * lenMax + s] = d.GetElement(0);
-                    sp[(nint)(r + 1) * lenMax + s] = d.GetElement(1);
-                    sp[(nint)(r + 2) * lenMax + s] = d.GetElement(2);
-                    sp[(nint)(r + 3) * lenMax + s] = d.GetElement(3);
-                }
-                for (; r < nq; r++) sp[(nint)r * lenMax + s] = Dot((float*)qr[r], kr, hd) * scale;
+                Attend<TKv>(job, it, s);
+                int nq = p.Heads;
+                new ReadOnlySpan<float>(s + nq * hd, nq * hd).CopyTo(new Span<float>(output, nq * hd));
+                new ReadOnlySpan<float>(s + 2 * nq * hd, 2 * nq).CopyTo(new Span<float>(output + nq * hd, 2 * nq));
             }
-            new Span<float>(acc, nq * hd).Clear();
-            if (compute != DType.F32)
-            {
-                for (int r = 0; r < nq; r++)
-                    RoundedSoftmaxValues(sp + (nint)r * lenMax, p.StartPos + t0 + r / group + 1, vh, acc + r * hd, hd, kvDim, compute);
-            }
+        }
+        fixed (float* pp = partials)
+        {
+            if (items == 1)
+                Block(0, pp);
             else
+                CpuParallel.ForOutputs(items, outLength, items * outLength, pp, Block);
+            MergePartials<TKv>(pp, items, p.Heads, hd, dst);
+        }
+    }
+
+    // out[h] = sum_i e^(m_i - M) acc_i / sum_i e^(m_i - M) l_i over the blocks i, M the largest m_i.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void MergePartials<TKv>(float* partials, int items, int heads, int hd, float* dst) where TKv : struct, IRowReader
+    {
+        int outLength = heads * (hd + 2);
+        Span<float> sum = stackalloc float[hd];
+        fixed (float* sp = sum)
+            for (int h = 0; h < heads; h++)
             {
-                SoftmaxValues(sp, acc, vh, p, nq, lenMax, t0, group, hd, kvDim);
+                float max = float.NegativeInfinity, total = 0;
+                for (int i = 0; i < items; i++) max = MathF.Max(max, partials[i * outLength + heads * hd + h]);
+                sum.Clear();
+                for (int i = 0; i < items; i++)
+                {
+                    float* part = partials + i * outLength;
+                    float w = items == 1 ? 1f : MathF.Exp(part[heads * hd + h] - max);
+                    total += w * part[heads * hd + heads + h];
+                    TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(part + h * hd, hd), w, sum, sum);
+                }
+                TensorPrimitives.Multiply(sum, 1f / total, sum);
+                Unarrange<TKv>(sp, dst + h * hd, hd);
             }
-            for (int ti = 0; ti < nt; ti++)
-                new ReadOnlySpan<float>(acc + ti * group * hd, group * hd).CopyTo(new Span<float>(dst + (nint)(t0 + ti) * qDim + kvh * group * hd, group * hd));
-        }
     }
 
-    // Scores [nq, lenMax] to probabilities in place, then acc [nq, hd] += probabilities times V.
-    private static void SoftmaxValues(float* sp, float* acc, float* vh, AttentionParams p, int nq, int lenMax, int t0, int group, int hd, int kvDim)
+    // Scratch of one item: arranged queries [nq, hd], accumulators [nq, hd], maxima [nq], sums [nq], scores [nq, keyTile].
+    private static int ScratchFloats(in AttentionJob job, AttentionItem it)
     {
-        for (int r = 0; r < nq; r++)
-        {
-            var scores = new Span<float>(sp + (nint)r * lenMax, p.StartPos + t0 + r / group + 1);
-            float max = TensorPrimitives.Max(scores);
-            TensorPrimitives.Subtract(scores, max, scores);
-            TensorPrimitives.Exp(scores, scores);
-            float inv = 1f / TensorPrimitives.Sum(scores);
-            TensorPrimitives.Multiply(scores, inv, scores);
-        }
-        // Values, in tiles of 64 rows that stay in L1 while every query of the block accumulates over them.
-        const int ValueTile = 64;
-        for (int s0 = 0; s0 < lenMax; s0 += ValueTile)
-        {
-            for (int r = Math.Max(0, s0 - p.StartPos - t0) * group; r < nq; r++)
-            {
-                int end = Math.Min(s0 + ValueTile, p.StartPos + t0 + r / group + 1);
-                AccumulateWeighted(sp + (nint)r * lenMax, vh, acc + r * hd, s0, end, hd, kvDim);
-            }
-        }
+        int nq = it.Queries(job.Group);
+        return nq * (2 * job.P.HeadDim + 2 + job.KeyTile);
     }
 
-    // One query's scaled scores [len] (overwritten) to acc [hd] as torch's CPU flash kernel computes in a reduced type:
-    // per block of 512 keys, m = max(running max, block max), e = exp(s - m) in f32, sum = sum(e) + exp(m_old - m) * sum,
-    // acc = acc * exp(m_old - m) + round(e) . V; finally acc / sum.
-    private static void RoundedSoftmaxValues(float* scores, int len, float* vh, float* acc, int hd, int kvDim, DType compute)
+    private static float[] Scratch(ref float[]? slot, int floats)
     {
-        const int KvSplit = 512;
-        float runMax = float.NegativeInfinity, runSum = 0;
-        var accRow = new Span<float>(acc, hd);
-        for (int n = 0; n < len; n += KvSplit)
-        {
-            int end = Math.Min(n + KvSplit, len);
-            var block = new Span<float>(scores + n, end - n);
-            float max = MathF.Max(runMax, TensorPrimitives.Max(block));
-            TensorPrimitives.Subtract(block, max, block);
-            TensorPrimitives.Exp(block, block);
-            float rescale = MathF.Exp(runMax - max);
-            runSum = TensorPrimitives.Sum(block) + rescale * runSum;
-            runMax = max;
-            if (n > 0) TensorPrimitives.Multiply(accRow, rescale, accRow);
-            Round(block, compute);
-            AccumulateWeighted(scores, vh, acc, n, end, hd, kvDim);
-        }
-        TensorPrimitives.Multiply(accRow, 1f / runSum, accRow);
-    }
-
-    // Four queries against one key: one accumulator each, combined by a horizontal-add tree.
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> Dot4(float* q0, float* q1, float* q2, float* q3, float* k, int n)
-    {
-        var a0 = Vector256<float>.Zero;
-        var a1 = Vector256<float>.Zero;
-        var a2 = Vector256<float>.Zero;
-        var a3 = Vector256<float>.Zero;
-        int i = 0;
-        for (; i <= n - 8; i += 8)
-        {
-            var kv = Vector256.Load(k + i);
-            a0 = Vector256.MultiplyAddEstimate(kv, Vector256.Load(q0 + i), a0);
-            a1 = Vector256.MultiplyAddEstimate(kv, Vector256.Load(q1 + i), a1);
-            a2 = Vector256.MultiplyAddEstimate(kv, Vector256.Load(q2 + i), a2);
-            a3 = Vector256.MultiplyAddEstimate(kv, Vector256.Load(q3 + i), a3);
-        }
-        Vector128<float> sum;
-        if (Avx.IsSupported)
-        {
-            var t = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
-            sum = t.GetLower() + t.GetUpper();
-        }
-        else
-        {
-            sum = Vector128.Create(Vector256.Sum(a0), Vector256.Sum(a1), Vector256.Sum(a2), Vector256.Sum(a3));
-        }
-        for (; i < n; i++) sum += Vector128.Create(q0[i], q1[i], q2[i], q3[i]) * k[i];
-        return sum;
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Dot(float* x, float* y, int n)
-    {
-        var a0 = Vector256<float>.Zero;
-        var a1 = Vector256<float>.Zero;
-        int i = 0;
-        for (; i <= n - 16; i += 16)
-        {
-            a0 = Vector256.MultiplyAddEstimate(Vector256.Load(x + i), Vector256.Load(y + i), a0);
-            a1 = Vector256.MultiplyAddEstimate(Vector256.Load(x + i + 8), Vector256.Load(y + i + 8), a1);
-        }
-        for (; i <= n - 8; i += 8) a0 = Vector256.MultiplyAddEstimate(Vector256.Load(x + i), Vector256.Load(y + i), a0);
-        float s = Vector256.Sum(a0 + a1);
-        for (; i < n; i++) s += x[i] * y[i];
+        var s = slot;
+        if (s is null || s.Length < floats) slot = s = new float[Math.Max(floats, 4096)];
         return s;
     }
 
-    // output[c] += sum over s in [sStart, sEnd) of w[s] * v[s * stride + c], in registers 32 (then 8) columns at a time.
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void AccumulateWeighted(float* w, float* v, float* output, int sStart, int sEnd, int hd, int stride)
+    // Runs the item's queries over its keys, tile by tile, leaving the accumulators, maxima and sums in scratch s.
+    // Query r is token Token0 + r / (KvHeadCount*group), head KvHead0*group + r % (KvHeadCount*group).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Attend<TKv>(in AttentionJob job, AttentionItem it, float* s) where TKv : struct, IRowReader
     {
-        int c = 0;
-        for (; c + 32 <= hd; c += 32)
+        var p = job.P;
+        int hd = p.HeadDim, group = job.Group, perToken = it.KvHeadCount * group, nq = it.Queries(group), kt = job.KeyTile;
+        float* qa = s, acc = s + nq * hd, max = acc + nq * hd, sum = max + nq, scores = sum + nq;
+        for (int r = 0; r < nq; r++)
         {
-            var a0 = Vector256.Load(output + c);
-            var a1 = Vector256.Load(output + c + 8);
-            var a2 = Vector256.Load(output + c + 16);
-            var a3 = Vector256.Load(output + c + 24);
-            float* vc = v + (nint)sStart * stride + c;
-            for (int s = sStart; s < sEnd; s++, vc += stride)
+            int t = it.Token0 + r / perToken, h = it.KvHead0 * group + r % perToken;
+            Arrange<TKv>((float*)job.Q + (nint)t * job.QDim + h * hd, qa + r * hd, hd);
+            max[r] = float.NegativeInfinity;
+            sum[r] = 0;
+        }
+        new Span<float>(acc, nq * hd).Clear();
+        bool decode = it.KvHeadCount == p.KvHeads && it.TokenCount == 1;
+        for (int s0 = it.Key0; s0 < it.Key1; s0 += kt)
+        {
+            int tile = Math.Min(kt, it.Key1 - s0);
+            if (decode) ScoresByRows<TKv>(job, s0, tile, qa, scores);
+            else BlockPass<TKv>(job, it, s0, tile, values: false, qa, scores, acc);
+            for (int r = 0; r < nq; r++)
             {
-                var ws = Vector256.Create(w[s]);
-                a0 = Vector256.MultiplyAddEstimate(ws, Vector256.Load(vc), a0);
-                a1 = Vector256.MultiplyAddEstimate(ws, Vector256.Load(vc + 8), a1);
-                a2 = Vector256.MultiplyAddEstimate(ws, Vector256.Load(vc + 16), a2);
-                a3 = Vector256.MultiplyAddEstimate(ws, Vector256.Load(vc + 24), a3);
+                int rows = Visible(p, it, r / perToken, s0, tile);
+                if (rows > 0) OnlineSoftmax(scores + r * kt, rows, ref max[r], ref sum[r], acc + r * hd, hd, job.Compute);
             }
-            a0.Store(output + c);
-            a1.Store(output + c + 8);
-            a2.Store(output + c + 16);
-            a3.Store(output + c + 24);
+            BlockPass<TKv>(job, it, s0, tile, values: true, qa, scores, acc);
         }
-        for (; c + 8 <= hd; c += 8)
+    }
+
+    // Keys of the tile [s0, s0 + tile) that token Token0 + ti sees (0 or negative for none).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int Visible(in AttentionParams p, in AttentionItem it, int ti, int s0, int tile) =>
+        Math.Min(tile, p.StartPos + it.Token0 + ti + 1 - s0);
+
+    // One tile of scores [n] (overwritten by e) into the running max, sum and accumulator [hd] of one query. One loop
+    // for the max and one for exp and the sum (a decode tile holds 32 to 256 keys, so calls would cost as much).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void OnlineSoftmax(float* scores, int n, ref float max, ref float sum, float* acc, int hd, DType compute)
+    {
+        float m = MathF.Max(max, MaxOf(scores, n));
+        float tileSum = ExpSum(scores, n, m);
+        if (max == float.NegativeInfinity)
         {
-            var a0 = Vector256.Load(output + c);
-            float* vc = v + (nint)sStart * stride + c;
-            for (int s = sStart; s < sEnd; s++, vc += stride) a0 = Vector256.MultiplyAddEstimate(Vector256.Create(w[s]), Vector256.Load(vc), a0);
-            a0.Store(output + c);
+            sum = tileSum;
         }
-        for (; c < hd; c++)
+        else
         {
-            float a = output[c];
-            for (int s = sStart; s < sEnd; s++) a += w[s] * v[(nint)s * stride + c];
-            output[c] = a;
+            float rescale = MathF.Exp(max - m);
+            sum = tileSum + rescale * sum;
+            if (rescale != 1f) TensorPrimitives.Multiply(new ReadOnlySpan<float>(acc, hd), rescale, new Span<float>(acc, hd));
         }
+        max = m;
+        if (compute != DType.F32) Round(scores, n, compute);
+    }
+
+    // The largest of x[0..n), NaN if any is NaN (n >= 1).
+    private static float MaxOf(float* x, int n)
+    {
+        int i = 0;
+        float m = float.NegativeInfinity;
+        if (n >= 8)
+        {
+            var v = Vector256.Load(x);
+            for (i = 8; i + 8 <= n; i += 8) v = Vector256.Max(v, Vector256.Load(x + i));
+            v = Vector256.Max(v, Vector256.Load(x + n - 8));   // the tail, overlapping
+            for (int k = 0; k < 8; k++) m = MathF.Max(m, v.GetElement(k));
+            return m;
+        }
+        for (; i < n; i++) m = MathF.Max(m, x[i]);
+        return m;
+    }
+
+    // x[i] = exp(x[i] - m) for i < n, returning their f32 sum; every element goes through the same vector exp.
+    private static float ExpSum(float* x, int n, float m)
+    {
+        var mv = Vector256.Create(m);
+        var total = Vector256<float>.Zero;
+        int i = 0;
+        for (; i + 8 <= n; i += 8)
+        {
+            var e = Vector256.Exp(Vector256.Load(x + i) - mv);
+            e.Store(x + i);
+            total += e;
+        }
+        float s = Vector256.Sum(total);
+        if (i < n)
+        {
+            Span<float> tail = stackalloc float[8];
+            tail.Fill(m);
+            new ReadOnlySpan<float>(x + i, n - i).CopyTo(tail);
+            var e = Vector256.Exp(Vector256.Create<float>(tail) - mv);
+            for (int k = 0; k < n - i; k++)
+            {
+                x[i + k] = e.GetElement(k);
+                s += e.GetElement(k);
+            }
+        }
+        return s;
+    }
+
+    // Each query's accumulator times 1/sum, in natural order, to its row and head of dst.
+    private static void Finish<TKv>(in AttentionJob job, AttentionItem it, float* s, float* dst) where TKv : struct, IRowReader
+    {
+        int hd = job.P.HeadDim, group = job.Group, perToken = it.KvHeadCount * group, nq = it.Queries(group);
+        float* acc = s + nq * hd, sum = s + 2 * nq * hd + nq;
+        for (int r = 0; r < nq; r++)
+        {
+            var row = new Span<float>(acc + r * hd, hd);
+            TensorPrimitives.Multiply(row, 1f / sum[r], row);
+            int t = it.Token0 + r / perToken, h = it.KvHead0 * group + r % perToken;
+            Unarrange<TKv>(acc + r * hd, dst + (nint)t * job.QDim + h * hd, hd);
+        }
+    }
+
+    // A query in the reader's Load16 order (pair-split for 16-bit caches), and an accumulator back to natural order.
+    private static void Arrange<TKv>(float* x, float* dst, int n) where TKv : struct, IRowReader
+    {
+        if (TKv.PairOrder) SplitPairs(x, dst, n);
+        else new ReadOnlySpan<float>(x, n).CopyTo(new Span<float>(dst, n));
+    }
+
+    private static void Unarrange<TKv>(float* x, float* dst, int n) where TKv : struct, IRowReader
+    {
+        if (TKv.PairOrder) MergePairs(x, dst, n);
+        else new ReadOnlySpan<float>(x, n).CopyTo(new Span<float>(dst, n));
     }
 }

@@ -1,5 +1,5 @@
 // CPU matmul dst[T, out] = x[T, in] . weight[out, in]^T for F32, F16 and BF16 weights, f32 accumulation.
-// Decode (T < 4) streams each weight row once with 4 independent FMA accumulators (memory-bound; BF16 via pair-split x);
+// Decode (T < 4) streams each weight row once with 4 independent FMA accumulators (memory-bound; BF16 and F16 via pair-split x);
 // prefill takes 4 tokens per weight-row pass so the row is loaded once per 4 tokens. One token goes through
 // CpuParallel.ForOutputs, so a worker descheduled by other load never stalls the GEMV. Test: CpuOpsTests.MatMul*.
 using System.Runtime.CompilerServices;
@@ -8,61 +8,6 @@ using System.Runtime.Intrinsics.X86;
 using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cpu;
-
-/// <summary>Reads 8 consecutive weights of one row as f32 (F32 directly, BF16 by a 16-bit shift, F16 by bit moves).</summary>
-internal unsafe interface IWeightRow
-{
-    static abstract Vector256<float> Load8(void* w, nint i);
-    static abstract float Load1(void* w, nint i);
-}
-
-internal unsafe struct F32Row : IWeightRow
-{
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Load8(void* w, nint i) => Vector256.Load((float*)w + i);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Load1(void* w, nint i) => ((float*)w)[i];
-}
-
-internal unsafe struct Bf16Row : IWeightRow
-{
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Load8(void* w, nint i)
-    {
-        if (Avx2.IsSupported)
-            return Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32((ushort*)w + i), 16).AsSingle();
-        var wide = Vector256.WidenLower(Vector128.Load((ushort*)w + i).ToVector256Unsafe());
-        return Vector256.ShiftLeft(wide, 16).AsSingle();
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Load1(void* w, nint i) => DTypes.BF16ToF32(((ushort*)w)[i]);
-}
-
-// F16 by integer bit moves (exact for normals, subnormals, zeros, infinities and NaNs): the exponent is rebiased by
-// adding 112 << 23; infinities/NaNs get another 112 << 23; subnormals are renormalized by one exact f32 subtraction.
-internal unsafe struct F16Row : IWeightRow
-{
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Load8(void* w, nint i)
-    {
-        var h = Avx2.IsSupported
-            ? Avx2.ConvertToVector256Int32((ushort*)w + i)
-            : Vector256.WidenLower(Vector128.Load((ushort*)w + i).ToVector256Unsafe()).AsInt32();
-        var sign = Vector256.ShiftLeft(h & Vector256.Create(0x8000), 16);
-        var o = Vector256.ShiftLeft(h & Vector256.Create(0x7fff), 13);
-        var exp = o & Vector256.Create(0x0f800000);
-        o += Vector256.Create(0x38000000);
-        o += Vector256.Equals(exp, Vector256.Create(0x0f800000)) & Vector256.Create(0x38000000);
-        var sub = (o + Vector256.Create(0x00800000)).AsSingle() - Vector256.Create(0x38800000).AsSingle();
-        var f = Vector256.ConditionalSelect(Vector256.Equals(exp, Vector256<int>.Zero).AsSingle(), sub, o.AsSingle());
-        return (f.AsInt32() | sign).AsSingle();
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Load1(void* w, nint i) => DTypes.F16ToF32(((ushort*)w)[i]);
-}
 
 public static unsafe partial class CpuOps
 {
@@ -86,9 +31,10 @@ public static unsafe partial class CpuOps
         int tokenChunk = tokens <= 64 ? tokens : 64;
         int tokenChunks = (tokens + tokenChunk - 1) / tokenChunk;
         int items = rowChunks * tokenChunks;
-        // Decode with BF16 weights: x is stored pair-split once (see SplitPairs) so each 32-byte weight load
-        // becomes two f32 vectors with one shift and one mask, the fewest instructions per weight byte.
-        bool pairs = weightType == DType.BF16 && tokens < 4;
+        // Decode with BF16 or F16 weights: x is stored pair-split once (see SplitPairs) so each 32-byte weight load
+        // becomes two f32 vectors with a shift and a mask (BF16; F16 adds a shift and a multiply), the fewest
+        // instructions per weight byte.
+        bool pairs = weightType != DType.F32 && tokens < 4;
         float[]? split = null;
         if (pairs)
         {
@@ -141,7 +87,7 @@ public static unsafe partial class CpuOps
         byte* ws = w + (nint)r0 * inDim * weightType.Size();
         if (pairs)
         {
-            for (int r = 0; r < rows; r++) output[r] = Dot1Bf16Pairs((ushort*)ws + (nint)r * inDim, x, inDim);
+            for (int r = 0; r < rows; r++) output[r] = DotPairs(weightType, (ushort*)ws + (nint)r * inDim, x, inDim);
             return;
         }
         switch (weightType)
@@ -168,7 +114,7 @@ public static unsafe partial class CpuOps
         {
             for (int t = 0; t < toks; t++)
                 for (int r = 0; r < rows; r++)
-                    ds[(nint)t * outDim + r] = Dot1Bf16Pairs((ushort*)ws + (nint)r * inDim, xs + (nint)t * inDim, inDim);
+                    ds[(nint)t * outDim + r] = DotPairs(weightType, (ushort*)ws + (nint)r * inDim, xs + (nint)t * inDim, inDim);
             return;
         }
         switch (weightType)
@@ -179,56 +125,49 @@ public static unsafe partial class CpuOps
         }
     }
 
-    // Within each block of 16, x[2k] goes to slot k and x[2k+1] to slot 8+k, matching the even (low half) and odd
-    // (high half) bf16 weights of a 32-byte load viewed as 8 ints; the tail past the last block is copied as is.
-    private static void SplitPairs(float* x, float* dst, int n)
-    {
-        int i = 0;
-        for (; i + 16 <= n; i += 16)
-            for (int k = 0; k < 8; k++)
-            {
-                dst[i + k] = x[i + 2 * k];
-                dst[i + 8 + k] = x[i + 2 * k + 1];
-            }
-        for (; i < n; i++) dst[i] = x[i];
-    }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float DotPairs(DType weightType, ushort* w, float* x, int n) =>
+        weightType == DType.BF16 ? DotRow<Bf16Row>(w, x, n) : DotRow<F16Row>(w, x, n);
 
-    // One BF16 weight row times one pair-split token; 4 accumulators, 32 weights (64 bytes) per iteration.
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Dot1Bf16Pairs(ushort* w, float* x, int n)
+    // One row times one operand in the reader's Load16 order (pair-split x for 16-bit rows); 4 accumulators, 32 elements
+    // per iteration. An F16 row that held an infinity or NaN is redone with exact conversions (F16Row's fast path is
+    // exact for finite values only). Attention uses it for each head's slice of a cached row.
+    [MethodImpl(MethodImplOptions.AggressiveInlining | MethodImplOptions.AggressiveOptimization)]
+    private static float DotRow<TW>(void* w, float* x, int n) where TW : struct, IRowReader
     {
-        var hiMask = Vector256.Create(unchecked((int)0xFFFF0000));
         var a0 = Vector256<float>.Zero;
         var a1 = Vector256<float>.Zero;
         var a2 = Vector256<float>.Zero;
         var a3 = Vector256<float>.Zero;
+        var specials = Vector256<ushort>.Zero;
         nint i = 0;
         for (; i <= n - 32; i += 32)
         {
             // 1 KiB ahead: starts the next row (and the next 4 KiB page) before the hardware prefetcher would.
-            if (Sse.IsSupported) Sse.Prefetch0(w + i + 512);
-            var p0 = Vector256.Load((int*)(w + i));
-            var p1 = Vector256.Load((int*)(w + i + 16));
-            a0 = Vector256.MultiplyAddEstimate(Vector256.ShiftLeft(p0, 16).AsSingle(), Vector256.Load(x + i), a0);
-            a1 = Vector256.MultiplyAddEstimate((p0 & hiMask).AsSingle(), Vector256.Load(x + i + 8), a1);
-            a2 = Vector256.MultiplyAddEstimate(Vector256.ShiftLeft(p1, 16).AsSingle(), Vector256.Load(x + i + 16), a2);
-            a3 = Vector256.MultiplyAddEstimate((p1 & hiMask).AsSingle(), Vector256.Load(x + i + 24), a3);
+            if (Sse.IsSupported) Sse.Prefetch0((ushort*)w + i + 512);
+            TW.Load16(w, i, out var e0, out var o0, ref specials);
+            TW.Load16(w, i + 16, out var e1, out var o1, ref specials);
+            a0 = Vector256.MultiplyAddEstimate(e0, Vector256.Load(x + i), a0);
+            a1 = Vector256.MultiplyAddEstimate(o0, Vector256.Load(x + i + 8), a1);
+            a2 = Vector256.MultiplyAddEstimate(e1, Vector256.Load(x + i + 16), a2);
+            a3 = Vector256.MultiplyAddEstimate(o1, Vector256.Load(x + i + 24), a3);
         }
         for (; i <= n - 16; i += 16)
         {
-            var p0 = Vector256.Load((int*)(w + i));
-            a0 = Vector256.MultiplyAddEstimate(Vector256.ShiftLeft(p0, 16).AsSingle(), Vector256.Load(x + i), a0);
-            a1 = Vector256.MultiplyAddEstimate((p0 & hiMask).AsSingle(), Vector256.Load(x + i + 8), a1);
+            TW.Load16(w, i, out var e0, out var o0, ref specials);
+            a0 = Vector256.MultiplyAddEstimate(e0, Vector256.Load(x + i), a0);
+            a1 = Vector256.MultiplyAddEstimate(o0, Vector256.Load(x + i + 8), a1);
         }
+        if (typeof(TW) == typeof(F16Row) && F16Row.AnySpecial(specials)) return DotRow<F16ExactRow>(w, x, n);
         float s = Vector256.Sum((a0 + a1) + (a2 + a3));
-        for (; i < n; i++) s += DTypes.BF16ToF32(w[i]) * x[i];
+        for (; i < n; i++) s += TW.Load1(w, i) * x[i];
         return s;
     }
 
     // x [toks, inDim] (row stride inDim), w [rows, inDim], dst row stride dstStride.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void MatMulBlock<TW>(float* x, void* w, float* dst, int toks, int rows, int inDim, int dstStride)
-        where TW : struct, IWeightRow
+        where TW : struct, IRowReader
     {
         int t = 0;
         nint rowBytes = (nint)inDim * (typeof(TW) == typeof(F32Row) ? 4 : 2);
@@ -250,7 +189,7 @@ public static unsafe partial class CpuOps
 
     // One weight row times one token: 4 accumulators of 8 lanes hide the FMA latency while streaming the row.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Dot1<TW>(void* w, float* x, int n) where TW : struct, IWeightRow
+    private static float Dot1<TW>(void* w, float* x, int n) where TW : struct, IRowReader
     {
         var a0 = Vector256<float>.Zero;
         var a1 = Vector256<float>.Zero;
@@ -273,7 +212,7 @@ public static unsafe partial class CpuOps
 
     // One weight row times 4 consecutive tokens (row stride n): each weight vector is loaded once for 4 FMAs.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Dot4<TW>(void* w, float* x, int n, float* dst, int dstStride) where TW : struct, IWeightRow
+    private static void Dot4<TW>(void* w, float* x, int n, float* dst, int dstStride) where TW : struct, IRowReader
     {
         float* x1 = x + n, x2 = x1 + n, x3 = x2 + n;
         var a0 = Vector256<float>.Zero;

@@ -1,5 +1,6 @@
 // CPU rotary embedding from a RopeTable (per-pair InvFreq, cos/sin Magnitude, optional QueryScale) plus KV-cache store,
-// and the re-rotation of cached keys when the table changes. Test: CpuOpsTests.Rope*, CpuOpsTests.RerotateCache.
+// and the re-rotation of cached keys when the table changes; the cache holds F32 or BF16 (rounded to nearest even).
+// Test: CpuOpsAttentionTests.Rope*, CpuOpsAttentionTests.Rerotate*.
 // Numerics as transformers: angle = f32(p) * InvFreq[j] in f32; cos/sin of that f32 angle (computed in double,
 // rounded to f32) times Magnitude in f32; out = x*cos - y*sin / y*cos + x*sin with each product rounded (no FMA).
 // A bf16/f16 compute type also rounds cos, sin, every product and every sum to it (apply_rotary_pos_emb in that dtype).
@@ -9,14 +10,15 @@ using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Backends.Cpu;
 
-/// <summary>Shape of one Rope call: q [Tokens, Heads*HeadDim], k and v [Tokens, KvHeads*HeadDim], positions StartPos+t.</summary>
-public readonly record struct RopeParams(int Tokens, int Heads, int KvHeads, int HeadDim, int StartPos, int Layer);
+/// <summary>Shape of one Rope call: q [Tokens, Heads*HeadDim], k and v [Tokens, KvHeads*HeadDim], positions StartPos+t, a cache of type Cache.</summary>
+public readonly record struct RopeParams(int Tokens, int Heads, int KvHeads, int HeadDim, int StartPos, int Layer, DType Cache = DType.F32);
 
 public static unsafe partial class CpuOps
 {
     /// <summary>Rotates q and k in place, scales q by the table's QueryScale, and stores k, v into rows StartPos+t of kCache, vCache (the layer's [maxSeq, kvDim] block).</summary>
-    public static void Rope(float* q, float* k, float* v, float* kCache, float* vCache, RopeTable table, RopeParams p, DType compute = DType.F32)
+    public static void Rope(float* q, float* k, float* v, void* kCache, void* vCache, RopeTable table, RopeParams p, DType compute = DType.F32)
     {
+        if (p.Cache is not (DType.F32 or DType.BF16)) throw new NotSupportedException($"a {p.Cache.Name()} KV cache");
         int half = table.InvFreq.Length, kvDim = p.KvHeads * p.HeadDim, qDim = p.Heads * p.HeadDim;
         if (p.Tokens <= 0) return;
         nint qp = (nint)q, kp = (nint)k, vp = (nint)v, kc = (nint)kCache, vc = (nint)vCache;
@@ -44,8 +46,8 @@ public static unsafe partial class CpuOps
                     float s = qs.At(p.Layer, pos);
                     for (int i = 0; i < qDim; i++) qt[i] = RoundTo(qt[i] * s, compute);
                 }
-                new ReadOnlySpan<float>(kt, kvDim).CopyTo(new Span<float>((float*)kc + (nint)pos * kvDim, kvDim));
-                new ReadOnlySpan<float>((float*)vp + (nint)t * kvDim, kvDim).CopyTo(new Span<float>((float*)vc + (nint)pos * kvDim, kvDim));
+                StoreRow(kt, (void*)kc, pos, kvDim, p.Cache);
+                StoreRow((float*)vp + (nint)t * kvDim, (void*)vc, pos, kvDim, p.Cache);
             }
         }
         int chunks = (p.Tokens + TokenChunk - 1) / TokenChunk;
@@ -63,9 +65,12 @@ public static unsafe partial class CpuOps
     // cos^2 + sin^2, which also removes from's Magnitude) and rounded to f32, which recovers the original key whenever
     // the stored rounding error is under half an ulp; it is then rotated with to's cos/sin by the same f32 formula as
     // Rope. The result is the directly rotated key, or within about an ulp of the pair's norm of it.
+    // A BF16 cache is read exactly and the re-rotated key rounded to bf16 again.
     /// <summary>Re-rotates cached keys at positions 0..length-1 of every layer so they equal keys rotated with table `to` instead of `from`.</summary>
-    public static void RerotateCache(float* kCache, int numLayers, int maxSeq, int length, int kvHeads, int headDim, RopeTable from, RopeTable to)
+    public static void RerotateCache(void* kCache, int numLayers, int maxSeq, int length, int kvHeads, int headDim, RopeTable from, RopeTable to,
+        DType cache = DType.F32)
     {
+        if (cache is not (DType.F32 or DType.BF16)) throw new NotSupportedException($"a {cache.Name()} KV cache");
         int half = from.InvFreq.Length, kvDim = kvHeads * headDim;
         if (length <= 0 || numLayers <= 0) return;
         nint kc = (nint)kCache;
@@ -77,15 +82,18 @@ public static unsafe partial class CpuOps
             Span<float> s1 = stackalloc float[half];
             CosSin(from, pos, c0, s0);
             CosSin(to, pos, c1, s1);
+            Span<float> x = stackalloc float[kvDim];
             for (int l = 0; l < numLayers; l++)
             {
-                float* row = (float*)kc + ((nint)l * maxSeq + pos) * kvDim;
+                nint row = (nint)l * maxSeq + pos;
+                LoadRow((void*)kc, row, x, cache);
                 for (int h = 0; h < kvHeads; h++)
                 {
-                    float* x = row + h * headDim;
+                    int o = h * headDim;
                     for (int j = 0; j < half; j++)
-                        RopeMath.Rerotate(x[j], x[j + half], c0[j], s0[j], c1[j], s1[j], out x[j], out x[j + half]);
+                        RopeMath.Rerotate(x[o + j], x[o + j + half], c0[j], s0[j], c1[j], s1[j], out x[o + j], out x[o + j + half]);
                 }
+                fixed (float* xp = x) StoreRow(xp, (void*)kc, row, kvDim, cache);
             }
         }
         if ((long)length * numLayers * kvDim < 65536)
@@ -95,6 +103,22 @@ public static unsafe partial class CpuOps
         else
         {
             CpuParallel.For(length, Position);
+        }
+    }
+
+    // Row `row` of a [rows, n] cache of type cache, to and from f32 (BF16 rounded to nearest even).
+    private static void StoreRow(float* x, void* cache, nint row, int n, DType type)
+    {
+        if (type == DType.BF16) ConvertToBf16(x, (ushort*)cache + row * n, n);
+        else new ReadOnlySpan<float>(x, n).CopyTo(new Span<float>((float*)cache + row * n, n));
+    }
+
+    private static void LoadRow(void* cache, nint row, Span<float> x, DType type)
+    {
+        fixed (float* xp = x)
+        {
+            if (type == DType.BF16) ConvertBf16((ushort*)cache + row * x.Length, xp, x.Length);
+            else new ReadOnlySpan<float>((float*)cache + row * x.Length, x.Length).CopyTo(x);
         }
     }
 

@@ -1,6 +1,7 @@
 // Rounding F32 activations to the precision of a narrower type, in place, to reproduce a framework that computes
 // in bf16 or f16 (transformers with torch_dtype bfloat16 rounds after every op), plus the scalar and span forms the
-// ops use for their mid-op roundings. Tests: CpuOpsTests.Round*, CpuOpsBf16Tests.
+// ops use for their mid-op roundings, and the f32-to-bf16 store of the KV cache. Tests: CpuOpsTests.Round*,
+// CpuOpsTests.ConvertToBf16, CpuOpsBf16Tests.
 using System.Runtime.Intrinsics;
 using LlamaRun.Core;
 
@@ -38,6 +39,24 @@ public static unsafe partial class CpuOps
     public static void Round(Span<float> x, DType dtype)
     {
         fixed (float* p = x) Round(p, x.Length, dtype);
+    }
+
+    /// <summary>dst[i] = the bf16 bits of x[i], rounded to nearest even with NaN kept quiet (as DTypes.F32ToBF16).</summary>
+    public static void ConvertToBf16(float* x, ushort* dst, int n)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i + 16 <= n; i += 16)
+                Vector256.Narrow(Bf16Bits(Vector256.Load((uint*)x + i)), Bf16Bits(Vector256.Load((uint*)x + i + 8))).Store(dst + i);
+        for (; i < n; i++) dst[i] = DTypes.F32ToBF16(x[i]);
+    }
+
+    // The bf16 bits (in the low half of each lane) of 8 f32 bit patterns, exactly as DTypes.F32ToBF16.
+    private static Vector256<uint> Bf16Bits(Vector256<uint> u)
+    {
+        var rounded = (u + Vector256.Create(0x7fffu) + ((u >> 16) & Vector256.Create(1u))) >> 16;
+        var nan = Vector256.GreaterThan((u & Vector256.Create(0x7fffffffu)).AsInt32(), Vector256.Create(0x7f800000)).AsUInt32();
+        return Vector256.ConditionalSelect(nan, (u >> 16) | Vector256.Create(0x40u), rounded);
     }
 
     // One value rounded to dtype (nearest even); F32 returns x.

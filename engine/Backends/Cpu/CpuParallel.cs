@@ -1,7 +1,9 @@
 // Persistent worker pool behind the CPU ops: a parallel-for over work-item indices with microsecond overhead.
 // Workers spin briefly after each job (decode issues many small ops back to back), yielding, then block.
-// ForOutputs lets the caller redo an item a descheduled worker holds, so a busy machine cannot stall a GEMV; that
-// worker may go on reading the job's inputs, so memory is freed only after WaitForWorkers (CpuBackend does it).
+// ForOutputs gives each thread a contiguous range of items (a GEMV's rows then stream in memory order per thread, which
+// the hardware prefetchers follow best), lets a thread done with its range take items from the back of another's, and
+// lets the caller redo an item a descheduled worker holds, so a busy machine cannot stall a GEMV; that worker may go on
+// reading the job's inputs, so memory is freed only after WaitForWorkers (CpuBackend does it).
 // LLAMA_THREADS=n overrides the thread count. Exercised by CpuBackendTests.Pool* and CpuParallelTests.
 using System.Diagnostics;
 using System.Runtime.ExceptionServices;
@@ -24,6 +26,7 @@ internal static unsafe class CpuParallel
         public float* Dst;
         public int OutputLength, TotalOutputs;
         public int[]? States;
+        public int[]? Ranges;   // ForOutputs: thread p's next item at [p * RangeStride], its range's end at [p * RangeStride + 1]
         public int Count;
         public int Next;
         public int Done;
@@ -41,6 +44,7 @@ internal static unsafe class CpuParallel
     private static bool _started;
 
     [ThreadStatic] private static bool _insideJob;
+    [ThreadStatic] private static int _participant;   // 0 for the caller of a job, w for worker thread w
     [ThreadStatic] private static float[]? _scratch;
 
     /// <summary>Number of threads a job runs on, the calling thread included.</summary>
@@ -93,7 +97,7 @@ internal static unsafe class CpuParallel
             var job = new Job
             {
                 OutputBody = body, Dst = dst, OutputLength = outputLength, TotalOutputs = totalOutputs,
-                States = new int[count], Count = count,
+                States = new int[count], Ranges = SplitRanges(count), Count = count,
             };
             Publish(job);
             _insideJob = true;
@@ -112,6 +116,39 @@ internal static unsafe class CpuParallel
     {
         var spin = new SpinWait();
         while (Volatile.Read(ref _inBody) > 0) spin.SpinOnce();
+    }
+
+    // Ints between two threads' range counters: 64 bytes, so they sit on different cache lines.
+    private const int RangeStride = 16;
+
+    // Thread p (0 = caller) starts with items [p * count / Threads, (p + 1) * count / Threads).
+    private static int[] SplitRanges(int count)
+    {
+        var r = new int[Threads * RangeStride];
+        for (int p = 0; p < Threads; p++)
+        {
+            r[p * RangeStride] = (int)((long)p * count / Threads);
+            r[p * RangeStride + 1] = (int)((long)(p + 1) * count / Threads);
+        }
+        return r;
+    }
+
+    // The next item thread p should try: the front of its own range, then the back of the others' (-1 when all are
+    // taken). Two threads can pass each other at the meeting point and leave an item in neither range; the caller
+    // sweeps for those once the ranges are exhausted.
+    private static int NextItem(Job job, int p)
+    {
+        int[] r = job.Ranges!;
+        int own = p * RangeStride;
+        int i = Interlocked.Increment(ref r[own]) - 1;
+        if (i < Volatile.Read(ref r[own + 1])) return i;
+        for (int k = 1; k < Threads; k++)
+        {
+            int q = (p + k) % Threads * RangeStride;
+            int e = Interlocked.Decrement(ref r[q + 1]);
+            if (e >= Volatile.Read(ref r[q])) return e;
+        }
+        return -1;
     }
 
     private static void Publish(Job job)
@@ -147,10 +184,16 @@ internal static unsafe class CpuParallel
         int[] states = job.States!;
         long start = Stopwatch.GetTimestamp();
         int mine = 0, i;
-        while ((i = Interlocked.Increment(ref job.Next) - 1) < job.Count)
+        while ((i = NextItem(job, 0)) >= 0)
         {
             if (Interlocked.CompareExchange(ref states[i], Finished, Free) != Free) continue;
             RunOutputItem(job, i, job.Dst + (nint)i * job.OutputLength);
+            mine++;
+        }
+        for (int k = 0; k < job.Count; k++)   // items the range counters passed over
+        {
+            if (Interlocked.CompareExchange(ref states[k], Finished, Free) != Free) continue;
+            RunOutputItem(job, k, job.Dst + (nint)k * job.OutputLength);
             mine++;
         }
         long perItem = (Stopwatch.GetTimestamp() - start) / Math.Max(1, mine);
@@ -200,7 +243,7 @@ internal static unsafe class CpuParallel
         int i;
         fixed (float* s = scratch)
         {
-            while ((i = Interlocked.Increment(ref job.Next) - 1) < job.Count)
+            while ((i = NextItem(job, _participant)) >= 0)
             {
                 Interlocked.Increment(ref _inBody);
                 if (Interlocked.CompareExchange(ref states[i], Claimed, Free) != Free)
@@ -233,14 +276,16 @@ internal static unsafe class CpuParallel
         for (int w = 1; w < Threads; w++)
         {
             int startGeneration = Volatile.Read(ref _generation);
-            var thread = new Thread(() => WorkerLoop(startGeneration)) { IsBackground = true, Name = $"llama-cpu-{w}" };
+            int participant = w;
+            var thread = new Thread(() => WorkerLoop(startGeneration, participant)) { IsBackground = true, Name = $"llama-cpu-{w}" };
             thread.Start();
         }
     }
 
-    private static void WorkerLoop(int seen)
+    private static void WorkerLoop(int seen, int participant)
     {
         _insideJob = true;
+        _participant = participant;
         while (true)
         {
             int g = Volatile.Read(ref _generation);

@@ -1,6 +1,9 @@
 // `llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3]`: llama-bench style table of
 // prefill (ppP: P random tokens from position 0) and decode (tgN after an empty cache; tgN @ dD after filling D positions)
 // tokens/s, mean ± stdev over r repetitions, plus load time and memory. Tests that do not fit in memory are skipped.
+// On the CPU each decode row also shows the bytes a token reads (weights plus the cached K and V it attends over), the
+// host read bandwidth (measured just before each repetition, since other machines' load moves it; the mean of those)
+// and the % of the bound: the mean over repetitions of tokens/s * bytes a token / that repetition's bandwidth.
 using System.Diagnostics;
 using System.Globalization;
 using LlamaRun.Backends;
@@ -13,7 +16,7 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Bench
 {
-    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--compute mixed|f32|bf16] [-b N] [--profile] | llama-run bench --kernels [--device D]";
+    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--compute mixed|f32|bf16] [--kv bf16|f32] [-b N] [--profile] | llama-run bench --kernels [--device D]";
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
@@ -52,11 +55,13 @@ public static class Bench
         long weightFiles = Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length);
         var (compute, fullPrecision) = ModelSession.ComputeType(args.String("--compute"));
         var load = Stopwatch.StartNew();
-        IBackend backend = ModelSession.CreateBackend(device, config, compute, fullPrecision);   // the session takes it over
+        IBackend backend = ModelSession.CreateBackend(device, config, compute, fullPrecision,
+            ModelSession.KvCacheType(args.String("--kv")));   // the session takes it over
         if (args.Has("--profile")) return Profile(args, backend, decode, depth);
         double backendSeconds = load.Elapsed.TotalSeconds;
         long freeBefore = backend.FreeMemoryBytes;
         int kvElement = backend.KvElementSize;
+        bool cpu = backend.Name == "cpu";
         long budget = freeBefore > 0 ? (long)(0.9 * (freeBefore - weightFiles)) : long.MaxValue;
         var skipped = tests.Where(t => Llama.KvCacheBytes(config, t.Positions, kvElement) > budget).ToList();
         foreach (var t in skipped)
@@ -76,9 +81,13 @@ public static class Bench
         if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
         long deviceUsed = s.Backend.Capabilities.DeviceMemory ? freeBefore - s.Backend.FreeMemoryBytes : 0;
 
+        using var bandwidth = cpu ? new CpuReadBandwidth.Probe() : null;
         var runner = new Runner(s.Model);
-        runner.Prefill(Math.Min(16, ctx));   // warm-up: JIT, first-touch of the weights, kernel compilation
-        var results = new List<(Test Test, double Mean, double Sd)>();
+        // Warm-up: JIT (the one-token paths too, until tiered compilation has optimized them), first-touch of the weights,
+        // kernel compilation.
+        runner.Prefill(Math.Min(16, ctx));
+        if (decode > 0) runner.WarmUpDecode(Math.Min(64, ctx), seconds: 1.5);
+        var results = new List<(Test Test, double Mean, double Sd, double Read, double Bound)>();
         foreach (var t in tests)
         {
             var rates = new double[reps];
@@ -88,20 +97,35 @@ public static class Bench
                 runner.Fill(t.Depth);
                 Console.Error.WriteLine(string.Create(Inv, $"filled {t.Depth} positions in {fill.Elapsed.TotalSeconds:F1} s"));
             }
+            var reads = new double[reps];
             for (int r = 0; r < reps; r++)
+            {
+                if (bandwidth is not null && t.Decode > 0) reads[r] = bandwidth.Measure(0);
                 rates[r] = t.Prompt > 0 ? runner.Prefill(t.Prompt) : runner.Decode(t.Depth, t.Decode);
+            }
             double mean = rates.Average();
             double sd = reps > 1 ? Math.Sqrt(rates.Sum(x => (x - mean) * (x - mean)) / (reps - 1)) : 0;
-            results.Add((t, mean, sd));
+            double bytes = bandwidth is not null && t.Decode > 0 ? DecodeBytes(s, t) : 0;
+            double bound = bytes > 0 ? Enumerable.Range(0, reps).Average(r => rates[r] * bytes / (reads[r] * 1e9)) : 0;
+            results.Add((t, mean, sd, reads.Average(), bound));
         }
 
         string model = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir)));
         string size = FormatBytes(s.Weights.WeightBytes);
         string parameters = FormatCount(ParameterCount(config));
-        Console.WriteLine("| model | size | params | backend | test | t/s |");
-        Console.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |");
-        foreach (var (t, mean, sd) in results)
-            Console.WriteLine(string.Create(Inv, $"| {model} | {size} | {parameters} | {s.Backend.Name} | {t.Name} | {mean:F2} ± {sd:F2} |"));
+        Console.WriteLine("| model | size | params | backend | test | t/s |" + (cpu ? " bytes/token | read GB/s | bound t/s | % of bound |" : ""));
+        Console.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |" + (cpu ? " ---: | ---: | ---: | ---: |" : ""));
+        foreach (var (t, mean, sd, read, bound) in results)
+        {
+            string row = string.Create(Inv, $"| {model} | {size} | {parameters} | {s.Backend.Name} | {t.Name} | {mean:F2} ± {sd:F2} |");
+            if (bound > 0)
+            {
+                double bytes = DecodeBytes(s, t);
+                row += string.Create(Inv, $" {bytes / 1e6:F0} MB | {read:F1} | {read * 1e9 / bytes:F1} | {100 * bound:F0}% |");
+            }
+            else if (cpu) row += " - | - | - | - |";
+            Console.WriteLine(row);
+        }
         long kv = Llama.KvCacheBytes(config, ctx, s.Backend.KvElementSize);
         Console.WriteLine();
         string kernels = s.Backend is GpuBackend gpu
@@ -110,6 +134,8 @@ public static class Bench
         Console.WriteLine(string.Create(Inv, $"device: {s.Backend.Device}; ctx {ctx}; load {loadSeconds:F2} s{kernels}"));
         Console.WriteLine($"memory: weights {FormatBytes(s.Weights.WeightBytes)} + KV cache {FormatBytes(kv)} = {FormatBytes(s.Weights.WeightBytes + kv)}" +
                           (deviceUsed > 0 ? $"; device memory used (free before load - free after) {FormatBytes(deviceUsed)}" : ""));
+        if (cpu)
+            Console.WriteLine($"read GB/s: {CpuReadBandwidth.PoolThreads} threads, best of 8 passes over 1 GiB before each repetition (mean shown); % of bound: mean over repetitions");
         return 0;
     }
 
@@ -158,6 +184,19 @@ public static class Bench
             model.Forward(RandomTokens(depth), 0, LogitsRows.None, default);
         }
 
+        // Decodes for `seconds` (at least two tokens), from an empty cache again whenever `positions` are filled.
+        public void WarmUpDecode(int positions, double seconds)
+        {
+            int token = _rng.Next(model.VocabSize);
+            long t0 = Stopwatch.GetTimestamp();
+            for (int i = 0; i < 2 || Stopwatch.GetElapsedTime(t0).TotalSeconds < seconds; i++)
+            {
+                if (i % positions == 0) model.Reset();
+                model.Forward([token], i % positions, LogitsRows.Last, _logits);
+                token = CpuOps.Argmax(_logits);
+            }
+        }
+
         // Greedy decode of n tokens at positions start.. (the cache holds positions 0..start-1); each token waits for its logits.
         public double Decode(int start, int n)
         {
@@ -171,6 +210,15 @@ public static class Bench
             }
             return n / Stopwatch.GetElapsedTime(t0).TotalSeconds;
         }
+    }
+
+    // Bytes a decode token of test t reads: the weights, and K and V of every layer at the positions it attends over
+    // (depth + (n + 1) / 2 on average for n tokens after depth cached positions).
+    private static double DecodeBytes(ModelSession s, Test t)
+    {
+        var c = s.Config;
+        double positions = t.Depth + (t.Decode + 1) / 2.0;
+        return s.Weights.DecodeReadBytes + 2.0 * c.NumHiddenLayers * c.KvDim * s.Backend.KvElementSize * positions;
     }
 
     // "512,4096" or "0" (no prefill test), as llama-bench takes -p.

@@ -10,7 +10,7 @@ public static class Generate
     public const string Usage =
         "llama-run [-m DIR] [-p TEXT | -f FILE] [-n N] [--ctx N] [--temp T] [--top-k K] [--top-p P] [--min-p P]\n" +
         "          [--repeat-penalty R] [--repeat-last-n N] [--seed S] [--device cpu|cuda|ilgpu-cpu|auto] [--rope SPEC | --rope-table FILE]\n" +
-        "          [--compute mixed|f32|bf16] [-b N]";
+        "          [--compute mixed|f32|bf16] [--kv bf16|f32] [-b N]";
 
     public static int Run(Args args)
     {

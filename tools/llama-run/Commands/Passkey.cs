@@ -10,7 +10,7 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Passkey
 {
-    public const string Usage = "llama-run passkey [-m DIR] --ctx N [--rope SPEC | --rope-table FILE] [--trials K] [--depths D1,D2,...] [--seed S] [--json]";
+    public const string Usage = "llama-run passkey [-m DIR] --ctx N [--rope SPEC | --rope-table FILE] [--trials K] [--depths D1,D2,...] [--seed S] [--json] [--kv bf16|f32]";
 
     private const string Intro = "There is an important piece of information hidden inside a lot of irrelevant text. " +
                                  "Find it and memorize it. I will quiz you about it.\n";

@@ -9,8 +9,8 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Perplexity
 {
-    public const string Usage = "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --ctx N [--windows K] [--nll-out FILE] [--rope SPEC | --rope-table FILE] [--device D] [--compute mixed|f32|bf16]\n" +
-                                "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --sweep METHOD,... --ctx-list N,... [--windows K] [--json] [--compute mixed|f32|bf16]";
+    public const string Usage = "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --ctx N [--windows K] [--nll-out FILE] [--rope SPEC | --rope-table FILE] [--device D] [--compute mixed|f32|bf16] [--kv bf16|f32]\n" +
+                                "llama-run perplexity [-m DIR] (-f TEXT | --ids FILE) --sweep METHOD,... --ctx-list N,... [--windows K] [--json] [--compute mixed|f32|bf16] [--kv bf16|f32]";
 
     public static int Run(Args args)
     {
