@@ -43,7 +43,7 @@ public class RopeMethodsTests
         Assert.True(RopeMethods.Parse("dynamic", Austen, 8192).IsLengthDependent);
         Assert.NotNull(RopeMethods.Parse("dprope-plus:q=1", Austen, 4096).Base.QueryScale);
         Assert.Equal(1f, RopeMethods.Parse("dprope-plus:mag=0", Austen, 4096).Base.Magnitude);
-        Assert.Contains("unknown method", Assert.Throws<ArgumentException>(() => RopeMethods.Parse("rerope", Austen, 4096)).Message);
+        Assert.Contains("unknown method", Assert.Throws<ArgumentException>(() => RopeMethods.Parse("rope-x", Austen, 4096)).Message);
         Assert.Contains("unknown key", Assert.Throws<ArgumentException>(() => RopeMethods.Parse("yarn:fcator=2", Austen, 4096)).Message);
         Assert.Contains("not a number", Assert.Throws<ArgumentException>(() => RopeMethods.Parse("yarn:factor=x", Austen, 4096)).Message);
         Assert.Contains("longrope", Assert.Throws<ArgumentException>(() => RopeMethods.Parse("longrope", Austen, 4096)).Message);

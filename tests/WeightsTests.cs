@@ -31,13 +31,13 @@ internal sealed class RecordingBackend(int failAfterUploads = int.MaxValue) : IB
 
     public Tensor Alloc(DType dtype, int rows, int cols) => throw new NotSupportedException();
     public void Download(Tensor src, Span<float> dst) => throw new NotSupportedException();
-    public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim) => throw new NotSupportedException();
+    public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim, bool farKeys = false) => throw new NotSupportedException();
     public void Embedding(ReadOnlySpan<int> tokens, Tensor table, Tensor dst) => throw new NotSupportedException();
     public void RmsNorm(Tensor x, Tensor weight, Tensor dst, float eps, DType compute = DType.F32) => throw new NotSupportedException();
     public void AddRmsNorm(Tensor x, Tensor y, Tensor weight, Tensor dst, float eps, DType compute = DType.F32) => throw new NotSupportedException();
     public void MatMul(Tensor x, Tensor weight, Tensor dst) => throw new NotSupportedException();
-    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32) => throw new NotSupportedException();
-    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32) => throw new NotSupportedException();
+    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32, Tensor? qFar = null) => throw new NotSupportedException();
+    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32, FarQueries? far = null) => throw new NotSupportedException();
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to) => throw new NotSupportedException();
     public void SwiGlu(Tensor gate, Tensor up, Tensor dst, DType compute = DType.F32) => throw new NotSupportedException();
     public void Add(Tensor x, Tensor y, Tensor dst) => throw new NotSupportedException();

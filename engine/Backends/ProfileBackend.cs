@@ -49,7 +49,8 @@ public sealed class ProfileBackend(IBackend inner) : IBackend
     public Tensor Alloc(DType dtype, int rows, int cols) => inner.Alloc(dtype, rows, cols);
     public Tensor Upload(DType dtype, int rows, int cols, nint hostData) => inner.Upload(dtype, rows, cols, hostData);
     public void Download(Tensor src, Span<float> dst) => inner.Download(src, dst);
-    public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim) => inner.AllocKvCache(numLayers, maxSeq, numKvHeads, headDim);
+    public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim, bool farKeys = false) =>
+        inner.AllocKvCache(numLayers, maxSeq, numKvHeads, headDim, farKeys);
 
     public void Embedding(ReadOnlySpan<int> tokens, Tensor table, Tensor dst)
     {
@@ -64,10 +65,10 @@ public sealed class ProfileBackend(IBackend inner) : IBackend
     public void AddRmsNorm(Tensor x, Tensor y, Tensor weight, Tensor dst, float eps, DType compute = DType.F32) => Time("add_rmsnorm", weight.ByteLength, () => inner.AddRmsNorm(x, y, weight, dst, eps, compute));
     public void MatMul(Tensor x, Tensor weight, Tensor dst) =>
         Time($"matmul {weight.DType.Name()} {weight.Rows}x{weight.Cols} T={x.Rows}", weight.ByteLength, () => inner.MatMul(x, weight, dst));
-    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32) =>
-        Time("rope", 0, () => inner.Rope(q, k, v, cache, layer, startPos, table, compute));
-    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32) =>
-        Time("attention", 2L * (startPos + q.Rows) * cache.KvDim * KvElementSize, () => inner.Attention(q, cache, layer, startPos, dst, compute));
+    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32, Tensor? qFar = null) =>
+        Time("rope", 0, () => inner.Rope(q, k, v, cache, layer, startPos, table, compute, qFar));
+    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32, FarQueries? far = null) =>
+        Time("attention", 2L * (startPos + q.Rows) * cache.KvDim * KvElementSize, () => inner.Attention(q, cache, layer, startPos, dst, compute, far));
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to) => Time("rerotate", 0, () => inner.RerotateCache(cache, length, from, to));
     public void SwiGlu(Tensor gate, Tensor up, Tensor dst, DType compute = DType.F32) => Time("swiglu", 0, () => inner.SwiGlu(gate, up, dst, compute));
     public void Add(Tensor x, Tensor y, Tensor dst) => Time("add", 0, () => inner.Add(x, y, dst));

@@ -9,7 +9,14 @@ namespace LlamaRun.Core;
 /// <param name="PrefillChunk">Prompt tokens per forward chunk that reach the backend's full speed (llama-run's default -b).</param>
 /// <param name="StackedDecodeProjections">One matmul over stacked q/k/v (and gate/up) weight rows pays off for a single token.</param>
 /// <param name="DeviceMemory">Tensors live in accelerator memory, and FreeMemoryBytes counts that memory.</param>
-public sealed record BackendCapabilities(int PrefillChunk, bool StackedDecodeProjections, bool DeviceMemory);
+/// <param name="IndexRemap">Rope and Attention take an index-remap table (Self-Extend, DPE, ReRoPE: RopeTable.Remap).</param>
+public sealed record BackendCapabilities(int PrefillChunk, bool StackedDecodeProjections, bool DeviceMemory, bool IndexRemap = false);
+
+/// <summary>
+/// The far branch of an index-remap attention: queries rotated to their grouped positions (Q, shaped as the near
+/// queries), and the window: keys at distance Window or more are scored with Q against the cache's KFar.
+/// </summary>
+public readonly record struct FarQueries(Tensor Q, int Window);
 
 /// <summary>The ops a Llama forward pass needs, implemented once per device.</summary>
 public interface IBackend : IDisposable
@@ -37,8 +44,11 @@ public interface IBackend : IDisposable
     /// <summary>Copies a tensor to host memory as F32 (bf16 and f16 widened exactly), after all queued work.</summary>
     void Download(Tensor src, Span<float> dst);
 
-    /// <summary>Allocates the KV cache; the backend picks its element type (F32 on CPU, BF16 on CUDA unless in full precision).</summary>
-    KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim);
+    /// <summary>
+    /// Allocates the KV cache; the backend picks its element type (F32 on CPU, BF16 on CUDA unless in full precision).
+    /// farKeys: also the grouped keys an index-remap RoPE scores distant queries against (KvCache.KFar).
+    /// </summary>
+    KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim, bool farKeys = false);
 
     /// <summary>dst[t, :] = table[tokens[t], :] as F32; dst is [tokens.Length, hidden].</summary>
     void Embedding(ReadOnlySpan<int> tokens, Tensor table, Tensor dst);
@@ -55,16 +65,18 @@ public interface IBackend : IDisposable
     /// <summary>
     /// Rotates q [T, heads*headDim] in place (cos/sin magnitude and query scale included), rotates k [T, kvDim] in place,
     /// and stores k and v at positions startPos..startPos+T-1 of layer's cache. Pairs are (x[j], x[j + rotaryDim/2]).
-    /// A non-F32 compute rounds cos, sin, each product and each sum to that type.
+    /// A non-F32 compute rounds cos, sin, each product and each sum to that type. With an index remap (table.Remap) it
+    /// also writes qFar (q at its grouped positions, scaled alike) and the keys at their grouped positions to cache.KFar.
     /// </summary>
-    void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32);
+    void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32, Tensor? qFar = null);
 
     /// <summary>
     /// Causal grouped-query attention of q [T, heads*headDim] (query t at position startPos+t) over the cached
     /// positions 0..startPos+t of layer, softmax scale 1/sqrt(headDim); dst is [T, heads*headDim].
     /// A non-F32 compute rounds the unnormalized probabilities before they weight V, as torch's CPU flash kernel does.
+    /// far: an index remap's far branch; keys at distance far.Window or more are scored with far.Q against cache.KFar.
     /// </summary>
-    void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32);
+    void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32, FarQueries? far = null);
 
     /// <summary>Re-rotates the first `length` cached keys of every layer from table `from` to table `to`.</summary>
     void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to);

@@ -10,7 +10,53 @@ public sealed record QueryScale(float Context, int SkipLayers)
     public float At(int layer, int position) => layer < SkipLayers ? 1f : RopeMath.QueryScale(position, Context);
 }
 
-/// <summary>Per-pair inverse frequencies plus cos/sin magnitude and an optional query scale.</summary>
+/// <summary>
+/// Index remap of ReRoPE, Leaky ReRoPE, Self-Extend and DPE (ROPE.md sections 2 and 6): a key at distance d = i - p from
+/// query position i keeps its true distance while d &lt; Window; farther keys are scored as if pair j of the key sat at
+/// Key(j, p) = div(p, Group[j]) and the query at Query(j, i) = div(i, Group[j]) + Window - Window / Group[j], with div
+/// the floor of the quotient (Self-Extend, DPE) or the quotient itself (Floor false: Leaky ReRoPE). Group[j] = +inf
+/// gives ReRoPE's constant distance Window; Group[j] = 1 the true distance.
+/// </summary>
+public sealed record RopeRemap(string Kind, int Window, float[] Group, bool Floor = true)
+{
+    /// <summary>Grouped position of pair j of a key at position pos (the far branch).</summary>
+    public float Key(int pair, int pos) => Div(pos, Group[pair]);
+
+    /// <summary>Grouped position of pair j of a query at position pos (the far branch).</summary>
+    public float Query(int pair, int pos)
+    {
+        float g = Group[pair];
+        return Div(pos, g) + (float.IsPositiveInfinity(g) ? Window : Window - Window / g);
+    }
+
+    /// <summary>True when the key at keyPos is scored at grouped positions by the query at queryPos.</summary>
+    public bool IsFar(int queryPos, int keyPos) => queryPos - keyPos >= Window;
+
+    /// <summary>The relative position pair j sees between a query at i and a key at p (i - p in the window).</summary>
+    public float Distance(int pair, int i, int p) => IsFar(i, p) ? Query(pair, i) - Key(pair, p) : i - p;
+
+    private float Div(int pos, float g) => float.IsPositiveInfinity(g) ? 0f : Floor ? MathF.Floor(pos / g) : pos / g;
+
+    public bool SameAs(RopeRemap? other) =>
+        other is not null && Window == other.Window && Floor == other.Floor && Group.AsSpan().SequenceEqual(other.Group);
+
+    public string Describe()
+    {
+        // Runs of equal group sizes: "8" when uniform, else "4x8,2x8,..." (size x pairs).
+        var runs = new List<string>();
+        for (int j = 0; j < Group.Length;)
+        {
+            int n = 1;
+            while (j + n < Group.Length && Group[j + n] == Group[j]) n++;
+            string g = float.IsPositiveInfinity(Group[j]) ? "inf" : Group[j].ToString("0.###", System.Globalization.CultureInfo.InvariantCulture);
+            runs.Add(n == Group.Length ? g : $"{g}x{n}");
+            j += n;
+        }
+        return $"{Kind} window {Window}, group {string.Join(",", runs)}{(Floor ? "" : " (exact division)")}";
+    }
+}
+
+/// <summary>Per-pair inverse frequencies plus cos/sin magnitude, an optional query scale and an optional index remap.</summary>
 public sealed record RopeTable
 {
     /// <summary>Name of the method that produced the table, e.g. "yarn" or "dprope".</summary>
@@ -24,6 +70,9 @@ public sealed record RopeTable
 
     public QueryScale? QueryScale { get; init; }
 
+    /// <summary>Distant keys scored at grouped positions (Self-Extend, DPE, ReRoPE); null for frequency-only methods.</summary>
+    public RopeRemap? Remap { get; init; }
+
     public int RotaryDim => InvFreq.Length * 2;
 
     /// <summary>The context-extension factor the method was built for (1 for plain RoPE).</summary>
@@ -35,10 +84,11 @@ public sealed record RopeTable
     /// <summary>One line for logs: method, factor, interpolated pairs, magnitude and query scale.</summary>
     public string Describe()
     {
-        var text = FormattableString.Invariant(
-            $"rope {Method}: factor {Factor:0.###}, {InterpolatedPairs}/{InvFreq.Length} pairs interpolated");
+        var text = FormattableString.Invariant($"rope {Method}: factor {Factor:0.###}");
+        if (Remap is null || InterpolatedPairs > 0) text += FormattableString.Invariant($", {InterpolatedPairs}/{InvFreq.Length} pairs interpolated");
         if (Magnitude != 1f) text += FormattableString.Invariant($", magnitude {Magnitude:0.####}");
         if (QueryScale is { } q) text += FormattableString.Invariant($", query scale log_{q.Context:0}(m+1) from layer {q.SkipLayers}");
+        if (Remap is { } r) text += ", " + r.Describe();
         return text;
     }
 }

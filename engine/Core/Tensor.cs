@@ -87,11 +87,15 @@ public sealed class Tensor : IDisposable
     }
 }
 
-/// <summary>Keys and values of every layer: K and V are [NumLayers * MaxSeq, NumKvHeads * HeadDim].</summary>
-public sealed class KvCache(Tensor k, Tensor v, int numLayers, int maxSeq, int numKvHeads, int headDim) : IDisposable
+/// <summary>
+/// Keys and values of every layer: K and V are [NumLayers * MaxSeq, NumKvHeads * HeadDim]. For an index-remap RoPE
+/// (RopeTable.Remap) KFar holds the same keys rotated to their grouped positions, which distant queries score against.
+/// </summary>
+public sealed class KvCache(Tensor k, Tensor v, int numLayers, int maxSeq, int numKvHeads, int headDim, Tensor? kFar = null) : IDisposable
 {
     public Tensor K { get; } = k;   // [numLayers * maxSeq, kvDim], rotated keys
     public Tensor V { get; } = v;   // [numLayers * maxSeq, kvDim]
+    public Tensor? KFar { get; } = kFar;   // [numLayers * maxSeq, kvDim], keys rotated to grouped positions, or null
     public int NumLayers { get; } = numLayers;
     public int MaxSeq { get; } = maxSeq;
     public int NumKvHeads { get; } = numKvHeads;
@@ -101,10 +105,13 @@ public sealed class KvCache(Tensor k, Tensor v, int numLayers, int maxSeq, int n
     /// <summary>Rows of layer <paramref name="layer"/>: [MaxSeq, KvDim].</summary>
     public Tensor LayerK(int layer) => K.SliceRows(layer * MaxSeq, MaxSeq);
     public Tensor LayerV(int layer) => V.SliceRows(layer * MaxSeq, MaxSeq);
+    public Tensor LayerKFar(int layer) => (KFar ?? throw new InvalidOperationException("this KV cache has no grouped keys (no index-remap RoPE)"))
+        .SliceRows(layer * MaxSeq, MaxSeq);
 
     public void Dispose()
     {
         K.Dispose();
         V.Dispose();
+        KFar?.Dispose();
     }
 }

@@ -23,8 +23,17 @@ public sealed class Llama : IDisposable
         MaxSeq = maxSeq;
         Rope = rope;
         MaxBatch = maxBatch;
-        Cache = backend.AllocKvCache(config.NumHiddenLayers, maxSeq, config.NumKeyValueHeads, config.HeadDim);
-        _act = new Buffers(backend, config, maxBatch);
+        bool remap = rope.Base.Remap is not null;
+        Cache = backend.AllocKvCache(config.NumHiddenLayers, maxSeq, config.NumKeyValueHeads, config.HeadDim, farKeys: remap);
+        try
+        {
+            _act = new Buffers(backend, config, maxBatch, remap);
+        }
+        catch
+        {
+            Cache.Dispose();
+            throw;
+        }
     }
 
     public LlamaConfig Config { get; }
@@ -51,12 +60,16 @@ public sealed class Llama : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(maxSeq, 1);
         if (rope.Base.RotaryDim != config.RotaryDim)
             throw new ArgumentException($"RoPE table has {rope.Base.InvFreq.Length} pairs but the model rotates {config.RotaryDim / 2}");
+        if (rope.Base.Remap is not null && rope.IsLengthDependent)
+            throw new ArgumentException($"RoPE '{rope.Base.Method}': an index remap needs a fixed table, not one that changes with the length");
+        if (rope.Base.Remap is not null && !backend.Capabilities.IndexRemap)
+            throw new ArgumentException($"RoPE '{rope.Base.Method}' remaps positions, which the {backend.Name} backend does not do yet (use --device cpu)");
         return new Llama(config, weights, backend, maxSeq, rope, Math.Min(maxBatch, maxSeq), activations);
     }
 
-    /// <summary>Bytes the KV cache of maxSeq positions takes with the given element size.</summary>
-    public static long KvCacheBytes(LlamaConfig config, int maxSeq, int elementSize) =>
-        2L * config.NumHiddenLayers * maxSeq * config.KvDim * elementSize;
+    /// <summary>Bytes the KV cache of maxSeq positions takes with the given element size (and grouped keys for an index remap).</summary>
+    public static long KvCacheBytes(LlamaConfig config, int maxSeq, int elementSize, bool farKeys = false) =>
+        (farKeys ? 3L : 2L) * config.NumHiddenLayers * maxSeq * config.KvDim * elementSize;
 
     /// <summary>Forgets the cached positions (a new sequence starts at position 0).</summary>
     public void Reset()
@@ -104,7 +117,8 @@ public sealed class Llama : IDisposable
 
     // Keys depend only on the frequencies and the cos/sin magnitude (the query scale touches queries alone).
     private static bool SameRotation(RopeTable a, RopeTable b) =>
-        ReferenceEquals(a, b) || (a.Magnitude == b.Magnitude && a.InvFreq.AsSpan().SequenceEqual(b.InvFreq));
+        ReferenceEquals(a, b) || (a.Magnitude == b.Magnitude && a.InvFreq.AsSpan().SequenceEqual(b.InvFreq)
+            && (a.Remap is null ? b.Remap is null : a.Remap.SameAs(b.Remap)));
 
     private void ForwardChunk(ReadOnlySpan<int> tokens, int pos, RopeTable table, LogitsRows rows, Span<float> logits)
     {
@@ -134,9 +148,20 @@ public sealed class Llama : IDisposable
                 b.MatMul(a.Xb, w.VProj, v);
             }
             R(q); R(k); R(v);
-            b.Rope(q, k, v, Cache, l, pos, table, Activations);
-            R(q);
-            b.Attention(q, Cache, l, pos, a.Att, Activations);
+            if (table.Remap is { } remap)
+            {
+                // Index remap: the far queries beside q; attention scores distant keys with them (against Cache.KFar).
+                var qFar = _act.QFar!.SliceRows(0, tokens.Length);
+                b.Rope(q, k, v, Cache, l, pos, table, Activations, qFar);
+                R(q); R(qFar);
+                b.Attention(q, Cache, l, pos, a.Att, Activations, new FarQueries(qFar, remap.Window));
+            }
+            else
+            {
+                b.Rope(q, k, v, Cache, l, pos, table, Activations);
+                R(q);
+                b.Attention(q, Cache, l, pos, a.Att, Activations);
+            }
             R(a.Att);
             b.MatMul(a.Att, w.OProj, a.Xb);
             R(a.Xb);
@@ -197,7 +222,7 @@ public sealed class Llama : IDisposable
 
     public void Dispose()
     {
-        _act.Dispose();
+        _act?.Dispose();
         Cache.Dispose();
     }
 
@@ -206,8 +231,9 @@ public sealed class Llama : IDisposable
     {
         private readonly Tensor _x, _xb, _q, _k, _v, _att, _gate, _up;
 
-        public Buffers(IBackend b, LlamaConfig c, int maxBatch)
+        public Buffers(IBackend b, LlamaConfig c, int maxBatch, bool farQueries)
         {
+            QFar = farQueries ? b.Alloc(DType.F32, maxBatch, c.QDim) : null;   // [batch, heads * headDim] an index remap's far queries
             _x = b.Alloc(DType.F32, maxBatch, c.HiddenSize);          // [batch, hidden] residual stream
             _xb = b.Alloc(DType.F32, maxBatch, c.HiddenSize);         // [batch, hidden] normed input / branch output
             _q = b.Alloc(DType.F32, maxBatch, c.QDim);                // [batch, heads * headDim]
@@ -224,6 +250,7 @@ public sealed class Llama : IDisposable
             (GateUpGate, GateUpUp) = (GateUp.SliceCols(0, c.IntermediateSize), GateUp.SliceCols(c.IntermediateSize, c.IntermediateSize));
         }
 
+        public Tensor? QFar { get; }
         public Tensor Qkv { get; }
         public Tensor QkvQ { get; }
         public Tensor QkvK { get; }
@@ -241,6 +268,7 @@ public sealed class Llama : IDisposable
         public void Dispose()
         {
             foreach (var t in new[] { _x, _xb, _q, _k, _v, _att, _gate, _up, Logits, Qkv, GateUp }) t.Dispose();
+            QFar?.Dispose();
         }
     }
 

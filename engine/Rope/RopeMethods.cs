@@ -1,6 +1,7 @@
 // Entry points that turn a checkpoint config or a `--rope METHOD[:key=value,...]` flag into a RopeSchedule, and the
 // default for `--ctx N` past the trained length. Example: RopeMethods.Parse("yarn:beta_fast=16", config, 4096).
-// Methods: none|default, linear|pi, ntk, dynamic, yarn, llama3, longrope, abf, eabf, dprope, dprope-plus|auto.
+// Methods: none|default, linear|pi, ntk, dynamic, yarn, llama3, longrope, abf, eabf, dprope, dprope-plus|auto, and the
+// index remaps rerope, leaky-rerope, selfextend, dpe (RemapRope.cs).
 using System.Globalization;
 using LlamaRun.Core;
 using LlamaRun.Model;
@@ -12,7 +13,8 @@ public static class RopeMethods
 {
     /// <summary>The method names Parse accepts.</summary>
     public static readonly string[] Names =
-        ["none", "default", "linear", "pi", "ntk", "dynamic", "yarn", "llama3", "longrope", "abf", "eabf", "dprope", "dprope-plus", "auto"];
+        ["none", "default", "linear", "pi", "ntk", "dynamic", "yarn", "llama3", "longrope", "abf", "eabf", "dprope", "dprope-plus", "auto",
+         "rerope", "leaky-rerope", "selfextend", "dpe"];
 
     /// <summary>The checkpoint's own RoPE (transformers semantics for every rope_type).</summary>
     public static RopeSchedule FromConfig(LlamaConfig config)
@@ -95,6 +97,12 @@ public static class RopeMethods
                 args.Int("bins", 360)), new DpropeSelection(args.Double("t", 0), args.OptionalInt("n")))),
             "dprope-plus" or "auto" => RopeSchedule.Fixed(DpropePlus.Build(
                 new DpropeSetup(dim, theta, trained, args.Int("target", Math.Max(targetCtx, trained))), PlusOptions(args))),
+            "rerope" => RopeSchedule.Fixed(RemapRope.ReRope(dim, theta, trained, args.Int("w", RemapRope.DefaultReRopeWindow(trained)),
+                args.Int("logn", 1) != 0)),
+            "leaky-rerope" => RopeSchedule.Fixed(RemapRope.LeakyReRope(dim, theta, trained, Math.Max(targetCtx, trained),
+                args.Int("w", RemapRope.DefaultReRopeWindow(trained)), args.OptionalDouble("k"), args.Int("logn", 1) != 0)),
+            "selfextend" => RopeSchedule.Fixed(SelfExtend(dim, theta, trained, Math.Max(targetCtx, trained), args)),
+            "dpe" => RopeSchedule.Fixed(Dpe(dim, theta, trained, Math.Max(targetCtx, trained), args)),
             _ => throw new ArgumentException($"--rope {spec}: unknown method '{method}' (expected one of {string.Join(", ", Names)})"),
         };
         args.EnsureAllUsed();
@@ -108,6 +116,20 @@ public static class RopeMethods
     /// <summary>Scaling-law critical base b^(log_{L/2pi}(L'/2pi)): the base whose slowest trained pair spans L' as it spanned L.</summary>
     public static double CriticalBase(double theta, int trained, int target) =>
         Math.Pow(theta, Math.Log(target / (2 * Math.PI)) / Math.Log(trained / (2 * Math.PI)));
+
+    private static RopeTable SelfExtend(int dim, double theta, int trained, int target, SpecArgs a)
+    {
+        int w = a.Int("w", RemapRope.DefaultWindow(trained));
+        int g = a.OptionalInt("g") ?? RemapRope.DefaultGroup(trained, target, w);
+        return RemapRope.SelfExtend(dim, theta, target, g, w, a.OptionalDouble("scale_base"));
+    }
+
+    private static RopeTable Dpe(int dim, double theta, int trained, int target, SpecArgs a)
+    {
+        int w = a.Int("w", RemapRope.DefaultWindow(trained));
+        double[] groups = a.OptionalDoubleList("g") ?? [RemapRope.DefaultGroup(trained, target, w)];
+        return RemapRope.Dpe(dim, theta, target, groups, w);
+    }
 
     private static DpropePlusOptions PlusOptions(SpecArgs a)
     {
@@ -137,11 +159,19 @@ public static class RopeMethods
         public SpecArgs(string spec, string text)
         {
             this.spec = spec;
+            // A part without '=' continues the previous key's list: "dpe:w=128,g=2,8,16" gives g = "2,8,16".
+            string? last = null;
             foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
             {
                 int eq = part.IndexOf('=');
+                if (eq < 0 && last is not null)
+                {
+                    values[last] += "," + part;
+                    continue;
+                }
                 if (eq <= 0) throw new ArgumentException($"--rope {spec}: expected key=value, got '{part}'");
-                values[part[..eq].Trim()] = part[(eq + 1)..].Trim();
+                last = part[..eq].Trim();
+                values[last] = part[(eq + 1)..].Trim();
             }
         }
 
@@ -155,6 +185,14 @@ public static class RopeMethods
         }
 
         public double Double(string key, double fallback) => OptionalDouble(key) ?? fallback;
+
+        public double[]? OptionalDoubleList(string key)
+        {
+            used.Add(key);
+            if (!values.TryGetValue(key, out var v)) return null;
+            return v.Split(',').Select(p => double.TryParse(p, NumberStyles.Float, CultureInfo.InvariantCulture, out double d) && !double.IsNaN(d) ? d
+                : throw new ArgumentException($"--rope {spec}: {key}={v}: '{p}' is not a number")).ToArray();
+        }
 
         public int? OptionalInt(string key)
         {

@@ -1,6 +1,8 @@
 // A RopeTable as a small JSON file (written by `rope-opt --out`, read by `llama-run --rope-table FILE`):
 // {"format":"llama-run-rope-table","version":1,"method":..,"factor":..,"interpolated_pairs":..,"magnitude":..,
-//  "query_scale":{"context":..,"skip_layers":..} or null,"inv_freq":[..]}. Errors name the file (ModelFormatException).
+//  "query_scale":{"context":..,"skip_layers":..} or null,"inv_freq":[..]}, and for an index remap (Self-Extend, DPE,
+//  ReRoPE) "remap":{"kind":..,"window":..,"floor":true|false,"group":[.. per pair, "inf" for ReRoPE's]}.
+// Errors name the file (ModelFormatException).
 using System.Text.Json;
 using LlamaRun.Core;
 using LlamaRun.Model;
@@ -42,6 +44,19 @@ public static class RopeTableFile
         w.WriteStartArray("inv_freq");
         foreach (float f in table.InvFreq) w.WriteNumberValue(f);
         w.WriteEndArray();
+        if (table.Remap is { } r)
+        {
+            w.WriteStartObject("remap");
+            w.WriteString("kind", r.Kind);
+            w.WriteNumber("window", r.Window);
+            w.WriteBoolean("floor", r.Floor);
+            w.WriteStartArray("group");
+            foreach (float g in r.Group)
+                if (float.IsPositiveInfinity(g)) w.WriteStringValue("inf");
+                else w.WriteNumberValue(g);
+            w.WriteEndArray();
+            w.WriteEndObject();
+        }
         w.WriteEndObject();
     }
 
@@ -94,10 +109,32 @@ public static class RopeTableFile
             if (!(context > 1) || skip < 0) throw ModelFormatException.In(path, "\"query_scale\" needs context > 1 and skip_layers >= 0");
             q = new QueryScale(context, skip);
         }
+        RopeRemap? remap = null;
+        if (root.TryGetProperty("remap", out var rm) && rm.ValueKind != JsonValueKind.Null)
+        {
+            if (rm.ValueKind != JsonValueKind.Object) throw ModelFormatException.In(path, "\"remap\" must be an object or null");
+            string kind = Get(path, rm, "kind", JsonValueKind.String).GetString()!;
+            int window = Get(path, rm, "window", JsonValueKind.Number).GetInt32();
+            if (window < 1) throw ModelFormatException.In(path, "\"remap\".window must be at least 1");
+            bool floor = !rm.TryGetProperty("floor", out var fl) || fl.ValueKind != JsonValueKind.False;
+            var garr = Get(path, rm, "group", JsonValueKind.Array);
+            if (garr.GetArrayLength() != inv.Length)
+                throw ModelFormatException.In(path, $"\"remap\".group has {garr.GetArrayLength()} entries, inv_freq {inv.Length}");
+            var group = new float[inv.Length];
+            int g = 0;
+            foreach (var e in garr.EnumerateArray())
+            {
+                if (e.ValueKind == JsonValueKind.String && e.GetString() == "inf") group[g] = float.PositiveInfinity;
+                else if (e.ValueKind == JsonValueKind.Number && e.TryGetSingle(out float v) && v >= 1 && float.IsFinite(v)) group[g] = v;
+                else throw ModelFormatException.In(path, $"\"remap\".group[{g}] must be a number of at least 1 or \"inf\"");
+                g++;
+            }
+            remap = new RopeRemap(kind, window, group, floor);
+        }
         return new RopeTable
         {
             Method = Get(path, root, "method", JsonValueKind.String).GetString()!,
-            InvFreq = inv, Magnitude = magnitude, Factor = factor, QueryScale = q,
+            InvFreq = inv, Magnitude = magnitude, Factor = factor, QueryScale = q, Remap = remap,
             InterpolatedPairs = root.TryGetProperty("interpolated_pairs", out var ip) && ip.ValueKind == JsonValueKind.Number ? ip.GetInt32() : 0,
         };
     }

@@ -17,6 +17,10 @@ public static class RopeMath
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Angle(int pos, float invFreq) => (float)pos * invFreq;
 
+    /// <summary>The f32 angle of pair j at a fractional position (an index remap's grouped position); equals Angle(int) at whole ones.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Angle(float pos, float invFreq) => pos * invFreq;
+
     /// <summary>cos and sin of an f32 angle (|angle| below 2.6e7), computed in double and rounded to f32.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void CosSin(float angle, out float cos, out float sin)

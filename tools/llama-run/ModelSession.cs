@@ -16,8 +16,10 @@ namespace LlamaRun.Cli;
 /// <summary>A model loaded for one command, disposed as a whole.</summary>
 public sealed class ModelSession : IDisposable
 {
-    private ModelSession(string dir, LlamaConfig config, Tokenizer? tokenizer, IBackend backend, LlamaWeights weights, Llama model, string ropeNote)
+    private ModelSession(string dir, LlamaConfig config, Tokenizer? tokenizer, IBackend backend, LlamaWeights weights, Llama model, string ropeNote,
+        int batch)
     {
+        _batch = batch;
         Directory = dir;
         Config = config;
         TokenizerOrNull = tokenizer;
@@ -26,6 +28,8 @@ public sealed class ModelSession : IDisposable
         Model = model;
         RopeNote = ropeNote;
     }
+
+    private readonly int _batch;
 
     public string Directory { get; }
     public LlamaConfig Config { get; }
@@ -51,8 +55,11 @@ public sealed class ModelSession : IDisposable
         return dir;
     }
 
-    /// <summary>Loads the model for a context of ctx tokens (0: the trained length), on backend when given (it then belongs to the session).</summary>
-    public static ModelSession Open(Args args, int ctx, bool needTokenizer = true, IBackend? backend = null)
+    /// <summary>
+    /// Loads the model for a context of ctx tokens (0: the trained length), on backend when given (it then belongs to the
+    /// session). sweepMethods: the --rope specs a sweep will run, so that the backend can run them all.
+    /// </summary>
+    public static ModelSession Open(Args args, int ctx, bool needTokenizer = true, IBackend? backend = null, IReadOnlyList<string>? sweepMethods = null)
     {
         try
         {
@@ -70,16 +77,27 @@ public sealed class ModelSession : IDisposable
             if (tokenizer is not null && tokenizer.VocabSize > config.VocabSize)
                 throw new UsageException($"{dir}: the tokenizer has {tokenizer.VocabSize} tokens but the model only {config.VocabSize}");
 
-            backend ??= CreateBackend(device, config, compute, fullPrecision, kv);
-            CheckMemory(backend, config, ctx);
             var (rope, note) = ChooseRope(config, ctx, ropeSpec, ropeTable);
+            // Index remaps (Self-Extend, DPE, ReRoPE) run on the CPU backend only so far: auto picks it, a GPU is refused.
+            var remapped = (sweepMethods ?? []).Select(m => (Spec: m, Remap: ChooseRope(config, ctx, m == "default" ? null : m, null).Rope.Base.Remap))
+                .Prepend((Spec: ropeSpec ?? ropeTable ?? "default", Remap: rope.Base.Remap)).FirstOrDefault(r => r.Remap is not null);
+            if (remapped.Remap is not null && backend is null && device != "cpu")
+            {
+                if (device != "auto") throw new UsageException($"rope {remapped.Spec} remaps positions, which the {device} backend does not do yet: use --device cpu");
+                Console.Error.WriteLine($"rope {remapped.Spec} remaps positions: running on the CPU backend");
+                device = "cpu";
+            }
+            backend ??= CreateBackend(device, config, compute, fullPrecision, kv);
+            if (rope.Base.Remap is not null && !backend.Capabilities.IndexRemap)
+                throw new UsageException($"rope {ropeSpec ?? ropeTable} remaps positions, which the {backend.Name} backend does not do yet: use --device cpu");
+            CheckMemory(backend, config, ctx, rope.Base.Remap is not null);
             var weights = LlamaWeights.Load(dir, config, backend);
             try
             {
                 // Prefill chunks: a GPU reaches its tensor-core rate on large GEMMs, the CPU gains nothing past 512 rows.
                 if (batch == 0) batch = backend.Capabilities.PrefillChunk;
                 var model = Llama.Create(config, weights, backend, ctx, rope, maxBatch: batch, activations: compute);
-                return new ModelSession(dir, config, tokenizer, backend, weights, model, note);
+                return new ModelSession(dir, config, tokenizer, backend, weights, model, note, batch);
             }
             catch
             {
@@ -149,10 +167,19 @@ public sealed class ModelSession : IDisposable
         return (RopeMethods.FromConfig(config), "");
     }
 
-    // Refuses a context whose KV cache (plus weights, on the CPU) would not fit, before allocating anything.
-    private static void CheckMemory(IBackend backend, LlamaConfig config, int ctx)
+    /// <summary>Another model on the session's weights and backend, for ctx tokens with the given RoPE schedule (sweeps).</summary>
+    public Llama CreateModel(int ctx, RopeSchedule rope)
     {
-        long kv = Llama.KvCacheBytes(config, ctx, backend.KvElementSize);
+        if (rope.Base.Remap is not null && !Backend.Capabilities.IndexRemap)
+            throw new UsageException($"rope {rope.Base.Method} remaps positions, which the {Backend.Name} backend does not do yet: use --device cpu");
+        CheckMemory(Backend, Config, ctx, rope.Base.Remap is not null);
+        return Llama.Create(Config, Weights, Backend, ctx, rope, maxBatch: _batch, activations: Model.Activations);
+    }
+
+    // Refuses a context whose KV cache (plus weights, on the CPU) would not fit, before allocating anything.
+    private static void CheckMemory(IBackend backend, LlamaConfig config, int ctx, bool farKeys = false)
+    {
+        long kv = Llama.KvCacheBytes(config, ctx, backend.KvElementSize, farKeys);
         long free = backend.FreeMemoryBytes;
         if (free > 0 && kv > free)
             throw new UsageException($"--ctx {ctx} needs {kv / 1e9:F1} GB of KV cache but {backend.Name} has {free / 1e9:F1} GB free");

@@ -20,7 +20,7 @@ public sealed unsafe class CpuBackend : IBackend
 
     public string Name => "cpu";
 
-    public BackendCapabilities Capabilities { get; } = new(PrefillChunk: 512, StackedDecodeProjections: false, DeviceMemory: false);
+    public BackendCapabilities Capabilities { get; } = new(PrefillChunk: 512, StackedDecodeProjections: false, DeviceMemory: false, IndexRemap: true);
 
     /// <summary>Element type of the caches AllocKvCache makes.</summary>
     public DType KvCacheType { get; }
@@ -82,14 +82,15 @@ public sealed unsafe class CpuBackend : IBackend
         for (int i = 0; i < n; i++) dst[i] = src.DType == DType.BF16 ? DTypes.BF16ToF32(bits[i]) : DTypes.F16ToF32(bits[i]);
     }
 
-    public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim)
+    public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim, bool farKeys = false)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(numLayers);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSeq);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(numKvHeads);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(headDim);
         int rows = checked(numLayers * maxSeq), kvDim = checked(numKvHeads * headDim);
-        return new KvCache(Alloc(KvCacheType, rows, kvDim), Alloc(KvCacheType, rows, kvDim), numLayers, maxSeq, numKvHeads, headDim);
+        return new KvCache(Alloc(KvCacheType, rows, kvDim), Alloc(KvCacheType, rows, kvDim), numLayers, maxSeq, numKvHeads, headDim,
+            farKeys ? Alloc(KvCacheType, rows, kvDim) : null);
     }
 
     public void Embedding(ReadOnlySpan<int> tokens, Tensor table, Tensor dst)
@@ -129,7 +130,7 @@ public sealed unsafe class CpuBackend : IBackend
         CpuOps.MatMul((float*)x.Pointer, (void*)weight.Pointer, (float*)dst.Pointer, weight.DType, x.Rows, x.Cols, weight.Rows);
     }
 
-    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32)
+    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32, Tensor? qFar = null)
     {
         int heads = QueryHeads(q, cache);
         CheckCache(cache);
@@ -140,20 +141,45 @@ public sealed unsafe class CpuBackend : IBackend
         CheckPositions(cache, layer, startPos, q.Rows);
         ArgumentNullException.ThrowIfNull(table);
         if (table.RotaryDim > cache.HeadDim) throw new ArgumentException($"rotary dim {table.RotaryDim} of table '{table.Method}' exceeds head dim {cache.HeadDim}", nameof(table));
+        float* qf = null;
+        void* kf = null;
+        if (table.Remap is not null)
+        {
+            if (qFar is null) throw new ArgumentException($"table '{table.Method}' remaps positions: Rope needs qFar", nameof(qFar));
+            Check(qFar, nameof(qFar), DType.F32);
+            Shape(qFar, nameof(qFar), q.Rows, q.Cols);
+            if (cache.KFar is null) throw new ArgumentException($"table '{table.Method}' remaps positions: the KV cache has no grouped keys", nameof(cache));
+            qf = (float*)qFar.Pointer;
+            kf = (void*)cache.LayerKFar(layer).Pointer;
+        }
         var p = new RopeParams(q.Rows, heads, cache.NumKvHeads, cache.HeadDim, startPos, layer, cache.K.DType);
         CpuOps.Rope((float*)q.Pointer, (float*)k.Pointer, (float*)v.Pointer, (void*)cache.LayerK(layer).Pointer,
-            (void*)cache.LayerV(layer).Pointer, table, p, compute);
+            (void*)cache.LayerV(layer).Pointer, table, p, compute, qf, kf);
     }
 
-    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32)
+    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32, FarQueries? far = null)
     {
         int heads = QueryHeads(q, cache);
         CheckCache(cache);
         Check(dst, nameof(dst), DType.F32);
         Shape(dst, nameof(dst), q.Rows, q.Cols);
         CheckPositions(cache, layer, startPos, q.Rows);
+        float* qf = null;
+        void* kf = null;
+        int window = 0;
+        if (far is { } f)
+        {
+            Check(f.Q, "far.Q", DType.F32);
+            Shape(f.Q, "far.Q", q.Rows, q.Cols);
+            if (f.Window < 1) throw new ArgumentOutOfRangeException(nameof(far), $"remap window {f.Window} must be at least 1");
+            if (cache.KFar is null) throw new ArgumentException("an index-remap attention needs a KV cache with grouped keys", nameof(cache));
+            qf = (float*)f.Q.Pointer;
+            kf = (void*)cache.LayerKFar(layer).Pointer;
+            window = f.Window;
+        }
         var p = new AttentionParams(q.Rows, heads, cache.NumKvHeads, cache.HeadDim, startPos, cache.K.DType);
-        CpuOps.Attention((float*)q.Pointer, (void*)cache.LayerK(layer).Pointer, (void*)cache.LayerV(layer).Pointer, (float*)dst.Pointer, p, compute);
+        CpuOps.Attention((float*)q.Pointer, (void*)cache.LayerK(layer).Pointer, (void*)cache.LayerV(layer).Pointer, (float*)dst.Pointer, p, compute,
+            qf, kf, window);
     }
 
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
@@ -165,6 +191,7 @@ public sealed unsafe class CpuBackend : IBackend
         if (from.RotaryDim != to.RotaryDim) throw new ArgumentException($"rotary dims differ: '{from.Method}' {from.RotaryDim}, '{to.Method}' {to.RotaryDim}", nameof(to));
         if (from.RotaryDim > cache.HeadDim) throw new ArgumentException($"rotary dim {from.RotaryDim} exceeds head dim {cache.HeadDim}", nameof(from));
         if (!(from.Magnitude > 0 && float.IsFinite(from.Magnitude))) throw new ArgumentException($"magnitude {from.Magnitude} of '{from.Method}' is not positive and finite", nameof(from));
+        if (from.Remap is not null || to.Remap is not null) throw new NotSupportedException("re-rotating a cache of index-remap keys (the remap tables are fixed)");
         CpuOps.RerotateCache((void*)cache.K.Pointer, cache.NumLayers, cache.MaxSeq, length, cache.NumKvHeads, cache.HeadDim, from, to, cache.K.DType);
     }
 

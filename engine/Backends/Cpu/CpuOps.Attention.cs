@@ -6,7 +6,9 @@
 // Numerics: score = (q . k) * 1/sqrt(headDim) in f32; online softmax over key tiles: e = exp(s - running max) in f32,
 // f32 sums, the accumulator rescaled when the max grows; out = acc * (1/sum). A bf16/f16 compute type follows torch's
 // CPU flash kernel: tiles of 512 keys in order from key 0, e rounded to that type before it weights V, the sum of the
-// unrounded e. Test: CpuKvCacheTests (both cache types), CpuOpsAttentionTests, CpuOpsBf16Tests.Attention*.
+// unrounded e. An index remap (Self-Extend, DPE, ReRoPE) scores the keys at distance Window or more with the far
+// queries against the grouped keys instead, tile by tile (a tile wholly far or wholly near reads one kind of key), under
+// the same softmax. Test: CpuKvCacheTests (both cache types), CpuOpsAttentionTests, CpuOpsBf16Tests.Attention*, RemapRopeTests.
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -28,10 +30,13 @@ public static unsafe partial class CpuOps
     // Queries (tokens x heads of one group) per prefill item: enough to reuse each key tile, few enough to balance.
     private const int QueriesPerItem = 32;
 
-    // The call's pointers and shape, passed by value to the work items.
-    private readonly struct AttentionJob(float* q, void* k, void* v, AttentionParams p, DType compute)
+    // The call's pointers and shape, passed by value to the work items. An index remap adds the far branch: queries at
+    // their grouped positions (QFar), the keys at theirs (KFar), and the window below which keys keep true distances.
+    private readonly struct AttentionJob(float* q, void* k, void* v, AttentionParams p, DType compute, float* qFar = null, void* kFar = null, int window = 0)
     {
-        public readonly nint Q = (nint)q, K = (nint)k, V = (nint)v;
+        public readonly nint Q = (nint)q, K = (nint)k, V = (nint)v, QFar = (nint)qFar, KFar = (nint)kFar;
+        public readonly int Window = window;
+        public bool Remap => QFar != 0;
         public readonly AttentionParams P = p;
         public readonly DType Compute = compute;
         public readonly float Scale = (float)(1.0 / Math.Sqrt(p.HeadDim));
@@ -39,6 +44,9 @@ public static unsafe partial class CpuOps
         public int Group => P.Heads / P.KvHeads;
         public int KvDim => P.KvHeads * P.HeadDim;
         public int QDim => P.Heads * P.HeadDim;
+
+        // The far branch as a plain job: its queries against the grouped keys.
+        public AttentionJob FarBranch() => new((float*)QFar, (void*)KFar, (void*)V, P, Compute);
     }
 
     // Rows of a decode tile: a power of two from 32 to 256 whose V rows fit in DecodeTileBytes.
@@ -56,11 +64,18 @@ public static unsafe partial class CpuOps
         public int Queries(int group) => TokenCount * KvHeadCount * group;
     }
 
-    /// <summary>dst[t, h] = softmax(q[t, h] . K[0..StartPos+t, h / (Heads/KvHeads)]^T / sqrt(HeadDim)) . V over the layer's kCache, vCache [maxSeq, kvDim].</summary>
-    public static void Attention(float* q, void* kCache, void* vCache, float* dst, AttentionParams p, DType compute = DType.F32)
+    /// <summary>
+    /// dst[t, h] = softmax(q[t, h] . K[0..StartPos+t, h / (Heads/KvHeads)]^T / sqrt(HeadDim)) . V over the layer's kCache,
+    /// vCache [maxSeq, kvDim]. With qFar and kFarCache (an index remap), keys at distance window or more from the query
+    /// are scored as qFar[t, h] . KFar instead (one softmax over both kinds of score).
+    /// </summary>
+    public static void Attention(float* q, void* kCache, void* vCache, float* dst, AttentionParams p, DType compute = DType.F32,
+        float* qFar = null, void* kFarCache = null, int window = 0)
     {
         if (p.Tokens <= 0 || p.Heads <= 0) return;
-        var job = new AttentionJob(q, kCache, vCache, p, compute);
+        if ((qFar == null) != (kFarCache == null) || (qFar != null && window < 1))
+            throw new ArgumentException("an index-remap attention needs qFar, kFarCache and a window of at least 1");
+        var job = new AttentionJob(q, kCache, vCache, p, compute, qFar, kFarCache, window);
         switch (p.Cache)
         {
             case DType.F32: Attention<F32Row>(job, dst); break;
@@ -162,11 +177,12 @@ public static unsafe partial class CpuOps
             }
     }
 
-    // Scratch of one item: arranged queries [nq, hd], accumulators [nq, hd], maxima [nq], sums [nq], scores [nq, keyTile].
+    // Scratch of one item: arranged queries [nq, hd], accumulators [nq, hd], maxima [nq], sums [nq], scores [nq, keyTile];
+    // with a remap also the arranged far queries [nq, hd] and far scores [nq, keyTile].
     private static int ScratchFloats(in AttentionJob job, AttentionItem it)
     {
-        int nq = it.Queries(job.Group);
-        return nq * (2 * job.P.HeadDim + 2 + job.KeyTile);
+        int nq = it.Queries(job.Group), per = 2 * job.P.HeadDim + 2 + job.KeyTile;
+        return nq * (job.Remap ? per + job.P.HeadDim + job.KeyTile : per);
     }
 
     private static float[] Scratch(ref float[]? slot, int floats)
@@ -184,20 +200,42 @@ public static unsafe partial class CpuOps
         var p = job.P;
         int hd = p.HeadDim, group = job.Group, perToken = it.KvHeadCount * group, nq = it.Queries(group), kt = job.KeyTile;
         float* qa = s, acc = s + nq * hd, max = acc + nq * hd, sum = max + nq, scores = sum + nq;
+        float* qaFar = scores + nq * kt, scoresFar = qaFar + nq * hd;
         for (int r = 0; r < nq; r++)
         {
             int t = it.Token0 + r / perToken, h = it.KvHead0 * group + r % perToken;
             Arrange<TKv>((float*)job.Q + (nint)t * job.QDim + h * hd, qa + r * hd, hd);
+            if (job.Remap) Arrange<TKv>((float*)job.QFar + (nint)t * job.QDim + h * hd, qaFar + r * hd, hd);
             max[r] = float.NegativeInfinity;
             sum[r] = 0;
         }
         new Span<float>(acc, nq * hd).Clear();
         bool decode = it.KvHeadCount == p.KvHeads && it.TokenCount == 1;
+        var far = job.Remap ? job.FarBranch() : default;
+        // Keys up to lastFar(ti) = StartPos + Token0 + ti - Window are far for token ti: the item's first token has the fewest.
+        int firstLastFar = p.StartPos + it.Token0 - job.Window, lastLastFar = firstLastFar + it.TokenCount - 1;
         for (int s0 = it.Key0; s0 < it.Key1; s0 += kt)
         {
             int tile = Math.Min(kt, it.Key1 - s0);
-            if (decode) ScoresByRows<TKv>(job, s0, tile, qa, scores);
-            else BlockPass<TKv>(job, it, s0, tile, values: false, qa, scores, acc);
+            bool anyFar = job.Remap && s0 <= lastLastFar, anyNear = !job.Remap || s0 + tile - 1 > firstLastFar;
+            if (anyNear)
+            {
+                if (decode) ScoresByRows<TKv>(job, s0, tile, qa, scores);
+                else BlockPass<TKv>(job, it, s0, tile, values: false, qa, scores, acc);
+            }
+            if (anyFar)
+            {
+                // Every key of the tile far for every query: its far scores are the scores; else each query's far prefix.
+                float* into = anyNear ? scoresFar : scores;
+                if (decode) ScoresByRows<TKv>(far, s0, tile, qaFar, into);
+                else BlockPass<TKv>(far, it, s0, tile, values: false, qaFar, into, acc);
+                if (anyNear)
+                    for (int r = 0; r < nq; r++)
+                    {
+                        int n = Math.Min(tile, firstLastFar + r / perToken - s0 + 1);
+                        if (n > 0) new ReadOnlySpan<float>(scoresFar + r * kt, n).CopyTo(new Span<float>(scores + r * kt, n));
+                    }
+            }
             for (int r = 0; r < nq; r++)
             {
                 int rows = Visible(p, it, r / perToken, s0, tile);

@@ -1,6 +1,7 @@
 // CPU rotary embedding from a RopeTable (per-pair InvFreq, cos/sin Magnitude, optional QueryScale) plus KV-cache store,
 // and the re-rotation of cached keys when the table changes; the cache holds F32 or BF16 (rounded to nearest even).
-// Test: CpuOpsAttentionTests.Rope*, CpuOpsAttentionTests.Rerotate*.
+// An index remap also writes q and k rotated to their grouped positions (RopeRemap.Query/Key) beside them.
+// Test: CpuOpsAttentionTests.Rope*, CpuOpsAttentionTests.Rerotate*, RemapRopeTests.
 // Numerics as transformers: angle = f32(p) * InvFreq[j] in f32; cos/sin of that f32 angle (computed in double,
 // rounded to f32) times Magnitude in f32; out = x*cos - y*sin / y*cos + x*sin with each product rounded (no FMA).
 // A bf16/f16 compute type also rounds cos, sin, every product and every sum to it (apply_rotary_pos_emb in that dtype).
@@ -15,25 +16,53 @@ public readonly record struct RopeParams(int Tokens, int Heads, int KvHeads, int
 
 public static unsafe partial class CpuOps
 {
-    /// <summary>Rotates q and k in place, scales q by the table's QueryScale, and stores k, v into rows StartPos+t of kCache, vCache (the layer's [maxSeq, kvDim] block).</summary>
-    public static void Rope(float* q, float* k, float* v, void* kCache, void* vCache, RopeTable table, RopeParams p, DType compute = DType.F32)
+    /// <summary>
+    /// Rotates q and k in place, scales q by the table's QueryScale, and stores k, v into rows StartPos+t of kCache, vCache
+    /// (the layer's [maxSeq, kvDim] block). With an index remap (table.Remap) it also writes q rotated to its grouped
+    /// positions to qFar [Tokens, Heads*HeadDim] (scaled alike) and k rotated to its grouped positions to kFarCache.
+    /// </summary>
+    public static void Rope(float* q, float* k, float* v, void* kCache, void* vCache, RopeTable table, RopeParams p, DType compute = DType.F32,
+        float* qFar = null, void* kFarCache = null)
     {
         if (p.Cache is not (DType.F32 or DType.BF16)) throw new NotSupportedException($"a {p.Cache.Name()} KV cache");
+        var remap = table.Remap;
+        if (remap is not null && (qFar == null || kFarCache == null)) throw new ArgumentException($"table '{table.Method}' remaps positions: qFar and kFarCache are needed");
         int half = table.InvFreq.Length, kvDim = p.KvHeads * p.HeadDim, qDim = p.Heads * p.HeadDim;
         if (p.Tokens <= 0) return;
-        nint qp = (nint)q, kp = (nint)k, vp = (nint)v, kc = (nint)kCache, vc = (nint)vCache;
+        nint qp = (nint)q, kp = (nint)k, vp = (nint)v, kc = (nint)kCache, vc = (nint)vCache, qfp = (nint)qFar, kfc = (nint)kFarCache;
         const int TokenChunk = 16;
         void Chunk(int c)
         {
             Span<float> cos = stackalloc float[half];
             Span<float> sin = stackalloc float[half];
+            Span<float> farK = remap is null ? default : stackalloc float[kvDim];
             int t1 = Math.Min(p.Tokens, (c + 1) * TokenChunk);
             for (int t = c * TokenChunk; t < t1; t++)
             {
                 int pos = p.StartPos + t;
-                CosSin(table, pos, cos, sin);
                 float* qt = (float*)qp + (nint)t * qDim;
                 float* kt = (float*)kp + (nint)t * kvDim;
+                if (remap is not null)
+                {
+                    // The far branch first, from the unrotated q and k: q to qFar, k to a scratch row stored in kFarCache.
+                    float* qf = (float*)qfp + (nint)t * qDim;
+                    new ReadOnlySpan<float>(qt, qDim).CopyTo(new Span<float>(qf, qDim));
+                    new ReadOnlySpan<float>(kt, kvDim).CopyTo(farK);
+                    GroupedCosSin(table, remap, pos, query: true, cos, sin, compute);
+                    for (int h = 0; h < p.Heads; h++) RotatePairs(qf + h * p.HeadDim, cos, sin, compute);
+                    GroupedCosSin(table, remap, pos, query: false, cos, sin, compute);
+                    fixed (float* fk = farK)
+                    {
+                        for (int h = 0; h < p.KvHeads; h++) RotatePairs(fk + h * p.HeadDim, cos, sin, compute);
+                        StoreRow(fk, (void*)kfc, pos, kvDim, p.Cache);
+                    }
+                    if (table.QueryScale is { } fs)
+                    {
+                        float s = fs.At(p.Layer, pos);
+                        for (int i = 0; i < qDim; i++) qf[i] = RoundTo(qf[i] * s, compute);
+                    }
+                }
+                CosSin(table, pos, cos, sin);
                 if (compute != DType.F32)
                 {
                     Round(cos, compute);
@@ -132,6 +161,25 @@ public static unsafe partial class CpuOps
             RopeMath.CosSin(RopeMath.Angle(pos, inv[j]), out float c, out float s);
             cos[j] = c * mag;
             sin[j] = s * mag;
+        }
+    }
+
+    // cos[j], sin[j] of pair j at its grouped position (remap.Query or remap.Key of pos), times Magnitude, rounded to compute.
+    private static void GroupedCosSin(RopeTable table, RopeRemap remap, int pos, bool query, Span<float> cos, Span<float> sin, DType compute)
+    {
+        float mag = table.Magnitude;
+        var inv = table.InvFreq;
+        for (int j = 0; j < inv.Length; j++)
+        {
+            float at = query ? remap.Query(j, pos) : remap.Key(j, pos);
+            RopeMath.CosSin(RopeMath.Angle(at, inv[j]), out float c, out float s);
+            cos[j] = c * mag;
+            sin[j] = s * mag;
+        }
+        if (compute != DType.F32)
+        {
+            Round(cos, compute);
+            Round(sin, compute);
         }
     }
 

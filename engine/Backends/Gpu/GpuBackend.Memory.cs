@@ -71,8 +71,9 @@ public sealed unsafe partial class GpuBackend
             dst[(int)i] = src.DType == DType.BF16 ? DTypes.BF16ToF32(bits[i]) : DTypes.F16ToF32(bits[i]);
     }
 
-    public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim)
+    public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim, bool farKeys = false)
     {
+        if (farKeys) throw new NotSupportedException(NoRemap);
         var dtype = _fullPrecision ? DType.F32 : DType.BF16;
         int rows = checked(numLayers * maxSeq), kvDim = checked(numKvHeads * headDim);
         var k = Alloc(dtype, rows, kvDim);

@@ -281,8 +281,12 @@ public sealed unsafe partial class GpuBackend : IBackend
         }
     }
 
-    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32)
+    // Index-remap RoPE (Self-Extend, DPE, ReRoPE) has a CPU implementation only so far; Capabilities.IndexRemap says so.
+    private const string NoRemap = "index-remap RoPE (Self-Extend, DPE, ReRoPE) runs on the CPU backend only (--device cpu)";
+
+    public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32, Tensor? qFar = null)
     {
+        if (table.Remap is not null) throw new NotSupportedException(NoRemap);
         bool bf16 = Bf16Compute(compute);
         _accelerator.Bind();
         Require(q, DType.F32, nameof(q));
@@ -306,8 +310,9 @@ public sealed unsafe partial class GpuBackend : IBackend
         _launch.Rope(GpuViews.F32(q), GpuViews.F32(k), GpuViews.F32(v), cache.K, cache.V, inv, tokens, args, bf16);
     }
 
-    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32)
+    public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32, FarQueries? far = null)
     {
+        if (far is not null) throw new NotSupportedException(NoRemap);
         bool bf16 = Bf16Compute(compute);
         _accelerator.Bind();
         Require(q, DType.F32, nameof(q));

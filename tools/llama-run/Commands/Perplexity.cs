@@ -41,15 +41,15 @@ public static class Perplexity
         if (ctxList.Length == 0) throw new UsageException("--sweep needs --ctx-list N1,N2,...");
         if (args.Has("--rope") || args.Has("--rope-table")) throw new UsageException("--sweep names the methods; drop --rope/--rope-table");
         string[] methods = sweep.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        using var session = ModelSession.Open(args, ctxList.Max(), needTokenizer: textFile is not null);
+        using var session = ModelSession.Open(args, ctxList.Max(), needTokenizer: textFile is not null, sweepMethods: methods);
         args.RejectUnknown();
         var tokens = LoadIds(session, textFile, idsFile);
         var table = new double[methods.Length, ctxList.Length];
         for (int m = 0; m < methods.Length; m++)
             for (int c = 0; c < ctxList.Length; c++)
             {
-                var (rope, note) = ModelSession.ChooseRope(session.Config, ctxList[c], methods[m], null);
-                using var model = Llama.Create(session.Config, session.Weights, session.Backend, ctxList[c], rope, activations: session.Model.Activations);
+                var (rope, note) = ModelSession.ChooseRope(session.Config, ctxList[c], methods[m] == "default" ? null : methods[m], null);
+                using var model = session.CreateModel(ctxList[c], rope);
                 table[m, c] = Run(() => Evaluation.Perplexity(model, tokens, ctxList[c], windows)).Ppl;
                 Console.Error.WriteLine($"{methods[m]} @ {ctxList[c]}: ppl {table[m, c]:F3}  ({note})");
             }

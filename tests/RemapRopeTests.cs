@@ -1,0 +1,251 @@
+// Index-remap RoPE (ReRoPE, Leaky ReRoPE, Self-Extend, DPE): the remapped relative positions against ROPE.md's vectors,
+// the CPU backend's Rope + Attention against a direct O(T^2) computation of the remapped scores (prefill in chunks and
+// decode, GQA, partial rotary, up to T = 4096), --rope specs, table files, and the clear refusals.
+// Run: dotnet test tests/Tests.csproj --filter RemapRopeTests
+using LlamaRun.Backends.Cpu;
+using LlamaRun.Core;
+using LlamaRun.Model;
+using LlamaRun.Rope;
+using Xunit;
+
+namespace LlamaRun.Tests;
+
+public unsafe class RemapRopeTests
+{
+    private static float[] Row(RopeRemap r, int pair, int query) => Enumerable.Range(0, query + 1).Select(j => r.Distance(pair, query, j)).ToArray();
+
+    [Fact]
+    public void DistancesMatchRopeMdVectors()
+    {
+        var inf = new[] { float.PositiveInfinity };
+        Assert.Equal([4, 4, 4, 4, 4, 4, 4, 4, 3, 2, 1, 0], Row(new RopeRemap("rerope", 4, inf), 0, 11));
+        Assert.Equal([7.5f, 7, 6.5f, 6, 5.5f, 5, 4.5f, 4, 3, 2, 1, 0], Row(new RopeRemap("leaky", 4, [2f], Floor: false), 0, 11));
+        Assert.Equal([7, 7, 6, 6, 5, 5, 4, 4, 3, 2, 1, 0], Row(new RopeRemap("selfextend", 4, [2f]), 0, 11));
+        var g4 = new RopeRemap("selfextend", 1024, [4f]);
+        Assert.Equal(4863, g4.Distance(0, 16383, 0));
+        Assert.Equal(1024, g4.Distance(0, 16383, 15359));
+        Assert.Equal(1023, g4.Distance(0, 16383, 15360));
+        Assert.Equal(4095.2f, new RopeRemap("selfextend", 1024, [5f]).Distance(0, 16383, 0), 2);
+
+        // DPE, README's Llama-3-8B setting: 8 groups of 8 pairs.
+        var dpe = RemapRope.Dpe(128, 500000, 131072, [4, 4, 2, 16, 32, 32, 16, 128], 1024).Remap!;
+        Assert.Equal([33535f, 33535, 66047, 9151, 5087, 5087, 9151, 2039], Enumerable.Range(0, 8).Select(g => dpe.Distance(g * 8, 131071, 0)));
+        Assert.Equal(1023f, dpe.Distance(5, 131071, 131071 - 1023));
+    }
+
+    public static TheoryData<string, int, int, int, int, int> Cases => new()
+    {
+        // spec, heads, kv heads, head dim, rotary dim, tokens
+        { "selfextend:g=3,w=5", 4, 2, 16, 16, 70 },
+        { "selfextend:g=4,w=8", 2, 2, 8, 8, 300 },
+        { "dpe:w=6,g=2,5", 4, 1, 16, 16, 90 },
+        { "dpe:w=4,g=1,3,8,64", 2, 1, 32, 16, 80 },
+        { "rerope:w=6", 2, 1, 16, 16, 60 },
+        { "leaky-rerope:w=4,k=2.5", 3, 1, 8, 8, 60 },
+    };
+
+    // Rope + Attention of the CPU backend (prefill in chunks of 32, then decode), f32 cache, against the reference.
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void AttentionMatchesDirectComputation(string spec, int heads, int kvHeads, int hd, int rotary, int tokens)
+    {
+        var table = Table(spec, rotary, trained: 16, tokens);
+        Check(table, heads, kvHeads, hd, tokens, prefill: tokens - 12, chunk: 32, seed: spec.Length + tokens);
+    }
+
+    // One long prefill at T = 4096 (single call, several threads), Self-Extend and DPE.
+    [Theory]
+    [InlineData("selfextend:g=8,w=128")]
+    [InlineData("dpe:w=128,g=2,16,64,256")]
+    public void LongPrefillMatchesDirectComputation(string spec)
+    {
+        var table = Table(spec, 16, trained: 512, 4096);
+        Check(table, 2, 1, 16, 4096, prefill: 4096, chunk: 4096, seed: 7, sampledQueries: 48);
+    }
+
+    private static RopeTable Table(string spec, int rotary, int trained, int target)
+    {
+        var config = new LlamaConfig
+        {
+            HiddenSize = 64, IntermediateSize = 64, NumHiddenLayers = 1, NumAttentionHeads = 4, NumKeyValueHeads = 4,
+            HeadDim = rotary, VocabSize = 16, RmsNormEps = 1e-5f, MaxPositionEmbeddings = trained, TieWordEmbeddings = false,
+            Rope = new RopeParameters { Theta = 10000 },
+        };
+        return RopeMethods.Parse(spec, config, target).Base;
+    }
+
+    // The bf16 cache (the CPU default) rounds both kinds of keys and the values: the same check, looser.
+    [Fact]
+    public void Bf16CacheMatchesDirectComputation() =>
+        Check(Table("selfextend:g=3,w=5", 16, 16, 70), 4, 2, 16, 70, prefill: 58, chunk: 32, seed: 3, cache: DType.BF16, tolerance: 3e-2);
+
+    private static void Check(RopeTable table, int heads, int kvHeads, int hd, int tokens, int prefill, int chunk, int seed, int sampledQueries = 0,
+        DType cache = DType.F32, double tolerance = 1e-4)
+    {
+        var remap = table.Remap!;
+        int qDim = heads * hd, kvDim = kvHeads * hd, group = heads / kvHeads;
+        var rng = new Random(seed);
+        float[] Rand(int n) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+        float[] q0 = Rand(tokens * qDim), k0 = Rand(tokens * kvDim), v0 = Rand(tokens * kvDim);
+        var got = new float[tokens * qDim];
+
+        using var b = new CpuBackend(cache);
+        using var kv = b.AllocKvCache(1, tokens, kvHeads, hd, farKeys: true);
+        for (int start = 0; start < tokens;)
+        {
+            int n = start < prefill ? Math.Min(chunk, prefill - start) : 1;
+            using var q = Upload(b, q0, start, n, qDim);
+            using var k = Upload(b, k0, start, n, kvDim);
+            using var v = Upload(b, v0, start, n, kvDim);
+            using var qFar = b.Alloc(DType.F32, n, qDim);
+            using var dst = b.Alloc(DType.F32, n, qDim);
+            b.Rope(q, k, v, kv, 0, start, table, DType.F32, qFar);
+            b.Attention(q, kv, 0, start, dst, DType.F32, new FarQueries(qFar, remap.Window));
+            b.Download(dst, got.AsSpan(start * qDim, n * qDim));
+            start += n;
+        }
+
+        // Reference: each pair of q and k rotated in double by the cos/sin of its f32 angle at the position the branch
+        // gives it (true positions near, grouped positions far), the query scale, one softmax in double.
+        int half = table.InvFreq.Length;
+        double[] Rotated(float[] x, int t, int dim, int h, Func<int, float> position)
+        {
+            var r = new double[hd];
+            for (int i = 0; i < hd; i++) r[i] = x[t * dim + h * hd + i];
+            for (int j = 0; j < half; j++)
+            {
+                double a = LlamaRun.Kernels.Device.RopeMath.Angle(position(j), table.InvFreq[j]), c = Math.Cos(a) * table.Magnitude, s = Math.Sin(a) * table.Magnitude;
+                double x0 = r[j], x1 = r[j + half];
+                (r[j], r[j + half]) = (x0 * c - x1 * s, x1 * c + x0 * s);
+            }
+            return r;
+        }
+        var kNear = new double[tokens, kvHeads][];
+        var kFar = new double[tokens, kvHeads][];
+        for (int t = 0; t < tokens; t++)
+            for (int h = 0; h < kvHeads; h++)
+            {
+                kNear[t, h] = Rotated(k0, t, kvDim, h, _ => t);
+                kFar[t, h] = Rotated(k0, t, kvDim, h, j => remap.Key(j, t));
+            }
+        var queries = sampledQueries == 0 ? Enumerable.Range(0, tokens)
+            : Enumerable.Range(0, sampledQueries).Select(i => (int)((long)i * (tokens - 1) / (sampledQueries - 1)));
+        double worst = 0;
+        foreach (int t in queries)
+            for (int h = 0; h < heads; h++)
+            {
+                double scale = table.QueryScale?.At(0, t) ?? 1;
+                var qn = Rotated(q0, t, qDim, h, _ => t);
+                var qf = Rotated(q0, t, qDim, h, j => remap.Query(j, t));
+                var scores = new double[t + 1];
+                for (int s = 0; s <= t; s++)
+                {
+                    bool far = remap.IsFar(t, s);
+                    double[] qq = far ? qf : qn, kk = far ? kFar[s, h / group] : kNear[s, h / group];
+                    double dot = 0;
+                    for (int i = 0; i < hd; i++) dot += qq[i] * kk[i];
+                    scores[s] = dot * scale / Math.Sqrt(hd);
+                }
+                double max = scores.Max(), sum = scores.Sum(x => Math.Exp(x - max));
+                for (int i = 0; i < hd; i++)
+                {
+                    double e = 0;
+                    for (int s = 0; s <= t; s++) e += Math.Exp(scores[s] - max) / sum * v0[s * kvDim + (h / group) * hd + i];
+                    worst = Math.Max(worst, Math.Abs(e - got[t * qDim + h * hd + i]));
+                }
+            }
+        Assert.True(worst <= tolerance, $"{table.Describe()}, {cache} cache: max |attention - direct| {worst:E2} at T={tokens}");
+    }
+
+    private static Tensor Upload(CpuBackend b, float[] src, int row, int rows, int cols)
+    {
+        var t = b.Alloc(DType.F32, rows, cols);
+        src.AsSpan(row * cols, rows * cols).CopyTo(new Span<float>((void*)t.Pointer, rows * cols));
+        return t;
+    }
+
+    // The austen model with Self-Extend: logits of a prefill in chunks and of decoding token by token agree (the grouped
+    // keys in the cache serve later queries), and within the window the model's logits are plain RoPE's exactly.
+    [Fact]
+    public void ModelPrefillEqualsDecodeAndWindowIsPlain()
+    {
+        string dir = LoaderTestSupport.RepoRoot + "/models/austen";
+        var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+        using var backend = new CpuBackend(DType.F32);
+        using var weights = LlamaWeights.Load(dir, config, backend);
+        int n = 160, vocab = config.VocabSize;
+        int[] ids = [.. Enumerable.Range(0, n).Select(i => (i * 7919 + 5) % vocab)];
+        float[] Logits(string spec, int chunk, bool decodeTail)
+        {
+            var rope = RopeMethods.Parse(spec, config, 2048);
+            using var model = Llama.Create(config, weights, backend, n, rope, maxBatch: chunk);
+            var logits = new float[n * vocab];
+            int prefill = decodeTail ? n - 40 : n;
+            model.Forward(ids.AsSpan(0, prefill), 0, LogitsRows.All, logits);
+            for (int t = prefill; t < n; t++) model.Forward(ids.AsSpan(t, 1), t, LogitsRows.All, logits.AsSpan(t * vocab, vocab));
+            return logits;
+        }
+        var whole = Logits("selfextend:g=4,w=32", 512, decodeTail: false);
+        var pieces = Logits("selfextend:g=4,w=32", 48, decodeTail: true);
+        Assert.True(whole.Zip(pieces).Max(p => Math.Abs(p.First - p.Second)) < 1e-4, "chunked prefill and decode differ from one prefill");
+        Assert.Equal(Logits("none", 512, false), Logits($"selfextend:g=4,w={n}", 512, false));
+        Assert.NotEqual(Logits("none", 512, false), whole);
+    }
+
+    [Fact]
+    public void SpecsParse()
+    {
+        var dpe = Table("dpe:w=128,g=2,8,16,32", 64, 4096, 32768);
+        Assert.Equal(128, dpe.Remap!.Window);
+        Assert.Equal([2f, 2, 2, 2, 2, 2, 2, 2, 8], dpe.Remap.Group[..9]);
+        Assert.Equal(32f, dpe.Remap.Group[^1]);
+        var se = Table("selfextend", 128, 4096, 16384);   // defaults: W = 1024, G = ceil(15360 / 1024) = 15
+        Assert.Equal((1024, 15f), (se.Remap!.Window, se.Remap.Group[0]));
+        Assert.Contains("selfextend window 1024, group 15", se.Describe());
+        Assert.True(float.IsPositiveInfinity(Table("rerope", 128, 4096, 16384).Remap!.Group[0]));
+        Assert.NotNull(Table("rerope", 128, 4096, 16384).QueryScale);
+        Assert.Null(Table("rerope:logn=0", 128, 4096, 16384).QueryScale);
+        Assert.Contains("do not split", Assert.Throws<ArgumentException>(() => Table("dpe:g=2,4,8", 128, 4096, 16384)).Message);
+        Assert.Contains("whole number", Assert.Throws<ArgumentException>(() => Table("dpe:g=2.5,4", 128, 4096, 16384)).Message);
+        Assert.Contains("at least 1", Assert.Throws<ArgumentException>(() => Table("selfextend:w=0", 128, 4096, 16384)).Message);
+        Assert.Contains("not a number", Assert.Throws<ArgumentException>(() => Table("yarn:factor=4,8", 128, 4096, 16384)).Message);
+    }
+
+    [Fact]
+    public void TableFilesKeepTheRemap()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"remap-{Environment.ProcessId}.json");
+        try
+        {
+            foreach (var spec in new[] { "dpe:w=64,g=2,4,8,16", "rerope:w=32", "leaky-rerope:w=32,k=3" })
+            {
+                var t = Table(spec, 64, 1024, 8192);
+                RopeTableFile.Save(t, path);
+                var back = RopeTableFile.Load(path);
+                Assert.True(t.Remap!.SameAs(back.Remap), spec);
+                Assert.Equal(t.Remap.Kind, back.Remap!.Kind);
+                Assert.Equal(t.QueryScale, back.QueryScale);
+            }
+            File.WriteAllText(path, File.ReadAllText(path).Replace("\"window\": 32", "\"window\": 0"));
+            Assert.Contains("window must be at least 1", Assert.Throws<ModelFormatException>(() => RopeTableFile.Load(path)).Message);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public void RemapNeedsItsBuffers()
+    {
+        var table = Table("selfextend:g=2,w=4", 8, 16, 64);
+        using var b = new CpuBackend(DType.F32);
+        using var plain = b.AllocKvCache(1, 8, 1, 8);
+        using var q = b.Alloc(DType.F32, 1, 8);
+        using var k = b.Alloc(DType.F32, 1, 8);
+        using var v = b.Alloc(DType.F32, 1, 8);
+        Assert.Contains("qFar", Assert.Throws<ArgumentException>(() => b.Rope(q, k, v, plain, 0, 0, table)).Message);
+        using var qFar = b.Alloc(DType.F32, 1, 8);
+        Assert.Contains("grouped keys", Assert.Throws<ArgumentException>(() => b.Rope(q, k, v, plain, 0, 0, table, DType.F32, qFar)).Message);
+    }
+}
