@@ -4,15 +4,20 @@
 // the group writes dst; with several it writes (m, l, acc) to partial and Combine merges the splits. Softmax weights
 // are rounded to bf16 before they weight V when roundP is 1 (bf16 compute); sums use the unrounded weights. Split is
 // the general kernel (any head dim up to 256, an f32 or bf16 cache); AttentionDecode.cs reads a bf16 cache faster and
-// AttentionFlash.cs runs long prefills. Exercised by the Attention cases of tests/GpuOpsTests.cs.
+// AttentionFlash.cs runs long prefills; an index remap (Self-Extend, DPE, ReRoPE) always runs here, scoring distant keys
+// with the far queries against the grouped keys. Exercised by the Attention cases of tests/GpuOpsTests.cs.
 using ILGPU;
 using ILGPU.Algorithms;
 using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Kernels;
 
-/// <summary>Scalars of one decode/split attention launch: queries t see cache positions 0 .. StartPos + t.</summary>
-public readonly record struct AttentionArgs(int NumHeads, int NumKvHeads, int HeadDim, int StartPos, int SplitLen, int Splits, float Scale, int RoundP);
+/// <summary>
+/// Scalars of one decode/split attention launch: queries t see cache positions 0 .. StartPos + t. Window above 0 (the
+/// split kernel only): an index remap, keys at distance Window or more scored with qFar against kfar.
+/// </summary>
+public readonly record struct AttentionArgs(int NumHeads, int NumKvHeads, int HeadDim, int StartPos, int SplitLen, int Splits, float Scale, int RoundP,
+    int Window = 0);
 
 public static class AttentionKernels
 {
@@ -22,10 +27,11 @@ public static class AttentionKernels
 
     /// <summary>
     /// Grid (numHeads, T, splits), 128 threads. q [T, numHeads * headDim]; kcache/vcache [positions, numKvHeads * headDim]
-    /// from the layer's first row; partial [T, numHeads, splits, headDim + 2] holds (m, l, acc) per split.
+    /// from the layer's first row; partial [T, numHeads, splits, headDim + 2] holds (m, l, acc) per split. With
+    /// a.Window above 0, qFar and kfar (shaped as q and kcache) score the keys at distance Window or more.
     /// </summary>
     public static void Split<TC, TE>(ArrayView<float> q, ArrayView<TC> kcache, ArrayView<TC> vcache, ArrayView<float> dst,
-        ArrayView<float> partial, AttentionArgs a)
+        ArrayView<float> partial, ArrayView<float> qFar, ArrayView<TC> kfar, AttentionArgs a)
         where TC : unmanaged
         where TE : struct, IElement<TC>
     {
@@ -37,22 +43,36 @@ public static class AttentionKernels
         int begin = s * a.SplitLen, end = XMath.Min(len, begin + a.SplitLen);
         long qRow = ((long)t * a.NumHeads + h) * hd;
         var qv = new float[MaxHeadDim / 32];
+        var qf = new float[MaxHeadDim / 32];
         var acc = new float[MaxHeadDim / 32];
         for (int i = 0; i < MaxHeadDim / 32; i++)
         {
             int d = lane + 32 * i;
             qv[i] = d < hd ? q[qRow + d] : 0f;
+            qf[i] = d < hd && a.Window > 0 ? qFar[qRow + d] : 0f;
             acc[i] = 0f;
         }
         float m = float.NegativeInfinity, l = 0f;
+        int lastFar = a.Window > 0 ? a.StartPos + t - a.Window : -1;   // keys 0 .. lastFar are far (none without a remap)
         for (int p = begin + warp; p < end; p += Warps)
         {
             long row = (long)p * kvDim + kvh * hd;
             float dot = 0f;
-            for (int i = 0; i < MaxHeadDim / 32; i++)
+            if (p <= lastFar)
             {
-                int d = lane + 32 * i;
-                if (d < hd) dot += qv[i] * default(TE).Load(kcache[row + d]);
+                for (int i = 0; i < MaxHeadDim / 32; i++)
+                {
+                    int d = lane + 32 * i;
+                    if (d < hd) dot += qf[i] * default(TE).Load(kfar[row + d]);
+                }
+            }
+            else
+            {
+                for (int i = 0; i < MaxHeadDim / 32; i++)
+                {
+                    int d = lane + 32 * i;
+                    if (d < hd) dot += qv[i] * default(TE).Load(kcache[row + d]);
+                }
             }
             dot = Reduce.WarpSum(dot) * a.Scale;
             float mn = m > dot ? m : dot;   // a NaN score propagates

@@ -3,7 +3,8 @@
 // the query scale of (layer, pos) when the layer's gate is on, and stores k and v in the KV cache's element type at
 // rows cacheRow0 + t. Groups (a multiple of 32 threads) take one token and a range of its heads; a group first computes
 // the token's cos/sin per pair into shared memory (RopeMath, the same f32 values as the CPU). Rerotate moves cached keys from one table's
-// rotation to another's (dynamic NTK). Exercised by the Rope and Rerotate cases of tests/GpuOpsTests.cs.
+// rotation to another's (dynamic NTK). RopeFar writes an index remap's far queries and grouped keys. Exercised by the
+// Rope and Rerotate cases of tests/GpuOpsTests.cs.
 using ILGPU;
 using ILGPU.Algorithms;
 using LlamaRun.Kernels.Device;
@@ -86,6 +87,73 @@ public static class RopeKernels
         }
         // The values of this group's KV heads.
         for (int d = kv0 * a.HeadDim + Group.IdxX; d < kv1 * a.HeadDim; d += Group.DimX) vcache[cRow + d] = default(TE).Store(v[kRow + d]);
+    }
+
+    /// <summary>
+    /// The far branch of an index remap (RopeRemap), launched before Rope on the same unrotated q and k and the same grid:
+    /// q rotated to its grouped positions RopeMath.GroupedQuery (query scale included) into qFar, k rotated to its grouped
+    /// positions RopeMath.GroupedKey into kfar at rows cacheRow0 + t. groups[j]: pair j's group size.
+    /// </summary>
+    public static void RopeFar<TR, TC, TE>(ArrayView<float> q, ArrayView<float> k, ArrayView<float> qFar, ArrayView<TC> kfar,
+        ArrayView<float> invFreq, ArrayView<float> groups, RopeArgs a, int window, int floor)
+        where TR : struct, IRounding
+        where TC : unmanaged
+        where TE : struct, IElement<TC>
+    {
+        var qc = SharedMemory.Allocate<float>(MaxPairs);
+        var qs = SharedMemory.Allocate<float>(MaxPairs);
+        var kc = SharedMemory.Allocate<float>(MaxPairs);
+        var ks = SharedMemory.Allocate<float>(MaxPairs);
+        var r = default(TR);
+        int t = Grid.IdxX, pos = a.StartPos + t, half = a.RotaryDim / 2, rest = a.HeadDim - a.RotaryDim, perHead = half + rest;
+        int h0 = Grid.IdxY * a.HeadsPerGroup, h1 = XMath.Min(a.NumHeads + a.NumKvHeads, h0 + a.HeadsPerGroup);
+        for (int j = Group.IdxX; j < half; j += Group.DimX)
+        {
+            float g = groups[j];
+            RopeMath.CosSin(RopeMath.Angle(RopeMath.GroupedQuery(pos, g, window, floor), invFreq[j]), out float c, out float s);
+            qc[j] = r.Round(c * a.Magnitude);
+            qs[j] = r.Round(s * a.Magnitude);
+            RopeMath.CosSin(RopeMath.Angle(RopeMath.GroupedKey(pos, g, floor), invFreq[j]), out c, out s);
+            kc[j] = r.Round(c * a.Magnitude);
+            ks[j] = r.Round(s * a.Magnitude);
+        }
+        Group.Barrier();
+        float scale = a.QueryScaleOn != 0 ? RopeMath.QueryScale(pos, a.QueryScaleContext) : 1f;
+        int kvDim = a.NumKvHeads * a.HeadDim;
+        long qRow = (long)t * a.NumHeads * a.HeadDim, kRow = (long)t * kvDim, cRow = (long)(a.CacheRow0 + t) * kvDim;
+        int q0 = h0, q1 = XMath.Min(h1, a.NumHeads);
+        for (int e = Group.IdxX; e < (q1 - q0) * perHead; e += Group.DimX)
+        {
+            int j = e % perHead;
+            long x = qRow + (q0 + e / perHead) * a.HeadDim;
+            if (j < half)
+            {
+                RopeMath.Rotate<TR>(q[x + j], q[x + j + half], qc[j], qs[j], out float y0, out float y1);
+                qFar[x + j] = r.Round(y0 * scale);
+                qFar[x + j + half] = r.Round(y1 * scale);
+            }
+            else
+            {
+                long d = x + a.RotaryDim + (j - half);
+                qFar[d] = r.Round(q[d] * scale);
+            }
+        }
+        int kv0 = XMath.Max(h0, a.NumHeads) - a.NumHeads, kv1 = XMath.Max(h1, a.NumHeads) - a.NumHeads;
+        for (int e = Group.IdxX; e < (kv1 - kv0) * perHead; e += Group.DimX)
+        {
+            int j = e % perHead, o = (kv0 + e / perHead) * a.HeadDim;
+            if (j < half)
+            {
+                RopeMath.Rotate<TR>(k[kRow + o + j], k[kRow + o + j + half], kc[j], ks[j], out float y0, out float y1);
+                kfar[cRow + o + j] = default(TE).Store(y0);
+                kfar[cRow + o + j + half] = default(TE).Store(y1);
+            }
+            else
+            {
+                int d = o + a.RotaryDim + (j - half);
+                kfar[cRow + d] = default(TE).Store(k[kRow + d]);
+            }
+        }
     }
 
     /// <summary>Grid (length, numLayers): the key at position p of each layer goes from table `from` to table `to`.</summary>

@@ -85,6 +85,9 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
         Assert.Contains(host, c => c.Op == OpKind.Attention && c.T > 1);   // prefill (flash or split) as well as decode
         Assert.Contains(host, c => c.Op == OpKind.Attention && c.T == 1);
         Assert.Contains(host, c => c.Op == OpKind.MatMul && c.T > MatMulKernels.GemvMaxTokens && c.Weight == DType.BF16 && !c.FullPrecision);
+        Assert.Contains(host, c => c.Op == OpKind.Rope && c.Remap is not null);                        // index remaps: far branch
+        Assert.Contains(host, c => c.Op == OpKind.Attention && c.Remap is not null && c.T > 1);
+        Assert.Contains(host, c => c.Op == OpKind.Attention && c.Remap is not null && c.T == 1);
     }
 
     [Fact]

@@ -19,7 +19,7 @@ public unsafe class RemapRopeTests
     {
         var inf = new[] { float.PositiveInfinity };
         Assert.Equal([4, 4, 4, 4, 4, 4, 4, 4, 3, 2, 1, 0], Row(new RopeRemap("rerope", 4, inf), 0, 11));
-        Assert.Equal([7.5f, 7, 6.5f, 6, 5.5f, 5, 4.5f, 4, 3, 2, 1, 0], Row(new RopeRemap("leaky", 4, [2f], Floor: false), 0, 11));
+        Assert.Equal([7.5f, 7, 6.5f, 6, 5.5f, 5, 4.5f, 4, 3, 2, 1, 0], Row(new RopeRemap("leaky", 4, [2f], floor: false), 0, 11));
         Assert.Equal([7, 7, 6, 6, 5, 5, 4, 4, 3, 2, 1, 0], Row(new RopeRemap("selfextend", 4, [2f]), 0, 11));
         var g4 = new RopeRemap("selfextend", 1024, [4f]);
         Assert.Equal(4863, g4.Distance(0, 16383, 0));

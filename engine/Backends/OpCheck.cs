@@ -168,9 +168,9 @@ public static unsafe class OpCheck
             return guard ? full.SliceRows(0, rows) : full;
         }
 
-        public KvCache Cache(int layers, int maxSeq, int kvHeads, int headDim)
+        public KvCache Cache(int layers, int maxSeq, int kvHeads, int headDim, bool farKeys = false)
         {
-            var cache = Backend.AllocKvCache(layers, maxSeq, kvHeads, headDim);
+            var cache = Backend.AllocKvCache(layers, maxSeq, kvHeads, headDim, farKeys);
             _owned.Add(cache);
             return cache;
         }
@@ -214,7 +214,7 @@ public static unsafe class OpCheck
         return new RopeTable
         {
             Method = "check", InvFreq = inv, Magnitude = magnitude,
-            QueryScale = c.QueryScale ? new QueryScale(4096f, 0) : null,
+            QueryScale = c.QueryScale ? new QueryScale(4096f, 0) : null, Remap = c.Remap,
         };
     }
 
@@ -297,8 +297,9 @@ public static unsafe class OpCheck
     private static void RunAttentionFamily(IBackend b, Scope s, OpCase c, Inputs inp, List<Output> outputs)
     {
         int hd = c.HeadDim, qDim = c.Heads * hd, kvDim = c.KvHeads * hd, ctx = c.StartPos + c.T, layer = 1;
-        var cache = s.Cache(2, ctx + 3, c.KvHeads, hd);
+        var cache = s.Cache(2, ctx + 3, c.KvHeads, hd, farKeys: c.Remap is not null);
         var table = Table(c, c.Theta, c.Magnitude);
+        bool remap = c.Remap is not null;
         if (c.Op == OpKind.Rope)
         {
             // Earlier positions first (so the cache rows around the new ones are filled), then the checked call.
@@ -306,11 +307,17 @@ public static unsafe class OpCheck
             var q = s.Make(DType.F32, c.T, qDim, inp.Q.AsSpan(q0), guard: true, name: "q");
             var k = s.Make(DType.F32, c.T, kvDim, inp.K.AsSpan(k0), guard: true, name: "k");
             var v = s.Make(DType.F32, c.T, kvDim, inp.V.AsSpan(k0));
-            b.Rope(q, k, v, cache, layer, c.StartPos, table, c.Compute);
+            var qFar = remap ? s.Make(DType.F32, c.T, qDim, [], guard: true, name: "qFar") : null;
+            b.Rope(q, k, v, cache, layer, c.StartPos, table, c.Compute, qFar);
             outputs.Add(new("q", Read(b, q)));
             outputs.Add(new("k", Read(b, k)));
             outputs.Add(new("cache.K", Read(b, cache.K)));
             outputs.Add(new("cache.V", Read(b, cache.V)));
+            if (remap)
+            {
+                outputs.Add(new("qFar", Read(b, qFar!)));
+                outputs.Add(new("cache.KFar", Read(b, cache.KFar!)));
+            }
             return;
         }
         // Fill every layer's positions [0, ctx) through Rope, as a prefill would.
@@ -319,12 +326,13 @@ public static unsafe class OpCheck
             var q = s.Make(DType.F32, ctx, qDim, inp.Q);
             var k = s.Make(DType.F32, ctx, kvDim, inp.K);
             var v = s.Make(DType.F32, ctx, kvDim, inp.V);
-            b.Rope(q, k, v, cache, l, 0, table, c.Compute);
+            var qFar = remap ? s.Make(DType.F32, ctx, qDim, []) : null;
+            b.Rope(q, k, v, cache, l, 0, table, c.Compute, qFar);
             if (c.Op == OpKind.Attention && l == layer)
             {
                 var qt = q.SliceRows(c.StartPos, c.T);
                 var dst = s.Make(DType.F32, c.T, qDim, [], guard: true, name: "dst");
-                b.Attention(qt, cache, layer, c.StartPos, dst, c.Compute);
+                b.Attention(qt, cache, layer, c.StartPos, dst, c.Compute, remap ? new FarQueries(qFar!.SliceRows(c.StartPos, c.T), c.Remap!.Window) : null);
                 outputs.Add(new("dst", Read(b, dst)));
             }
         }

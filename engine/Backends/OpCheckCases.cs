@@ -23,6 +23,9 @@ public sealed record OpCase(OpKind Op, string Source, double MaxNmse)
     public float Magnitude { get; init; } = 1f;
     public bool QueryScale { get; init; }
 
+    /// <summary>An index remap (Self-Extend, DPE, ReRoPE) of the rope and attention cases: far queries and grouped keys too.</summary>
+    public RopeRemap? Remap { get; init; }
+
     /// <summary>Compute type of RmsNorm, Rope, Attention and SwiGlu (inputs are then rounded to it too); the target of Round.</summary>
     public DType Compute { get; init; } = DType.F32;
 
@@ -40,7 +43,7 @@ public sealed record OpCase(OpKind Op, string Source, double MaxNmse)
         OpKind.AddRmsNorm => $"add_rmsnorm rows={T} n={N}",
         OpKind.MatMul => $"matmul {Weight.Name()} T={T} in={N} out={Out}",
         OpKind.Rope or OpKind.Rerotate or OpKind.Attention =>
-            $"{Op.ToString().ToLowerInvariant()} T={T} heads={Heads}/{KvHeads} hd={HeadDim} rot={Rot} pos={StartPos} theta={Theta} mag={Magnitude}{(QueryScale ? " qscale" : "")}",
+            $"{Op.ToString().ToLowerInvariant()} T={T} heads={Heads}/{KvHeads} hd={HeadDim} rot={Rot} pos={StartPos} theta={Theta} mag={Magnitude}{(QueryScale ? " qscale" : "")}{(Remap is { } r ? " " + r.Describe() : "")}",
         OpKind.SwiGlu => $"swiglu n={N}",
         OpKind.Add => $"add n={N}",
         OpKind.Round => $"round n={N}",
@@ -118,6 +121,7 @@ public static class OpCheckCases
         c.Add(new(OpKind.Rope, "small prefill", Bf16Cache) { T = 9, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 3 });
         c.Add(new(OpKind.Rerotate, "small", Bf16Cache) { T = 24, Heads = 2, KvHeads = 2, HeadDim = 64 });
         c.Add(new(OpKind.Rerotate, "Llama-3-8B long", Bf16Cache) { T = 4100, Heads = 32, KvHeads = 8, HeadDim = 128, Theta = 500000f });
+        AddRemaps(c);
 
         foreach (int n in new[] { 1, 31, 33, 127, 1025, 11008 * 4 })
         {
@@ -133,6 +137,26 @@ public static class OpCheckCases
         AddBf16Compute(c);
         AddFullPrecision(c);
         return c;
+    }
+
+    // Index remaps: Self-Extend, DPE (a group size per group of pairs), ReRoPE and Leaky ReRoPE (exact division), in
+    // prefill (split-K with the far branch) and decode at depth; the small ones also run on ILGPU's CPU accelerator.
+    private static void AddRemaps(List<OpCase> c)
+    {
+        static RopeRemap Uniform(string kind, int pairs, int w, float g, bool floor = true) => new(kind, w, Enumerable.Repeat(g, pairs).ToArray(), floor);
+        static RopeRemap Dpe(int pairs, int w, params float[] groups) =>
+            new("dpe", w, Enumerable.Range(0, pairs).Select(j => groups[j * groups.Length / pairs]).ToArray());
+        c.Add(new(OpKind.Rope, "small prefill, selfextend", Bf16Cache) { T = 9, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 3, Remap = Uniform("selfextend", 32, 4, 3) });
+        c.Add(new(OpKind.Rope, "dpe at 16k", Bf16Cache) { T = 2, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16382, Theta = 500000f, Remap = Dpe(64, 1024, 4, 4, 2, 16, 32, 32, 16, 128) });
+        c.Add(new(OpKind.Rope, "leaky rerope + query scale, partial rotary", Bf16Cache) { T = 5, Heads = 3, KvHeads = 1, HeadDim = 64, RotaryDim = 32, StartPos = 70, QueryScale = true, Remap = Uniform("leaky-rerope", 16, 24, 2.5f, floor: false) });
+        c.Add(new(OpKind.Attention, "small prefill, selfextend", Bf16Cache) { T = 24, Heads = 2, KvHeads = 1, HeadDim = 64, Remap = Uniform("selfextend", 32, 8, 4) });
+        c.Add(new(OpKind.Attention, "small decode, dpe", Bf16Cache) { T = 1, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 70, Remap = Dpe(32, 16, 1, 4, 8, 32) });
+        c.Add(new(OpKind.Attention, "small chunk, rerope", Bf16Cache) { T = 6, Heads = 2, KvHeads = 2, HeadDim = 32, StartPos = 40, QueryScale = true, Remap = Uniform("rerope", 16, 12, float.PositiveInfinity) });
+        c.Add(new(OpKind.Attention, "Llama-2-7B prefill, selfextend", Bf16Cache) { T = 512, Heads = 32, KvHeads = 32, HeadDim = 128, Remap = Uniform("selfextend", 64, 128, 8) });
+        c.Add(new(OpKind.Attention, "Llama-3-8B decode at 16k, dpe", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16383, Theta = 500000f, Remap = Dpe(64, 1024, 4, 4, 2, 16, 32, 32, 16, 128) });
+        c.Add(new(OpKind.Attention, "Llama-3-8B chunked prefill, selfextend", F32) { T = 100, Heads = 8, KvHeads = 2, HeadDim = 128, StartPos = 1000, Remap = Uniform("selfextend", 64, 256, 16), FullPrecision = true });
+        c.Add(new(OpKind.Rope, "dpe at 16k", F32) { T = 2, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16382, Theta = 500000f, Remap = Dpe(64, 1024, 4, 4, 2, 16, 32, 32, 16, 128), FullPrecision = true });
+        c.Add(new(OpKind.Attention, "small prefill, selfextend", Bf16Cache) { T = 24, Heads = 2, KvHeads = 1, HeadDim = 64, Remap = Uniform("selfextend", 32, 8, 4), Compute = DType.BF16 });
     }
 
     // The GPU's full-precision mode (--compute f32): f32 KV cache and f32 matmul operands, so every op agrees with the

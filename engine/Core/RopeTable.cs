@@ -17,25 +17,33 @@ public sealed record QueryScale(float Context, int SkipLayers)
 /// the floor of the quotient (Self-Extend, DPE) or the quotient itself (Floor false: Leaky ReRoPE). Group[j] = +inf
 /// gives ReRoPE's constant distance Window; Group[j] = 1 the true distance.
 /// </summary>
-public sealed record RopeRemap(string Kind, int Window, float[] Group, bool Floor = true)
+public sealed record RopeRemap
 {
+    public RopeRemap(string kind, int window, float[] group, bool floor = true)
+    {
+        if (window < 1) throw new ArgumentException($"{kind}: remap window {window} must be at least 1");
+        foreach (float g in group)
+            if (!(g >= 1) || (floor && !float.IsPositiveInfinity(g) && g != MathF.Floor(g)))
+                throw new ArgumentException($"{kind}: group size {g} must be {(floor ? "a whole number" : "a number")} of at least 1 (or +inf)");
+        (Kind, Window, Group, Floor) = (kind, window, group, floor);
+    }
+
+    public string Kind { get; }
+    public int Window { get; }
+    public float[] Group { get; }
+    public bool Floor { get; }
+
     /// <summary>Grouped position of pair j of a key at position pos (the far branch).</summary>
-    public float Key(int pair, int pos) => Div(pos, Group[pair]);
+    public float Key(int pair, int pos) => RopeMath.GroupedKey(pos, Group[pair], Floor ? 1 : 0);
 
     /// <summary>Grouped position of pair j of a query at position pos (the far branch).</summary>
-    public float Query(int pair, int pos)
-    {
-        float g = Group[pair];
-        return Div(pos, g) + (float.IsPositiveInfinity(g) ? Window : Window - Window / g);
-    }
+    public float Query(int pair, int pos) => RopeMath.GroupedQuery(pos, Group[pair], Window, Floor ? 1 : 0);
 
     /// <summary>True when the key at keyPos is scored at grouped positions by the query at queryPos.</summary>
     public bool IsFar(int queryPos, int keyPos) => queryPos - keyPos >= Window;
 
     /// <summary>The relative position pair j sees between a query at i and a key at p (i - p in the window).</summary>
     public float Distance(int pair, int i, int p) => IsFar(i, p) ? Query(pair, i) - Key(pair, p) : i - p;
-
-    private float Div(int pos, float g) => float.IsPositiveInfinity(g) ? 0f : Floor ? MathF.Floor(pos / g) : pos / g;
 
     public bool SameAs(RopeRemap? other) =>
         other is not null && Window == other.Window && Floor == other.Floor && Group.AsSpan().SequenceEqual(other.Group);

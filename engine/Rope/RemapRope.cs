@@ -18,14 +18,15 @@ public static class RemapRope
     public static int DefaultWindow(int trained) => Math.Max(1, trained / 4);
 
     /// <summary>
-    /// The smallest group size that keeps the largest grouped distance, W + (target - W) / G, within half the trained
-    /// length (the low end of Self-Extend's rule of thumb: (1/2 .. 2/3) L > W + (N - W) / G).
+    /// The smallest group size that keeps the largest grouped distance, W + (target - W) / G, within `fill` of the trained
+    /// length (Self-Extend's rule of thumb: (1/2 .. 2/3) L > W + (N - W) / G; fill 1/2 by default).
     /// </summary>
-    public static int DefaultGroup(int trained, int target, int window)
+    public static int DefaultGroup(int trained, int target, int window, double fill = 0.5)
     {
-        double room = trained / 2.0 - window;
+        if (!(fill > 0 && fill <= 1)) throw new ArgumentException($"fill={fill} must be in (0, 1]");
+        double room = trained * fill - window;
         if (target <= window) return 1;
-        if (room <= 0) throw new ArgumentException($"window {window} leaves no room below half the trained length {trained}");
+        if (room <= 0) throw new ArgumentException($"window {window} leaves no room below {fill:0.##} of the trained length {trained}");
         return Math.Max(1, (int)Math.Ceiling((target - window) / room));
     }
 
@@ -51,7 +52,7 @@ public static class RemapRope
         return new RopeTable
         {
             Method = "leaky-rerope", InvFreq = inv, Factor = slope, QueryScale = logn ? new QueryScale(trained, 0) : null,
-            Remap = new RopeRemap("leaky-rerope", window, Filled(inv.Length, (float)slope), Floor: false),
+            Remap = new RopeRemap("leaky-rerope", window, Filled(inv.Length, (float)slope), floor: false),
         };
     }
 

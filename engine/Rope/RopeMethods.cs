@@ -120,14 +120,16 @@ public static class RopeMethods
     private static RopeTable SelfExtend(int dim, double theta, int trained, int target, SpecArgs a)
     {
         int w = a.Int("w", RemapRope.DefaultWindow(trained));
-        int g = a.OptionalInt("g") ?? RemapRope.DefaultGroup(trained, target, w);
+        double fill = a.Double("fill", 0.5);
+        int g = a.OptionalInt("g") ?? RemapRope.DefaultGroup(trained, target, w, fill);
         return RemapRope.SelfExtend(dim, theta, target, g, w, a.OptionalDouble("scale_base"));
     }
 
     private static RopeTable Dpe(int dim, double theta, int trained, int target, SpecArgs a)
     {
         int w = a.Int("w", RemapRope.DefaultWindow(trained));
-        double[] groups = a.OptionalDoubleList("g") ?? [RemapRope.DefaultGroup(trained, target, w)];
+        double fill = a.Double("fill", 0.5);
+        double[] groups = a.OptionalDoubleList("g") ?? [RemapRope.DefaultGroup(trained, target, w, fill)];
         return RemapRope.Dpe(dim, theta, target, groups, w);
     }
 

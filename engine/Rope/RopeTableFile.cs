@@ -129,7 +129,8 @@ public static class RopeTableFile
                 else throw ModelFormatException.In(path, $"\"remap\".group[{g}] must be a number of at least 1 or \"inf\"");
                 g++;
             }
-            remap = new RopeRemap(kind, window, group, floor);
+            try { remap = new RopeRemap(kind, window, group, floor); }
+            catch (ArgumentException e) { throw ModelFormatException.In(path, "\"remap\": " + e.Message); }
         }
         return new RopeTable
         {

@@ -63,6 +63,19 @@ public static class RopeMath
         Rotate<NoRounding>(u, w, c1, s1, out y0, out y1);
     }
 
+    /// <summary>
+    /// An index remap's grouped key position (ROPE.md 2, 6): floor(pos / g) for whole-number g (floor != 0, Self-Extend
+    /// and DPE; integer division, exact), pos / g otherwise (Leaky ReRoPE), 0 for g = +inf (ReRoPE).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float GroupedKey(int pos, float g, int floor) =>
+        g == float.PositiveInfinity ? 0f : floor != 0 ? pos / (int)g : pos / g;
+
+    /// <summary>The grouped query position: GroupedKey(pos) + window - window / g (window for g = +inf).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float GroupedQuery(int pos, float g, int window, int floor) =>
+        GroupedKey(pos, g, floor) + (g == float.PositiveInfinity ? window : window - window / g);
+
     /// <summary>Entropy-aware ABF's query multiplier max(1, ln(pos + 1) / ln(context)).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float QueryScale(int pos, float context) => XMath.Max(1f, XMath.Log((float)(pos + 1)) / XMath.Log(context));

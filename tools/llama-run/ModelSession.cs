@@ -78,16 +78,10 @@ public sealed class ModelSession : IDisposable
                 throw new UsageException($"{dir}: the tokenizer has {tokenizer.VocabSize} tokens but the model only {config.VocabSize}");
 
             var (rope, note) = ChooseRope(config, ctx, ropeSpec, ropeTable);
-            // Index remaps (Self-Extend, DPE, ReRoPE) run on the CPU backend only so far: auto picks it, a GPU is refused.
-            var remapped = (sweepMethods ?? []).Select(m => (Spec: m, Remap: ChooseRope(config, ctx, m == "default" ? null : m, null).Rope.Base.Remap))
-                .Prepend((Spec: ropeSpec ?? ropeTable ?? "default", Remap: rope.Base.Remap)).FirstOrDefault(r => r.Remap is not null);
-            if (remapped.Remap is not null && backend is null && device != "cpu")
-            {
-                if (device != "auto") throw new UsageException($"rope {remapped.Spec} remaps positions, which the {device} backend does not do yet: use --device cpu");
-                Console.Error.WriteLine($"rope {remapped.Spec} remaps positions: running on the CPU backend");
-                device = "cpu";
-            }
-            backend ??= CreateBackend(device, config, compute, fullPrecision, kv);
+            // Index remaps (Self-Extend, DPE, ReRoPE) need the GPU's far-branch kernels: loaded when this run or a sweep uses one.
+            bool remap = rope.Base.Remap is not null
+                || (sweepMethods ?? []).Any(m => ChooseRope(config, ctx, m == "default" ? null : m, null).Rope.Base.Remap is not null);
+            backend ??= CreateBackend(device, config, compute, fullPrecision, kv, remap);
             if (rope.Base.Remap is not null && !backend.Capabilities.IndexRemap)
                 throw new UsageException($"rope {ropeSpec ?? ropeTable} remaps positions, which the {backend.Name} backend does not do yet: use --device cpu");
             CheckMemory(backend, config, ctx, rope.Base.Remap is not null);
@@ -113,9 +107,9 @@ public sealed class ModelSession : IDisposable
     }
 
     /// <summary>The backend for --device, with the GPU kernels this model's shapes and compute mode use.</summary>
-    public static IBackend CreateBackend(string device, LlamaConfig config, DType compute, bool fullPrecision, DType? kvCache = null) =>
+    public static IBackend CreateBackend(string device, LlamaConfig config, DType compute, bool fullPrecision, DType? kvCache = null, bool remap = false) =>
         BackendFactory.Create(device, fullPrecision, kvCache,
-            GpuKernelSet.For(config.HeadDim, config.NumAttentionHeads / config.NumKeyValueHeads, compute == DType.BF16));
+            GpuKernelSet.For(config.HeadDim, config.NumAttentionHeads / config.NumKeyValueHeads, compute == DType.BF16, remap));
 
     /// <summary>Parses --compute: mixed (default), f32 (full precision on the GPU too) or bf16 (activations rounded as in bf16).</summary>
     public static (DType Activations, bool FullPrecision) ComputeType(string? value) => value?.ToLowerInvariant() switch

@@ -73,13 +73,21 @@ public sealed unsafe partial class GpuBackend
 
     public KvCache AllocKvCache(int numLayers, int maxSeq, int numKvHeads, int headDim, bool farKeys = false)
     {
-        if (farKeys) throw new NotSupportedException(NoRemap);
         var dtype = _fullPrecision ? DType.F32 : DType.BF16;
         int rows = checked(numLayers * maxSeq), kvDim = checked(numKvHeads * headDim);
         var k = Alloc(dtype, rows, kvDim);
         try
         {
-            return new KvCache(k, Alloc(dtype, rows, kvDim), numLayers, maxSeq, numKvHeads, headDim);
+            var v = Alloc(dtype, rows, kvDim);
+            try
+            {
+                return new KvCache(k, v, numLayers, maxSeq, numKvHeads, headDim, farKeys ? Alloc(dtype, rows, kvDim) : null);
+            }
+            catch
+            {
+                v.Dispose();
+                throw;
+            }
         }
         catch
         {

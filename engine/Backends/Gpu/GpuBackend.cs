@@ -123,8 +123,8 @@ public sealed unsafe partial class GpuBackend : IBackend
 
     public BackendCapabilities Capabilities => Name == "cuda" ? CudaCapabilities : CpuAcceleratorCapabilities;
 
-    private static readonly BackendCapabilities CudaCapabilities = new(PrefillChunk: 4096, StackedDecodeProjections: true, DeviceMemory: true);
-    private static readonly BackendCapabilities CpuAcceleratorCapabilities = new(PrefillChunk: 512, StackedDecodeProjections: true, DeviceMemory: true);
+    private static readonly BackendCapabilities CudaCapabilities = new(PrefillChunk: 4096, StackedDecodeProjections: true, DeviceMemory: true, IndexRemap: true);
+    private static readonly BackendCapabilities CpuAcceleratorCapabilities = new(PrefillChunk: 512, StackedDecodeProjections: true, DeviceMemory: true, IndexRemap: true);
 
     public string Device { get; }
 
@@ -281,12 +281,8 @@ public sealed unsafe partial class GpuBackend : IBackend
         }
     }
 
-    // Index-remap RoPE (Self-Extend, DPE, ReRoPE) has a CPU implementation only so far; Capabilities.IndexRemap says so.
-    private const string NoRemap = "index-remap RoPE (Self-Extend, DPE, ReRoPE) runs on the CPU backend only (--device cpu)";
-
     public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32, Tensor? qFar = null)
     {
-        if (table.Remap is not null) throw new NotSupportedException(NoRemap);
         bool bf16 = Bf16Compute(compute);
         _accelerator.Bind();
         Require(q, DType.F32, nameof(q));
@@ -307,12 +303,21 @@ public sealed unsafe partial class GpuBackend : IBackend
         bool qsOn = qs is not null && layer >= qs.SkipLayers;
         var args = new RopeArgs(q.Cols / hd, cache.NumKvHeads, hd, table.RotaryDim, startPos, layer * cache.MaxSeq + startPos,
             table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0, HeadsPerGroup: 0);
+        if (table.Remap is { } remap)
+        {
+            // The far branch reads the unrotated q and k, so it goes first.
+            if (qFar is null) throw new ArgumentException($"table '{table.Method}' remaps positions: Rope needs qFar", nameof(qFar));
+            Require(qFar, DType.F32, nameof(qFar));
+            RequireShape(qFar, q.Rows, q.Cols, nameof(qFar));
+            if (cache.KFar is null) throw new ArgumentException($"table '{table.Method}' remaps positions: the KV cache has no grouped keys", nameof(cache));
+            var groups = _rope.Get(remap.Group, keep: table.InvFreq);
+            _launch.RopeFar(GpuViews.F32(q), GpuViews.F32(k), GpuViews.F32(qFar), cache.KFar, inv, groups, tokens, args, remap.Window, remap.Floor, bf16);
+        }
         _launch.Rope(GpuViews.F32(q), GpuViews.F32(k), GpuViews.F32(v), cache.K, cache.V, inv, tokens, args, bf16);
     }
 
     public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32, FarQueries? far = null)
     {
-        if (far is not null) throw new NotSupportedException(NoRemap);
         bool bf16 = Bf16Compute(compute);
         _accelerator.Bind();
         Require(q, DType.F32, nameof(q));
@@ -327,6 +332,16 @@ public sealed unsafe partial class GpuBackend : IBackend
         if (tokens > 65535) throw new ArgumentException($"at most 65535 queries per call, got {tokens}", nameof(q));
         if (tokens == 0) return;
         RequireCache(cache);
+        if (far is { } f)
+        {
+            Require(f.Q, DType.F32, "far.Q");
+            RequireShape(f.Q, tokens, q.Cols, "far.Q");
+            if (f.Window < 1) throw new ArgumentOutOfRangeException(nameof(far), $"remap window {f.Window} must be at least 1");
+            if (cache.KFar is null) throw new ArgumentException("an index-remap attention needs a KV cache with grouped keys", nameof(cache));
+            _launch.Attention(GpuViews.F32(q), cache.LayerK(layer), cache.LayerV(layer), GpuViews.F32(dst), _attentionScratch.View, tokens,
+                heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16, GpuViews.F32(f.Q), cache.LayerKFar(layer), f.Window);
+            return;
+        }
         _launch.Attention(GpuViews.F32(q), cache.LayerK(layer), cache.LayerV(layer), GpuViews.F32(dst), _attentionScratch.View, tokens,
             heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16);
     }

@@ -7,13 +7,14 @@ namespace LlamaRun.Backends.Gpu;
 /// <param name="Bf16Compute">The variants that round intermediates as a bf16 framework does (--compute bf16) and Round.</param>
 /// <param name="HeadDims">Head dims to load flash attention for (64 and/or 128).</param>
 /// <param name="QueryGroups">Query heads per KV head to load decode attention for (rounded up to 1, 2, 4 or 8).</param>
-public sealed record GpuKernelSet(bool Bf16Compute, IReadOnlyList<int> HeadDims, IReadOnlyList<int> QueryGroups)
+/// <param name="Remap">The far-branch rotary kernels of index-remap RoPE (Self-Extend, DPE, ReRoPE).</param>
+public sealed record GpuKernelSet(bool Bf16Compute, IReadOnlyList<int> HeadDims, IReadOnlyList<int> QueryGroups, bool Remap = false)
 {
     /// <summary>Every variant.</summary>
-    public static GpuKernelSet All { get; } = new(true, [64, 128], [1, 2, 4, 8]);
+    public static GpuKernelSet All { get; } = new(true, [64, 128], [1, 2, 4, 8], Remap: true);
 
     /// <summary>What a model with these attention shapes needs.</summary>
-    public static GpuKernelSet For(int headDim, int queryGroup, bool bf16Compute) => new(bf16Compute, [headDim], [queryGroup]);
+    public static GpuKernelSet For(int headDim, int queryGroup, bool bf16Compute, bool remap = false) => new(bf16Compute, [headDim], [queryGroup], remap);
 
     public bool Flash(int headDim) => HeadDims.Contains(headDim);
 

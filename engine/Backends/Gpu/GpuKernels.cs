@@ -53,8 +53,10 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>? _ropeCacheF32, _ropeBf16CacheF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float>>? _rerotate;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float>>? _rerotateF32;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, AttentionArgs>>? _split;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, AttentionArgs>>? _splitF32;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, RopeArgs, int, int>>? _ropeFar, _ropeFarBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs, int, int>>? _ropeFarCacheF32, _ropeFarBf16CacheF32;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, F32, U16, AttentionArgs>>? _split;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, F32, AttentionArgs>>? _splitF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, int, int, int>> _combine;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>? _flash64, _flash128;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>>? _decode1, _decode2, _decode4, _decode8;
@@ -123,14 +125,24 @@ internal sealed class GpuKernels
             _ropeCacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>("rope_cf32", RopeKernels.Rope<NoRounding, float, F32Element>);
             if (bf16) _ropeBf16CacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>("rope_cbf16_cf32", RopeKernels.Rope<Bf16Rounding, float, F32Element>);
             _rerotateF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float>>("rerotate_cf32", RopeKernels.Rerotate<float, F32Element>);
-            _splitF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, AttentionArgs>>("attention_split_cf32", AttentionKernels.Split<float, F32Element>);
+            _splitF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, F32, AttentionArgs>>("attention_split_cf32", AttentionKernels.Split<float, F32Element>);
+            if (set.Remap)
+            {
+                _ropeFarCacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs, int, int>>("rope_far_cf32", RopeKernels.RopeFar<NoRounding, float, F32Element>);
+                if (bf16) _ropeFarBf16CacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs, int, int>>("rope_far_cbf16_cf32", RopeKernels.RopeFar<Bf16Rounding, float, F32Element>);
+            }
         }
         else
         {
             _rope = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>("rope", RopeKernels.Rope<NoRounding, ushort, Bf16Element>);
             if (bf16) _ropeBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>("rope_cbf16", RopeKernels.Rope<Bf16Rounding, ushort, Bf16Element>);
             _rerotate = l.Load<Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float>>("rerotate", RopeKernels.Rerotate<ushort, Bf16Element>);
-            _split = l.Load<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, AttentionArgs>>("attention_split", AttentionKernels.Split<ushort, Bf16Element>);
+            _split = l.Load<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, F32, U16, AttentionArgs>>("attention_split", AttentionKernels.Split<ushort, Bf16Element>);
+            if (set.Remap)
+            {
+                _ropeFar = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, RopeArgs, int, int>>("rope_far", RopeKernels.RopeFar<NoRounding, ushort, Bf16Element>);
+                if (bf16) _ropeFarBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, RopeArgs, int, int>>("rope_far_cbf16", RopeKernels.RopeFar<Bf16Rounding, ushort, Bf16Element>);
+            }
             if (set.Decode(1)) _decode1 = LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead>);
             if (set.Decode(2)) _decode2 = LoadDecode(l, "attention_decode_g2", AttentionDecodeKernels.Decode<TwoQueryHeads>);
             if (set.Decode(4)) _decode4 = LoadDecode(l, "attention_decode_g4", AttentionDecodeKernels.Decode<FourQueryHeads>);
@@ -334,6 +346,24 @@ internal sealed class GpuKernels
         Done(name);
     }
 
+    /// <summary>An index remap's far branch from the unrotated q and k (before Rope): far queries to qFar, grouped keys to kfar rows cacheRow0 + t.</summary>
+    public void RopeFar(F32 q, F32 k, F32 qFar, Tensor kfar, F32 invFreq, F32 groups, int tokens, RopeArgs args, int window, bool floor, bool bf16)
+    {
+        int heads = args.NumHeads + args.NumKvHeads, perGroup = tokens < _multiprocessors ? 1 : heads;
+        args = args with { HeadsPerGroup = perGroup };
+        var config = new KernelConfig(new Index3D(tokens, (heads + perGroup - 1) / perGroup, 1), new Index3D(GroupSize(perGroup == 1 ? 128 : 256), 1, 1));
+        bool f32Cache = kfar.DType == DType.F32;
+        string name = (bf16 ? "rope_far_cbf16" : "rope_far") + (f32Cache ? "_cf32" : "");
+        int fl = floor ? 1 : 0;
+        try
+        {
+            if (f32Cache) Need(bf16 ? _ropeFarBf16CacheF32 : _ropeFarCacheF32, name)(_stream, config, q, k, qFar, GpuViews.F32(kfar), invFreq, groups, args, window, fl);
+            else Need(bf16 ? _ropeFarBf16 : _ropeFar, name)(_stream, config, q, k, qFar, GpuViews.U16(kfar), invFreq, groups, args, window, fl);
+        }
+        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
+        Done(name);
+    }
+
     public void Rerotate(Tensor kcache, F32 invFrom, F32 invTo, int numLayers, int maxSeq, int length, int numKvHeads,
         int headDim, int rotaryDim, float magFrom, float magTo)
     {
@@ -353,14 +383,16 @@ internal sealed class GpuKernels
     /// Picks the attention variant: flash (prefill of at least 32 queries, bf16 cache, head dim 64 or 128), decode
     /// split-K (bf16 cache, head dim 64, 128 or 256, up to 8 query heads per KV head) or the per-head split-K, then the
     /// combine when the keys were split. kcache and vcache are the layer's rows; partial holds the split results.
+    /// An index remap (window above 0, far queries qFar and grouped keys kfar) always takes the per-head split-K.
     /// </summary>
     public void Attention(F32 q, Tensor kcache, Tensor vcache, F32 dst, F32 partial, int tokens, int numHeads, int numKvHeads,
-        int headDim, int startPos, bool flash, bool bf16)
+        int headDim, int startPos, bool flash, bool bf16, F32 qFar = default, Tensor? kfar = null, int window = 0)
     {
         bool f32Cache = kcache.DType == DType.F32, vectors = GpuViews.Aligned16(kcache, vcache) && (numKvHeads * headDim) % 8 == 0;
+        bool remap = window > 0;
         float scale = 1f / MathF.Sqrt(headDim);
         var flashKernel = headDim == 64 ? _flash64 : headDim == 128 ? _flash128 : null;
-        if (flash && !f32Cache && tokens >= AttentionFlashKernels.MinTokens && flashKernel is not null && vectors)
+        if (!remap && flash && !f32Cache && tokens >= AttentionFlashKernels.MinTokens && flashKernel is not null && vectors)
         {
             int rows = 16 * FlashWarps;
             var fc = new KernelConfig(new Index3D((tokens + rows - 1) / rows, numHeads, 1), new Index3D(32 * FlashWarps, 1, 1),
@@ -377,7 +409,7 @@ internal sealed class GpuKernels
         }
         int group = numHeads / numKvHeads, variant = GpuKernelSet.DecodeVariant(group);
         var decode = variant switch { 1 => _decode1, 2 => _decode2, 4 => _decode4, 8 => _decode8, _ => null };
-        bool useDecode = !f32Cache && decode is not null && headDim is 64 or 128 or 256 && vectors && (long)tokens * numHeads * headDim % 4 == 0;
+        bool useDecode = !remap && !f32Cache && decode is not null && headDim is 64 or 128 or 256 && vectors && (long)tokens * numHeads * headDim % 4 == 0;
         int units = useDecode ? numKvHeads : numHeads, maxLen = startPos + tokens;
         // Enough (head, query, split) groups to fill the GPU about SplitWaves times, at least 64 keys a split.
         const int MinSplit = 64;
@@ -390,7 +422,9 @@ internal sealed class GpuKernels
             splitLen *= 2;
             splits = (maxLen + splitLen - 1) / splitLen;
         }
-        var args = new AttentionArgs(numHeads, numKvHeads, headDim, startPos, splitLen, splits, scale, bf16 ? 1 : 0);
+        var args = new AttentionArgs(numHeads, numKvHeads, headDim, startPos, splitLen, splits, scale, bf16 ? 1 : 0, window);
+        var farK = kfar ?? kcache;   // read only with a remap
+        if (!remap) qFar = q;
         int shared = useDecode ? 4 * AttentionDecodeKernels.SharedFloats(variant, headDim) : 0;
         var config = new KernelConfig(new Index3D(units, tokens, splits), new Index3D(AttentionKernels.GroupSize, 1, 1),
             useDecode ? SharedMemoryConfig.RequestDynamic<byte>(shared) : default);
@@ -398,8 +432,8 @@ internal sealed class GpuKernels
         try
         {
             if (useDecode) decode!.Launch(_stream, config, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial, args);
-            else if (f32Cache) Need(_splitF32, name)(_stream, config, q, GpuViews.F32(kcache), GpuViews.F32(vcache), dst, partial, args);
-            else Need(_split, name)(_stream, config, q, GpuViews.U16(kcache), GpuViews.U16(vcache), dst, partial, args);
+            else if (f32Cache) Need(_splitF32, name)(_stream, config, q, GpuViews.F32(kcache), GpuViews.F32(vcache), dst, partial, qFar, GpuViews.F32(farK), args);
+            else Need(_split, name)(_stream, config, q, GpuViews.U16(kcache), GpuViews.U16(vcache), dst, partial, qFar, GpuViews.U16(farK), args);
         }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);

@@ -19,13 +19,15 @@ internal sealed unsafe class GpuRopeTables(Accelerator accelerator, AcceleratorS
     private ArrayView<float> Slot(int slot, int pairs) => _device.View.SubView(slot * MaxPairs, pairs);
 
     /// <summary>The device copy of the table's InvFreq; never evicts the slot that holds keep's.</summary>
-    public ArrayView<float> Get(RopeTable table, RopeTable? keep = null)
+    public ArrayView<float> Get(RopeTable table, RopeTable? keep = null) => Get(table.InvFreq, keep?.InvFreq);
+
+    /// <summary>The device copy of a per-pair array (InvFreq, or a remap's group sizes); never evicts the slot that holds keep.</summary>
+    public ArrayView<float> Get(float[] inv, float[]? keep)
     {
-        float[] inv = table.InvFreq;
-        if (inv.Length > MaxPairs) throw new ArgumentException($"RoPE table has {inv.Length} pairs; at most {MaxPairs} are supported", nameof(table));
+        if (inv.Length > MaxPairs) throw new ArgumentException($"RoPE table has {inv.Length} pairs; at most {MaxPairs} are supported", nameof(inv));
         if (Find(inv) is int found) return Slot(found, inv.Length);
         int slot = _next;
-        if (keep is not null && Find(keep.InvFreq) == slot) slot = (slot + 1) % Slots;
+        if (keep is not null && Find(keep) == slot) slot = (slot + 1) % Slots;
         _next = (slot + 1) % Slots;
         var copy = (float[])inv.Clone();   // the slot's record of what it holds (pageable: the copy is staged before return)
         _content[slot] = copy;

@@ -25,8 +25,8 @@ public static class Passkey
         ulong seed = args.ULong("--seed", 1);
         bool json = args.Has("--json");
         double[] depths = ParseDepths(args.String("--depths") ?? "0,0.25,0.5,0.75,1");
-        string? sweep = args.String("--sweep");
-        if (sweep is not null) return Sweep(args, sweep, trials, seed, depths, json);
+        string[] sweep = args.MethodList("--sweep");
+        if (sweep.Length > 0) return Sweep(args, sweep, trials, seed, depths, json);
         int ctx = args.Int("--ctx", 0, min: 64);
         if (ctx == 0) throw new UsageException("passkey needs --ctx N (or --sweep with --ctx-list)");
         using var s = ModelSession.Open(args, ctx);
@@ -55,14 +55,12 @@ public static class Passkey
     }
 
     // Methods x lengths: accuracy over all depths and trials, one model (and KV cache) per cell on the session's weights.
-    private static int Sweep(Args args, string sweep, int trials, ulong seed, double[] depths, bool json)
+    private static int Sweep(Args args, string[] methods, int trials, ulong seed, double[] depths, bool json)
     {
         int[] ctxList = args.IntList("--ctx-list");
         if (ctxList.Length == 0) throw new UsageException("--sweep needs --ctx-list N1,N2,...");
         if (ctxList.Min() < 64) throw new UsageException("--ctx-list lengths must be at least 64");
         if (args.Has("--rope") || args.Has("--rope-table") || args.Has("--ctx")) throw new UsageException("--sweep names the methods and --ctx-list the lengths; drop --rope/--rope-table/--ctx");
-        string[] methods = sweep.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        if (methods.Length == 0) throw new UsageException("--sweep needs at least one method");
         using var session = ModelSession.Open(args, ctxList.Max(), sweepMethods: methods);
         args.RejectUnknown();
         var accuracy = new double[methods.Length, ctxList.Length];

@@ -15,7 +15,7 @@ public static class Perplexity
     public static int Run(Args args)
     {
         int windows = args.Int("--windows", int.MaxValue, min: 1);
-        string? sweep = args.String("--sweep");
+        string[] sweep = args.MethodList("--sweep");
         int[] ctxList = args.IntList("--ctx-list");
         bool json = args.Has("--json");
         int ctx = args.Int("--ctx", 0, min: 2);
@@ -23,7 +23,7 @@ public static class Perplexity
         string? nllOut = args.String("--nll-out");
         if ((textFile is null) == (idsFile is null)) throw new UsageException("perplexity needs exactly one of -f TEXT or --ids FILE");
 
-        if (sweep is null)
+        if (sweep.Length == 0)
         {
             if (ctx == 0) throw new UsageException("perplexity needs --ctx N (or --sweep with --ctx-list)");
             using var s = ModelSession.Open(args, ctx, needTokenizer: textFile is not null);
@@ -40,7 +40,7 @@ public static class Perplexity
 
         if (ctxList.Length == 0) throw new UsageException("--sweep needs --ctx-list N1,N2,...");
         if (args.Has("--rope") || args.Has("--rope-table")) throw new UsageException("--sweep names the methods; drop --rope/--rope-table");
-        string[] methods = sweep.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        string[] methods = sweep;
         using var session = ModelSession.Open(args, ctxList.Max(), needTokenizer: textFile is not null, sweepMethods: methods);
         args.RejectUnknown();
         var tokens = LoadIds(session, textFile, idsFile);
