@@ -51,17 +51,26 @@ public class RopeMethodsTests
     }
 
     [Fact]
-    public void DefaultIsPlainWithinTrainedLengthAndDpropePlusBeyond()
+    public void DefaultIsPlainWithinTrainedLengthAndLeakyReRopeBeyond()
     {
         Assert.Equal("default", RopeMethods.Default(Austen, 512).Base.Method);
+        // Past the trained 512: leaky-rerope with window 128, the farthest of 4096 keys seen at 3/4 of 512.
         var d = RopeMethods.Default(Austen, 4096).Base;
-        Assert.Equal("dprope-plus", d.Method);
-        Assert.Equal(8.0, d.Factor);
-        Assert.Equal(RopeMethods.Parse("dprope-plus", Austen, 4096).Base.InvFreq, d.InvFreq);
+        Assert.Equal("leaky-rerope", d.Method);
+        Assert.Equal(128, d.Remap!.Window);
+        Assert.InRange(d.Remap.Distance(0, 4095, 0), 383.9f, 384f);
+        Assert.Equal(RopeMethods.Parse("none", Austen, 4096).Base.InvFreq, d.InvFreq);
+        Assert.True(d.Remap.SameAs(RopeMethods.Parse("leaky-rerope", Austen, 4096).Base.Remap));
+        Assert.Matches(@"^rope leaky-rerope: factor 15.5, query scale log_512\(m\+1\) from layer 0, leaky-rerope window 128, group 15.5 \(exact division\)$", d.Describe());
+        // Where attention cannot run a remap at full speed: dprope-plus.
+        var f = RopeMethods.Default(Austen, 4096, fastRemap: false).Base;
+        Assert.Equal("dprope-plus", f.Method);
+        Assert.Equal(8.0, f.Factor);
+        Assert.Equal(RopeMethods.Parse("dprope-plus", Austen, 4096).Base.InvFreq, f.InvFreq);
+        Assert.Matches(@"^rope dprope-plus: factor 8, \d+/32 pairs interpolated, magnitude 1\.2079$", f.Describe());
         // A checkpoint with its own scaling keeps it.
         var yarn = RopeTableTests.Tiny(new RopeParameters { Type = RopeType.Yarn, Factor = 4, OriginalMaxPositionEmbeddings = 64 });
         Assert.Equal("yarn", RopeMethods.Default(yarn, 1024).Base.Method);
-        Assert.Matches(@"^rope dprope-plus: factor 8, \d+/32 pairs interpolated, magnitude 1\.2079$", d.Describe());
     }
 
     [Fact]

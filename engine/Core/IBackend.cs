@@ -10,7 +10,9 @@ namespace LlamaRun.Core;
 /// <param name="StackedDecodeProjections">One matmul over stacked q/k/v (and gate/up) weight rows pays off for a single token.</param>
 /// <param name="DeviceMemory">Tensors live in accelerator memory, and FreeMemoryBytes counts that memory.</param>
 /// <param name="IndexRemap">Rope and Attention take an index-remap table (Self-Extend, DPE, ReRoPE: RopeTable.Remap).</param>
-public sealed record BackendCapabilities(int PrefillChunk, bool StackedDecodeProjections, bool DeviceMemory, bool IndexRemap = false);
+/// <param name="FastIndexRemap">Attention runs an index remap at the speed of plain RoPE (so the default may pick one).</param>
+public sealed record BackendCapabilities(int PrefillChunk, bool StackedDecodeProjections, bool DeviceMemory, bool IndexRemap = false,
+    bool FastIndexRemap = false);
 
 /// <summary>
 /// The far branch of an index-remap attention: queries rotated to their grouped positions (Q, shaped as the near

@@ -14,8 +14,11 @@ public static class RemapRope
     /// <summary>ReRoPE's window for a model trained at `trained` tokens: trained / 8 (512 for 4096, the reference's default).</summary>
     public static int DefaultReRopeWindow(int trained) => Math.Max(1, trained / 8);
 
-    /// <summary>The neighbour window of Self-Extend and DPE: a quarter of the trained length (1024 for 4096, as LongLM's default).</summary>
+    /// <summary>The neighbour window of Self-Extend, DPE and Leaky ReRoPE: a quarter of the trained length (1024 for 4096, as LongLM's default).</summary>
     public static int DefaultWindow(int trained) => Math.Max(1, trained / 4);
+
+    /// <summary>Leaky ReRoPE's default: the farthest key is seen at 3/4 of the trained length (measured best, README).</summary>
+    public const double DefaultFill = 0.75;
 
     /// <summary>
     /// The smallest group size that keeps the largest grouped distance, W + (target - W) / G, within `fill` of the trained
@@ -42,11 +45,16 @@ public static class RemapRope
         };
     }
 
-    /// <summary>Leaky ReRoPE: distance d beyond w seen as w + (d - w) / k; k defaults to the slope that maps target onto trained.</summary>
-    public static RopeTable LeakyReRope(int rotaryDim, double theta, int trained, int target, int window, double? k, bool logn)
+    /// <summary>
+    /// Leaky ReRoPE: distance d beyond w seen as w + (d - w) / k; k defaults to the slope that maps the target length onto
+    /// `fill` of the trained length (1: all of it).
+    /// </summary>
+    public static RopeTable LeakyReRope(int rotaryDim, double theta, int trained, int target, int window, double? k, bool logn, double fill = 1)
     {
         CheckWindow(window);
-        double slope = k ?? Math.Max(1.0, (target - window) / (double)Math.Max(1, trained - window));
+        if (!(fill > 0 && fill <= 1)) throw new ArgumentException($"leaky-rerope: fill={fill} must be in (0, 1]");
+        if (k is null && window >= fill * trained) throw new ArgumentException($"leaky-rerope: window {window} leaves no room below {fill:0.##} of the trained length {trained}");
+        double slope = k ?? Math.Max(1.0, (target - window) / (fill * trained - window));
         if (!(slope >= 1) || double.IsInfinity(slope)) throw new ArgumentException($"leaky-rerope: k={slope} must be a finite number of at least 1");
         var inv = RopeMath.DefaultInvFreq(rotaryDim, theta);
         return new RopeTable

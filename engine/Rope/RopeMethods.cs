@@ -58,12 +58,18 @@ public static class RopeMethods
 
     /// <summary>
     /// The default for --ctx: the checkpoint's own RoPE within max_position_embeddings (and for checkpoints that
-    /// already scale theirs), dprope-plus past the trained length of a plain-RoPE checkpoint.
+    /// already scale theirs); past the trained length of a plain-RoPE checkpoint, leaky-rerope (window L/4, every distance
+    /// kept inside 3/4 of L, log-n query scale: the best passkey retrieval and perplexity measured, README) where the
+    /// backend runs index remaps at full speed (fastRemap), else dprope-plus (the best frequency-table method measured).
     /// </summary>
-    public static RopeSchedule Default(LlamaConfig config, int targetCtx)
+    public static RopeSchedule Default(LlamaConfig config, int targetCtx, bool fastRemap = true)
     {
         if (config.Rope.Type != RopeType.Default || targetCtx <= config.MaxPositionEmbeddings) return FromConfig(config);
-        var setup = new DpropeSetup(config.RotaryDim, config.Rope.Theta, config.MaxPositionEmbeddings, targetCtx);
+        int trained = config.MaxPositionEmbeddings;
+        if (fastRemap)
+            return RopeSchedule.Fixed(RemapRope.LeakyReRope(config.RotaryDim, config.Rope.Theta, trained, targetCtx,
+                RemapRope.DefaultWindow(trained), k: null, logn: true, fill: RemapRope.DefaultFill));
+        var setup = new DpropeSetup(config.RotaryDim, config.Rope.Theta, trained, targetCtx);
         return RopeSchedule.Fixed(DpropePlus.Build(setup, new DpropePlusOptions()));
     }
 
@@ -100,7 +106,7 @@ public static class RopeMethods
             "rerope" => RopeSchedule.Fixed(RemapRope.ReRope(dim, theta, trained, args.Int("w", RemapRope.DefaultReRopeWindow(trained)),
                 args.Int("logn", 1) != 0)),
             "leaky-rerope" => RopeSchedule.Fixed(RemapRope.LeakyReRope(dim, theta, trained, Math.Max(targetCtx, trained),
-                args.Int("w", RemapRope.DefaultReRopeWindow(trained)), args.OptionalDouble("k"), args.Int("logn", 1) != 0)),
+                args.Int("w", RemapRope.DefaultWindow(trained)), args.OptionalDouble("k"), args.Int("logn", 1) != 0, args.Double("fill", RemapRope.DefaultFill))),
             "selfextend" => RopeSchedule.Fixed(SelfExtend(dim, theta, trained, Math.Max(targetCtx, trained), args)),
             "dpe" => RopeSchedule.Fixed(Dpe(dim, theta, trained, Math.Max(targetCtx, trained), args)),
             _ => throw new ArgumentException($"--rope {spec}: unknown method '{method}' (expected one of {string.Join(", ", Names)})"),

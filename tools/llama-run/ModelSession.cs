@@ -77,10 +77,13 @@ public sealed class ModelSession : IDisposable
             if (tokenizer is not null && tokenizer.VocabSize > config.VocabSize)
                 throw new UsageException($"{dir}: the tokenizer has {tokenizer.VocabSize} tokens but the model only {config.VocabSize}");
 
-            var (rope, note) = ChooseRope(config, ctx, ropeSpec, ropeTable);
+            // The default past the trained length picks an index remap only where attention runs one at full speed.
+            bool fastRemap = backend?.Capabilities.FastIndexRemap
+                ?? (device == "cpu" || (device == "auto" && !GpuBackend.IsCudaAvailable(out _)));
+            var (rope, note) = ChooseRope(config, ctx, ropeSpec, ropeTable, fastRemap);
             // Index remaps (Self-Extend, DPE, ReRoPE) need the GPU's far-branch kernels: loaded when this run or a sweep uses one.
             bool remap = rope.Base.Remap is not null
-                || (sweepMethods ?? []).Any(m => ChooseRope(config, ctx, m == "default" ? null : m, null).Rope.Base.Remap is not null);
+                || (sweepMethods ?? []).Any(m => ChooseRope(config, ctx, m == "default" ? null : m, null, fastRemap).Rope.Base.Remap is not null);
             backend ??= CreateBackend(device, config, compute, fullPrecision, kv, remap);
             if (rope.Base.Remap is not null && !backend.Capabilities.IndexRemap)
                 throw new UsageException($"rope {ropeSpec ?? ropeTable} remaps positions, which the {backend.Name} backend does not do yet: use --device cpu");
@@ -133,7 +136,7 @@ public sealed class ModelSession : IDisposable
         File.Exists(Path.Combine(dir, "tokenizer.json")) || File.Exists(Path.Combine(dir, "tokenizer.model"));
 
     /// <summary>--rope-table, then --rope, then the checkpoint's own scaling, then the default method past the trained length.</summary>
-    public static (RopeSchedule Rope, string Note) ChooseRope(LlamaConfig config, int ctx, string? spec, string? tableFile)
+    public static (RopeSchedule Rope, string Note) ChooseRope(LlamaConfig config, int ctx, string? spec, string? tableFile, bool fastRemap = true)
     {
         if (spec is not null && tableFile is not null) throw new UsageException("give either --rope or --rope-table, not both");
         if (tableFile is not null)
@@ -155,8 +158,11 @@ public sealed class ModelSession : IDisposable
         }
         if (ctx > config.MaxPositionEmbeddings)
         {
-            var s = RopeMethods.Default(config, ctx);
-            return (s, $"rope: --ctx {ctx} is past the trained {config.MaxPositionEmbeddings}, using " + RopeMethods.Describe(s));
+            var s = RopeMethods.Default(config, ctx, fastRemap);
+            string why = fastRemap
+                ? " (the default: best passkey retrieval and perplexity measured past the trained length)"
+                : " (the default on this backend; --rope leaky-rerope retrieves better but runs on a slower attention kernel here)";
+            return (s, $"rope: --ctx {ctx} is past the trained {config.MaxPositionEmbeddings}, using " + RopeMethods.Describe(s) + why);
         }
         return (RopeMethods.FromConfig(config), "");
     }

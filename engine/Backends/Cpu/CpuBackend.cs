@@ -20,7 +20,7 @@ public sealed unsafe class CpuBackend : IBackend
 
     public string Name => "cpu";
 
-    public BackendCapabilities Capabilities { get; } = new(PrefillChunk: 512, StackedDecodeProjections: false, DeviceMemory: false, IndexRemap: true);
+    public BackendCapabilities Capabilities { get; } = new(PrefillChunk: 512, StackedDecodeProjections: false, DeviceMemory: false, IndexRemap: true, FastIndexRemap: true);
 
     /// <summary>Element type of the caches AllocKvCache makes.</summary>
     public DType KvCacheType { get; }

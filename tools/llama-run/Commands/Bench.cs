@@ -16,7 +16,7 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Bench
 {
-    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--compute mixed|f32|bf16] [--kv bf16|f32] [-b N] [--profile] | llama-run bench --kernels [--device D]";
+    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--rope SPEC] [--compute mixed|f32|bf16] [--kv bf16|f32] [-b N] [--profile] | llama-run bench --kernels [--device D]";
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
@@ -55,18 +55,22 @@ public static class Bench
         long weightFiles = Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length);
         var (compute, fullPrecision) = ModelSession.ComputeType(args.String("--compute"));
         var load = Stopwatch.StartNew();
+        // The far-branch kernels when the RoPE of the longest test remaps positions (an index-remap --rope or default).
+        bool fastRemap = device == "cpu" || (device == "auto" && !LlamaRun.Backends.Gpu.GpuBackend.IsCudaAvailable(out _));
+        bool remap = ModelSession.ChooseRope(config, tests.Max(t => t.Positions), args.String("--rope"), args.String("--rope-table"), fastRemap)
+            .Rope.Base.Remap is not null;
         IBackend backend = ModelSession.CreateBackend(device, config, compute, fullPrecision,
-            ModelSession.KvCacheType(args.String("--kv")));   // the session takes it over
+            ModelSession.KvCacheType(args.String("--kv")), remap);   // the session takes it over
         if (args.Has("--profile")) return Profile(args, backend, decode, depth);
         double backendSeconds = load.Elapsed.TotalSeconds;
         long freeBefore = backend.FreeMemoryBytes;
         int kvElement = backend.KvElementSize;
         bool cpu = backend.Name == "cpu";
         long budget = freeBefore > 0 ? (long)(0.9 * (freeBefore - weightFiles)) : long.MaxValue;
-        var skipped = tests.Where(t => Llama.KvCacheBytes(config, t.Positions, kvElement) > budget).ToList();
+        var skipped = tests.Where(t => Llama.KvCacheBytes(config, t.Positions, kvElement, remap) > budget).ToList();
         foreach (var t in skipped)
             Console.Error.WriteLine(string.Create(Inv,
-                $"skipping {t.Name}: {t.Positions} positions need {Llama.KvCacheBytes(config, t.Positions, kvElement) / 1e9:F2} GB of KV cache, {Math.Max(0, budget) / 1e9:F2} GB available"));
+                $"skipping {t.Name}: {t.Positions} positions need {Llama.KvCacheBytes(config, t.Positions, kvElement, remap) / 1e9:F2} GB of KV cache, {Math.Max(0, budget) / 1e9:F2} GB available"));
         tests = tests.Except(skipped).ToList();
         if (tests.Count == 0)
         {

@@ -67,7 +67,8 @@ public static class Passkey
         for (int m = 0; m < methods.Length; m++)
             for (int c = 0; c < ctxList.Length; c++)
             {
-                var (rope, note) = ModelSession.ChooseRope(session.Config, ctxList[c], methods[m] == "default" ? null : methods[m], null);
+                var (rope, note) = ModelSession.ChooseRope(session.Config, ctxList[c], methods[m] == "default" ? null : methods[m], null,
+                    session.Backend.Capabilities.FastIndexRemap);
                 using var model = session.CreateModel(ctxList[c], rope);
                 var (correct, _) = Evaluate(model, session.Tokenizer, ctxList[c], trials, seed, depths);
                 accuracy[m, c] = correct.Sum() / (double)(trials * depths.Length);

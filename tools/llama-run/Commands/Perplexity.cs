@@ -48,7 +48,8 @@ public static class Perplexity
         for (int m = 0; m < methods.Length; m++)
             for (int c = 0; c < ctxList.Length; c++)
             {
-                var (rope, note) = ModelSession.ChooseRope(session.Config, ctxList[c], methods[m] == "default" ? null : methods[m], null);
+                var (rope, note) = ModelSession.ChooseRope(session.Config, ctxList[c], methods[m] == "default" ? null : methods[m], null,
+                    session.Backend.Capabilities.FastIndexRemap);
                 using var model = session.CreateModel(ctxList[c], rope);
                 table[m, c] = Run(() => Evaluation.Perplexity(model, tokens, ctxList[c], windows)).Ppl;
                 Console.Error.WriteLine($"{methods[m]} @ {ctxList[c]}: ppl {table[m, c]:F3}  ({note})");
