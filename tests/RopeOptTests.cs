@@ -91,4 +91,29 @@ public class RopeOptTests
         Assert.Equal(1, code);
         Assert.Contains("unknown method", err);
     }
+    // DPE detection on the passkey model (trained at 256) at 512: one passkey trial a depth per size, CPU backend.
+    [Fact]
+    public void DetectWritesADpeTable()
+    {
+        if (SharedData.Path("models/austen-passkey") is not { } dir) return;
+        string table = Path.Combine(Path.GetTempPath(), $"dpe-{Environment.ProcessId}.json");
+        try
+        {
+            var (code, stdout, stderr) = Run("detect", "-m", dir, "--target", "512", "--trials", "1", "--device", "cpu", "--out", table);
+            Assert.True(code == 0, stderr);
+            Assert.Contains("detect: 4 groups of 8 pairs, window 64, others held at 4, sizes 1,2,4", stderr);
+            var t = RopeTableFile.Load(table, 64);
+            Assert.Equal(64, t.Remap!.Window);
+            Assert.All(t.Remap.Group, g => Assert.Contains(g, new[] { 1f, 2f, 4f }));
+            string spec = stdout.Split('\n').Single(l => l.StartsWith("spec: ", StringComparison.Ordinal))[6..].Trim();
+            var config = LlamaRun.Model.LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+            Assert.True(t.Remap.SameAs(RopeMethods.Parse(spec, config, 512).Base.Remap), spec);
+        }
+        finally
+        {
+            File.Delete(table);
+        }
+        Assert.Contains("not past the trained length 256", Run("detect", "-m", dir, "--target", "256", "--device", "cpu").Err);
+        Assert.Equal(2, Run("detect", "--target", "512").Code);
+    }
 }

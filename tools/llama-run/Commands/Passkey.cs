@@ -3,7 +3,6 @@
 // `--sweep METHOD,... --ctx-list N,...` prints the methods x lengths table of accuracy over all depths (--json too).
 using System.Globalization;
 using System.Text;
-using LlamaRun.Backends.Cpu;
 using LlamaRun.Model;
 using LlamaRun.Text;
 
@@ -13,11 +12,6 @@ public static class Passkey
 {
     public const string Usage = "llama-run passkey [-m DIR] --ctx N [--rope SPEC | --rope-table FILE] [--trials K] [--depths D1,D2,...] [--seed S] [--json] [--device D] [--kv bf16|f32]\n" +
                                 "llama-run passkey [-m DIR] --sweep METHOD,... --ctx-list N,... [--trials K] [--depths D1,D2,...] [--seed S] [--json] [--device D] [--kv bf16|f32]";
-
-    private const string Intro = "There is an important piece of information hidden inside a lot of irrelevant text. " +
-                                 "Find it and memorize it. I will quiz you about it.\n";
-    private const string Filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n";
-    private const string Question = "\nWhat is the pass key? The pass key is";
 
     public static int Run(Args args)
     {
@@ -32,7 +26,7 @@ public static class Passkey
         using var s = ModelSession.Open(args, ctx);
         args.RejectUnknown();
         if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
-        var (correct, keyNll) = Evaluate(s.Model, s.Tokenizer, ctx, trials, seed, depths);
+        var (correct, keyNll) = PasskeyTest.Evaluate(s.Model, s.Tokenizer, ctx, trials, seed, depths);
 
         if (json)
         {
@@ -70,31 +64,13 @@ public static class Passkey
                 var (rope, note) = ModelSession.ChooseRope(session.Config, ctxList[c], methods[m] == "default" ? null : methods[m], null,
                     session.Backend.Capabilities.FastIndexRemap);
                 using var model = session.CreateModel(ctxList[c], rope);
-                var (correct, _) = Evaluate(model, session.Tokenizer, ctxList[c], trials, seed, depths);
+                var (correct, _) = PasskeyTest.Evaluate(model, session.Tokenizer, ctxList[c], trials, seed, depths);
                 accuracy[m, c] = correct.Sum() / (double)(trials * depths.Length);
                 Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{methods[m]} @ {ctxList[c]}: {accuracy[m, c]:P0}  ({(note.Length > 0 ? note : "rope: the checkpoint's own")})"));
             }
         Console.WriteLine(json ? SweepJson(methods, ctxList, accuracy, trials * depths.Length)
             : $"passkey accuracy, {trials} trials x {depths.Length} depths per cell\n" + SweepMarkdown(methods, ctxList, accuracy));
         return 0;
-    }
-
-    /// <summary>Correct answers and mean key NLL per depth over `trials` random keys each (keys drawn from seed).</summary>
-    public static (int[] Correct, double[] KeyNll) Evaluate(Llama model, Tokenizer tok, int ctx, int trials, ulong seed, double[] depths)
-    {
-        var rng = new Random(unchecked((int)seed));
-        var correct = new int[depths.Length];
-        var keyNll = new double[depths.Length];
-        for (int d = 0; d < depths.Length; d++)
-            for (int t = 0; t < trials; t++)
-            {
-                string key = rng.Next(10000, 100000).ToString(CultureInfo.InvariantCulture);
-                var (text, prompt) = BuildPrompt(tok, key, depths[d], ctx - 8);
-                var (answer, nll) = Answer(model, tok, text, prompt, key, 8);
-                if (answer.Contains(key, StringComparison.Ordinal)) correct[d]++;
-                keyNll[d] += nll / trials;
-            }
-        return (correct, keyNll);
     }
 
     private static string SweepMarkdown(string[] methods, int[] ctxs, double[,] a)
@@ -122,60 +98,6 @@ public static class Passkey
             sb.Append('}');
         }
         return sb.Append("}}").ToString();
-    }
-
-    /// <summary>Intro, filler with the key sentence at the given depth (0 = start, 1 = end), question; at most maxTokens.</summary>
-    public static (string Text, int[] Ids) BuildPrompt(Tokenizer tok, string key, double depth, int maxTokens)
-    {
-        string needle = $"The pass key is {key}. Remember it. {key} is the pass key.\n";
-        int fixedTokens = tok.Encode(Intro + needle + Question, addBos: true).Length;
-        int fillerTokens = Math.Max(1, tok.Encode(Filler + Filler, addBos: false).Length / 2);
-        int count = Math.Max(0, (maxTokens - fixedTokens) / fillerTokens);
-        while (true)
-        {
-            int before = (int)Math.Round(count * depth);
-            var text = new StringBuilder(Intro);
-            for (int i = 0; i < before; i++) text.Append(Filler);
-            text.Append(needle);
-            for (int i = before; i < count; i++) text.Append(Filler);
-            text.Append(Question);
-            var ids = tok.Encode(text.ToString(), addBos: true);
-            if (ids.Length <= maxTokens) return (text.ToString(), ids);
-            if (count == 0) throw new UsageException($"--ctx {maxTokens + 8} is too short for the passkey prompt ({ids.Length} tokens)");
-            count = Math.Max(0, count - Math.Max(1, (ids.Length - maxTokens) / fillerTokens));
-        }
-    }
-
-    // Greedy answer of maxNew tokens, and the mean NLL of the key's tokens when they are fed after the question
-    // (a graded retrieval signal for models too weak to copy the key outright).
-    private static (string Answer, double KeyNll) Answer(Llama model, Tokenizer tok, string text, int[] prompt, string key, int maxNew)
-    {
-        var logits = new float[model.VocabSize];
-        model.Reset();
-        model.Forward(prompt, 0, LogitsRows.Last, logits);
-        var afterPrompt = (float[])logits.Clone();
-
-        var decoder = tok.CreateStreamingDecoder();
-        var sb = new StringBuilder();
-        int pos = prompt.Length;
-        for (int i = 0; i < maxNew && pos < model.MaxSeq; i++)
-        {
-            int next = CpuOps.Argmax(logits);
-            sb.Append(decoder.Append(next));
-            if (i + 1 < maxNew) model.Forward([next], pos++, LogitsRows.Last, logits);
-        }
-        sb.Append(decoder.Flush());
-
-        var full = tok.Encode(text + " " + key, addBos: true);
-        if (full.Length <= prompt.Length || !full.AsSpan(0, prompt.Length).SequenceEqual(prompt) || full.Length > model.MaxSeq)
-            return (sb.ToString(), double.NaN);
-        double nll = Evaluation.Nll(afterPrompt, full[prompt.Length]);
-        for (int i = prompt.Length; i + 1 < full.Length; i++)
-        {
-            model.Forward([full[i]], i, LogitsRows.Last, logits);
-            nll += Evaluation.Nll(logits, full[i + 1]);
-        }
-        return (sb.ToString(), nll / (full.Length - prompt.Length));
     }
 
     private static double[] ParseDepths(string s) => s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
