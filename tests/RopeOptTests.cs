@@ -91,6 +91,7 @@ public class RopeOptTests
         Assert.Equal(1, code);
         Assert.Contains("unknown method", err);
     }
+
     // DPE detection on the passkey model (trained at 256) at 512: one passkey trial a depth per size, CPU backend.
     [Fact]
     public void DetectWritesADpeTable()
