@@ -61,7 +61,7 @@ public class RopeMethodsTests
         Assert.InRange(d.Remap.Distance(0, 4095, 0), 383.9f, 384f);
         Assert.Equal(RopeMethods.Parse("none", Austen, 4096).Base.InvFreq, d.InvFreq);
         Assert.True(d.Remap.SameAs(RopeMethods.Parse("leaky-rerope", Austen, 4096).Base.Remap));
-        Assert.Matches(@"^rope leaky-rerope: factor 15.5, query scale log_512\(m\+1\) from layer 0, leaky-rerope window 128, group 15.5 \(exact division\)$", d.Describe());
+        Assert.Matches(@"^rope leaky-rerope: factor 15.5, query scale log_256\(m\+1\) from layer 0, leaky-rerope window 128, group 15.5 \(exact division\)$", d.Describe());
         // Where attention cannot run a remap at full speed: dprope-plus.
         var f = RopeMethods.Default(Austen, 4096, fastRemap: false).Base;
         Assert.Equal("dprope-plus", f.Method);

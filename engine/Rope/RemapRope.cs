@@ -20,6 +20,10 @@ public static class RemapRope
     /// <summary>Leaky ReRoPE's default: the farthest key is seen at 3/4 of the trained length (measured best, README).</summary>
     public const double DefaultFill = 0.75;
 
+    /// <summary>Leaky ReRoPE's default log-n query scale context: half the trained length, so queries sharpen as
+    /// max(1, ln(m+1)/ln(L/2)) (measured best for retrieval, README).</summary>
+    public static double DefaultLogContext(int trained) => Math.Max(2, trained / 2.0);
+
     /// <summary>
     /// The smallest group size that keeps the largest grouped distance, W + (target - W) / G, within `fill` of the trained
     /// length (Self-Extend's rule of thumb: (1/2 .. 2/3) L > W + (N - W) / G; fill 1/2 by default).
@@ -47,10 +51,14 @@ public static class RemapRope
 
     /// <summary>
     /// Leaky ReRoPE: distance d beyond w seen as w + (d - w) / k; k defaults to the slope that maps the target length onto
-    /// `fill` of the trained length (1: all of it).
+    /// `fill` of the trained length (1: all of it). logn: queries times max(1, ln(m+1)/ln(logContext)), logContext half
+    /// the trained length unless given.
     /// </summary>
-    public static RopeTable LeakyReRope(int rotaryDim, double theta, int trained, int target, int window, double? k, bool logn, double fill = 1)
+    public static RopeTable LeakyReRope(int rotaryDim, double theta, int trained, int target, int window, double? k, bool logn, double fill = 1,
+        double? logContext = null)
     {
+        double c = logContext ?? DefaultLogContext(trained);
+        if (!(c > 1)) throw new ArgumentException($"leaky-rerope: logc={c} must be above 1");
         CheckWindow(window);
         if (!(fill > 0 && fill <= 1)) throw new ArgumentException($"leaky-rerope: fill={fill} must be in (0, 1]");
         if (k is null && window >= fill * trained) throw new ArgumentException($"leaky-rerope: window {window} leaves no room below {fill:0.##} of the trained length {trained}");
@@ -59,7 +67,7 @@ public static class RemapRope
         var inv = RopeMath.DefaultInvFreq(rotaryDim, theta);
         return new RopeTable
         {
-            Method = "leaky-rerope", InvFreq = inv, Factor = slope, QueryScale = logn ? new QueryScale(trained, 0) : null,
+            Method = "leaky-rerope", InvFreq = inv, Factor = slope, QueryScale = logn ? new QueryScale((float)c, 0) : null,
             Remap = new RopeRemap("leaky-rerope", window, Filled(inv.Length, (float)slope), floor: false),
         };
     }
