@@ -1,5 +1,7 @@
 // The Llama forward pass, written once against IBackend (DESIGN R1): embed, per layer attention and SwiGLU MLP
-// with pre-norms and residuals, final norm, lm_head. Run it through `llama-run -m DIR -p TEXT`.
+// with pre-norms and residuals, final norm, lm_head. Run it through `llama-run -m DIR -p TEXT`. As one rank of a
+// tensor-parallel group (a TensorShard, weights loaded with its ShardPlan) it runs its heads and FFN slice, sums the
+// attention and MLP outputs over the ranks (all-reduce) and gathers the vocabulary-split logits.
 using LlamaRun.Core;
 
 namespace LlamaRun.Model;
@@ -14,8 +16,10 @@ public sealed class Llama : IDisposable
     private RopeTable? _cacheTable;   // the table the cached keys were rotated with
     private int _cacheLength;         // positions 0.._cacheLength-1 hold valid keys and values
 
-    private Llama(LlamaConfig config, LlamaWeights weights, IBackend backend, int maxSeq, RopeSchedule rope, int maxBatch, DType activations)
+    private Llama(LlamaConfig config, LlamaWeights weights, IBackend backend, int maxSeq, RopeSchedule rope, int maxBatch, DType activations,
+        TensorShard? shard)
     {
+        Shard = shard;
         Activations = activations;
         Config = config;
         Weights = weights;
@@ -27,7 +31,7 @@ public sealed class Llama : IDisposable
         Cache = backend.AllocKvCache(config.NumHiddenLayers, maxSeq, config.NumKeyValueHeads, config.HeadDim, farKeys: remap);
         try
         {
-            _act = new Buffers(backend, config, maxBatch, remap);
+            _act = new Buffers(backend, config, maxBatch, remap, shard?.Size ?? 0);
         }
         catch
         {
@@ -36,7 +40,11 @@ public sealed class Llama : IDisposable
         }
     }
 
+    /// <summary>The sizes this model runs: the checkpoint's, or one rank's heads and FFN slice (the vocabulary stays whole).</summary>
     public LlamaConfig Config { get; }
+
+    /// <summary>This model's rank in a tensor-parallel group, or null.</summary>
+    public TensorShard? Shard { get; }
     public LlamaWeights Weights { get; }
     public IBackend Backend { get; }
     public KvCache Cache { get; }
@@ -55,16 +63,22 @@ public sealed class Llama : IDisposable
 
     /// <summary>Wraps loaded weights with a KV cache for maxSeq positions and the given RoPE schedule.</summary>
     public static Llama Create(LlamaConfig config, LlamaWeights weights, IBackend backend, int maxSeq, RopeSchedule rope,
-        int maxBatch = 512, DType activations = DType.F32)
+        int maxBatch = 512, DType activations = DType.F32, TensorShard? shard = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxSeq, 1);
+        if (shard is not null)
+        {
+            config = ShardPlan.For(config, shard.Rank, shard.Size).Local(config);
+            if (weights.Layers[0].QProj.Rows != config.QDim || weights.LmHead.Rows != config.VocabSize / shard.Size)
+                throw new ArgumentException($"the weights were not loaded for rank {shard.Rank} of {shard.Size}");
+        }
         if (rope.Base.RotaryDim != config.RotaryDim)
             throw new ArgumentException($"RoPE table has {rope.Base.InvFreq.Length} pairs but the model rotates {config.RotaryDim / 2}");
         if (rope.Base.Remap is not null && rope.IsLengthDependent)
             throw new ArgumentException($"RoPE '{rope.Base.Method}': an index remap needs a fixed table, not one that changes with the length");
         if (rope.Base.Remap is not null && !backend.Capabilities.IndexRemap)
             throw new ArgumentException($"RoPE '{rope.Base.Method}' remaps positions, which the {backend.Name} backend does not do yet (use --device cpu)");
-        return new Llama(config, weights, backend, maxSeq, rope, Math.Min(maxBatch, maxSeq), activations);
+        return new Llama(config, weights, backend, maxSeq, rope, Math.Min(maxBatch, maxSeq), activations, shard);
     }
 
     /// <summary>Bytes the KV cache of maxSeq positions takes with the given element size (and grouped keys for an index remap).</summary>
@@ -164,6 +178,7 @@ public sealed class Llama : IDisposable
             }
             R(a.Att);
             b.MatMul(a.Att, w.OProj, a.Xb);
+            Reduce(a.Xb);
             R(a.Xb);
             b.AddRmsNorm(a.X, a.Xb, w.PostAttentionLayernorm, a.Xb, eps, Activations);
             R(a.Xb);
@@ -183,6 +198,7 @@ public sealed class Llama : IDisposable
             b.SwiGlu(gate, up, gate, Activations);
             R(gate);
             b.MatMul(gate, w.DownProj, a.Xb);
+            Reduce(a.Xb);
             R(a.Xb);
             if (l + 1 < Config.NumHiddenLayers)
             {
@@ -208,10 +224,26 @@ public sealed class Llama : IDisposable
         {
             int count = Math.Min(_act.LogitRows, normed.Rows - r);
             var block = _act.Logits.SliceRows(0, count);
-            b.MatMul(normed.SliceRows(r, count), Weights.LmHead, block);
+            if (Shard is { } sh)
+            {
+                // This rank's vocabulary rows, then every rank's side by side.
+                var local = _act.LocalLogits!.SliceRows(0, count);
+                b.MatMul(normed.SliceRows(r, count), Weights.LmHead, local);
+                sh.Communicator.AllGather(sh.Rank, b, local, block);
+            }
+            else
+            {
+                b.MatMul(normed.SliceRows(r, count), Weights.LmHead, block);
+            }
             R(block);
             b.Download(block, logits.Slice(r * vocab, count * vocab));
         }
+    }
+
+    // Sums a partial output (this rank's heads or FFN slice) over the tensor-parallel group; no-op without one.
+    private void Reduce(Tensor t)
+    {
+        if (Shard is { } s) s.Communicator.AllReduce(s.Rank, Backend, t);
     }
 
     // Rounds an activation to the compute type when emulating a bf16/f16 framework (no-op for F32).
@@ -231,7 +263,8 @@ public sealed class Llama : IDisposable
     {
         private readonly Tensor _x, _xb, _q, _k, _v, _att, _gate, _up;
 
-        public Buffers(IBackend b, LlamaConfig c, int maxBatch, bool farQueries)
+        // ranks: the tensor-parallel group's size (0 without one).
+        public Buffers(IBackend b, LlamaConfig c, int maxBatch, bool farQueries, int ranks)
         {
             QFar = farQueries ? b.Alloc(DType.F32, maxBatch, c.QDim) : null;   // [batch, heads * headDim] an index remap's far queries
             _x = b.Alloc(DType.F32, maxBatch, c.HiddenSize);          // [batch, hidden] residual stream
@@ -244,6 +277,7 @@ public sealed class Llama : IDisposable
             _up = b.Alloc(DType.F32, maxBatch, c.IntermediateSize);   // [batch, ffn]
             LogitRows = Math.Max(1, Math.Min(maxBatch, (int)Math.Min(128, (64L << 20) / 4 / c.VocabSize)));
             Logits = b.Alloc(DType.F32, LogitRows, c.VocabSize);      // [LogitRows, vocab]
+            LocalLogits = ranks > 0 ? b.Alloc(DType.F32, LogitRows, c.VocabSize / ranks) : null;   // [LogitRows, vocab / ranks] one rank's
             Qkv = b.Alloc(DType.F32, 1, c.QDim + 2 * c.KvDim);         // [1, q | k | v] one decoded token's projections
             GateUp = b.Alloc(DType.F32, 1, 2 * c.IntermediateSize);    // [1, gate | up]
             (QkvQ, QkvK, QkvV) = (Qkv.SliceCols(0, c.QDim), Qkv.SliceCols(c.QDim, c.KvDim), Qkv.SliceCols(c.QDim + c.KvDim, c.KvDim));
@@ -251,6 +285,7 @@ public sealed class Llama : IDisposable
         }
 
         public Tensor? QFar { get; }
+        public Tensor? LocalLogits { get; }
         public Tensor Qkv { get; }
         public Tensor QkvQ { get; }
         public Tensor QkvK { get; }
@@ -269,6 +304,7 @@ public sealed class Llama : IDisposable
         {
             foreach (var t in new[] { _x, _xb, _q, _k, _v, _att, _gate, _up, Logits, Qkv, GateUp }) t.Dispose();
             QFar?.Dispose();
+            LocalLogits?.Dispose();
         }
     }
 

@@ -1,7 +1,9 @@
 // Llama weights under their Hugging Face names, strictly loaded from a checkpoint and uploaded to a backend.
 // Matrices keep their checkpoint dtype (the CPU backend aliases the mapping); norms become F32. With fuseProjections
 // (the GPU default) q/k/v and gate/up of a layer are stored as one matrix each, so decoding runs one matmul for each
-// group; the single projections are row views of it. Exercise: dotnet test --filter "WeightsTests|LlamaTests"
+// group; the single projections are row views of it. With a ShardPlan (tensor parallelism) a rank loads only its slices:
+// rows of q/k/v, gate/up and lm_head, columns of o_proj and down_proj (copied out of the mapping), the embedding and
+// norms whole. Exercise: dotnet test --filter "WeightsTests|LlamaTests|TensorParallelTests"
 using System.Runtime.InteropServices;
 using LlamaRun.Core;
 
@@ -79,9 +81,9 @@ public sealed class LlamaWeights : IDisposable
     public IReadOnlyList<string> Ignored { get; private init; } = [];
 
     /// <summary>Loads every weight of modelDir (a directory or a .safetensors file), checking names, shapes and dtypes against config; fuseProjections defaults to what the backend states pays off.</summary>
-    public static LlamaWeights Load(string modelDir, LlamaConfig config, IBackend backend, bool? fuseProjections = null)
+    public static LlamaWeights Load(string modelDir, LlamaConfig config, IBackend backend, bool? fuseProjections = null, ShardPlan? shard = null)
     {
-        bool fuse = fuseProjections ?? backend.Capabilities.StackedDecodeProjections;
+        bool fuse = shard is null && (fuseProjections ?? backend.Capabilities.StackedDecodeProjections);
         var checkpoint = Checkpoint.Open(modelDir);
         var owned = new List<Tensor>();
         var hostBuffers = new List<nint>();
@@ -95,15 +97,28 @@ public sealed class LlamaWeights : IDisposable
 
             var embed = loader.Matrix(N("model.embed_tokens.weight"), config.VocabSize, h);
             var layers = new LayerWeights[config.NumHiddenLayers];
+            int hd = config.HeadDim;
             for (int i = 0; i < layers.Length; i++)
             {
                 string p = $"model.layers.{i}.";
                 var input = loader.Vector(N(p + "input_layernorm.weight"), h);
-                var qkv = loader.Stack(fuse, [(N(p + "self_attn.q_proj.weight"), q), (N(p + "self_attn.k_proj.weight"), kv), (N(p + "self_attn.v_proj.weight"), kv)], h);
-                var o = loader.Matrix(N(p + "self_attn.o_proj.weight"), h, q);
                 var post = loader.Vector(N(p + "post_attention_layernorm.weight"), h);
-                var gateUp = loader.Stack(fuse, [(N(p + "mlp.gate_proj.weight"), ff), (N(p + "mlp.up_proj.weight"), ff)], h);
-                var down = loader.Matrix(N(p + "mlp.down_proj.weight"), h, ff);
+                string qn = N(p + "self_attn.q_proj.weight"), kn = N(p + "self_attn.k_proj.weight"), vn = N(p + "self_attn.v_proj.weight");
+                string on = N(p + "self_attn.o_proj.weight"), gn = N(p + "mlp.gate_proj.weight"), un = N(p + "mlp.up_proj.weight");
+                string dn = N(p + "mlp.down_proj.weight");
+                if (shard is { } s)
+                {
+                    // This rank's heads (rows of q, k, v; columns of o) and FFN slice (rows of gate, up; columns of down).
+                    layers[i] = new LayerWeights(input,
+                        loader.Rows(qn, q, h, s.HeadStart * hd, s.Heads * hd), loader.Rows(kn, kv, h, s.KvStart * hd, s.KvHeads * hd),
+                        loader.Rows(vn, kv, h, s.KvStart * hd, s.KvHeads * hd), loader.Columns(on, h, q, s.HeadStart * hd, s.Heads * hd), post,
+                        loader.Rows(gn, ff, h, s.FfnStart, s.Ffn), loader.Rows(un, ff, h, s.FfnStart, s.Ffn), loader.Columns(dn, h, ff, s.FfnStart, s.Ffn));
+                    continue;
+                }
+                var qkv = loader.Stack(fuse, [(qn, q), (kn, kv), (vn, kv)], h);
+                var o = loader.Matrix(on, h, q);
+                var gateUp = loader.Stack(fuse, [(gn, ff), (un, ff)], h);
+                var down = loader.Matrix(dn, h, ff);
                 layers[i] = new LayerWeights(input, qkv.Parts[0], qkv.Parts[1], qkv.Parts[2], o, post, gateUp.Parts[0], gateUp.Parts[1], down)
                 {
                     Qkv = qkv.Stacked,
@@ -119,13 +134,13 @@ public sealed class LlamaWeights : IDisposable
             {
                 // A tied checkpoint may still carry lm_head (a copy of the embedding); check it, then use the embedding as transformers does.
                 if (checkpoint.Tensors.ContainsKey(lmName)) loader.Check(lmName, config.VocabSize, h);
-                lmHead = embed;
+                lmHead = shard is { } s ? embed.SliceRows(s.VocabStart, s.Vocab) : embed;
             }
             else
             {
                 if (!checkpoint.Tensors.ContainsKey(lmName))
                     throw ModelFormatException.In(checkpoint.Source, $"tensor \"{lmName}\" is missing and config.json has tie_word_embeddings false");
-                lmHead = loader.Matrix(lmName, config.VocabSize, h);
+                lmHead = shard is { } s ? loader.Rows(lmName, config.VocabSize, h, s.VocabStart, s.Vocab) : loader.Matrix(lmName, config.VocabSize, h);
             }
 
             var ignored = new List<string>();
@@ -237,6 +252,40 @@ public sealed class LlamaWeights : IDisposable
             var views = new Tensor[parts.Length];
             for (int i = 0, row = 0; i < parts.Length; row += parts[i].Rows, i++) views[i] = stacked.SliceRows(row, parts[i].Rows);
             return (stacked, views);
+        }
+
+        // Rows [start, start + count) of the [rows, cols] tensor name, straight from the mapping.
+        public Tensor Rows(string name, int rows, int cols, int start, int count)
+        {
+            var info = Check(name, rows, cols);
+            var dtype = info.WeightDType!.Value;
+            var t = backend.Upload(dtype, count, cols, checkpoint.DataPointer(name) + (nint)((long)start * cols * dtype.Size()));
+            owned.Add(t);
+            return t;
+        }
+
+        // Columns [start, start + count) of the [rows, cols] tensor name, copied into a host buffer of their own.
+        public Tensor Columns(string name, int rows, int cols, int start, int count)
+        {
+            var info = Check(name, rows, cols);
+            var dtype = info.WeightDType!.Value;
+            int size = dtype.Size();
+            long bytes = (long)rows * count * size;
+            var buffer = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(64, bytes), 64);
+            byte* src = (byte*)checkpoint.DataPointer(name);
+            for (long r = 0; r < rows; r++)
+                Buffer.MemoryCopy(src + (r * cols + start) * size, buffer + r * count * size, (long)count * size, (long)count * size);
+            Tensor t;
+            try { t = backend.Upload(dtype, rows, count, (nint)buffer); }
+            catch
+            {
+                NativeMemory.AlignedFree(buffer);
+                throw;
+            }
+            if (t.Pointer == (nint)buffer) hostBuffers.Add((nint)buffer);   // aliased by the backend
+            else NativeMemory.AlignedFree(buffer);
+            owned.Add(t);
+            return t;
         }
 
         public Tensor Matrix(string name, int rows, int cols)
