@@ -1,7 +1,8 @@
 // `llama-run check [-m DIR] [--tokens N] [--ops-only]`: the kernels the GPU backend loaded (compile and load time,
 // registers, local memory), every op on the CPU and GPU backends over the shape table (NMSE, max abs error, NaN/Inf
 // parity, guard rows), then the whole model's logits GPU against CPU, in the default mixed precision and in full f32
-// (--compute f32). Exits non-zero on any failure.
+// (--compute f32). Exits non-zero on any failure. `check --tp N` instead runs the model as N tensor-parallel ranks (CPU
+// backends, threads of this process) against one unsharded model: logits NMSE, max abs error and argmax agreement.
 using System.Globalization;
 using LlamaRun.Core;
 using LlamaRun.Backends;
@@ -14,7 +15,7 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Check
 {
-    public const string Usage = "llama-run check [-m DIR] [--tokens N] [--ops-only] | llama-run check --ptx DIR";
+    public const string Usage = "llama-run check [-m DIR] [--tokens N] [--ops-only] | llama-run check --ptx DIR | llama-run check --tp N [-m DIR] [--tokens N]";
 
     public static int Run(Args args)
     {
@@ -24,6 +25,13 @@ public static class Check
             return WritePtx(ptxDir);
         }
         int tokens = args.Int("--tokens", 256, min: 2);
+        int tp = args.Int("--tp", 0, min: 1);
+        if (tp > 0)
+        {
+            string modelDir = ModelSession.ModelDirectory(args);
+            args.RejectUnknown();
+            return CheckTensorParallel(modelDir, tp, tokens) ? 0 : 1;
+        }
         bool opsOnly = args.Has("--ops-only");
         string? dir = opsOnly ? null : ModelSession.ModelDirectory(args);
         args.RejectUnknown();
@@ -44,6 +52,60 @@ public static class Check
         Console.WriteLine($"ops: {total - failed} passed, {failed} failed");
         if (dir is not null && !CheckModel(dir, cpu, gpu, full, tokens)) failed++;
         return failed == 0 ? 0 : 1;
+    }
+
+    // One unsharded CPU model against `ranks` CPU ranks (InProcessCommunicator) on the same tokens, f32: every position's logits.
+    private static bool CheckTensorParallel(string dir, int ranks, int tokens)
+    {
+        var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+        tokens = Math.Min(tokens, config.MaxPositionEmbeddings);
+        int vocab = config.VocabSize;
+        int[] ids = [.. Enumerable.Range(0, tokens).Select(i => (int)((i * 7919L + 5) % vocab))];
+        var rope = RopeMethods.FromConfig(config);
+        float[] Logits(Llama model)
+        {
+            var logits = new float[(long)tokens * vocab];
+            model.Forward(ids, 0, LogitsRows.All, logits);
+            return logits;
+        }
+        float[] expected;
+        using (var cpu = new CpuBackend(DType.F32))
+        using (var weights = LlamaWeights.Load(dir, config, cpu))
+        using (var model = Llama.Create(config, weights, cpu, tokens, rope))
+            expected = Logits(model);
+        try
+        {
+            for (int r = 0; r < ranks; r++) ShardPlan.For(config, r, ranks);   // sizes that do not split: one line, before any thread starts
+        }
+        catch (ArgumentException e) { throw new UsageException(e.Message); }
+        using var comm = new InProcessCommunicator(ranks);
+        var got = comm.RunRanks(rank =>
+        {
+            using var backend = new CpuBackend(DType.F32);
+            using var weights = LlamaWeights.Load(dir, config, backend, shard: ShardPlan.For(config, rank, ranks));
+            using var model = Llama.Create(config, weights, backend, tokens, rope, shard: new TensorShard(rank, comm));
+            return Logits(model);
+        })[0];
+        double err = 0, sig = 0, maxAbs = 0;
+        int agree = 0;
+        for (int t = 0; t < tokens; t++)
+        {
+            var e = expected.AsSpan(t * vocab, vocab);
+            var g = got.AsSpan(t * vocab, vocab);
+            for (int i = 0; i < vocab; i++)
+            {
+                double d = g[i] - e[i];
+                err += d * d;
+                sig += (double)e[i] * e[i];
+                maxAbs = Math.Max(maxAbs, Math.Abs(d));
+            }
+            if (CpuOps.Argmax(e) == CpuOps.Argmax(g)) agree++;
+        }
+        double nmse = err / Math.Max(sig, double.Epsilon);
+        bool ok = nmse < 1e-10 && agree == tokens;
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"model {dir} over {ranks} tensor-parallel CPU ranks vs unsharded (f32): {tokens} tokens, logits NMSE {nmse:E2}, max abs {maxAbs:E2}, argmax agreement {agree}/{tokens}: {(ok ? "ok" : "FAIL")}"));
+        return ok;
     }
 
     // Compiles every kernel to PTX without a GPU (ILGPU's sm_80 target) and writes DIR/NAME.ptx, for ptxas -v or reading.
