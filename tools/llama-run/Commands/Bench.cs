@@ -65,7 +65,7 @@ public static class Bench
         double backendSeconds = load.Elapsed.TotalSeconds;
         long freeBefore = backend.FreeMemoryBytes;
         int kvElement = backend.KvElementSize;
-        bool cpu = backend.Name == "cpu";
+        bool cpu = !backend.Capabilities.DeviceMemory;   // weights and KV cache in host memory: the host read bound applies
         long budget = freeBefore > 0 ? (long)(0.9 * (freeBefore - weightFiles)) : long.MaxValue;
         var skipped = tests.Where(t => Llama.KvCacheBytes(config, t.Positions, kvElement, remap) > budget).ToList();
         foreach (var t in skipped)
