@@ -29,6 +29,9 @@ public unsafe class CpuBackendTests
         using var empty = _cpu.Alloc(DType.F32, 0, 5);
         var dst = Array.Empty<float>();
         _cpu.Download(empty, dst);
+        using var large = _cpu.Alloc(DType.F32, 1300, 1024);   // 5.1 MB: huge-page aligned
+        Assert.Equal(0, large.Pointer % (2 << 20));
+        Assert.True(new ReadOnlySpan<byte>((void*)large.Pointer, (int)large.ByteLength).IndexOfAnyExcept((byte)0) < 0);
     }
 
     [Fact]

@@ -9,7 +9,7 @@ using LlamaRun.Core;
 namespace LlamaRun.Backends.Cpu;
 
 /// <summary>The CPU backend: SIMD, multi-threaded, and the numerical reference for the other backends.</summary>
-public sealed unsafe class CpuBackend : IBackend
+public sealed unsafe partial class CpuBackend : IBackend
 {
     /// <summary>A backend whose KV cache holds kvCache elements (F32 or BF16; BF16 rounds keys and values to nearest even).</summary>
     public CpuBackend(DType kvCache = DType.F32)
@@ -52,7 +52,7 @@ public sealed unsafe class CpuBackend : IBackend
         ArgumentOutOfRangeException.ThrowIfNegative(rows);
         ArgumentOutOfRangeException.ThrowIfNegative(cols);
         nuint bytes = (nuint)((long)rows * cols * dtype.Size());
-        void* p = NativeMemory.AlignedAlloc(Math.Max(bytes, 64), 64);
+        void* p = AllocAligned(bytes);
         NativeMemory.Clear(p, bytes);
         return new Tensor(this, dtype, rows, cols, (nint)p, static t =>
         {
@@ -60,6 +60,22 @@ public sealed unsafe class CpuBackend : IBackend
             NativeMemory.AlignedFree((void*)t.Pointer);
         });
     }
+
+    // From 4 MiB on, 2 MiB aligned and (on Linux) advised to be backed by transparent huge pages: decode streams the whole
+    // KV cache every token, which with 4 KiB pages is a TLB miss every 4 KiB.
+    private static void* AllocAligned(nuint bytes)
+    {
+        const nuint Huge = 2 << 20;
+        if (bytes < 2 * Huge) return NativeMemory.AlignedAlloc(Math.Max(bytes, 64), 64);
+        void* p = NativeMemory.AlignedAlloc(bytes, Huge);
+        if (OperatingSystem.IsLinux()) _ = Madvise((nint)p, bytes / Huge * Huge, MadvHugePage);
+        return p;
+    }
+
+    private const int MadvHugePage = 14;
+
+    [LibraryImport("libc", EntryPoint = "madvise")]
+    private static partial int Madvise(nint address, nuint length, int advice);
 
     public Tensor Upload(DType dtype, int rows, int cols, nint hostData)
     {
