@@ -155,6 +155,7 @@ public static class OpCheckCases
         c.Add(new(OpKind.Attention, "Llama-2-7B prefill, selfextend", Bf16Cache) { T = 512, Heads = 32, KvHeads = 32, HeadDim = 128, Remap = Uniform("selfextend", 64, 128, 8) });
         c.Add(new(OpKind.Attention, "Llama-3-8B decode at 16k, dpe", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16383, Theta = 500000f, Remap = Dpe(64, 1024, 4, 4, 2, 16, 32, 32, 16, 128) });
         c.Add(new(OpKind.Attention, "Llama-3-8B chunked prefill, selfextend", F32) { T = 100, Heads = 8, KvHeads = 2, HeadDim = 128, StartPos = 1000, Remap = Uniform("selfextend", 64, 256, 16), FullPrecision = true });
+        c.Add(new(OpKind.Attention, "long prefill, selfextend", F32) { T = 4096, Heads = 8, KvHeads = 2, HeadDim = 64, Remap = Uniform("selfextend", 32, 512, 8), FullPrecision = true });
         c.Add(new(OpKind.Rope, "dpe at 16k", F32) { T = 2, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16382, Theta = 500000f, Remap = Dpe(64, 1024, 4, 4, 2, 16, 32, 32, 16, 128), FullPrecision = true });
         c.Add(new(OpKind.Attention, "small prefill, selfextend", Bf16Cache) { T = 24, Heads = 2, KvHeads = 1, HeadDim = 64, Remap = Uniform("selfextend", 32, 8, 4), Compute = DType.BF16 });
     }
