@@ -33,7 +33,7 @@ public static class RemapRope
         if (!(fill > 0 && fill <= 1)) throw new ArgumentException($"fill={fill} must be in (0, 1]");
         double room = trained * fill - window;
         if (target <= window) return 1;
-        if (room <= 0) throw new ArgumentException($"window {window} leaves no room below {fill:0.##} of the trained length {trained}");
+        if (room <= 0) throw new ArgumentException($"window {window} leaves no room below {fill:0.##} of the trained length {trained}: give g=N, a smaller w or a larger fill");
         return Math.Max(1, (int)Math.Ceiling((target - window) / room));
     }
 
