@@ -1,6 +1,7 @@
 // Index-remap RoPE (ReRoPE, Leaky ReRoPE, Self-Extend, DPE): the remapped relative positions against ROPE.md's vectors,
 // the CPU backend's Rope + Attention against a direct O(T^2) computation of the remapped scores (prefill in chunks and
-// decode, GQA, partial rotary, up to T = 4096), --rope specs, table files, and the clear refusals.
+// decode, GQA, partial rotary, up to T = 4096), the model with a remap, the default retrieving the passkey at 4x,
+// --rope specs, table files, and the clear refusals.
 // Run: dotnet test tests/Tests.csproj --filter RemapRopeTests
 using LlamaRun.Backends.Cpu;
 using LlamaRun.Core;
@@ -190,6 +191,27 @@ public unsafe class RemapRopeTests
         Assert.True(whole.Zip(pieces).Max(p => Math.Abs(p.First - p.Second)) < 1e-4, "chunked prefill and decode differ from one prefill");
         Assert.Equal(Logits("none", 512, false), Logits($"selfextend:g=4,w={n}", 512, false));
         Assert.NotEqual(Logits("none", 512, false), whole);
+    }
+
+    // The default past the trained length on the passkey model (trained at 256) retrieves at 4x, where plain RoPE cannot.
+    [Fact]
+    public void DefaultRetrievesThePasskeyAt4x()
+    {
+        if (SharedData.Path("models/austen-passkey") is not { } dir) return;
+        var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+        var tokenizer = LlamaRun.Text.Tokenizer.FromModelDirectory(dir);
+        using var backend = new CpuBackend();
+        using var weights = LlamaWeights.Load(dir, config, backend);
+        double[] depths = [0, 0.5, 1];
+        int Correct(RopeSchedule rope)
+        {
+            using var model = Llama.Create(config, weights, backend, 1024, rope);
+            return LlamaRun.Text.PasskeyTest.Evaluate(model, tokenizer, 1024, 2, 1, depths).Correct.Sum();
+        }
+        var defaultRope = RopeMethods.Default(config, 1024);
+        Assert.Equal("leaky-rerope", defaultRope.Base.Method);
+        Assert.True(Correct(defaultRope) >= 5, "the default finds fewer than 5 of 6 keys at 1024");
+        Assert.True(Correct(RopeMethods.Parse("none", config, 1024)) <= 2, "plain RoPE should lose the key at 4x");
     }
 
     [Fact]
