@@ -90,6 +90,9 @@ public class RopeOptTests
         (code, _, err) = Run("--head-dim", "128", "--orig", "4096", "--target", "8192", "--compare", "bogus");
         Assert.Equal(1, code);
         Assert.Contains("unknown method", err);
+        (code, _, err) = Run("--head-dim", "128", "--orig", "4096", "--target", "8192", "--compare", "yarn,selfextend");
+        Assert.Equal(1, code);
+        Assert.Contains("selfextend remaps positions", err);
     }
 
     // DPE detection on the passkey model (trained at 256) at 512: one passkey trial a depth per size, CPU backend.

@@ -138,6 +138,12 @@ public sealed class ModelSession : IDisposable
     /// <summary>--rope-table, then --rope, then the checkpoint's own scaling, then the default method past the trained length.</summary>
     public static (RopeSchedule Rope, string Note) ChooseRope(LlamaConfig config, int ctx, string? spec, string? tableFile, bool fastRemap = true)
     {
+        // "table:FILE" names a saved table where a method spec goes (a --sweep entry).
+        if (spec is not null && spec.StartsWith("table:", StringComparison.OrdinalIgnoreCase))
+        {
+            if (tableFile is not null) throw new UsageException("give either --rope or --rope-table, not both");
+            (tableFile, spec) = (spec[6..], null);
+        }
         if (spec is not null && tableFile is not null) throw new UsageException("give either --rope or --rope-table, not both");
         if (tableFile is not null)
         {

@@ -25,6 +25,9 @@ public static class Objective
     {
         var names = compare.Contains(saveSpec) ? compare.ToList() : [.. compare, saveSpec];
         var tables = names.Select(n => WithSetup(n, setup)).Select(spec => RopeMethods.Parse(spec, config, setup.TargetLength).For(setup.TargetLength)).ToList();
+        // The disturbance is of a frequency table's angle distribution; an index remap changes positions, not frequencies.
+        if (tables.FindIndex(t => t.Remap is not null) is int r and >= 0)
+            throw new ArgumentException($"{names[r]} remaps positions: rope-opt compares frequency tables (compare remaps with llama-run perplexity or passkey --sweep; rope-opt detect writes DPE tables)");
         var d = Dprope.Disturbances(setup, [.. tables.Select(t => t.InvFreq)]);
         var results = names.Select((n, i) => new MethodResult(n, tables[i], d[i])).ToList();
         var saved = results.First(r => r.Name == saveSpec);
