@@ -70,7 +70,8 @@ public sealed unsafe class InProcessCommunicator(int size, TimeSpan? timeout = n
         foreach (var t in threads) t.Join();
         // The rank that failed first (its own error, not the aborts it caused in the others).
         var first = errors.FirstOrDefault(e => e is not null and not CollectiveAbortedException) ?? errors.FirstOrDefault(e => e is not null);
-        if (first is not null) throw first is CollectiveAbortedException ? first : new InvalidOperationException(_abortReason ?? first.Message, first);
+        // Rethrown as it was (its type decides how a caller reports it); the others only saw the abort it caused.
+        if (first is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
         return results;
     }
 
