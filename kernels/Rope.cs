@@ -38,7 +38,7 @@ public static class RopeKernels
         var cs = SharedMemory.Allocate<float>(MaxPairs);
         var sn = SharedMemory.Allocate<float>(MaxPairs);
         var r = default(TR);
-        int t = Grid.IdxX, pos = a.StartPos + t, half = a.RotaryDim / 2, rest = a.HeadDim - a.RotaryDim, perHead = half + rest;
+        int t = Grid.IdxX, pos = a.StartPos + t, half = a.RotaryDim / 2;
         int h0 = Grid.IdxY * a.HeadsPerGroup, h1 = XMath.Min(a.NumHeads + a.NumKvHeads, h0 + a.HeadsPerGroup);
         for (int j = Group.IdxX; j < half; j += Group.DimX)
         {
@@ -51,40 +51,9 @@ public static class RopeKernels
         int kvDim = a.NumKvHeads * a.HeadDim;
         long qRow = (long)t * a.NumHeads * a.HeadDim, kRow = (long)t * kvDim, cRow = (long)(a.CacheRow0 + t) * kvDim;
         int q0 = h0, q1 = XMath.Min(h1, a.NumHeads);   // this group's q heads, then its KV heads kv0 .. kv1 - 1
-        for (int e = Group.IdxX; e < (q1 - q0) * perHead; e += Group.DimX)
-        {
-            int j = e % perHead;
-            long x = qRow + (q0 + e / perHead) * a.HeadDim;
-            if (j < half)
-            {
-                RopeMath.Rotate<TR>(q[x + j], q[x + j + half], cs[j], sn[j], out float y0, out float y1);
-                q[x + j] = r.Round(y0 * qs);
-                q[x + j + half] = r.Round(y1 * qs);
-            }
-            else
-            {
-                long d = x + a.RotaryDim + (j - half);
-                q[d] = r.Round(q[d] * qs);
-            }
-        }
         int kv0 = XMath.Max(h0, a.NumHeads) - a.NumHeads, kv1 = XMath.Max(h1, a.NumHeads) - a.NumHeads;
-        for (int e = Group.IdxX; e < (kv1 - kv0) * perHead; e += Group.DimX)
-        {
-            int j = e % perHead, o = (kv0 + e / perHead) * a.HeadDim;
-            if (j < half)
-            {
-                RopeMath.Rotate<TR>(k[kRow + o + j], k[kRow + o + j + half], cs[j], sn[j], out float y0, out float y1);
-                k[kRow + o + j] = y0;
-                k[kRow + o + j + half] = y1;
-                kcache[cRow + o + j] = default(TE).Store(y0);
-                kcache[cRow + o + j + half] = default(TE).Store(y1);
-            }
-            else
-            {
-                int d = o + a.RotaryDim + (j - half);
-                kcache[cRow + d] = default(TE).Store(k[kRow + d]);
-            }
-        }
+        RotateQueries<TR>(q, q, qRow, q0, q1, cs, sn, qs, a);
+        RotateKeys<TR, TC, TE>(k, kRow, kcache, cRow, kv0, kv1, cs, sn, writeBack: true, a);
         // The values of this group's KV heads.
         for (int d = kv0 * a.HeadDim + Group.IdxX; d < kv1 * a.HeadDim; d += Group.DimX) vcache[cRow + d] = default(TE).Store(v[kRow + d]);
     }
@@ -105,7 +74,7 @@ public static class RopeKernels
         var kc = SharedMemory.Allocate<float>(MaxPairs);
         var ks = SharedMemory.Allocate<float>(MaxPairs);
         var r = default(TR);
-        int t = Grid.IdxX, pos = a.StartPos + t, half = a.RotaryDim / 2, rest = a.HeadDim - a.RotaryDim, perHead = half + rest;
+        int t = Grid.IdxX, pos = a.StartPos + t, half = a.RotaryDim / 2;
         int h0 = Grid.IdxY * a.HeadsPerGroup, h1 = XMath.Min(a.NumHeads + a.NumKvHeads, h0 + a.HeadsPerGroup);
         for (int j = Group.IdxX; j < half; j += Group.DimX)
         {
@@ -122,36 +91,64 @@ public static class RopeKernels
         int kvDim = a.NumKvHeads * a.HeadDim;
         long qRow = (long)t * a.NumHeads * a.HeadDim, kRow = (long)t * kvDim, cRow = (long)(a.CacheRow0 + t) * kvDim;
         int q0 = h0, q1 = XMath.Min(h1, a.NumHeads);
+        int kv0 = XMath.Max(h0, a.NumHeads) - a.NumHeads, kv1 = XMath.Max(h1, a.NumHeads) - a.NumHeads;
+        RotateQueries<TR>(q, qFar, qRow, q0, q1, qc, qs, scale, a);
+        RotateKeys<TR, TC, TE>(k, kRow, kfar, cRow, kv0, kv1, kc, ks, writeBack: false, a);
+    }
+
+    // Query heads [q0, q1) of row qRow of src rotated by (cs, sn) pair by pair, times scale, into dst (src itself for Rope);
+    // the dims past the rotary ones only scaled.
+    private static void RotateQueries<TR>(ArrayView<float> src, ArrayView<float> dst, long qRow, int q0, int q1,
+        ArrayView<float> cs, ArrayView<float> sn, float scale, RopeArgs a)
+        where TR : struct, IRounding
+    {
+        var r = default(TR);
+        int half = a.RotaryDim / 2, perHead = half + a.HeadDim - a.RotaryDim;
         for (int e = Group.IdxX; e < (q1 - q0) * perHead; e += Group.DimX)
         {
             int j = e % perHead;
             long x = qRow + (q0 + e / perHead) * a.HeadDim;
             if (j < half)
             {
-                RopeMath.Rotate<TR>(q[x + j], q[x + j + half], qc[j], qs[j], out float y0, out float y1);
-                qFar[x + j] = r.Round(y0 * scale);
-                qFar[x + j + half] = r.Round(y1 * scale);
+                RopeMath.Rotate<TR>(src[x + j], src[x + j + half], cs[j], sn[j], out float y0, out float y1);
+                dst[x + j] = r.Round(y0 * scale);
+                dst[x + j + half] = r.Round(y1 * scale);
             }
             else
             {
                 long d = x + a.RotaryDim + (j - half);
-                qFar[d] = r.Round(q[d] * scale);
+                dst[d] = r.Round(src[d] * scale);
             }
         }
-        int kv0 = XMath.Max(h0, a.NumHeads) - a.NumHeads, kv1 = XMath.Max(h1, a.NumHeads) - a.NumHeads;
+    }
+
+    // KV heads [kv0, kv1) of row kRow of k rotated by (cs, sn) into cache rows cRow (the other dims copied); writeBack:
+    // the rotated key into k too.
+    private static void RotateKeys<TR, TC, TE>(ArrayView<float> k, long kRow, ArrayView<TC> cache, long cRow, int kv0, int kv1,
+        ArrayView<float> cs, ArrayView<float> sn, bool writeBack, RopeArgs a)
+        where TR : struct, IRounding
+        where TC : unmanaged
+        where TE : struct, IElement<TC>
+    {
+        int half = a.RotaryDim / 2, perHead = half + a.HeadDim - a.RotaryDim;
         for (int e = Group.IdxX; e < (kv1 - kv0) * perHead; e += Group.DimX)
         {
             int j = e % perHead, o = (kv0 + e / perHead) * a.HeadDim;
             if (j < half)
             {
-                RopeMath.Rotate<TR>(k[kRow + o + j], k[kRow + o + j + half], kc[j], ks[j], out float y0, out float y1);
-                kfar[cRow + o + j] = default(TE).Store(y0);
-                kfar[cRow + o + j + half] = default(TE).Store(y1);
+                RopeMath.Rotate<TR>(k[kRow + o + j], k[kRow + o + j + half], cs[j], sn[j], out float y0, out float y1);
+                if (writeBack)
+                {
+                    k[kRow + o + j] = y0;
+                    k[kRow + o + j + half] = y1;
+                }
+                cache[cRow + o + j] = default(TE).Store(y0);
+                cache[cRow + o + j + half] = default(TE).Store(y1);
             }
             else
             {
                 int d = o + a.RotaryDim + (j - half);
-                kfar[cRow + d] = default(TE).Store(k[kRow + d]);
+                cache[cRow + d] = default(TE).Store(k[kRow + d]);
             }
         }
     }
