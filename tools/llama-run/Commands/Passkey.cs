@@ -61,43 +61,15 @@ public static class Passkey
         for (int m = 0; m < methods.Length; m++)
             for (int c = 0; c < ctxList.Length; c++)
             {
-                var (rope, note) = ModelSession.ChooseRope(session.Config, ctxList[c], methods[m] == "default" ? null : methods[m], null,
-                    session.Backend.Capabilities.FastIndexRemap);
+                var (rope, note) = SweepTable.Rope(session, ctxList[c], methods[m]);
                 using var model = session.CreateModel(ctxList[c], rope);
                 var (correct, _) = PasskeyTest.Evaluate(model, session.Tokenizer, ctxList[c], trials, seed, depths);
                 accuracy[m, c] = correct.Sum() / (double)(trials * depths.Length);
                 Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{methods[m]} @ {ctxList[c]}: {accuracy[m, c]:P0}  ({(note.Length > 0 ? note : "rope: the checkpoint's own")})"));
             }
-        Console.WriteLine(json ? SweepJson(methods, ctxList, accuracy, trials * depths.Length)
-            : $"passkey accuracy, {trials} trials x {depths.Length} depths per cell\n" + SweepMarkdown(methods, ctxList, accuracy));
+        Console.WriteLine(json ? SweepTable.Json("accuracy", methods, ctxList, accuracy, $"\"samples\":{trials * depths.Length},")
+            : $"passkey accuracy, {trials} trials x {depths.Length} depths per cell\n" + SweepTable.Markdown(methods, ctxList, accuracy, v => string.Create(CultureInfo.InvariantCulture, $"{v * 100:0}%")));
         return 0;
-    }
-
-    private static string SweepMarkdown(string[] methods, int[] ctxs, double[,] a)
-    {
-        var sb = new StringBuilder("| method |");
-        foreach (int c in ctxs) sb.Append(CultureInfo.InvariantCulture, $" {c} |");
-        sb.Append("\n|---|").Append(string.Concat(Enumerable.Repeat("---:|", ctxs.Length)));
-        for (int m = 0; m < methods.Length; m++)
-        {
-            sb.Append(CultureInfo.InvariantCulture, $"\n| {methods[m]} |");
-            for (int c = 0; c < ctxs.Length; c++) sb.Append(CultureInfo.InvariantCulture, $" {a[m, c] * 100:0}% |");
-        }
-        return sb.ToString();
-    }
-
-    private static string SweepJson(string[] methods, int[] ctxs, double[,] a, int samples)
-    {
-        var sb = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"{{\"samples\":{samples},\"accuracy\":{{"));
-        for (int m = 0; m < methods.Length; m++)
-        {
-            if (m > 0) sb.Append(',');
-            sb.Append('"').Append(methods[m].Replace("\\", "\\\\").Replace("\"", "\\\"")).Append("\":{");
-            for (int c = 0; c < ctxs.Length; c++)
-                sb.Append(CultureInfo.InvariantCulture, $"{(c > 0 ? "," : "")}\"{ctxs[c]}\":{a[m, c]:R}");
-            sb.Append('}');
-        }
-        return sb.Append("}}").ToString();
     }
 
     private static double[] ParseDepths(string s) => s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)

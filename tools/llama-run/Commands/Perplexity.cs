@@ -48,13 +48,12 @@ public static class Perplexity
         for (int m = 0; m < methods.Length; m++)
             for (int c = 0; c < ctxList.Length; c++)
             {
-                var (rope, note) = ModelSession.ChooseRope(session.Config, ctxList[c], methods[m] == "default" ? null : methods[m], null,
-                    session.Backend.Capabilities.FastIndexRemap);
+                var (rope, note) = SweepTable.Rope(session, ctxList[c], methods[m]);
                 using var model = session.CreateModel(ctxList[c], rope);
                 table[m, c] = Run(() => Evaluation.Perplexity(model, tokens, ctxList[c], windows)).Ppl;
                 Console.Error.WriteLine($"{methods[m]} @ {ctxList[c]}: ppl {table[m, c]:F3}  ({note})");
             }
-        Console.WriteLine(json ? SweepJson(methods, ctxList, table) : SweepMarkdown(methods, ctxList, table));
+        Console.WriteLine(json ? SweepTable.Json("ppl", methods, ctxList, table) : SweepTable.Markdown(methods, ctxList, table, v => v.ToString("F2", CultureInfo.InvariantCulture)));
         return 0;
     }
 
@@ -79,32 +78,5 @@ public static class Perplexity
         }
         if (!File.Exists(textFile)) throw new UsageException($"{textFile}: no such file");
         return s.Tokenizer.EncodeParagraphs(File.ReadAllText(textFile!));
-    }
-
-    private static string SweepMarkdown(string[] methods, int[] ctxs, double[,] t)
-    {
-        var sb = new StringBuilder("| method |");
-        foreach (int c in ctxs) sb.Append(CultureInfo.InvariantCulture, $" {c} |");
-        sb.Append("\n|---|").Append(string.Concat(Enumerable.Repeat("---:|", ctxs.Length)));
-        for (int m = 0; m < methods.Length; m++)
-        {
-            sb.Append(CultureInfo.InvariantCulture, $"\n| {methods[m]} |");
-            for (int c = 0; c < ctxs.Length; c++) sb.Append(CultureInfo.InvariantCulture, $" {t[m, c]:F2} |");
-        }
-        return sb.ToString();
-    }
-
-    private static string SweepJson(string[] methods, int[] ctxs, double[,] t)
-    {
-        var sb = new StringBuilder("{\"ppl\":{");
-        for (int m = 0; m < methods.Length; m++)
-        {
-            if (m > 0) sb.Append(',');
-            sb.Append('"').Append(methods[m].Replace("\\", "\\\\").Replace("\"", "\\\"")).Append("\":{");
-            for (int c = 0; c < ctxs.Length; c++)
-                sb.Append(CultureInfo.InvariantCulture, $"{(c > 0 ? "," : "")}\"{ctxs[c]}\":{t[m, c]:R}");
-            sb.Append('}');
-        }
-        return sb.Append("}}").ToString();
     }
 }
