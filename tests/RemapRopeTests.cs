@@ -234,6 +234,13 @@ public unsafe class RemapRopeTests
     }
 
     [Fact]
+    public void SpecListsSplitBetweenMethods()
+    {
+        Assert.Equal(["yarn", "selfextend:g=8,w=64", "dpe:w=64,g=2,8,16", "table:/tmp/t.json", "none"],
+            RopeMethods.SplitSpecs("yarn, selfextend:g=8,w=64,dpe:w=64,g=2,8,16,table:/tmp/t.json,none"));
+    }
+
+    [Fact]
     public void TableFilesKeepTheRemap()
     {
         string path = Path.Combine(Path.GetTempPath(), $"remap-{Environment.ProcessId}.json");

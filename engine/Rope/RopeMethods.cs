@@ -116,6 +116,23 @@ public static class RopeMethods
         return result;
     }
 
+    /// <summary>
+    /// Splits a comma-separated list of specs: "yarn,selfextend:g=8,w=64,dpe:w=64,g=2,8" is yarn, selfextend:g=8,w=64
+    /// and dpe:w=64,g=2,8 (a part with '=' but no ':', or a bare number, continues the spec before it).
+    /// </summary>
+    public static string[] SplitSpecs(string text)
+    {
+        var specs = new List<string>();
+        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            bool continues = specs.Count > 0 && specs[^1].Contains(':') && !part.Contains(':')
+                && (part.Contains('=') || double.TryParse(part, NumberStyles.Float, CultureInfo.InvariantCulture, out _));
+            if (continues) specs[^1] += "," + part;
+            else specs.Add(part);
+        }
+        return [.. specs];
+    }
+
     /// <summary>One line for stderr: method, factor, interpolated pairs (and whether the table follows the length).</summary>
     public static string Describe(RopeSchedule schedule) =>
         schedule.Base.Describe() + (schedule.IsLengthDependent ? "; table changes with sequence length" : "");

@@ -79,24 +79,8 @@ public sealed class Args
                 : throw new UsageException($"{name} expects positive integers separated by commas, got '{p}'")).ToArray();
     }
 
-    /// <summary>
-    /// A --sweep list of --rope specs: "yarn,selfextend:g=8,w=64,dpe:w=64,g=2,8" is yarn, selfextend:g=8,w=64 and
-    /// dpe:w=64,g=2,8 (a part with '=' but no ':', or a bare number, continues the spec before it).
-    /// </summary>
-    public string[] MethodList(string name)
-    {
-        var s = String(name);
-        if (s is null) return [];
-        var methods = new List<string>();
-        foreach (var part in s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-        {
-            bool continues = methods.Count > 0 && methods[^1].Contains(':') && !part.Contains(':')
-                && (part.Contains('=') || double.TryParse(part, NumberStyles.Float, CultureInfo.InvariantCulture, out _));
-            if (continues) methods[^1] += "," + part;
-            else methods.Add(part);
-        }
-        return [.. methods];
-    }
+    /// <summary>A --sweep list of --rope specs (RopeMethods.SplitSpecs), empty when the flag is absent.</summary>
+    public string[] MethodList(string name) => String(name) is { } s ? LlamaRun.Rope.RopeMethods.SplitSpecs(s) : [];
 
     /// <summary>Throws for any flag that no getter asked for (so typos are not silently ignored).</summary>
     public void RejectUnknown()

@@ -88,7 +88,7 @@ public static class RopeOptCli
                 "--orig" => o with { Orig = PositiveInt(a, Next()) },
                 "--target" => o with { Target = PositiveInt(a, Next()) },
                 "--bins" => o with { Bins = PositiveInt(a, Next()) },
-                "--compare" => o with { Compare = [.. o.Compare, .. SplitSpecs(Next())] },
+                "--compare" => o with { Compare = [.. o.Compare, .. RopeMethods.SplitSpecs(Next())] },
                 "--method" => o with { Method = Next() },
                 "--out" => o with { Out = Next() },
                 "--json" => o with { Json = true },
@@ -99,18 +99,6 @@ public static class RopeOptCli
             };
         }
         return o;
-    }
-
-    // "pi,yarn,dprope:t=0.001" -> a comma starts a new spec unless the part is a key=value of the previous spec.
-    private static IEnumerable<string> SplitSpecs(string text)
-    {
-        var specs = new List<string>();
-        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-        {
-            if (part.Contains('=') && !part.Contains(':') && specs.Count > 0) specs[^1] += "," + part;
-            else specs.Add(part);
-        }
-        return specs;
     }
 
     private static int PositiveInt(string flag, string v, bool allowZero = false) =>
