@@ -62,6 +62,10 @@ public class RopeMethodsTests
         Assert.Equal(RopeMethods.Parse("none", Austen, 4096).Base.InvFreq, d.InvFreq);
         Assert.True(d.Remap.SameAs(RopeMethods.Parse("leaky-rerope", Austen, 4096).Base.Remap));
         Assert.Matches(@"^rope leaky-rerope: factor 15.5, query scale log_256\(m\+1\) from layer 0, leaky-rerope window 128, group 15.5 \(exact division\)$", d.Describe());
+        Assert.True(RopeMethods.DefaultRemaps(Austen, 4096, fastRemap: true));
+        Assert.False(RopeMethods.DefaultRemaps(Austen, 512, fastRemap: true));
+        Assert.False(RopeMethods.DefaultRemaps(Austen, 4096, fastRemap: false));
+        Assert.True(RopeMethods.IsRemap("Selfextend:g=4") && RopeMethods.IsRemap("dpe") && !RopeMethods.IsRemap("yarn:factor=4"));
         // Where attention cannot run a remap at full speed: dprope-plus.
         var f = RopeMethods.Default(Austen, 4096, fastRemap: false).Base;
         Assert.Equal("dprope-plus", f.Method);

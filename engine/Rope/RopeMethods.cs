@@ -66,12 +66,20 @@ public static class RopeMethods
     {
         if (config.Rope.Type != RopeType.Default || targetCtx <= config.MaxPositionEmbeddings) return FromConfig(config);
         int trained = config.MaxPositionEmbeddings;
-        if (fastRemap)
+        if (DefaultRemaps(config, targetCtx, fastRemap))
             return RopeSchedule.Fixed(RemapRope.LeakyReRope(config.RotaryDim, config.Rope.Theta, trained, targetCtx,
                 RemapRope.DefaultWindow(trained), k: null, logn: true, fill: RemapRope.DefaultFill));
         var setup = new DpropeSetup(config.RotaryDim, config.Rope.Theta, trained, targetCtx);
         return RopeSchedule.Fixed(DpropePlus.Build(setup, new DpropePlusOptions()));
     }
+
+    /// <summary>Whether Default picks an index remap (without building its table).</summary>
+    public static bool DefaultRemaps(LlamaConfig config, int targetCtx, bool fastRemap) =>
+        fastRemap && config.Rope.Type == RopeType.Default && targetCtx > config.MaxPositionEmbeddings;
+
+    /// <summary>Whether a --rope spec names an index-remap method (rerope, leaky-rerope, selfextend, dpe).</summary>
+    public static bool IsRemap(string spec) =>
+        (spec.IndexOf(':') is int c and >= 0 ? spec[..c] : spec).Trim().ToLowerInvariant() is "rerope" or "leaky-rerope" or "selfextend" or "dpe";
 
     /// <summary>Parses `METHOD[:key=value,...]` for a run of targetCtx tokens; factors default to targetCtx / trained length.</summary>
     public static RopeSchedule Parse(string spec, LlamaConfig config, int targetCtx)

@@ -78,8 +78,7 @@ public sealed class ModelSession : IDisposable
                 throw new UsageException($"{dir}: the tokenizer has {tokenizer.VocabSize} tokens but the model only {config.VocabSize}");
 
             // The default past the trained length picks an index remap only where attention runs one at full speed.
-            bool fastRemap = backend?.Capabilities.FastIndexRemap
-                ?? (device == "cpu" || (device == "auto" && !GpuBackend.IsCudaAvailable(out _)));
+            bool fastRemap = backend?.Capabilities.FastIndexRemap ?? FastRemapDevice(device);
             var (rope, note) = ChooseRope(config, ctx, ropeSpec, ropeTable, fastRemap);
             // Index remaps (Self-Extend, DPE, ReRoPE) need the GPU's far-branch kernels: loaded when this run or a sweep uses one.
             bool remap = rope.Base.Remap is not null
@@ -107,6 +106,18 @@ public sealed class ModelSession : IDisposable
             backend?.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Whether --device resolves to a backend that runs index remaps at full speed (the CPU backend).</summary>
+    public static bool FastRemapDevice(string device) => device == "cpu" || (device == "auto" && !GpuBackend.IsCudaAvailable(out _));
+
+    /// <summary>Whether the RoPE ChooseRope would pick remaps positions, decided without building the table.</summary>
+    public static bool Remaps(LlamaConfig config, int ctx, string? spec, string? tableFile, bool fastRemap)
+    {
+        if (spec is not null && spec.StartsWith("table:", StringComparison.OrdinalIgnoreCase)) tableFile = spec[6..];
+        else if (spec is not null) return RopeMethods.IsRemap(spec);
+        if (tableFile is not null) return RopeTableFile.Load(tableFile).Remap is not null;
+        return RopeMethods.DefaultRemaps(config, ctx, fastRemap);
     }
 
     /// <summary>The backend for --device, with the GPU kernels this model's shapes and compute mode use.</summary>

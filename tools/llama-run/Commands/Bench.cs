@@ -54,11 +54,10 @@ public static class Bench
         // Keep only the tests whose KV cache fits next to the weights, then size the context for the longest of them.
         long weightFiles = Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length);
         var (compute, fullPrecision) = ModelSession.ComputeType(args.String("--compute"));
-        var load = Stopwatch.StartNew();
         // The far-branch kernels when the RoPE of the longest test remaps positions (an index-remap --rope or default).
-        bool fastRemap = device == "cpu" || (device == "auto" && !LlamaRun.Backends.Gpu.GpuBackend.IsCudaAvailable(out _));
-        bool remap = ModelSession.ChooseRope(config, tests.Max(t => t.Positions), args.String("--rope"), args.String("--rope-table"), fastRemap)
-            .Rope.Base.Remap is not null;
+        bool remap = ModelSession.Remaps(config, tests.Max(t => t.Positions), args.String("--rope"), args.String("--rope-table"),
+            ModelSession.FastRemapDevice(device));
+        var load = Stopwatch.StartNew();
         IBackend backend = ModelSession.CreateBackend(device, config, compute, fullPrecision,
             ModelSession.KvCacheType(args.String("--kv")), remap);   // the session takes it over
         if (args.Has("--profile")) return Profile(args, backend, decode, depth);
