@@ -2,6 +2,7 @@
 // shape table, with GB/s and TFLOP/s columns. Run: Bench --filter '*CpuOps*' [--anyCategories ...].
 using BenchmarkDotNet.Attributes;
 using LlamaRun.Backends.Cpu;
+using LlamaRun.Backends.Ops;
 
 namespace LlamaRun.Bench;
 
@@ -9,9 +10,11 @@ namespace LlamaRun.Bench;
 public class CpuOpsBenchmarks
 {
     private CpuBackend? _backend;
-    private OpRunner? _runner;
+    private OpScope? _scope;
+    private PreparedOp? _op;
+    private int _launch;
 
-    public static IEnumerable<BenchCase> Cases => BenchCases.Cpu();
+    public static IEnumerable<BenchCase> Cases => OpCases.CpuBenchmarks().Select(c => new BenchCase(c, KvElementSize: 4));
 
     [ParamsSource(nameof(Cases))]
     public BenchCase Case { get; set; } = null!;
@@ -20,16 +23,17 @@ public class CpuOpsBenchmarks
     public void Setup()
     {
         _backend = new CpuBackend();
-        _runner = new OpRunner(_backend, Case.Op);
+        _scope = new OpScope(_backend, Case.Op.Name);
+        _op = Case.Op.Prepare(_scope);
     }
 
     [GlobalCleanup]
     public void Cleanup()
     {
-        _runner?.Dispose();
+        _scope?.Dispose();
         _backend?.Dispose();
     }
 
     [Benchmark]
-    public void Op() => _runner!.Run();
+    public void Op() => _op!.Run(_launch++);
 }

@@ -1,9 +1,11 @@
-// GPU kernels through IBackend (the ILGPU CUDA backend): RMSNorm, rotary, decode GEMV (GB/s against HBM) and causal attention
-// prefill at 4k and 16k (TFLOP/s). Launches are queued N times, then one synchronize (OperationsPerInvoke = N).
+// GPU kernels through IBackend (the ILGPU CUDA backend) on OpCases.Kernels, the cases `llama-run bench --kernels` times:
+// decode GEMV, RMSNorm, rotary and decode attention (GB/s against HBM), prefill GEMM and causal attention (TFLOP/s).
+// Launches are queued N times, then one synchronize (OperationsPerInvoke = N).
 // Run: Bench --filter '*KernelBenchmarks*' (skipped with a message when there is no CUDA device).
 using BenchmarkDotNet.Attributes;
 using LlamaRun.Core;
 using LlamaRun.Backends;
+using LlamaRun.Backends.Ops;
 
 namespace LlamaRun.Bench;
 
@@ -11,11 +13,12 @@ namespace LlamaRun.Bench;
 public class KernelBenchmarks
 {
     private const int Launches = 20;
-    private const long ColdBytes = 256L << 20;   // input sets rotated through when ColdL2 is on: 5x the 50 MB L2 of an H100
     private IBackend? _backend;
-    private OpRunner? _runner;
+    private OpScope? _scope;
+    private PreparedOp? _op;
+    private int _launch;
 
-    public static IEnumerable<BenchCase> Cases => BenchCases.Kernels(kvElementSize: 2);
+    public static IEnumerable<BenchCase> Cases => OpCases.Kernels.Select(c => new BenchCase(c, KvElementSize: 2));
 
     [ParamsSource(nameof(Cases))]
     public BenchCase Case { get; set; } = null!;
@@ -42,23 +45,24 @@ public class KernelBenchmarks
     public void Setup()
     {
         _backend = BackendFactory.Create("cuda");
-        int copies = ColdL2 ? (int)Math.Clamp(ColdBytes / Math.Max(1, Case.Bytes), 1, 64) : 1;
-        _runner = new OpRunner(_backend, Case.Op, copies);
-        _runner.Run();
+        int copies = ColdL2 ? OpTiming.ColdCopies(Case.Op, Case.KvElementSize) : 1;
+        _scope = new OpScope(_backend, Case.Op.Name);
+        _op = Case.Op.Prepare(_scope, copies);
+        _op.Run(_launch++);
         _backend.Synchronize();
     }
 
     [GlobalCleanup]
     public void Cleanup()
     {
-        _runner?.Dispose();
+        _scope?.Dispose();
         _backend?.Dispose();
     }
 
     [Benchmark(OperationsPerInvoke = Launches)]
     public void Kernel()
     {
-        for (int i = 0; i < Launches; i++) _runner!.Run();
+        for (int i = 0; i < Launches; i++) _op!.Run(_launch++);
         _backend!.Synchronize();
     }
 }

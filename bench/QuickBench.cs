@@ -5,6 +5,7 @@ using System.Globalization;
 using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Cpu;
+using LlamaRun.Backends.Ops;
 using LlamaRun.MakeCheckpoint;
 using LlamaRun.Model;
 using LlamaRun.Rope;
@@ -27,12 +28,12 @@ public static class QuickBench
         using (var backend = BackendFactory.Create(device))
         {
             Console.WriteLine($"| op on {backend.Name} | µs | GB/s | GFLOP/s |\n|---|---:|---:|---:|");
-            foreach (var c in QuickCases(backend.KvElementSize))
+            foreach (var c in QuickCases())
             {
-                using var r = new OpRunner(backend, c.Op);
-                double us = TimeOp(backend, r);
+                using var scope = new OpScope(backend, c.Name);
+                double us = OpTiming.Seconds(backend, c.Prepare(scope)) * 1e6;
                 string flops = c.Flops > 0 ? (c.Flops / us / 1e3).ToString("F1", Inv) : "-";
-                Console.WriteLine(string.Create(Inv, $"| {c} | {us:F1} | {c.Bytes / us / 1e3:F1} | {flops} |"));
+                Console.WriteLine(string.Create(Inv, $"| {c} | {us:F1} | {c.Bytes(backend.KvElementSize) / us / 1e3:F1} | {flops} |"));
             }
             Console.WriteLine();
         }
@@ -40,38 +41,20 @@ public static class QuickBench
         return 0;
     }
 
-    private static IEnumerable<BenchCase> QuickCases(int kv)
+    private static IEnumerable<OpCase> QuickCases()
     {
-        var table = BenchCases.Table().ToList();
-        OpCase Find(OpKind op, Func<OpCase, bool> f) => table.First(c => c.Op == op && f(c));
-        yield return new(Find(OpKind.RmsNorm, c => c.T == 1 && c.N == 4096), kv);
+        var table = OpCases.CpuBenchmarks().ToList();
+        T Find<T>(Func<T, bool> f) where T : OpCase => table.OfType<T>().First(f);
+        yield return Find<RmsNormCase>(c => c.T == 1 && c.N == 4096);
         foreach (var dt in new[] { DType.F32, DType.F16, DType.BF16 })
-            yield return new(Find(OpKind.MatMul, c => c.Weight == dt && c.T == 1 && c.N == 4096 && c.Out == 4096), kv);
-        yield return new(Find(OpKind.MatMul, c => c.T == 1 && c.N == 768 && c.Out == 32000), kv);
-        yield return new(Find(OpKind.MatMul, c => c.T == 1 && c.N == 4096 && c.Out == 32000), kv);
-        yield return new(Find(OpKind.Rope, c => c.T == 1 && c.HeadDim == 128), kv);
-        yield return new(Find(OpKind.Attention, c => c.T == 1 && c.StartPos == 1024), kv);
-        yield return new(Find(OpKind.Attention, c => c.T == 1 && c.StartPos == 511 && c.HeadDim == 64), kv);
-        yield return new(Find(OpKind.SwiGlu, c => c.N == 11008 * 4), kv);
-        yield return new(Find(OpKind.Argmax, c => c.N == 32000), kv);
-    }
-
-    // Median over 7 batches; each batch runs the op until 50 ms have passed, then synchronizes once.
-    private static double TimeOp(IBackend b, OpRunner r)
-    {
-        r.Run();
-        b.Synchronize();
-        var perOp = new List<double>();
-        for (int batch = 0; batch < 7; batch++)
-        {
-            long t0 = Stopwatch.GetTimestamp();
-            int n = 0;
-            do { r.Run(); n++; } while (Stopwatch.GetElapsedTime(t0).TotalMilliseconds < 50 || n < 3);
-            b.Synchronize();
-            perOp.Add(Stopwatch.GetElapsedTime(t0).TotalMicroseconds / n);
-        }
-        perOp.Sort();
-        return perOp[perOp.Count / 2];
+            yield return Find<MatMulCase>(c => c.Weight == dt && c.T == 1 && c.N == 4096 && c.Out == 4096);
+        yield return Find<MatMulCase>(c => c.T == 1 && c.N == 768 && c.Out == 32000);
+        yield return Find<MatMulCase>(c => c.T == 1 && c.N == 4096 && c.Out == 32000);
+        yield return Find<RopeCase>(c => c.T == 1 && c.HeadDim == 128);
+        yield return Find<AttentionCase>(c => c.T == 1 && c.StartPos == 1024);
+        yield return Find<AttentionCase>(c => c.T == 1 && c.StartPos == 511 && c.HeadDim == 64);
+        yield return Find<SwiGluCase>(c => c.N == 11008 * 4);
+        yield return Find<ArgmaxCase>(c => c.N == 32000);
     }
 
     private static void Decode(string device, double readGBps, bool profile)

@@ -1,0 +1,36 @@
+// Times a prepared op on its backend: one synchronized launch sizes the batches, then 7 batches of launches queued
+// back to back with one synchronize each (so a GPU's launches overlap as in a forward pass); the median batch.
+// Used by `llama-run bench --kernels` and `Bench --quick`.
+using System.Diagnostics;
+using LlamaRun.Core;
+
+namespace LlamaRun.Backends.Ops;
+
+public static class OpTiming
+{
+    /// <summary>Input sets that together exceed a GPU's L2 cache (50 MB on an H100/H200), so each launch reads memory.</summary>
+    public static int ColdCopies(OpCase c, int kvElementSize) => (int)Math.Clamp((256L << 20) / Math.Max(1, c.Bytes(kvElementSize)), 1, 8);
+
+    /// <summary>Seconds per launch: the median of batches of about batchSeconds each (at least 3 launches a batch).</summary>
+    public static double Seconds(IBackend backend, PreparedOp op, double batchSeconds = 0.05, int batches = 7)
+    {
+        int launch = 0;
+        op.Run(launch++);
+        backend.Synchronize();
+        long t0 = Stopwatch.GetTimestamp();
+        op.Run(launch++);
+        backend.Synchronize();
+        double one = Math.Max(1e-7, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+        int perBatch = (int)Math.Clamp(batchSeconds / one, 3, 100_000);
+        var perOp = new double[batches];
+        for (int b = 0; b < batches; b++)
+        {
+            t0 = Stopwatch.GetTimestamp();
+            for (int i = 0; i < perBatch; i++) op.Run(launch++);
+            backend.Synchronize();
+            perOp[b] = Stopwatch.GetElapsedTime(t0).TotalSeconds / perBatch;
+        }
+        Array.Sort(perOp);
+        return perOp[batches / 2];
+    }
+}
