@@ -61,10 +61,11 @@ public static class RopeKernels
     /// <summary>
     /// The far branch of an index remap (RopeRemap), launched before Rope on the same unrotated q and k and the same grid:
     /// q rotated to its grouped positions RopeMath.GroupedQuery (query scale included) into qFar, k rotated to its grouped
-    /// positions RopeMath.GroupedKey into kfar at rows cacheRow0 + t. groups[j]: pair j's group size.
+    /// positions RopeMath.GroupedKey into kfar at rows cacheRow0 + t. groups[j]: pair j's group size; with DPE's key
+    /// dims, groupStride is the pair count and groups[kvHead * groupStride + j] the size in each KV head (one head a group).
     /// </summary>
     public static void RopeFar<TR, TC, TE>(ArrayView<float> q, ArrayView<float> k, ArrayView<float> qFar, ArrayView<TC> kfar,
-        ArrayView<float> invFreq, ArrayView<float> groups, RopeArgs a, int window, int floor)
+        ArrayView<float> invFreq, ArrayView<float> groups, RopeArgs a, int window, int floor, int groupStride)
         where TR : struct, IRounding
         where TC : unmanaged
         where TE : struct, IElement<TC>
@@ -76,9 +77,11 @@ public static class RopeKernels
         var r = default(TR);
         int t = Grid.IdxX, pos = a.StartPos + t, half = a.RotaryDim / 2;
         int h0 = Grid.IdxY * a.HeadsPerGroup, h1 = XMath.Min(a.NumHeads + a.NumKvHeads, h0 + a.HeadsPerGroup);
+        int kvHead = h0 < a.NumHeads ? h0 / (a.NumHeads / a.NumKvHeads) : h0 - a.NumHeads;
+        long row = (long)kvHead * groupStride;
         for (int j = Group.IdxX; j < half; j += Group.DimX)
         {
-            float g = groups[j];
+            float g = groups[row + j];
             RopeMath.CosSin(RopeMath.Angle(RopeMath.GroupedQuery(pos, g, window, floor), invFreq[j]), out float c, out float s);
             qc[j] = r.Round(c * a.Magnitude);
             qs[j] = r.Round(s * a.Magnitude);

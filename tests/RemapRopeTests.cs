@@ -7,6 +7,7 @@ using LlamaRun.Backends.Cpu;
 using LlamaRun.Core;
 using LlamaRun.Model;
 using LlamaRun.Rope;
+using DeviceRope = LlamaRun.Kernels.Device.RopeMath;
 using Xunit;
 
 namespace LlamaRun.Tests;
@@ -64,6 +65,108 @@ public unsafe class RemapRopeTests
         Check(table, 2, 1, 16, 4096, prefill: 4096, chunk: 4096, seed: 7, sampledQueries: 48);
     }
 
+    // DPE's key dims: a different set of pairs takes the grouped positions in each KV head; the rest keep the true
+    // distance in the far branch (prefill in chunks, then decode).
+    [Theory]
+    [InlineData("dpe:w=6,g=2,5", 4, 2, 90)]
+    [InlineData("selfextend:g=4,w=8", 2, 2, 300)]
+    public void KeyDimsMatchDirectComputation(string spec, int heads, int kvHeads, int tokens)
+    {
+        var table = Table(spec, 16, trained: 16, tokens);
+        var rng = new Random(11);
+        var selected = Enumerable.Range(0, kvHeads * 8).Select(_ => rng.Next(3) > 0).ToArray();
+        table = table with { Remap = table.Remap!.WithKeyDims(new RopeKeyDims(1, kvHeads, 8, selected)) };
+        Check(table, heads, kvHeads, 16, tokens, prefill: tokens - 12, chunk: 32, seed: 5);
+    }
+
+    // Every pair selected is the plain remap; none selected leaves every distance true, so attention is plain RoPE's.
+    [Fact]
+    public void KeyDimsAllOrNoneAreTheRemapOrPlainRope()
+    {
+        var dpe = Table("dpe:w=6,g=2,5", 16, trained: 16, 90);
+        var all = dpe with { Remap = dpe.Remap!.WithKeyDims(new RopeKeyDims(1, 2, 8, Enumerable.Repeat(true, 16).ToArray())) };
+        var none = dpe with { Remap = dpe.Remap!.WithKeyDims(new RopeKeyDims(1, 2, 8, new bool[16])) };
+        var plain = dpe with { Remap = null };
+        Assert.Equal(Attention(dpe), Attention(all));
+        var a = Attention(none);
+        var b = Attention(plain);
+        Assert.True(a.Zip(b).Max(p => Math.Abs(p.First - p.Second)) < 1e-5);
+        Assert.NotEqual(Attention(dpe), a);
+        Assert.Throws<ArgumentException>(() => dpe.Remap!.WithKeyDims(new RopeKeyDims(1, 2, 4, new bool[8])));
+    }
+
+    // The score of a pair is the mean over tokens (and the KV head's query heads) of |q_j| |k_j|; Top keeps the largest.
+    [Fact]
+    public void KeyDimScoresAreMeanNormProducts()
+    {
+        // 2 query heads over 1 KV head, head dim 4 (pairs (0,2) and (1,3)), one token.
+        var scores = new KeyDimScores(layers: 1, heads: 2, kvHeads: 1, headDim: 4, rotaryDim: 4);
+        float[] q = [3, 0, 4, 1, /* head 1 */ 0, 2, 0, 0];
+        float[] k = [1, 1, 0, 1];
+        scores.Add(0, q, k, 1);
+        // pair 0: |q| = 5 and 0, |k| = 1; pair 1: |q| = 1 and 2, |k| = sqrt 2.
+        Assert.Equal(2.5, scores.Score(0, 0, 0), 12);
+        Assert.Equal(1.5 * Math.Sqrt(2), scores.Score(0, 0, 1), 12);
+        Assert.Equal([true, false], scores.Top(1).Selected);
+        Assert.Throws<ArgumentException>(() => scores.Top(3));
+    }
+
+    // The model hands its q and k to the scores after the projections and before the rotation: layer 0's scores equal
+    // those of q = norm(embedding) Wq and k = norm(embedding) Wk computed by hand.
+    [Fact]
+    public void KeyDimScoresSeeUnrotatedProjections()
+    {
+        string dir = LoaderTestSupport.RepoRoot + "/models/austen";
+        var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+        using var backend = new CpuBackend(DType.F32);
+        using var weights = LlamaWeights.Load(dir, config, backend);
+        int[] ids = [1, 45, 300, 7, 99, 1000];
+        using var model = Llama.Create(config, weights, backend, 64, RopeMethods.FromConfig(config));
+        var scores = KeyDimSelection.Score(model, [ids]);
+
+        int n = ids.Length;
+        using var x = backend.Alloc(DType.F32, n, config.HiddenSize);
+        using var xb = backend.Alloc(DType.F32, n, config.HiddenSize);
+        using var q = backend.Alloc(DType.F32, n, config.QDim);
+        using var k = backend.Alloc(DType.F32, n, config.KvDim);
+        backend.Embedding(ids, weights.EmbedTokens, x);
+        backend.RmsNorm(x, weights.Layers[0].InputLayernorm, xb, config.RmsNormEps);
+        backend.MatMul(xb, weights.Layers[0].QProj, q);
+        backend.MatMul(xb, weights.Layers[0].KProj, k);
+        var direct = new KeyDimScores(config.NumHiddenLayers, config.NumAttentionHeads, config.NumKeyValueHeads, config.HeadDim, config.RotaryDim);
+        var qh = new float[q.Length];
+        var kh = new float[k.Length];
+        backend.Download(q, qh);
+        backend.Download(k, kh);
+        direct.Add(0, qh, kh, n);
+        for (int h = 0; h < config.NumKeyValueHeads; h++)
+            for (int j = 0; j < direct.Pairs; j++)
+                Assert.Equal(direct.Score(0, h, j), scores.Score(0, h, j), 9);
+        Assert.True(scores.Score(config.NumHiddenLayers - 1, 0, 0) > 0);
+        var top = scores.Top(direct.Pairs / 2);
+        Assert.Equal(config.NumHiddenLayers * config.NumKeyValueHeads * direct.Pairs / 2, top.Selected.Count(s => s));
+    }
+
+    // Rope then attention over 90 tokens in one prefill, 4 heads over 2 KV heads of 16 dims, on the CPU backend.
+    private static float[] Attention(RopeTable table)
+    {
+        const int tokens = 90, heads = 4, kvHeads = 2, hd = 16;
+        var rng = new Random(2);
+        float[] Rand(int n) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+        using var b = new CpuBackend(DType.F32);
+        using var kv = b.AllocKvCache(1, tokens, kvHeads, hd, farKeys: table.Remap is not null);
+        using var q = Upload(b, Rand(tokens * heads * hd), 0, tokens, heads * hd);
+        using var k = Upload(b, Rand(tokens * kvHeads * hd), 0, tokens, kvHeads * hd);
+        using var v = Upload(b, Rand(tokens * kvHeads * hd), 0, tokens, kvHeads * hd);
+        using var qFar = b.Alloc(DType.F32, tokens, heads * hd);
+        using var dst = b.Alloc(DType.F32, tokens, heads * hd);
+        b.Rope(q, k, v, kv, 0, 0, table, DType.F32, table.Remap is null ? null : qFar);
+        b.Attention(q, kv, 0, 0, dst, DType.F32, table.Remap is { } r ? new FarQueries(qFar, r.Window) : null);
+        var got = new float[tokens * heads * hd];
+        b.Download(dst, got);
+        return got;
+    }
+
     private static RopeTable Table(string spec, int rotary, int trained, int target)
     {
         var config = new LlamaConfig
@@ -115,7 +218,7 @@ public unsafe class RemapRopeTests
             for (int i = 0; i < hd; i++) r[i] = x[t * dim + h * hd + i];
             for (int j = 0; j < half; j++)
             {
-                double a = LlamaRun.Kernels.Device.RopeMath.Angle(position(j), table.InvFreq[j]), c = Math.Cos(a) * table.Magnitude, s = Math.Sin(a) * table.Magnitude;
+                double a = DeviceRope.Angle(position(j), table.InvFreq[j]), c = Math.Cos(a) * table.Magnitude, s = Math.Sin(a) * table.Magnitude;
                 double x0 = r[j], x1 = r[j + half];
                 (r[j], r[j + half]) = (x0 * c - x1 * s, x1 * c + x0 * s);
             }
@@ -127,7 +230,7 @@ public unsafe class RemapRopeTests
             for (int h = 0; h < kvHeads; h++)
             {
                 kNear[t, h] = Rotated(k0, t, kvDim, h, _ => t);
-                kFar[t, h] = Rotated(k0, t, kvDim, h, j => remap.Key(j, t));
+                kFar[t, h] = Rotated(k0, t, kvDim, h, j => DeviceRope.GroupedKey(t, remap.GroupAt(0, h, j), remap.Floor ? 1 : 0));
             }
         var queries = sampledQueries == 0 ? Enumerable.Range(0, tokens)
             : Enumerable.Range(0, sampledQueries).Select(i => (int)((long)i * (tokens - 1) / (sampledQueries - 1)));
@@ -137,7 +240,7 @@ public unsafe class RemapRopeTests
             {
                 double scale = table.QueryScale?.At(0, t) ?? 1;
                 var qn = Rotated(q0, t, qDim, h, _ => t);
-                var qf = Rotated(q0, t, qDim, h, j => remap.Query(j, t));
+                var qf = Rotated(q0, t, qDim, h, j => DeviceRope.GroupedQuery(t, remap.GroupAt(0, h / group, j), remap.Window, remap.Floor ? 1 : 0));
                 var scores = new double[t + 1];
                 for (int s = 0; s <= t; s++)
                 {
@@ -257,6 +360,21 @@ public unsafe class RemapRopeTests
             }
             File.WriteAllText(path, File.ReadAllText(path).Replace("\"window\": 32", "\"window\": 0"));
             Assert.Contains("window must be at least 1", Assert.Throws<ModelFormatException>(() => RopeTableFile.Load(path)).Message);
+
+            // Key dims: kept per layer and KV head; a list of the wrong count, or a pair out of range, is refused.
+            var dpe = Table("dpe:w=64,g=2,4,8,16", 64, 1024, 8192);
+            var selected = Enumerable.Range(0, 2 * 3 * 32).Select(i => i % 32 % 3 != 1).ToArray();
+            dpe = dpe with { Remap = dpe.Remap!.WithKeyDims(new RopeKeyDims(2, 3, 32, selected)) };
+            RopeTableFile.Save(dpe, path);
+            var loaded = RopeTableFile.Load(path).Remap!;
+            Assert.True(dpe.Remap.SameAs(loaded));
+            Assert.Equal(selected, loaded.KeyDims!.Selected);
+            Assert.Contains("21 of 32 pairs a KV head", loaded.Describe());
+            string json = File.ReadAllText(path);
+            File.WriteAllText(path, json.Replace("\"kv_heads\": 3", "\"kv_heads\": 4"));
+            Assert.Contains("4 KV heads need 8", Assert.Throws<ModelFormatException>(() => RopeTableFile.Load(path)).Message);
+            File.WriteAllText(path, json.Replace("\"selected\": [\n        [\n          0,", "\"selected\": [\n        [\n          40,"));
+            Assert.Contains("not a pair index below 32", Assert.Throws<ModelFormatException>(() => RopeTableFile.Load(path)).Message);
         }
         finally
         {

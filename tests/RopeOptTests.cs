@@ -120,4 +120,28 @@ public class RopeOptTests
         Assert.Contains("not past the trained length 256", Run("detect", "-m", dir, "--target", "256", "--device", "cpu").Err);
         Assert.Equal(2, Run("detect", "--target", "512").Code);
     }
+
+    // --topk: the key dims (24 of 32 pairs in each of 4 layers x 2 KV heads) go into the table, and the detection uses them.
+    [Fact]
+    public void DetectWithTopKWritesKeyDims()
+    {
+        if (SharedData.Path("models/austen-passkey") is not { } dir) return;
+        string table = Path.Combine(Path.GetTempPath(), $"dpe-topk-{Environment.ProcessId}.json");
+        try
+        {
+            var (code, stdout, stderr) = Run("detect", "-m", dir, "--target", "512", "--trials", "1", "--topk", "24", "--device", "cpu", "--out", table);
+            Assert.True(code == 0, stderr);
+            Assert.Contains("key dims: the top 24 of 32 pairs in each of 4 layers x 2 KV heads", stderr);
+            Assert.Contains("without the key dims", stdout);
+            var keyDims = RopeTableFile.Load(table, 64).Remap!.KeyDims!;
+            Assert.Equal((4, 2, 32), (keyDims.Layers, keyDims.KvHeads, keyDims.Pairs));
+            for (int l = 0; l < 4; l++)
+                for (int h = 0; h < 2; h++) Assert.Equal(24, keyDims.SelectedPairs(l, h).Length);
+        }
+        finally
+        {
+            File.Delete(table);
+        }
+        Assert.Contains("more than the 32 rotary pairs", Run("detect", "-m", dir, "--target", "512", "--topk", "40", "--device", "cpu").Err);
+    }
 }

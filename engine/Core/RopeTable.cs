@@ -15,7 +15,8 @@ public sealed record QueryScale(float Context, int SkipLayers)
 /// query position i keeps its true distance while d &lt; Window; farther keys are scored as if pair j of the key sat at
 /// Key(j, p) = div(p, Group[j]) and the query at Query(j, i) = div(i, Group[j]) + Window - Window / Group[j], with div
 /// the floor of the quotient (Self-Extend, DPE) or the quotient itself (Floor false: Leaky ReRoPE). Group[j] = +inf
-/// gives ReRoPE's constant distance Window; Group[j] = 1 the true distance.
+/// gives ReRoPE's constant distance Window; Group[j] = 1 the true distance. KeyDims (DPE's key-dimension selection)
+/// keeps the grouped positions to the selected pairs of each layer and KV head; the others keep the true distance.
 /// </summary>
 public sealed record RopeRemap
 {
@@ -33,6 +34,29 @@ public sealed record RopeRemap
     public float[] Group { get; }
     public bool Floor { get; }
 
+    /// <summary>The pairs of each layer and KV head that take the grouped positions (null: every pair, in every head).</summary>
+    public RopeKeyDims? KeyDims { get; private init; }
+
+    /// <summary>This remap with its grouped positions kept to the selected pairs of each layer and KV head.</summary>
+    public RopeRemap WithKeyDims(RopeKeyDims keyDims)
+    {
+        if (keyDims.Pairs != Group.Length)
+            throw new ArgumentException($"{Kind}: key dims select among {keyDims.Pairs} pairs, the table has {Group.Length}");
+        return this with { KeyDims = keyDims };
+    }
+
+    /// <summary>Pair j's group size in layer and KV head: Group[j] where selected, 1 (the true distance) where not.</summary>
+    public float GroupAt(int layer, int kvHead, int pair) => KeyDims is null || KeyDims.IsSelected(layer, kvHead, pair) ? Group[pair] : 1f;
+
+    /// <summary>The group sizes of every KV head of layer, [kvHeads, pairs] row-major (Group repeated without KeyDims).</summary>
+    public float[] LayerGroups(int layer, int kvHeads)
+    {
+        var g = new float[kvHeads * Group.Length];
+        for (int h = 0; h < kvHeads; h++)
+            for (int j = 0; j < Group.Length; j++) g[h * Group.Length + j] = GroupAt(layer, h, j);
+        return g;
+    }
+
     /// <summary>Grouped position of pair j of a key at position pos (the far branch).</summary>
     public float Key(int pair, int pos) => RopeMath.GroupedKey(pos, Group[pair], Floor ? 1 : 0);
 
@@ -45,8 +69,18 @@ public sealed record RopeRemap
     /// <summary>The relative position pair j sees between a query at i and a key at p (i - p in the window).</summary>
     public float Distance(int pair, int i, int p) => IsFar(i, p) ? Query(pair, i) - Key(pair, p) : i - p;
 
+    /// <summary>Distance(pair, i, p) in one layer and KV head, where KeyDims may leave the pair at the true distance.</summary>
+    public float Distance(int layer, int kvHead, int pair, int i, int p)
+    {
+        if (!IsFar(i, p)) return i - p;
+        float g = GroupAt(layer, kvHead, pair);
+        int floor = Floor ? 1 : 0;
+        return RopeMath.GroupedQuery(i, g, Window, floor) - RopeMath.GroupedKey(p, g, floor);
+    }
+
     public bool SameAs(RopeRemap? other) =>
-        other is not null && Window == other.Window && Floor == other.Floor && Group.AsSpan().SequenceEqual(other.Group);
+        other is not null && Window == other.Window && Floor == other.Floor && Group.AsSpan().SequenceEqual(other.Group)
+        && (KeyDims is null ? other.KeyDims is null : KeyDims.SameAs(other.KeyDims));
 
     public string Describe()
     {
@@ -60,7 +94,57 @@ public sealed record RopeRemap
             runs.Add(n == Group.Length ? g : $"{g}x{n}");
             j += n;
         }
-        return $"{Kind} window {Window}, group {string.Join(",", runs)}{(Floor ? "" : " (exact division)")}";
+        return $"{Kind} window {Window}, group {string.Join(",", runs)}{(Floor ? "" : " (exact division)")}"
+            + (KeyDims is { } kd ? $", grouped on {kd.Describe()}" : "");
+    }
+}
+
+/// <summary>
+/// DPE's key dimensions (ROPE.md 6.3): for each layer and KV head, the rotary pairs that take the grouped positions in
+/// an index remap's far branch; Selected[(layer * KvHeads + kvHead) * Pairs + j]. Chosen per KV head rather than per
+/// query head so the grouped keys are cached once per KV head (a GQA group shares one selection).
+/// </summary>
+public sealed record RopeKeyDims
+{
+    public RopeKeyDims(int layers, int kvHeads, int pairs, bool[] selected)
+    {
+        if (layers < 1 || kvHeads < 1 || pairs < 1) throw new ArgumentException($"key dims of {layers} layers x {kvHeads} KV heads x {pairs} pairs");
+        if (selected.Length != layers * kvHeads * pairs)
+            throw new ArgumentException($"key dims: {selected.Length} flags for {layers} layers x {kvHeads} KV heads x {pairs} pairs");
+        (Layers, KvHeads, Pairs, Selected) = (layers, kvHeads, pairs, selected);
+    }
+
+    public int Layers { get; }
+    public int KvHeads { get; }
+    public int Pairs { get; }
+    public bool[] Selected { get; }
+
+    public bool IsSelected(int layer, int kvHead, int pair) => Selected[(layer * KvHeads + kvHead) * Pairs + pair];
+
+    /// <summary>The selected pair indices of one layer and KV head, ascending.</summary>
+    public int[] SelectedPairs(int layer, int kvHead) => [.. Enumerable.Range(0, Pairs).Where(j => IsSelected(layer, kvHead, j))];
+
+    /// <summary>Throws unless these key dims were chosen for a model of this many layers and KV heads.</summary>
+    public void CheckModel(int layers, int kvHeads)
+    {
+        if (layers != Layers || kvHeads != KvHeads)
+            throw new ArgumentException($"the key dims were selected for {Layers} layers x {KvHeads} KV heads, the model has {layers} x {kvHeads}");
+    }
+
+    /// <summary>Throws unless layer (of a model with kvHeads KV heads) has a selection here.</summary>
+    public void CheckLayer(int layer, int kvHeads)
+    {
+        if ((uint)layer >= (uint)Layers || kvHeads != KvHeads)
+            throw new ArgumentException($"the key dims were selected for {Layers} layers x {KvHeads} KV heads, not for layer {layer} of {kvHeads} KV heads");
+    }
+
+    public bool SameAs(RopeKeyDims? other) =>
+        other is not null && Layers == other.Layers && KvHeads == other.KvHeads && Pairs == other.Pairs && Selected.AsSpan().SequenceEqual(other.Selected);
+
+    public string Describe()
+    {
+        int count = Selected.Count(s => s), heads = Layers * KvHeads;
+        return count % heads == 0 ? $"{count / heads} of {Pairs} pairs a KV head" : $"{count} of {heads * Pairs} pairs";
     }
 }
 

@@ -58,6 +58,9 @@ public sealed class Llama : IDisposable
 
     public int VocabSize => Config.VocabSize;
 
+    /// <summary>Called with (layer, q, k) after the projections, before the rotation (analysis, e.g. rope-opt's key-dimension selection).</summary>
+    public Action<int, Tensor, Tensor>? ProjectionObserver { get; set; }
+
     /// <summary>F32 computes in f32; BF16 or F16 rounds every op's output, and the intermediates a framework computing in that type rounds, to it.</summary>
     public DType Activations { get; }
 
@@ -162,6 +165,7 @@ public sealed class Llama : IDisposable
                 b.MatMul(a.Xb, w.VProj, v);
             }
             R(q); R(k); R(v);
+            ProjectionObserver?.Invoke(l, q, k);
             if (table.Remap is { } remap)
             {
                 // Index remap: the far queries beside q; attention scores distant keys with them (against Cache.KFar).

@@ -1,7 +1,8 @@
 // A RopeTable as a small JSON file (written by `rope-opt --out`, read by `llama-run --rope-table FILE`):
 // {"format":"llama-run-rope-table","version":1,"method":..,"factor":..,"interpolated_pairs":..,"magnitude":..,
 //  "query_scale":{"context":..,"skip_layers":..} or null,"inv_freq":[..]}, and for an index remap (Self-Extend, DPE,
-//  ReRoPE) "remap":{"kind":..,"window":..,"floor":true|false,"group":[.. per pair, "inf" for ReRoPE's]}.
+//  ReRoPE) "remap":{"kind":..,"window":..,"floor":true|false,"group":[.. per pair, "inf" for ReRoPE's]}, with DPE's key
+//  dimensions "key_dims":{"layers":L,"kv_heads":H,"selected":[[pair, ..] for each layer and KV head, layer-major]}.
 // Errors name the file (ModelFormatException).
 using System.Text.Json;
 using LlamaRun.Core;
@@ -55,6 +56,22 @@ public static class RopeTableFile
                 if (float.IsPositiveInfinity(g)) w.WriteStringValue("inf");
                 else w.WriteNumberValue(g);
             w.WriteEndArray();
+            if (r.KeyDims is { } kd)
+            {
+                w.WriteStartObject("key_dims");
+                w.WriteNumber("layers", kd.Layers);
+                w.WriteNumber("kv_heads", kd.KvHeads);
+                w.WriteStartArray("selected");
+                for (int l = 0; l < kd.Layers; l++)
+                    for (int h = 0; h < kd.KvHeads; h++)
+                    {
+                        w.WriteStartArray();
+                        foreach (int j in kd.SelectedPairs(l, h)) w.WriteNumberValue(j);
+                        w.WriteEndArray();
+                    }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
             w.WriteEndObject();
         }
         w.WriteEndObject();
@@ -131,6 +148,7 @@ public static class RopeTableFile
             }
             try { remap = new RopeRemap(kind, window, group, floor); }
             catch (ArgumentException e) { throw ModelFormatException.In(path, "\"remap\": " + e.Message); }
+            if (rm.TryGetProperty("key_dims", out var kd) && kd.ValueKind != JsonValueKind.Null) remap = remap.WithKeyDims(ParseKeyDims(path, kd, inv.Length));
         }
         return new RopeTable
         {
@@ -138,6 +156,31 @@ public static class RopeTableFile
             InvFreq = inv, Magnitude = magnitude, Factor = factor, QueryScale = q, Remap = remap,
             InterpolatedPairs = root.TryGetProperty("interpolated_pairs", out var ip) && ip.ValueKind == JsonValueKind.Number ? ip.GetInt32() : 0,
         };
+    }
+
+    private static RopeKeyDims ParseKeyDims(string path, JsonElement kd, int pairs)
+    {
+        if (kd.ValueKind != JsonValueKind.Object) throw ModelFormatException.In(path, "\"key_dims\" must be an object or null");
+        int layers = Get(path, kd, "layers", JsonValueKind.Number).GetInt32(), heads = Get(path, kd, "kv_heads", JsonValueKind.Number).GetInt32();
+        if (layers < 1 || heads < 1) throw ModelFormatException.In(path, "\"key_dims\" needs layers and kv_heads of at least 1");
+        var lists = Get(path, kd, "selected", JsonValueKind.Array);
+        if (lists.GetArrayLength() != layers * heads)
+            throw ModelFormatException.In(path, $"\"key_dims\".selected has {lists.GetArrayLength()} lists, {layers} layers x {heads} KV heads need {layers * heads}");
+        var selected = new bool[layers * heads * pairs];
+        int row = 0;
+        foreach (var list in lists.EnumerateArray())
+        {
+            if (list.ValueKind != JsonValueKind.Array) throw ModelFormatException.In(path, $"\"key_dims\".selected[{row}] must be an array of pair indices");
+            foreach (var e in list.EnumerateArray())
+            {
+                if (e.ValueKind != JsonValueKind.Number || !e.TryGetInt32(out int j) || (uint)j >= (uint)pairs)
+                    throw ModelFormatException.In(path, $"\"key_dims\".selected[{row}] has an entry that is not a pair index below {pairs}");
+                if (selected[row * pairs + j]) throw ModelFormatException.In(path, $"\"key_dims\".selected[{row}] lists pair {j} twice");
+                selected[row * pairs + j] = true;
+            }
+            row++;
+        }
+        return new RopeKeyDims(layers, heads, pairs, selected);
     }
 
     private static JsonElement Get(string path, JsonElement obj, string name, JsonValueKind kind)

@@ -161,6 +161,8 @@ public sealed class ModelSession : IDisposable
             var t = RopeTableFile.Load(tableFile);
             if (t.RotaryDim != config.RotaryDim)
                 throw new UsageException($"{tableFile}: the table has {t.InvFreq.Length} pairs, the model rotates {config.RotaryDim / 2}");
+            if (t.Remap?.KeyDims is { } keyDims && (keyDims.Layers != config.NumHiddenLayers || keyDims.KvHeads != config.NumKeyValueHeads))
+                throw new UsageException($"{tableFile}: the key dims were selected for {keyDims.Layers} layers x {keyDims.KvHeads} KV heads, the model has {config.NumHiddenLayers} x {config.NumKeyValueHeads}");
             return (RopeSchedule.Fixed(t), $"rope: table {tableFile} ({t.Method})");
         }
         if (spec is not null)

@@ -1,8 +1,10 @@
 // `rope-opt detect`: DPE's per-group effective-length detection (ROPE.md 6.2) on a model that retrieves. The rotary
 // pairs split into groups of 8; each group in turn sweeps its group size over 1, 2, 4, ... while every other group is
 // held at 2 N / L (N the target length, L the trained one); the passkey test at N scores each size (accuracy, then the
-// key's NLL), and the best size of every group makes the DPE table written to --out. Example:
-//   rope-opt detect -m models/austen-passkey --target 2048 --trials 2 --out dpe.json
+// key's NLL), and the best size of every group makes the DPE table written to --out. --topk K first selects DPE's key
+// dimensions (ROPE.md 6.3: the K pairs of each layer and KV head with the largest mean |q_j| |k_j| over passkey prompts
+// at the trained length); only they take the grouped positions, in the detection and in the table. Example:
+//   rope-opt detect -m models/austen-passkey --target 2048 --trials 2 --topk 12 --out dpe.json
 using System.Globalization;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Gpu;
@@ -14,12 +16,13 @@ using LlamaRun.Text;
 namespace LlamaRun.RopeOpt;
 
 /// <summary>Options of rope-opt detect.</summary>
-public sealed record DetectOptions(string ModelDir, int Target, int? Window, int Trials, ulong Seed, string Device, string? Out, int PairsPerGroup = 8);
+public sealed record DetectOptions(string ModelDir, int Target, int? Window, int Trials, ulong Seed, string Device, string? Out, int PairsPerGroup = 8,
+    int? TopK = null);
 
 /// <summary>DPE's effective-length detection: a group size per group of rotary pairs, chosen by passkey retrieval.</summary>
 public static class Detect
 {
-    public const string Usage = "usage: rope-opt detect -m DIR --target N [--window W] [--trials K] [--seed S] [--device cpu|cuda|auto] [--out FILE.json]";
+    public const string Usage = "usage: rope-opt detect -m DIR --target N [--window W] [--trials K] [--topk K] [--seed S] [--device cpu|cuda|auto] [--out FILE.json]";
 
     private static readonly double[] Depths = [0, 0.25, 0.5, 0.75, 1];
 
@@ -34,7 +37,7 @@ public static class Detect
             string spec = Spec(table);
             if (o.Out is { } path) RopeTableFile.Save(table, path);
             stdout.WriteLine($"{table.Describe()}{(o.Out is null ? "" : " -> " + o.Out)}");
-            stdout.WriteLine($"spec: {spec}");
+            stdout.WriteLine(table.Remap!.KeyDims is null ? $"spec: {spec}" : $"spec: {spec} (without the key dims, which only the table file keeps)");
             return 0;
         }
         catch (Exception e) when (e is ArgumentException or ModelFormatException or IOException or UnauthorizedAccessException or GpuException)
@@ -63,6 +66,12 @@ public static class Detect
         using var backend = BackendFactory.Create(o.Device, kernels: GpuKernelSet.For(config.HeadDim,
             config.NumAttentionHeads / config.NumKeyValueHeads, bf16Compute: false, remap: true));
         using var weights = LlamaWeights.Load(o.ModelDir, config, backend);
+        var keyDims = o.TopK is { } topK ? SelectKeyDims(config, weights, backend, tokenizer, topK, o, log) : null;
+        RopeTable Dpe(double[] sizes)
+        {
+            var t = RemapRope.Dpe(config.RotaryDim, config.Rope.Theta, o.Target, sizes, window);
+            return keyDims is null ? t : t with { Remap = t.Remap!.WithKeyDims(keyDims) };
+        }
         var chosen = Enumerable.Repeat(hold, groups).ToArray();
         log.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"detect: {groups} groups of {pairs / groups} pairs, window {window}, others held at {hold}, sizes {string.Join(",", candidates)}, passkey at {o.Target} ({o.Trials} x {Depths.Length} a size)"));
@@ -73,7 +82,7 @@ public static class Detect
             {
                 var sizes = Enumerable.Repeat(hold, groups).ToArray();
                 sizes[g] = f;
-                var table = RemapRope.Dpe(config.RotaryDim, config.Rope.Theta, o.Target, sizes, window);
+                var table = Dpe(sizes);
                 using var model = Llama.Create(config, weights, backend, o.Target, RopeSchedule.Fixed(table), maxBatch: backend.Capabilities.PrefillChunk);
                 var (correct, nll) = PasskeyTest.Evaluate(model, tokenizer, o.Target, o.Trials, o.Seed, Depths);
                 double accuracy = correct.Sum() / (double)(o.Trials * Depths.Length), meanNll = nll.Average();
@@ -83,7 +92,24 @@ public static class Detect
             chosen[g] = best.Size;
             log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"group {g} (pairs {g * pairs / groups}-{(g + 1) * pairs / groups - 1}): size {best.Size}"));
         }
-        return RemapRope.Dpe(config.RotaryDim, config.Rope.Theta, o.Target, chosen, window) with { Method = "dpe-detected" };
+        return Dpe(chosen) with { Method = "dpe-detected" };
+    }
+
+    // Key dims from the model's own q/k norms on passkey prompts inside its trained length (plain RoPE there).
+    private static RopeKeyDims SelectKeyDims(LlamaConfig config, LlamaWeights weights, IBackend backend, Tokenizer tokenizer, int topK, DetectOptions o, TextWriter log)
+    {
+        int trained = config.MaxPositionEmbeddings, pairs = config.RotaryDim / 2;
+        if (topK > pairs) throw new ArgumentException($"--topk {topK} is more than the {pairs} rotary pairs");
+        var rng = new Random(unchecked((int)o.Seed));
+        var prompts = Depths.SelectMany(d => Enumerable.Range(0, o.Trials)
+            .Select(_ => PasskeyTest.BuildPrompt(tokenizer, rng.Next(10000, 100000).ToString(CultureInfo.InvariantCulture), d, trained).Ids)).ToList();
+        using var model = Llama.Create(config, weights, backend, trained, RopeMethods.FromConfig(config), maxBatch: backend.Capabilities.PrefillChunk);
+        var keyDims = KeyDimSelection.Score(model, prompts).Top(topK);
+        log.WriteLine($"key dims: the top {topK} of {pairs} pairs in each of {config.NumHiddenLayers} layers x {config.NumKeyValueHeads} KV heads, by mean |q_j| |k_j| over {prompts.Count} passkey prompts of {trained} tokens");
+        for (int l = 0; l < config.NumHiddenLayers; l++)
+            log.WriteLine($"  layer {l}: " + string.Join("; ", Enumerable.Range(0, config.NumKeyValueHeads)
+                .Select(h => $"head {h} leaves {string.Join(",", Enumerable.Range(0, pairs).Where(j => !keyDims.IsSelected(l, h, j)))}")));
+        return keyDims;
     }
 
     /// <summary>The --rope spec of a DPE table: dpe:w=W,g=G0,G1,...</summary>
@@ -103,7 +129,7 @@ public static class Detect
     private static DetectOptions Parse(string[] args)
     {
         string? dir = null, device = "auto", output = null;
-        int? target = null, window = null;
+        int? target = null, window = null, topK = null;
         int trials = 2;
         ulong seed = 1;
         for (int i = 0; i < args.Length; i++)
@@ -121,10 +147,11 @@ public static class Detect
                 case "--seed": seed = (ulong)Positive(Next()); break;
                 case "--device": device = Next(); break;
                 case "--out": output = Next(); break;
+                case "--topk": topK = Positive(Next()); break;
                 default: throw new ArgumentException($"unknown argument '{a}'");
             }
         }
         return new DetectOptions(dir ?? throw new ArgumentException("-m DIR is required"), target ?? throw new ArgumentException("--target is required"),
-            window, trials, seed, device, output);
+            window, trials, seed, device, output, TopK: topK);
     }
 }

@@ -27,6 +27,7 @@ public static unsafe partial class CpuOps
         if (p.Cache is not (DType.F32 or DType.BF16)) throw new NotSupportedException($"a {p.Cache.Name()} KV cache");
         var remap = table.Remap;
         if (remap is not null && (qFar == null || kFarCache == null)) throw new ArgumentException($"table '{table.Method}' remaps positions: qFar and kFarCache are needed");
+        remap?.KeyDims?.CheckLayer(p.Layer, p.KvHeads);
         int half = table.InvFreq.Length, kvDim = p.KvHeads * p.HeadDim, qDim = p.Heads * p.HeadDim;
         if (p.Tokens <= 0) return;
         nint qp = (nint)q, kp = (nint)k, vp = (nint)v, kc = (nint)kCache, vc = (nint)vCache, qfp = (nint)qFar, kfc = (nint)kFarCache;
@@ -48,12 +49,17 @@ public static unsafe partial class CpuOps
                     float* qf = (float*)qfp + (nint)t * qDim;
                     new ReadOnlySpan<float>(qt, qDim).CopyTo(new Span<float>(qf, qDim));
                     new ReadOnlySpan<float>(kt, kvDim).CopyTo(farK);
-                    GroupedCosSin(table, remap, pos, query: true, cos, sin, compute);
-                    for (int h = 0; h < p.Heads; h++) RotatePairs(qf + h * p.HeadDim, cos, sin, compute);
-                    GroupedCosSin(table, remap, pos, query: false, cos, sin, compute);
+                    // One set of grouped positions for all heads, or one a KV head (and its query heads) with key dims.
+                    int sets = remap.KeyDims is null ? 1 : p.KvHeads, qPer = p.Heads / sets, kPer = p.KvHeads / sets;
                     fixed (float* fk = farK)
                     {
-                        for (int h = 0; h < p.KvHeads; h++) RotatePairs(fk + h * p.HeadDim, cos, sin, compute);
+                        for (int g = 0; g < sets; g++)
+                        {
+                            GroupedCosSin(table, remap, p.Layer, g, pos, query: true, cos, sin, compute);
+                            for (int h = g * qPer; h < (g + 1) * qPer; h++) RotatePairs(qf + h * p.HeadDim, cos, sin, compute);
+                            GroupedCosSin(table, remap, p.Layer, g, pos, query: false, cos, sin, compute);
+                            for (int h = g * kPer; h < (g + 1) * kPer; h++) RotatePairs(fk + h * p.HeadDim, cos, sin, compute);
+                        }
                         StoreRow(fk, (void*)kfc, pos, kvDim, p.Cache);
                     }
                     if (table.QueryScale is { } fs)
@@ -165,13 +171,16 @@ public static unsafe partial class CpuOps
     }
 
     // cos[j], sin[j] of pair j at its grouped position (remap.Query or remap.Key of pos), times Magnitude, rounded to compute.
-    private static void GroupedCosSin(RopeTable table, RopeRemap remap, int pos, bool query, Span<float> cos, Span<float> sin, DType compute)
+    // cos/sin of the grouped positions of a query or a key at pos, in KV head kvHead of layer (which matters only with key dims).
+    private static void GroupedCosSin(RopeTable table, RopeRemap remap, int layer, int kvHead, int pos, bool query, Span<float> cos, Span<float> sin, DType compute)
     {
         float mag = table.Magnitude;
         var inv = table.InvFreq;
+        int floor = remap.Floor ? 1 : 0;
         for (int j = 0; j < inv.Length; j++)
         {
-            float at = query ? remap.Query(j, pos) : remap.Key(j, pos);
+            float g = remap.GroupAt(layer, kvHead, j);
+            float at = query ? RopeMath.GroupedQuery(pos, g, remap.Window, floor) : RopeMath.GroupedKey(pos, g, floor);
             RopeMath.CosSin(RopeMath.Angle(at, inv[j]), out float c, out float s);
             cos[j] = c * mag;
             sin[j] = s * mag;

@@ -310,8 +310,10 @@ public sealed unsafe partial class GpuBackend : IBackend
             Require(qFar, DType.F32, nameof(qFar));
             RequireShape(qFar, q.Rows, q.Cols, nameof(qFar));
             if (cache.KFar is null) throw new ArgumentException($"table '{table.Method}' remaps positions: the KV cache has no grouped keys", nameof(cache));
-            var groups = _rope.Get(remap.Group, keep: table.InvFreq);
-            _launch.RopeFar(GpuViews.F32(q), GpuViews.F32(k), GpuViews.F32(qFar), cache.KFar, inv, groups, tokens, args, remap.Window, remap.Floor, bf16);
+            // Key dims: a group size per KV head and pair of this layer (stride pairs); otherwise one per pair (stride 0).
+            var groups = remap.KeyDims is null ? _rope.Get(remap.Group, keep: table.InvFreq) : _rope.LayerGroups(remap, layer, cache.NumKvHeads);
+            int groupStride = remap.KeyDims is null ? 0 : remap.Group.Length;
+            _launch.RopeFar(GpuViews.F32(q), GpuViews.F32(k), GpuViews.F32(qFar), cache.KFar, inv, groups, groupStride, tokens, args, remap.Window, remap.Floor, bf16);
         }
         _launch.Rope(GpuViews.F32(q), GpuViews.F32(k), GpuViews.F32(v), cache.K, cache.V, inv, tokens, args, bf16);
     }

@@ -53,8 +53,8 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>? _ropeCacheF32, _ropeBf16CacheF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float>>? _rerotate;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float>>? _rerotateF32;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, RopeArgs, int, int>>? _ropeFar, _ropeFarBf16;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs, int, int>>? _ropeFarCacheF32, _ropeFarBf16CacheF32;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, RopeArgs, int, int, int>>? _ropeFar, _ropeFarBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs, int, int, int>>? _ropeFarCacheF32, _ropeFarBf16CacheF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, F32, U16, AttentionArgs>>? _split;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, F32, AttentionArgs>>? _splitF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, int, int, int>> _combine;
@@ -128,8 +128,8 @@ internal sealed class GpuKernels
             _splitF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, F32, AttentionArgs>>("attention_split_cf32", AttentionKernels.Split<float, F32Element>);
             if (set.Remap)
             {
-                _ropeFarCacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs, int, int>>("rope_far_cf32", RopeKernels.RopeFar<NoRounding, float, F32Element>);
-                if (bf16) _ropeFarBf16CacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs, int, int>>("rope_far_cbf16_cf32", RopeKernels.RopeFar<Bf16Rounding, float, F32Element>);
+                _ropeFarCacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs, int, int, int>>("rope_far_cf32", RopeKernels.RopeFar<NoRounding, float, F32Element>);
+                if (bf16) _ropeFarBf16CacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs, int, int, int>>("rope_far_cbf16_cf32", RopeKernels.RopeFar<Bf16Rounding, float, F32Element>);
             }
         }
         else
@@ -140,8 +140,8 @@ internal sealed class GpuKernels
             _split = l.Load<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, F32, U16, AttentionArgs>>("attention_split", AttentionKernels.Split<ushort, Bf16Element>);
             if (set.Remap)
             {
-                _ropeFar = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, RopeArgs, int, int>>("rope_far", RopeKernels.RopeFar<NoRounding, ushort, Bf16Element>);
-                if (bf16) _ropeFarBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, RopeArgs, int, int>>("rope_far_cbf16", RopeKernels.RopeFar<Bf16Rounding, ushort, Bf16Element>);
+                _ropeFar = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, RopeArgs, int, int, int>>("rope_far", RopeKernels.RopeFar<NoRounding, ushort, Bf16Element>);
+                if (bf16) _ropeFarBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, RopeArgs, int, int, int>>("rope_far_cbf16", RopeKernels.RopeFar<Bf16Rounding, ushort, Bf16Element>);
             }
             if (set.Decode(1)) _decode1 = LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead>);
             if (set.Decode(2)) _decode2 = LoadDecode(l, "attention_decode_g2", AttentionDecodeKernels.Decode<TwoQueryHeads>);
@@ -347,9 +347,10 @@ internal sealed class GpuKernels
     }
 
     /// <summary>An index remap's far branch from the unrotated q and k (before Rope): far queries to qFar, grouped keys to kfar rows cacheRow0 + t.</summary>
-    public void RopeFar(F32 q, F32 k, F32 qFar, Tensor kfar, F32 invFreq, F32 groups, int tokens, RopeArgs args, int window, bool floor, bool bf16)
+    public void RopeFar(F32 q, F32 k, F32 qFar, Tensor kfar, F32 invFreq, F32 groups, int groupStride, int tokens, RopeArgs args, int window, bool floor, bool bf16)
     {
-        int heads = args.NumHeads + args.NumKvHeads, perGroup = tokens < _multiprocessors ? 1 : heads;
+        // Group sizes per KV head (groupStride > 0): one head a group, so each group reads one row of them.
+        int heads = args.NumHeads + args.NumKvHeads, perGroup = tokens < _multiprocessors || groupStride > 0 ? 1 : heads;
         args = args with { HeadsPerGroup = perGroup };
         var config = new KernelConfig(new Index3D(tokens, (heads + perGroup - 1) / perGroup, 1), new Index3D(GroupSize(perGroup == 1 ? 128 : 256), 1, 1));
         bool f32Cache = kfar.DType == DType.F32;
@@ -357,8 +358,8 @@ internal sealed class GpuKernels
         int fl = floor ? 1 : 0;
         try
         {
-            if (f32Cache) Need(bf16 ? _ropeFarBf16CacheF32 : _ropeFarCacheF32, name)(_stream, config, q, k, qFar, GpuViews.F32(kfar), invFreq, groups, args, window, fl);
-            else Need(bf16 ? _ropeFarBf16 : _ropeFar, name)(_stream, config, q, k, qFar, GpuViews.U16(kfar), invFreq, groups, args, window, fl);
+            if (f32Cache) Need(bf16 ? _ropeFarBf16CacheF32 : _ropeFarCacheF32, name)(_stream, config, q, k, qFar, GpuViews.F32(kfar), invFreq, groups, args, window, fl, groupStride);
+            else Need(bf16 ? _ropeFarBf16 : _ropeFar, name)(_stream, config, q, k, qFar, GpuViews.U16(kfar), invFreq, groups, args, window, fl, groupStride);
         }
         catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
         Done(name);

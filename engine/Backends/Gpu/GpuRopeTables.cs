@@ -36,6 +36,34 @@ internal sealed unsafe class GpuRopeTables(Accelerator accelerator, AcceleratorS
         return view;
     }
 
+    private MemoryBuffer1D<float, Stride1D.Dense>? _keyDimGroups;
+    private RopeKeyDims? _keyDims;
+    private float[]? _keyDimSource;
+
+    /// <summary>
+    /// The group sizes of every KV head of layer, [kvHeads, pairs], for a remap with key dims: the whole model's
+    /// [layers, kvHeads, pairs] is uploaded once per selection and sliced by layer.
+    /// </summary>
+    public ArrayView<float> LayerGroups(RopeRemap remap, int layer, int kvHeads)
+    {
+        var keyDims = remap.KeyDims ?? throw new ArgumentException("the remap has no key dims", nameof(remap));
+        keyDims.CheckLayer(layer, kvHeads);
+        int perLayer = kvHeads * remap.Group.Length;
+        if (!ReferenceEquals(keyDims, _keyDims) || !ReferenceEquals(remap.Group, _keyDimSource))
+        {
+            var all = new float[keyDims.Layers * perLayer];
+            for (int l = 0; l < keyDims.Layers; l++) remap.LayerGroups(l, kvHeads).CopyTo(all, l * perLayer);
+            if (_keyDimGroups is not null)
+            {
+                stream.Synchronize();   // kernels queued earlier may still read the old selection
+                _keyDimGroups.Dispose();
+            }
+            _keyDimGroups = accelerator.Allocate1D(all);
+            (_keyDims, _keyDimSource) = (keyDims, remap.Group);
+        }
+        return _keyDimGroups!.View.SubView(layer * perLayer, perLayer);
+    }
+
     private int? Find(float[] inv)
     {
         for (int s = 0; s < Slots; s++)
@@ -43,5 +71,9 @@ internal sealed unsafe class GpuRopeTables(Accelerator accelerator, AcceleratorS
         return null;
     }
 
-    public void Dispose() => _device.Dispose();
+    public void Dispose()
+    {
+        _device.Dispose();
+        _keyDimGroups?.Dispose();
+    }
 }

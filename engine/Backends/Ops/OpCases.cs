@@ -95,6 +95,20 @@ public static class OpCases
         static RopeRemap Uniform(string kind, int pairs, int w, float g, bool floor = true) => new(kind, w, Enumerable.Repeat(g, pairs).ToArray(), floor);
         static RopeRemap Dpe(int pairs, int w, params float[] groups) =>
             new("dpe", w, Enumerable.Range(0, pairs).Select(j => groups[j * groups.Length / pairs]).ToArray());
+        // DPE's key dims: a different top-k of pairs per layer and KV head takes the grouped positions.
+        static RopeRemap KeyDims(RopeRemap r, int kvHeads, int seed)
+        {
+            var rng = new Random(seed);
+            int pairs = r.Group.Length, k = pairs * 3 / 4;
+            var selected = new bool[2 * kvHeads * pairs];
+            for (int row = 0; row < 2 * kvHeads; row++)
+                foreach (int j in Enumerable.Range(0, pairs).OrderBy(_ => rng.Next()).Take(k)) selected[row * pairs + j] = true;
+            return r.WithKeyDims(new RopeKeyDims(2, kvHeads, pairs, selected));
+        }
+        c.Add(new RopeCase("small prefill, dpe key dims", Bf16Cache) { T = 9, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 30, Remap = KeyDims(Dpe(32, 16, 1, 4, 8, 32), 2, 1) });
+        c.Add(new RopeCase("Llama-3-8B prefill, dpe key dims", Bf16Cache) { T = 200, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 3000, Theta = 500000f, Remap = KeyDims(Dpe(64, 1024, 4, 4, 2, 16, 32, 32, 16, 128), 8, 2) });
+        c.Add(new AttentionCase("small decode, dpe key dims", Bf16Cache) { T = 1, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 70, Remap = KeyDims(Dpe(32, 16, 1, 4, 8, 32), 2, 3) });
+        c.Add(new AttentionCase("Llama-3-8B decode at 16k, dpe key dims", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16383, Theta = 500000f, Remap = KeyDims(Dpe(64, 1024, 4, 4, 2, 16, 32, 32, 16, 128), 8, 4) });
         c.Add(new RopeCase("small prefill, selfextend", Bf16Cache) { T = 9, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 3, Remap = Uniform("selfextend", 32, 4, 3) });
         c.Add(new RopeCase("dpe at 16k", Bf16Cache) { T = 2, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16382, Theta = 500000f, Remap = Dpe(64, 1024, 4, 4, 2, 16, 32, 32, 16, 128) });
         c.Add(new RopeCase("leaky rerope + query scale, partial rotary", Bf16Cache) { T = 5, Heads = 3, KvHeads = 1, HeadDim = 64, RotaryDim = 32, StartPos = 70, QueryScale = true, Remap = Uniform("leaky-rerope", 16, 24, 2.5f, floor: false) });
