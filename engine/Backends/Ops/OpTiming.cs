@@ -1,5 +1,8 @@
-// Times a prepared op on its backend: one synchronized launch sizes the batches, then 7 batches of launches queued
-// back to back with one synchronize each (so a GPU's launches overlap as in a forward pass); the median batch.
+// Times a prepared op on its backend: a warm-up of synchronized launches in windows of 0.1 s, at least 5, until a
+// window is no more than 5% faster than the one before (.NET's tiered JIT needs 0.1-1 s of calls to swap in the optimized code of
+// an op; at most 3 s), the last launch sizing the batches, then 7 batches
+// of launches queued back to back with one synchronize each (so a GPU's launches overlap as in a forward pass); the
+// median batch.
 // Used by `llama-run bench --kernels` and `Bench --quick`.
 using System.Diagnostics;
 using LlamaRun.Core;
@@ -15,12 +18,25 @@ public static class OpTiming
     public static double Seconds(IBackend backend, PreparedOp op, double batchSeconds = 0.05, int batches = 7)
     {
         int launch = 0;
-        op.Run(launch++);
-        backend.Synchronize();
-        long t0 = Stopwatch.GetTimestamp();
-        op.Run(launch++);
-        backend.Synchronize();
-        double one = Math.Max(1e-7, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+        long start = Stopwatch.GetTimestamp(), t0;
+        double one = 0, previous = double.PositiveInfinity;
+        while (true)
+        {
+            long window = Stopwatch.GetTimestamp();
+            int n = 0;
+            do
+            {
+                t0 = Stopwatch.GetTimestamp();
+                op.Run(launch++);
+                backend.Synchronize();
+                one = Math.Max(1e-7, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+                n++;
+            } while (Stopwatch.GetElapsedTime(window).TotalSeconds < 0.1 || n < 2);
+            double mean = Stopwatch.GetElapsedTime(window).TotalSeconds / n;
+            double elapsed = Stopwatch.GetElapsedTime(start).TotalSeconds;
+            if ((elapsed >= 0.5 && mean > 0.95 * previous) || elapsed > 3) break;
+            previous = mean;
+        }
         int perBatch = (int)Math.Clamp(batchSeconds / one, 3, 100_000);
         var perOp = new double[batches];
         for (int b = 0; b < batches; b++)
