@@ -4,8 +4,9 @@
 // the group writes dst; with several it writes (m, l, acc) to partial and Combine merges the splits. Softmax weights
 // are rounded to bf16 before they weight V when roundP is 1 (bf16 compute); sums use the unrounded weights. Split is
 // the general kernel (any head dim up to 256, an f32 or bf16 cache); AttentionDecode.cs reads a bf16 cache faster and
-// AttentionFlash.cs runs long prefills; an index remap (Self-Extend, DPE, ReRoPE) always runs here, scoring distant keys
-// with the far queries against the grouped keys. Exercised by the Attention cases of tests/GpuOpsTests.cs.
+// AttentionFlash.cs runs long prefills; an index remap (Self-Extend, DPE, ReRoPE) runs here, scoring distant keys with
+// the far queries against the grouped keys, unless the backend takes it through those two in two passes (far keys,
+// near keys) merged by their softmax statistics. Exercised by the Attention cases of tests/GpuOpsTests.cs.
 using ILGPU;
 using ILGPU.Algorithms;
 using LlamaRun.Kernels.Device;
@@ -14,14 +15,19 @@ namespace LlamaRun.Kernels;
 
 /// <summary>
 /// Scalars of one decode/split attention launch: queries t see cache positions 0 .. StartPos + t. Window above 0 (the
-/// split kernel only): an index remap, keys at distance Window or more scored with qFar against kfar.
+/// split kernel): an index remap, keys at distance Window or more scored with qFar against kfar. Part (the decode
+/// kernel): all keys, or only the far keys [0, i - Window] or the near ones (i - Window, i] of an index remap, written
+/// to partial splits SplitBase .. SplitBase + grid splits - 1 of Splits.
 /// </summary>
 public readonly record struct AttentionArgs(int NumHeads, int NumKvHeads, int HeadDim, int StartPos, int SplitLen, int Splits, float Scale, int RoundP,
-    int Window = 0);
+    int Window = 0, int Part = AttentionKernels.AllKeys, int SplitBase = 0);
 
 public static class AttentionKernels
 {
     public const int Warps = 4, GroupSize = 32 * Warps, MaxHeadDim = 256;
+
+    /// <summary>AttentionArgs.Part: the keys a decode launch scores.</summary>
+    public const int AllKeys = 0, FarKeys = 1, NearKeys = 2;
 
     // kernels
 

@@ -7,8 +7,10 @@
 // local memory, 7 KB a thread here.) Warps whose rows all precede a tile skip it. Grid (ceil(T / 16W), numHeads),
 // 32 W threads; dynamic shared memory holds the queries (as bf16, read by ldmatrix) and the K and V tiles, rows padded
 // by 8 bf16. The fragments live in structs of named fields (Tiles8, Stage4), every loop over them written out: ILGPU does not unroll loops, and an array indexed in a
-// loop would live in local memory. Exercised by the flash cases of tests/GpuOpsTests.cs (ILGPU's CPU accelerator
-// runs the emulated fragments).
+// loop would live in local memory. An index remap runs two compile-time variants: the far pass (far queries against
+// the grouped keys, keys at distance >= window, causal shifted by window) stores each row's max, sum and unnormalized
+// output; the near pass (keys within the window) merges them into its own before it divides. Exercised by the flash
+// cases of tests/GpuOpsTests.cs (ILGPU's CPU accelerator runs the emulated fragments).
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
@@ -48,6 +50,27 @@ public readonly struct FlashHd128Q128 : IFlashShape
     public int Warps => 8;
 }
 
+/// <summary>Compile-time pass of a flash-attention variant: plain causal, or an index remap's far or near pass.</summary>
+public interface IFlashPass
+{
+    int Pass { get; }
+}
+
+public readonly struct PlainPass : IFlashPass
+{
+    public int Pass => AttentionFlashKernels.Plain;
+}
+
+public readonly struct FarPass : IFlashPass
+{
+    public int Pass => AttentionFlashKernels.FarPass;
+}
+
+public readonly struct NearPass : IFlashPass
+{
+    public int Pass => AttentionFlashKernels.NearPass;
+}
+
 /// <summary>Eight 16x8 accumulator tiles side by side: 64 score columns (keys) or 64 output columns (dims).</summary>
 public struct Tiles8
 {
@@ -76,6 +99,9 @@ public struct Stage4
 public static class AttentionFlashKernels
 {
     public const int TileKeys = 64, MinTokens = 32;
+
+    /// <summary>IFlashPass.Pass: plain causal attention, or the far or near pass of an index remap.</summary>
+    public const int Plain = 0, FarPass = 1, NearPass = 2;
 
     /// <summary>Dynamic shared memory of one group, in bf16 elements: the group's queries, a K and a V tile, rows padded by 8
     /// (plus EmulatedTensorCores.ScratchBytes where the fragments are emulated).</summary>
@@ -274,14 +300,137 @@ public static class AttentionFlashKernels
         Store(dst, o.T7, nt0 + 7, r0, r1, T, qStride, h, hd, tig, l0, l1);
     }
 
+    // Keys at or below bound0 (row r0) / bound1 (row r1) masked: a remap's near pass sees only keys p > i - window.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MaskBelow(ref Acc s, int key, int bound0, int bound1)
+    {
+        if (key <= bound0) s.C0 = float.NegativeInfinity;
+        if (key + 1 <= bound0) s.C1 = float.NegativeInfinity;
+        if (key <= bound1) s.C2 = float.NegativeInfinity;
+        if (key + 1 <= bound1) s.C3 = float.NegativeInfinity;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MaskWindow(ref Tiles8 s, int key, int bound0, int bound1)
+    {
+        MaskBelow(ref s.T0, key, bound0, bound1);
+        MaskBelow(ref s.T1, key + 8, bound0, bound1);
+        MaskBelow(ref s.T2, key + 16, bound0, bound1);
+        MaskBelow(ref s.T3, key + 24, bound0, bound1);
+        MaskBelow(ref s.T4, key + 32, bound0, bound1);
+        MaskBelow(ref s.T5, key + 40, bound0, bound1);
+        MaskBelow(ref s.T6, key + 48, bound0, bound1);
+        MaskBelow(ref s.T7, key + 56, bound0, bound1);
+    }
+
+    // Row r's slot of a far pass: [max (exp2 domain), sum, headDim unnormalized outputs].
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static long RowSlot(int r, int numHeads, int h, int hd) => ((long)r * numHeads + h) * (hd + 2);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreRowStats(ArrayView<float> partial, int r, int numHeads, int h, int hd, float m, float l)
+    {
+        long b = RowSlot(r, numHeads, h, hd);
+        partial[b] = m;
+        partial[b + 1] = l;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StorePartial(ArrayView<float> partial, in Acc o, int nt, int r0, int r1, int T, int numHeads, int h, int hd, int tig)
+    {
+        int col = 2 + nt * 8 + tig * 2;
+        if (r0 < T)
+        {
+            partial[RowSlot(r0, numHeads, h, hd) + col] = o.C0;
+            partial[RowSlot(r0, numHeads, h, hd) + col + 1] = o.C1;
+        }
+        if (r1 < T)
+        {
+            partial[RowSlot(r1, numHeads, h, hd) + col] = o.C2;
+            partial[RowSlot(r1, numHeads, h, hd) + col + 1] = o.C3;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StorePartialTiles(ArrayView<float> partial, in Tiles8 o, int nt0, int r0, int r1, int T, int numHeads, int h, int hd, int tig)
+    {
+        StorePartial(partial, o.T0, nt0, r0, r1, T, numHeads, h, hd, tig);
+        StorePartial(partial, o.T1, nt0 + 1, r0, r1, T, numHeads, h, hd, tig);
+        StorePartial(partial, o.T2, nt0 + 2, r0, r1, T, numHeads, h, hd, tig);
+        StorePartial(partial, o.T3, nt0 + 3, r0, r1, T, numHeads, h, hd, tig);
+        StorePartial(partial, o.T4, nt0 + 4, r0, r1, T, numHeads, h, hd, tig);
+        StorePartial(partial, o.T5, nt0 + 5, r0, r1, T, numHeads, h, hd, tig);
+        StorePartial(partial, o.T6, nt0 + 6, r0, r1, T, numHeads, h, hd, tig);
+        StorePartial(partial, o.T7, nt0 + 7, r0, r1, T, numHeads, h, hd, tig);
+    }
+
+    /// <summary>How a near-pass row and its far-pass row merge: out = (o Near + acc Far) / Sum.</summary>
+    public struct RowMerge
+    {
+        public float Near, Far, Sum;
+    }
+
+    // The near pass's row state (m, l; exp2 domain) against the far pass's stored row r: the larger max M, the weights
+    // 2^(m - M) of each pass (0 for a far row without keys) and the combined sum.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static RowMerge MergeWeights(ArrayView<float> partial, int r, int numHeads, int h, int hd, float m, float l)
+    {
+        long b = RowSlot(r, numHeads, h, hd);
+        float mf = partial[b], lf = partial[b + 1];
+        float mAll = XMath.Max(m, mf);
+        float near = FastMath.Exp2(m - mAll), far = lf == 0f ? 0f : FastMath.Exp2(mf - mAll);
+        return new RowMerge { Near = near, Far = far, Sum = l * near + lf * far };
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreMerged(ArrayView<float> dst, ArrayView<float> partial, in Acc o, int nt, int r0, int r1, int T, int numHeads, int h, int hd,
+        int tig, in RowMerge w0, in RowMerge w1)
+    {
+        int c = nt * 8 + tig * 2;
+        long col = h * hd + c, qStride = (long)numHeads * hd;
+        if (r0 < T)
+        {
+            long b = RowSlot(r0, numHeads, h, hd) + 2 + c;
+            dst[r0 * qStride + col] = (o.C0 * w0.Near + partial[b] * w0.Far) / w0.Sum;
+            dst[r0 * qStride + col + 1] = (o.C1 * w0.Near + partial[b + 1] * w0.Far) / w0.Sum;
+        }
+        if (r1 < T)
+        {
+            long b = RowSlot(r1, numHeads, h, hd) + 2 + c;
+            dst[r1 * qStride + col] = (o.C2 * w1.Near + partial[b] * w1.Far) / w1.Sum;
+            dst[r1 * qStride + col + 1] = (o.C3 * w1.Near + partial[b + 1] * w1.Far) / w1.Sum;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreMergedTiles(ArrayView<float> dst, ArrayView<float> partial, in Tiles8 o, int nt0, int r0, int r1, int T, int numHeads, int h,
+        int hd, int tig, in RowMerge w0, in RowMerge w1)
+    {
+        StoreMerged(dst, partial, o.T0, nt0, r0, r1, T, numHeads, h, hd, tig, w0, w1);
+        StoreMerged(dst, partial, o.T1, nt0 + 1, r0, r1, T, numHeads, h, hd, tig, w0, w1);
+        StoreMerged(dst, partial, o.T2, nt0 + 2, r0, r1, T, numHeads, h, hd, tig, w0, w1);
+        StoreMerged(dst, partial, o.T3, nt0 + 3, r0, r1, T, numHeads, h, hd, tig, w0, w1);
+        StoreMerged(dst, partial, o.T4, nt0 + 4, r0, r1, T, numHeads, h, hd, tig, w0, w1);
+        StoreMerged(dst, partial, o.T5, nt0 + 5, r0, r1, T, numHeads, h, hd, tig, w0, w1);
+        StoreMerged(dst, partial, o.T6, nt0 + 6, r0, r1, T, numHeads, h, hd, tig, w0, w1);
+        StoreMerged(dst, partial, o.T7, nt0 + 7, r0, r1, T, numHeads, h, hd, tig, w0, w1);
+    }
+
     // kernels
 
-    /// <summary>kcache, vcache: the layer's cache rows as 16-byte vectors (kvDim % 8 == 0).</summary>
-    public static void Flash<TS, TC>(ArrayView<float> q, ArrayView<U4> kcache, ArrayView<U4> vcache, ArrayView<float> dst,
-        int T, int numHeads, int numKvHeads, int startPos, float scaleLog2)
+    /// <summary>
+    /// kcache, vcache: the layer's cache rows as 16-byte vectors (kvDim % 8 == 0). PlainPass: causal attention into dst
+    /// (window and partial unused). An index remap runs two passes: FarPass (q the far queries, kcache the grouped keys)
+    /// scores keys p &lt;= i - window and writes each row's (max, sum, unnormalized output) to partial [T, numHeads,
+    /// headDim + 2]; NearPass scores keys p &gt; i - window and writes dst, merged with the far pass's rows.
+    /// </summary>
+    public static void Flash<TS, TC, TP>(ArrayView<float> q, ArrayView<U4> kcache, ArrayView<U4> vcache, ArrayView<float> dst,
+        int T, int numHeads, int numKvHeads, int startPos, float scaleLog2, int window, ArrayView<float> partial)
         where TS : struct, IFlashShape
         where TC : struct, ITensorCores
+        where TP : struct, IFlashPass
     {
+        int mode = default(TP).Pass;   // a compile-time constant: the plain kernel has none of the remap code
         int hd = default(TS).HeadDim, bm = 16 * default(TS).Warps, threads = 32 * default(TS).Warps, row = hd + 8;
         var smem = SharedMemory.GetDynamic<ushort>();
         var smem4 = smem.Cast<U4>();   // the same memory, for 16-byte stores
@@ -297,28 +446,32 @@ public static class AttentionFlashKernels
         uint qLane = smemBase + (uint)(qsOffset + 2 * ((warp * 16 + (lane & 15)) * row + (lane >> 4) * 8));
         uint kLane = smemBase + (uint)(ksOffset + 2 * (((lane & 7) + ((lane >> 4) << 3)) * row + ((lane >> 3) & 1) * 8));
         uint vLane = smemBase + (uint)(vsOffset + 2 * ((lane & 15) * row + (lane >> 4) * 8));
-        int kend = startPos + XMath.Min(m0 + bm - 1, T - 1) + 1;
+        // The far pass scores query i against keys p <= i - window: causal at positions shifted down by window.
+        int pos0 = mode == FarPass ? startPos - window : startPos;
+        int kend = XMath.Max(0, pos0 + XMath.Min(m0 + bm - 1, T - 1) + 1);
+        // The near pass starts at the first tile any of the group's queries sees (keys p > i - window).
+        int kstart = mode == NearPass ? XMath.Max(0, startPos + m0 - window + 1) / TileKeys * TileKeys : 0;
         long headOffset = (long)kvh * hd;
         int kvDim4 = kvDim / 8, ks4 = ksOffset / 16, vs4 = vsOffset / 16;
         int col4 = (int)(headOffset / 8);
         Stage4 st = default;
-        Prefetch(ref st, 0, kcache, col4, 0, kend, kvDim4, hd, threads);
+        Prefetch(ref st, 0, kcache, col4, kstart, kend, kvDim4, hd, threads);
         StoreStage(st, 0, smem4, ks4, hd, threads);
-        Prefetch(ref st, 1, kcache, col4, 0, kend, kvDim4, hd, threads);
+        Prefetch(ref st, 1, kcache, col4, kstart, kend, kvDim4, hd, threads);
         StoreStage(st, 1, smem4, ks4, hd, threads);
 
         StoreQueries(q, smem32, qsOffset, m0, bm, T, qStride, h, hd, threads);   // the loop's first barrier publishes it
         Tiles8 oLo = default, oHi = default, s = default;
         float mrow0 = float.NegativeInfinity, mrow1 = float.NegativeInfinity, lrow0 = 0f, lrow1 = 0f;
-        int qpos0 = startPos + r0, qpos1 = startPos + r1;
-        int warpFirst = startPos + m0 + warp * 16;   // smallest query position of this warp
-        for (int k0 = 0; k0 < kend; k0 += TileKeys)
+        int qpos0 = pos0 + r0, qpos1 = pos0 + r1;
+        int warpFirst = pos0 + m0 + warp * 16;   // smallest query position of this warp
+        for (int k0 = kstart; k0 < kend; k0 += TileKeys)
         {
             Group.Barrier();   // K(j) visible; every warp is done with V(j-1)
             // V(j) arrives in two halves, each in flight while half of S(j) is computed (the V tile is free: every
             // warp passed the barrier after its P V(j-1)).
             Prefetch(ref st, 0, vcache, col4, k0, kend, kvDim4, hd, threads);
-            bool active = k0 <= warpFirst + 15;
+            bool active = k0 <= warpFirst + 15 && (mode != NearPass || k0 + TileKeys - 1 > warpFirst - window);
             if (active)
             {
                 s = default;
@@ -348,7 +501,8 @@ public static class AttentionFlashKernels
                 }
                 s.Scale(scaleLog2, scaleLog2);
                 if (k0 + TileKeys - 1 > warpFirst) MaskTile(ref s, k0 + tig * 2, qpos0, qpos1);
-                float mx0 = mrow0, mx1 = mrow1;
+                if (mode == NearPass && k0 <= warpFirst + 15 - window) MaskWindow(ref s, k0 + tig * 2, qpos0 - window, qpos1 - window);
+                float m0Prev = mrow0, m1Prev = mrow1, mx0 = mrow0, mx1 = mrow1;
                 RowMax(s.T0, ref mx0, ref mx1);
                 RowMax(s.T1, ref mx0, ref mx1);
                 RowMax(s.T2, ref mx0, ref mx1);
@@ -359,9 +513,15 @@ public static class AttentionFlashKernels
                 RowMax(s.T7, ref mx0, ref mx1);
                 mx0 = Reduce.QuadMax(mx0);
                 mx1 = Reduce.QuadMax(mx1);
-                float c0 = FastMath.Exp2(mrow0 - mx0), c1 = FastMath.Exp2(mrow1 - mx1);
                 mrow0 = mx0;
                 mrow1 = mx1;
+                // A row with every key so far masked (only with a remap's window) keeps max -inf: subtract 0 instead.
+                if (mode != Plain)
+                {
+                    if (mx0 == float.NegativeInfinity) mx0 = 0f;
+                    if (mx1 == float.NegativeInfinity) mx1 = 0f;
+                }
+                float c0 = FastMath.Exp2(m0Prev - mx0), c1 = FastMath.Exp2(m1Prev - mx1);
                 float sum0 = 0f, sum1 = 0f;
                 Exp2(ref s.T0, mx0, mx1, ref sum0, ref sum1);
                 Exp2(ref s.T1, mx0, mx1, ref sum0, ref sum1);
@@ -397,6 +557,27 @@ public static class AttentionFlashKernels
                 Outputs<TC>(ref oLo, ref oHi, Probabilities(s.T6, s.T7), smem, scratch, vLane, row, 3, hd);
             }
             if (more) StoreStage(st, 1, smem4, ks4, hd, threads);   // the next barrier publishes K(j+1)
+        }
+        if (mode == FarPass)
+        {
+            // (max, sum, unnormalized output) of each row for the near pass; rows without keys give (-inf, 0, 0).
+            if (tig == 0)
+            {
+                if (r0 < T) StoreRowStats(partial, r0, numHeads, h, hd, mrow0, lrow0);
+                if (r1 < T) StoreRowStats(partial, r1, numHeads, h, hd, mrow1, lrow1);
+            }
+            StorePartialTiles(partial, oLo, 0, r0, r1, T, numHeads, h, hd, tig);
+            if (hd == 128) StorePartialTiles(partial, oHi, 8, r0, r1, T, numHeads, h, hd, tig);
+            return;
+        }
+        if (mode == NearPass)
+        {
+            // One softmax over both passes: rescale each to the larger max and divide by the combined sum.
+            var w0 = MergeWeights(partial, XMath.Min(r0, T - 1), numHeads, h, hd, mrow0, lrow0);
+            var w1 = MergeWeights(partial, XMath.Min(r1, T - 1), numHeads, h, hd, mrow1, lrow1);
+            StoreMergedTiles(dst, partial, oLo, 0, r0, r1, T, numHeads, h, hd, tig, w0, w1);
+            if (hd == 128) StoreMergedTiles(dst, partial, oHi, 8, r0, r1, T, numHeads, h, hd, tig, w0, w1);
+            return;
         }
         StoreTiles(dst, oLo, 0, r0, r1, T, qStride, h, hd, tig, lrow0, lrow1);
         if (hd == 128) StoreTiles(dst, oHi, 8, r0, r1, T, qStride, h, hd, tig, lrow0, lrow1);

@@ -153,6 +153,8 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
         var tensorCore = kernels.Where(k => k.Needs != KernelNeeds.None).ToList();
         Assert.Contains(tensorCore, k => k.Name == "gemm_bf16");
         Assert.Contains(tensorCore, k => k.Name == "attention_flash_hd128");
+        Assert.Contains(tensorCore, k => k.Name == "attention_flash_near_hd128");   // an index remap's two passes
+        Assert.Contains(tensorCore, k => k.Name == "attention_flash_far_hd64");
         foreach (var (name, ptx, needs) in tensorCore)
         {
             Assert.Contains("mma.sync.aligned.m16n8k16", ptx);
@@ -192,10 +194,14 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
     // austen (head dim 64, bf16 weights) against the CPU backend on 40 tokens: prefill through the GEMM and flash
     // attention, then decode steps. Mixed precision keeps the bf16 KV cache and bf16 tensor-core inputs; full f32 must
     // agree to f32 rounding. CUDA only: the CPU accelerator would take minutes.
+    // With an index remap (window 16 of 40 positions) too: the far and near passes of flash attention and the decode
+    // kernel (LLAMA_REMAP_FAST=1), or the split kernel.
     [CudaTheory]
-    [InlineData("cuda", false)]
-    [InlineData("cuda", true)]
-    public void AustenMatchesTheCpuBackend(string device, bool fullPrecision)
+    [InlineData("cuda", false, "none")]
+    [InlineData("cuda", true, "none")]
+    [InlineData("cuda", false, "selfextend:g=4,w=16")]
+    [InlineData("cuda", false, "dpe:w=16,g=1,2,4,8")]
+    public void AustenMatchesTheCpuBackend(string device, bool fullPrecision, string rope)
     {
         string dir = LoaderTestSupport.RepoRoot + "/models/austen";
         var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
@@ -203,7 +209,7 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
         float[] Logits(IBackend b)
         {
             using var w = LlamaWeights.Load(dir, config, b);
-            using var m = Llama.Create(config, w, b, ids.Length, RopeMethods.FromConfig(config), maxBatch: 32);
+            using var m = Llama.Create(config, w, b, ids.Length, RopeMethods.Parse(rope, config, 2048), maxBatch: 32);
             int v = config.VocabSize;
             var logits = new float[ids.Length * v];
             m.Forward(ids[..36], 0, LogitsRows.All, logits.AsSpan(0, 36 * v));
@@ -219,7 +225,7 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
             sr += (double)expected[i] * expected[i];
         }
         double bound = fullPrecision ? 1e-9 : 1e-4;
-        output.WriteLine($"austen on {device}{(fullPrecision ? " full f32" : "")}, 36-token prefill (chunks of 32) + 4 decode: logits NMSE {se / sr:E2}");
+        output.WriteLine($"austen on {device}{(fullPrecision ? " full f32" : "")}, rope {rope}, 36-token prefill (chunks of 32) + 4 decode: logits NMSE {se / sr:E2}");
         Assert.True(se / sr < bound, $"NMSE {se / sr} >= {bound}");
     }
 }

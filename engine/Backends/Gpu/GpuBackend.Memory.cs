@@ -97,6 +97,17 @@ public sealed unsafe partial class GpuBackend
     }
 
     // The int buffer for token ids and argmax indices, grown (doubling) after the stream has finished with the old one.
+    // The far pass's rows of an index-remap flash attention, [tokens, heads, headDim + 2] floats, grown on demand.
+    private MemoryBuffer1D<float, Stride1D.Dense> EnsureRemapPartial(long floats)
+    {
+        if (_remapPartial is { } p && p.Length >= floats) return p;
+        _stream.Synchronize();
+        _remapPartial?.Dispose();
+        _remapPartial = null;
+        _remapPartial = _accelerator.Allocate1D<float>(floats);
+        return _remapPartial;
+    }
+
     private MemoryBuffer1D<int, Stride1D.Dense> EnsureInts(int count)
     {
         if (_ints is { } ints && ints.Length >= count) return ints;

@@ -29,6 +29,10 @@ public sealed unsafe partial class GpuBackend : IBackend
     private readonly bool _flashAttention = Environment.GetEnvironmentVariable("LLAMA_FLASH_ATTENTION") != "0";
     private readonly bool _fullPrecision;               // f32 KV cache, exact f32 matmuls
     private MemoryBuffer1D<int, Stride1D.Dense>? _ints; // token ids in, argmax indices out
+    private MemoryBuffer1D<float, Stride1D.Dense>? _remapPartial;   // an index remap's far-pass rows (flash attention)
+    // Index remaps through flash attention and the decode kernel (two passes) rather than the split kernel: on ILGPU's
+    // CPU accelerator always, on CUDA with LLAMA_REMAP_FAST=1 until measured there.
+    private readonly bool _fastRemap;
     private bool _disposed;
 
     private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels)
@@ -37,6 +41,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         _accelerator = accelerator;
         Name = name;
         _fullPrecision = fullPrecision;
+        _fastRemap = accelerator is not CudaAccelerator || Environment.GetEnvironmentVariable("LLAMA_REMAP_FAST") == "1";
         try
         {
             _stream = accelerator.CreateStream();
@@ -340,8 +345,10 @@ public sealed unsafe partial class GpuBackend : IBackend
             RequireShape(f.Q, tokens, q.Cols, "far.Q");
             if (f.Window < 1) throw new ArgumentOutOfRangeException(nameof(far), $"remap window {f.Window} must be at least 1");
             if (cache.KFar is null) throw new ArgumentException("an index-remap attention needs a KV cache with grouped keys", nameof(cache));
+            var farPartial = _fastRemap && tokens >= AttentionFlashKernels.MinTokens
+                ? EnsureRemapPartial((long)tokens * heads * (hd + 2)).View : _attentionScratch.View.SubView(0, 0);
             _launch.Attention(GpuViews.F32(q), cache.LayerK(layer), cache.LayerV(layer), GpuViews.F32(dst), _attentionScratch.View, tokens,
-                heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16, GpuViews.F32(f.Q), cache.LayerKFar(layer), f.Window);
+                heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16, GpuViews.F32(f.Q), cache.LayerKFar(layer), f.Window, farPartial, _fastRemap);
             return;
         }
         _launch.Attention(GpuViews.F32(q), cache.LayerK(layer), cache.LayerV(layer), GpuViews.F32(dst), _attentionScratch.View, tokens,
@@ -418,6 +425,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         _blas?.Dispose();
         _rope?.Dispose();
         _ints?.Dispose();
+        _remapPartial?.Dispose();
         _attentionScratch?.Dispose();
         _stream?.Dispose();
         _accelerator.Dispose();

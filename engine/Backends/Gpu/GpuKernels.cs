@@ -58,7 +58,7 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, F32, U16, AttentionArgs>>? _split;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, F32, AttentionArgs>>? _splitF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, int, int, int>> _combine;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>? _flash64, _flash128;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32>>? _flash64, _flash128, _flash64Far, _flash64Near, _flash128Far, _flash128Near;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>>? _decode1, _decode2, _decode4, _decode8;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long, int>> _swiGlu, _add;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long, int>>? _swiGluBf16;
@@ -85,12 +85,31 @@ internal sealed class GpuKernels
             var flashNeeds = emulated ? KernelNeeds.None : KernelNeeds.Mma | KernelNeeds.Ldmatrix;
             // Launch bounds: FlashBlocks 4-warp groups per SM, or one 8-warp group.
             var bounds = FlashRows128 ? new KernelSpecialization(256, 1) : new KernelSpecialization(128, FlashBlocks);
+            int shared64 = 2 * AttentionFlashKernels.SharedElements(64, FlashWarps), shared128 = 2 * AttentionFlashKernels.SharedElements(128, FlashWarps);
             if (set.Flash(64))
-                _flash64 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd64",
-                    Flash<FlashHd64, FlashHd64Q128>(emulated), flashNeeds, bounds, 2 * AttentionFlashKernels.SharedElements(64, FlashWarps));
+            {
+                _flash64 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32>>("attention_flash_hd64",
+                    Flash<FlashHd64, FlashHd64Q128, PlainPass>(emulated), flashNeeds, bounds, shared64);
+                if (set.Remap)
+                {
+                    _flash64Far = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32>>("attention_flash_far_hd64",
+                        Flash<FlashHd64, FlashHd64Q128, FarPass>(emulated), flashNeeds, bounds, shared64);
+                    _flash64Near = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32>>("attention_flash_near_hd64",
+                        Flash<FlashHd64, FlashHd64Q128, NearPass>(emulated), flashNeeds, bounds, shared64);
+                }
+            }
             if (set.Flash(128))
-                _flash128 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float>>("attention_flash_hd128",
-                    Flash<FlashHd128, FlashHd128Q128>(emulated), flashNeeds, bounds, 2 * AttentionFlashKernels.SharedElements(128, FlashWarps));
+            {
+                _flash128 = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32>>("attention_flash_hd128",
+                    Flash<FlashHd128, FlashHd128Q128, PlainPass>(emulated), flashNeeds, bounds, shared128);
+                if (set.Remap)
+                {
+                    _flash128Far = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32>>("attention_flash_far_hd128",
+                        Flash<FlashHd128, FlashHd128Q128, FarPass>(emulated), flashNeeds, bounds, shared128);
+                    _flash128Near = l.Load<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32>>("attention_flash_near_hd128",
+                        Flash<FlashHd128, FlashHd128Q128, NearPass>(emulated), flashNeeds, bounds, shared128);
+                }
+            }
         }
         _embeddingF32 = l.Load<Action<Stream, KernelConfig, ArrayView<int>, F32, F32, int, int>>("embedding_f32", EmbeddingKernels.Embedding<float, F32Element>);
         _embeddingBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<int>, U16, F32, int, int>>("embedding_bf16", EmbeddingKernels.Embedding<ushort, Bf16Element>);
@@ -160,15 +179,16 @@ internal sealed class GpuKernels
         l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>>(name, kernel);
 
     // The flash variant of a head dim (64-query groups, or 128 with LLAMA_FLASH_ROWS=128) for the accelerator's tensor cores.
-    private static Action<F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float> Flash<T64, T128>(bool emulated)
+    private static Action<F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32> Flash<T64, T128, TP>(bool emulated)
         where T64 : struct, IFlashShape
-        where T128 : struct, IFlashShape =>
+        where T128 : struct, IFlashShape
+        where TP : struct, IFlashPass =>
         (FlashRows128, emulated) switch
         {
-            (false, false) => AttentionFlashKernels.Flash<T64, PtxTensorCores>,
-            (false, true) => AttentionFlashKernels.Flash<T64, EmulatedTensorCores>,
-            (true, false) => AttentionFlashKernels.Flash<T128, PtxTensorCores>,
-            (true, true) => AttentionFlashKernels.Flash<T128, EmulatedTensorCores>,
+            (false, false) => AttentionFlashKernels.Flash<T64, PtxTensorCores, TP>,
+            (false, true) => AttentionFlashKernels.Flash<T64, EmulatedTensorCores, TP>,
+            (true, false) => AttentionFlashKernels.Flash<T128, PtxTensorCores, TP>,
+            (true, true) => AttentionFlashKernels.Flash<T128, EmulatedTensorCores, TP>,
         };
 
     // An optional variant, or a clear error naming it (the backend was created without it).
@@ -387,22 +407,42 @@ internal sealed class GpuKernels
     /// An index remap (window above 0, far queries qFar and grouped keys kfar) always takes the per-head split-K.
     /// </summary>
     public void Attention(F32 q, Tensor kcache, Tensor vcache, F32 dst, F32 partial, int tokens, int numHeads, int numKvHeads,
-        int headDim, int startPos, bool flash, bool bf16, F32 qFar = default, Tensor? kfar = null, int window = 0)
+        int headDim, int startPos, bool flash, bool bf16, F32 qFar = default, Tensor? kfar = null, int window = 0, F32 farPartial = default,
+        bool fastRemap = false)
     {
         bool f32Cache = kcache.DType == DType.F32, vectors = GpuViews.Aligned16(kcache, vcache) && (numKvHeads * headDim) % 8 == 0;
         bool remap = window > 0;
         float scale = 1f / MathF.Sqrt(headDim);
         var flashKernel = headDim == 64 ? _flash64 : headDim == 128 ? _flash128 : null;
-        if (!remap && flash && !f32Cache && tokens >= AttentionFlashKernels.MinTokens && flashKernel is not null && vectors)
+        var (farKernel, nearKernel) = headDim == 64 ? (_flash64Far, _flash64Near) : headDim == 128 ? (_flash128Far, _flash128Near) : (null, null);
+        // An index remap takes flash attention and the decode kernel in two passes (far keys, then near) where
+        // fastRemap allows, farPartial holding the far pass's rows; otherwise the split kernel with both branches.
+        bool remapFast = remap && fastRemap && (kfar is null || GpuViews.Aligned16(kfar, vcache));
+        if ((!remap || remapFast) && flash && !f32Cache && tokens >= AttentionFlashKernels.MinTokens && flashKernel is not null && vectors
+            && (!remap || (farKernel is not null && farPartial.Length >= (long)tokens * numHeads * (headDim + 2))))
         {
             int rows = 16 * FlashWarps;
             var fc = new KernelConfig(new Index3D((tokens + rows - 1) / rows, numHeads, 1), new Index3D(32 * FlashWarps, 1, 1),
                 SharedMemoryConfig.RequestDynamic<byte>(2 * AttentionFlashKernels.SharedElements(headDim, FlashWarps) + _scratchBytes));
             string flashName = headDim == 64 ? "attention_flash_hd64" : "attention_flash_hd128";
+            float scaleLog2 = scale * 1.4426950408889634f;   // softmax in the exp2 domain
             try
             {
-                flashKernel.Launch(_stream, fc, q, GpuViews.U4(kcache), GpuViews.U4(vcache), dst,
-                    tokens, numHeads, numKvHeads, startPos, scale * 1.4426950408889634f);   // softmax in the exp2 domain
+                if (remap)
+                {
+                    flashName = flashName.Replace("flash_", "flash_far_");
+                    farKernel!.Launch(_stream, fc, qFar, GpuViews.U4(kfar!), GpuViews.U4(vcache), dst, tokens, numHeads, numKvHeads, startPos, scaleLog2,
+                        window, farPartial);
+                    Done(flashName);
+                    flashName = flashName.Replace("flash_far_", "flash_near_");
+                    Need(nearKernel, flashName)(_stream, fc, q, GpuViews.U4(kcache), GpuViews.U4(vcache), dst, tokens, numHeads, numKvHeads, startPos,
+                        scaleLog2, window, farPartial);
+                }
+                else
+                {
+                    flashKernel.Launch(_stream, fc, q, GpuViews.U4(kcache), GpuViews.U4(vcache), dst, tokens, numHeads, numKvHeads, startPos, scaleLog2,
+                        0, dst);
+                }
             }
             catch (Exception e) when (e is not GpuException) { throw Failed(flashName, fc, e); }
             Done(flashName);
@@ -410,18 +450,29 @@ internal sealed class GpuKernels
         }
         int group = numHeads / numKvHeads, variant = GpuKernelSet.DecodeVariant(group);
         var decode = variant switch { 1 => _decode1, 2 => _decode2, 4 => _decode4, 8 => _decode8, _ => null };
-        bool useDecode = !remap && !f32Cache && decode is not null && headDim is 64 or 128 or 256 && vectors && (long)tokens * numHeads * headDim % 4 == 0;
+        // (A remap's two parts need at least two splits of partials: more queries than that holds take the split kernel.)
+        bool useDecode = (!remap || (remapFast && (long)tokens * numHeads * 2 * (headDim + 2) <= partial.Length))
+            && !f32Cache && decode is not null && headDim is 64 or 128 or 256 && vectors && (long)tokens * numHeads * headDim % 4 == 0;
         int units = useDecode ? numKvHeads : numHeads, maxLen = startPos + tokens;
         // Enough (head, query, split) groups to fill the GPU about SplitWaves times, at least 64 keys a split.
         const int MinSplit = 64;
         long wanted = Math.Max(1, (long)SplitWaves * _multiprocessors / ((long)units * tokens));
         int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
         splitLen = Math.Max(MinSplit, (splitLen + MinSplit - 1) / MinSplit * MinSplit);
-        int splits = (maxLen + splitLen - 1) / splitLen;
+        // A remap in the decode kernel: the far keys [0, i - W] and the near ones (i - W, i] in separate splits.
+        int Splits(int len) => Math.Max(1, (len + splitLen - 1) / splitLen);
+        int farSplits = useDecode && remap ? Splits(maxLen - window) : 0;
+        int nearSplits = useDecode && remap ? Splits(Math.Min(window, maxLen)) : 0;
+        int splits = useDecode && remap ? farSplits + nearSplits : Splits(maxLen);
         while (splits > 1 && (long)tokens * numHeads * splits * (headDim + 2) > partial.Length)
         {
             splitLen *= 2;
-            splits = (maxLen + splitLen - 1) / splitLen;
+            if (useDecode && remap)
+            {
+                (farSplits, nearSplits) = (Splits(maxLen - window), Splits(Math.Min(window, maxLen)));
+                splits = farSplits + nearSplits;
+            }
+            else splits = Splits(maxLen);
         }
         var args = new AttentionArgs(numHeads, numKvHeads, headDim, startPos, splitLen, splits, scale, bf16 ? 1 : 0, window);
         var farK = kfar ?? kcache;   // read only with a remap
@@ -432,7 +483,17 @@ internal sealed class GpuKernels
         string name = useDecode ? $"attention_decode_g{variant}" : f32Cache ? "attention_split_cf32" : "attention_split";
         try
         {
-            if (useDecode) decode!.Launch(_stream, config, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial, args);
+            if (useDecode && remap)
+            {
+                var sharedConfig = SharedMemoryConfig.RequestDynamic<byte>(shared);
+                var far = new KernelConfig(new Index3D(units, tokens, farSplits), new Index3D(AttentionKernels.GroupSize, 1, 1), sharedConfig);
+                var near = new KernelConfig(new Index3D(units, tokens, nearSplits), new Index3D(AttentionKernels.GroupSize, 1, 1), sharedConfig);
+                decode!.Launch(_stream, far, qFar.Cast<F4>(), GpuViews.U4(farK), GpuViews.U4(vcache), dst, partial,
+                    args with { Part = AttentionKernels.FarKeys });
+                decode.Launch(_stream, near, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial,
+                    args with { Part = AttentionKernels.NearKeys, SplitBase = farSplits });
+            }
+            else if (useDecode) decode!.Launch(_stream, config, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial, args);
             else if (f32Cache) Need(_splitF32, name)(_stream, config, q, GpuViews.F32(kcache), GpuViews.F32(vcache), dst, partial, qFar, GpuViews.F32(farK), args);
             else Need(_split, name)(_stream, config, q, GpuViews.U16(kcache), GpuViews.U16(vcache), dst, partial, qFar, GpuViews.U16(farK), args);
         }
