@@ -112,6 +112,20 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
         Assert.Equal(OpCases.All.Count, OpCases.All.Select(c => c.Name).Distinct().Count());
     }
 
+    // The read probe's kernel reads every 16-byte vector: its XOR fold equals the host's over words placed in the buffer.
+    [Fact]
+    public void ReadProbeReadsEveryVector()
+    {
+        var g = backends.Get("ilgpu-cpu", false);
+        using var probe = g.CreateReadProbe(64 * 1024);
+        var rng = new Random(3);
+        var words = Enumerable.Range(0, 4 * 1000).Select(_ => (uint)rng.Next()).ToArray();
+        probe.Fill(words);
+        uint expected = words.Aggregate(0u, (a, w) => a ^ w);
+        Assert.Equal(expected, probe.Checksum());
+        Assert.StartsWith("64 KiB read", probe.Description);
+    }
+
     [Fact]
     public void F16ComputeIsRefusedClearly()
     {

@@ -20,6 +20,16 @@ public sealed record BackendCapabilities(int PrefillChunk, bool StackedDecodePro
 /// </summary>
 public readonly record struct FarQueries(Tensor Q, int Window);
 
+/// <summary>A buffer of the backend's memory kept for repeated pure-read measurements: the bound decode is judged against.</summary>
+public interface IReadProbe : IDisposable
+{
+    /// <summary>Best read GB/s over `passes` passes over the buffer.</summary>
+    double Measure(int passes = 8);
+
+    /// <summary>What was measured, for the bench footnote ("1 GiB, 16 threads, best of 8").</summary>
+    string Description { get; }
+}
+
 /// <summary>The ops a Llama forward pass needs, implemented once per device.</summary>
 public interface IBackend : IDisposable
 {

@@ -4,6 +4,7 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Cpu;
 
@@ -26,7 +27,7 @@ public static unsafe class CpuReadBandwidth
     }
 
     /// <summary>A filled buffer kept for repeated measurements (between the repetitions of a benchmark).</summary>
-    public sealed class Probe : IDisposable
+    public sealed class Probe : IReadProbe
     {
         private float* _p;
         private readonly long _bytes;
@@ -51,6 +52,10 @@ public static unsafe class CpuReadBandwidth
             }
             return _bytes / best / 1e9;
         }
+
+        double IReadProbe.Measure(int passes) => Measure(0, passes);
+
+        public string Description => $"{_bytes >> 20} MiB summed on {PoolThreads} threads";
 
         public void Dispose()
         {

@@ -63,6 +63,7 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long, int>> _swiGlu, _add;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long, int>>? _swiGluBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<int>, int>> _argmax;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<U4>, ArrayView<uint>>> _read;
 
     /// <summary>
     /// Loads the core kernels plus the optional variants of set; f32Cache: the full-precision variants (an f32 KV
@@ -171,6 +172,7 @@ internal sealed class GpuKernels
         _swiGlu = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("swiglu", ActivationKernels.SwiGlu<NoRounding>);
         _add = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("add", ActivationKernels.Add);
         _argmax = l.Load<Action<Stream, KernelConfig, F32, ArrayView<int>, int>>("argmax", ArgmaxKernels.Argmax);
+        _read = l.Load<Action<Stream, KernelConfig, ArrayView<U4>, ArrayView<uint>>>("memory_read", MemoryReadKernels.Read);
         l.Complete();   // every kernel loaded (or the first failure thrown) before the backend is used
     }
 
@@ -504,6 +506,15 @@ internal sealed class GpuKernels
         try { _combine.Launch(_stream, cc, partial, dst, numHeads, headDim, splits); }
         catch (Exception e) when (e is not GpuException) { throw Failed("attention_combine", cc, e); }
         Done("attention_combine");
+    }
+
+    /// <summary>Reads every vector of src once (dst[0] ^= their XOR): 8 groups of 256 threads an SM, grid-stride.</summary>
+    public void MemoryRead(ArrayView<U4> src, ArrayView<uint> dst)
+    {
+        var config = new KernelConfig(8 * _multiprocessors, GroupSize(256));
+        try { _read.Launch(_stream, config, src, dst); }
+        catch (Exception e) when (e is not GpuException) { throw Failed("memory_read", config, e); }
+        Done("memory_read");
     }
 
     public void Argmax(F32 x, ArrayView<int> dst, int rows, int cols)

@@ -1,9 +1,10 @@
 // `llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3]`: llama-bench style table of
 // prefill (ppP: P random tokens from position 0) and decode (tgN after an empty cache; tgN @ dD after filling D positions)
 // tokens/s, mean ± stdev over r repetitions, plus load time and memory. Tests that do not fit in memory are skipped.
-// On the CPU each decode row also shows the bytes a token reads (weights plus the cached K and V it attends over), the
-// host read bandwidth (measured just before each repetition, since other machines' load moves it; the mean of those)
-// and the % of the bound: the mean over repetitions of tokens/s * bytes a token / that repetition's bandwidth.
+// Each decode row also shows the bytes a token reads (weights plus the cached K and V it attends over), the read
+// bandwidth of the memory they live in (host memory on the CPU, device memory by a pure-read kernel on a GPU; measured
+// just before each repetition, since other machines' load moves it; the mean of those) and the % of the bound: the
+// mean over repetitions of tokens/s * bytes a token / that repetition's bandwidth.
 using System.Diagnostics;
 using System.Globalization;
 using LlamaRun.Backends;
@@ -84,7 +85,11 @@ public static class Bench
         if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
         long deviceUsed = s.Backend.Capabilities.DeviceMemory ? freeBefore - s.Backend.FreeMemoryBytes : 0;
 
-        using var bandwidth = cpu ? new CpuReadBandwidth.Probe() : null;
+        // The read bound of decode: host memory on the CPU, device memory by a pure-read kernel on a GPU (a quarter of
+        // what the model left free, at most 1 GiB).
+        long probeBytes = Math.Min(1L << 30, s.Backend.FreeMemoryBytes / 4) / 4096 * 4096;
+        using IReadProbe? bandwidth = cpu ? new CpuReadBandwidth.Probe()
+            : s.Backend is GpuBackend g && probeBytes >= 64 << 20 ? g.CreateReadProbe(probeBytes) : null;
         var runner = new Runner(s.Model);
         // Warm-up: JIT (the one-token paths too, until tiered compilation has optimized them), first-touch of the weights,
         // kernel compilation.
@@ -103,7 +108,7 @@ public static class Bench
             var reads = new double[reps];
             for (int r = 0; r < reps; r++)
             {
-                if (bandwidth is not null && t.Decode > 0) reads[r] = bandwidth.Measure(0);
+                if (bandwidth is not null && t.Decode > 0) reads[r] = bandwidth.Measure();
                 rates[r] = t.Prompt > 0 ? runner.Prefill(t.Prompt) : runner.Decode(t.Depth, t.Decode);
             }
             double mean = rates.Average();
@@ -116,8 +121,9 @@ public static class Bench
         string model = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir)));
         string size = FormatBytes(s.Weights.WeightBytes);
         string parameters = FormatCount(ParameterCount(config));
-        Console.WriteLine("| model | size | params | backend | test | t/s |" + (cpu ? " bytes/token | read GB/s | bound t/s | % of bound |" : ""));
-        Console.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |" + (cpu ? " ---: | ---: | ---: | ---: |" : ""));
+        bool bounded = bandwidth is not null;
+        Console.WriteLine("| model | size | params | backend | test | t/s |" + (bounded ? " bytes/token | read GB/s | bound t/s | % of bound |" : ""));
+        Console.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |" + (bounded ? " ---: | ---: | ---: | ---: |" : ""));
         foreach (var (t, mean, sd, read, bound) in results)
         {
             string row = string.Create(Inv, $"| {model} | {size} | {parameters} | {s.Backend.Name} | {t.Name} | {mean:F2} ± {sd:F2} |");
@@ -126,7 +132,7 @@ public static class Bench
                 double bytes = DecodeBytes(s, t);
                 row += string.Create(Inv, $" {bytes / 1e6:F0} MB | {read:F1} | {read * 1e9 / bytes:F1} | {100 * bound:F0}% |");
             }
-            else if (cpu) row += " - | - | - | - |";
+            else if (bounded) row += " - | - | - | - |";
             Console.WriteLine(row);
         }
         long kv = Llama.KvCacheBytes(config, ctx, s.Backend.KvElementSize);
@@ -137,8 +143,8 @@ public static class Bench
         Console.WriteLine(string.Create(Inv, $"device: {s.Backend.Device}; ctx {ctx}; load {loadSeconds:F2} s{kernels}"));
         Console.WriteLine($"memory: weights {FormatBytes(s.Weights.WeightBytes)} + KV cache {FormatBytes(kv)} = {FormatBytes(s.Weights.WeightBytes + kv)}" +
                           (deviceUsed > 0 ? $"; device memory used (free before load - free after) {FormatBytes(deviceUsed)}" : ""));
-        if (cpu)
-            Console.WriteLine($"read GB/s: {CpuReadBandwidth.PoolThreads} threads, best of 8 passes over 1 GiB before each repetition (mean shown); % of bound: mean over repetitions");
+        if (bandwidth is not null)
+            Console.WriteLine($"read GB/s: {bandwidth.Description}, best of 8 passes before each repetition (mean shown); % of bound: mean over repetitions");
         return 0;
     }
 
