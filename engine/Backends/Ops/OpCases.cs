@@ -210,6 +210,10 @@ public static class OpCases
             if (kv == 8) c.Add(new RopeCase($"{src} prefill {t / 1024}k", 0) { T = t, Heads = heads, KvHeads = kv, HeadDim = hd, Theta = 500000f });
             c.Add(new AttentionCase($"{src} causal prefill {t / 1024}k", 0) { T = t, Heads = heads, KvHeads = kv, HeadDim = hd, Theta = 500000f });
         }
+        // An index remap (Self-Extend, window 1024, group 8): the far and near passes, or the split kernel.
+        var selfExtend = new RopeRemap("selfextend", 1024, Enumerable.Repeat(8f, 64).ToArray());
+        c.Add(new AttentionCase("Llama-3-8B causal prefill 16k, selfextend", 0) { T = 16384, Heads = 32, KvHeads = 8, HeadDim = 128, Theta = 500000f, Remap = selfExtend });
+        c.Add(new AttentionCase("Llama-3-8B decode at 16k, selfextend", 0) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16383, Theta = 500000f, Remap = selfExtend });
         return c;
     }
 

@@ -1,6 +1,6 @@
-// Times a prepared op on its backend: a warm-up of synchronized launches in windows of 0.1 s, at least 5, until a
-// window is no more than 5% faster than the one before (.NET's tiered JIT needs 0.1-1 s of calls to swap in the optimized code of
-// an op; at most 3 s), the last launch sizing the batches, then 7 batches
+// Times a prepared op on its backend: a warm-up of synchronized launches in windows of 0.1 s, at least 5 (2 for an
+// op slower than a window), until a window is no more than 5% faster than the one before (.NET's tiered JIT needs
+// 0.1-1 s of calls to swap in an op's optimized code; at most 3 s), the last launch sizing the batches; then 7 batches
 // of launches queued back to back with one synchronize each (so a GPU's launches overlap as in a forward pass); the
 // median batch.
 // Used by `llama-run bench --kernels` and `Bench --quick`.
@@ -31,10 +31,11 @@ public static class OpTiming
                 backend.Synchronize();
                 one = Math.Max(1e-7, Stopwatch.GetElapsedTime(t0).TotalSeconds);
                 n++;
-            } while (Stopwatch.GetElapsedTime(window).TotalSeconds < 0.1 || n < 2);
+            } while (Stopwatch.GetElapsedTime(window).TotalSeconds < 0.1);
             double mean = Stopwatch.GetElapsedTime(window).TotalSeconds / n;
             double elapsed = Stopwatch.GetElapsedTime(start).TotalSeconds;
-            if ((elapsed >= 0.5 && mean > 0.95 * previous) || elapsed > 3) break;
+            // (An op slower than a window is compiled after its first launches: two agreeing windows suffice.)
+            if (((elapsed >= 0.5 || mean > 0.1) && mean > 0.95 * previous) || elapsed > 3) break;
             previous = mean;
         }
         int perBatch = (int)Math.Clamp(batchSeconds / one, 3, 100_000);
