@@ -1,6 +1,6 @@
 // The collective ops a tensor-parallel forward pass needs (Megatron-style: one all-reduce after the attention output
 // and the MLP down projections, an all-gather of the vocabulary-split logits). A model that is one rank of a group holds
-// a TensorShard; Llama.Forward calls these ops only then. Implementations: engine/Parallel/InProcessCommunicator.cs.
+// a TensorShard; Llama.Forward calls these ops only then. Implementation: engine/Backends/Cpu/InProcessCommunicator.cs.
 namespace LlamaRun.Core;
 
 /// <summary>Collectives over the ranks of one tensor-parallel group; every rank calls each op in the same order.</summary>

@@ -108,8 +108,9 @@ public sealed class ModelSession : IDisposable
         }
     }
 
-    /// <summary>Whether --device resolves to a backend that runs index remaps at full speed (the CPU backend).</summary>
-    public static bool FastRemapDevice(string device) => device == "cpu" || (device == "auto" && !GpuBackend.IsCudaAvailable(out _));
+    /// <summary>Whether --device resolves to a backend that runs index remaps at full speed (the CPU backend; CUDA with GpuBackend.FastRemapOnCuda).</summary>
+    public static bool FastRemapDevice(string device) =>
+        device is "cpu" or "ilgpu-cpu" || (device == "auto" && !GpuBackend.IsCudaAvailable(out _)) || (device is "cuda" or "auto" && GpuBackend.FastRemapOnCuda);
 
     /// <summary>Whether the RoPE ChooseRope would pick remaps positions, decided without building the table.</summary>
     public static bool Remaps(LlamaConfig config, int ctx, string? spec, string? tableFile, bool fastRemap)

@@ -31,8 +31,11 @@ public sealed unsafe partial class GpuBackend : IBackend
     private MemoryBuffer1D<int, Stride1D.Dense>? _ints; // token ids in, argmax indices out
     private MemoryBuffer1D<float, Stride1D.Dense>? _remapPartial;   // an index remap's far-pass rows (flash attention)
     // Index remaps through flash attention and the decode kernel (two passes) rather than the split kernel: on ILGPU's
-    // CPU accelerator always, on CUDA with LLAMA_REMAP_FAST=1 until measured there.
+    // CPU accelerator always, on CUDA with LLAMA_REMAP_FAST=1 until measured there (FastRemapOnCuda).
     private readonly bool _fastRemap;
+
+    /// <summary>Whether CUDA runs index remaps through the two-pass kernels (and so reports FastIndexRemap, letting the default pick one).</summary>
+    public static bool FastRemapOnCuda => Environment.GetEnvironmentVariable("LLAMA_REMAP_FAST") == "1";
     private bool _disposed;
 
     private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels)
@@ -41,7 +44,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         _accelerator = accelerator;
         Name = name;
         _fullPrecision = fullPrecision;
-        _fastRemap = accelerator is not CudaAccelerator || Environment.GetEnvironmentVariable("LLAMA_REMAP_FAST") == "1";
+        _fastRemap = accelerator is not CudaAccelerator || FastRemapOnCuda;
         try
         {
             _stream = accelerator.CreateStream();
@@ -126,10 +129,10 @@ public sealed unsafe partial class GpuBackend : IBackend
 
     public string Name { get; }
 
-    public BackendCapabilities Capabilities => Name == "cuda" ? CudaCapabilities : CpuAcceleratorCapabilities;
+    public BackendCapabilities Capabilities => Name == "cuda" ? CudaCapabilities with { FastIndexRemap = _fastRemap } : CpuAcceleratorCapabilities;
 
     private static readonly BackendCapabilities CudaCapabilities = new(PrefillChunk: 4096, StackedDecodeProjections: true, DeviceMemory: true, IndexRemap: true);
-    private static readonly BackendCapabilities CpuAcceleratorCapabilities = new(PrefillChunk: 512, StackedDecodeProjections: true, DeviceMemory: true, IndexRemap: true);
+    private static readonly BackendCapabilities CpuAcceleratorCapabilities = new(PrefillChunk: 512, StackedDecodeProjections: true, DeviceMemory: true, IndexRemap: true, FastIndexRemap: true);
 
     public string Device { get; }
 
