@@ -112,6 +112,7 @@ public static class OpCases
         // The two-pass kernels (flash attention for 32 queries or more, the decode kernel for fewer): a window that
         // crosses key tiles, a chunk after cached positions, a window longer than the context (no far keys).
         c.Add(new AttentionCase("small prefill, selfextend, flash", Bf16Cache) { T = 33, Heads = 2, KvHeads = 1, HeadDim = 64, Remap = Uniform("selfextend", 32, 8, 4) });
+        c.Add(new AttentionCase("small prefill, leaky rerope, flash hd128", Bf16Cache) { T = 32, Heads = 1, KvHeads = 1, HeadDim = 128, QueryScale = true, Remap = Uniform("leaky-rerope", 64, 12, 2.5f, floor: false) });
         c.Add(new AttentionCase("small chunk, dpe, flash", Bf16Cache) { T = 32, Heads = 1, KvHeads = 1, HeadDim = 64, StartPos = 40, Remap = Dpe(32, 16, 1, 4, 8, 32) });
         c.Add(new AttentionCase("small chunk, selfextend, decode kernel", Bf16Cache) { T = 4, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 50, Remap = Uniform("selfextend", 32, 8, 3) });
         c.Add(new AttentionCase("decode inside the window", Bf16Cache) { T = 1, Heads = 2, KvHeads = 1, HeadDim = 64, StartPos = 10, Remap = Uniform("selfextend", 32, 16, 4) });
