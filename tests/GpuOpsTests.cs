@@ -126,6 +126,20 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
         Assert.StartsWith("64 KiB read", probe.Description);
     }
 
+    // LLAMA_PARALLEL_COMPILE's path: every kernel compiled concurrently on the thread pool, then cases checked on them.
+    [Fact]
+    public void KernelsCompiledInParallelRun()
+    {
+        using var g = GpuBackend.CreateCpuAccelerator(parallelCompile: true);
+        Assert.Equal(g.Kernels.Count, g.Kernels.Select(k => k.Name).Distinct().Count());
+        foreach (var name in new[] { "small prefill, flash", "small decode, dpe", "awkward, ties" })
+        {
+            var c = OpCases.All.First(c => c.Source == name);
+            var r = OpCheck.Run(backends.Cpu, g, c);
+            Assert.True(r.Pass, $"{c.Name}: {r.Detail}");
+        }
+    }
+
     [Fact]
     public void F16ComputeIsRefusedClearly()
     {

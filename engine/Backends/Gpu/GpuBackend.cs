@@ -38,7 +38,7 @@ public sealed unsafe partial class GpuBackend : IBackend
     public static bool FastRemapOnCuda => Environment.GetEnvironmentVariable("LLAMA_REMAP_FAST") == "1";
     private bool _disposed;
 
-    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels)
+    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels, bool? parallelCompile = null)
     {
         _context = context;
         _accelerator = accelerator;
@@ -50,7 +50,7 @@ public sealed unsafe partial class GpuBackend : IBackend
             _stream = accelerator.CreateStream();
             if (accelerator is CudaAccelerator ca) _blas = GpuCuBlas.TryCreate(ca, _stream, out _);
             if (fullPrecision) _blas?.Wide();   // the widened-weight buffer, allocated up front like every other
-            var loader = new AcceleratorKernelLoader(accelerator);
+            var loader = new AcceleratorKernelLoader(accelerator, parallelCompile);
             long t0 = Stopwatch.GetTimestamp();
             _launch = new GpuKernels(loader, _stream, accelerator.MaxNumThreadsPerGroup, accelerator.NumMultiprocessors, kernels,
                 f32Cache: fullPrecision, gemm: _blas is null, emulated: accelerator is not CudaAccelerator,
@@ -99,13 +99,13 @@ public sealed unsafe partial class GpuBackend : IBackend
     }
 
     /// <summary>The same kernels on ILGPU's CPU accelerator: 32-lane warps, groups of up to 256 threads; slow, for small shapes.</summary>
-    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false, GpuKernelSet? kernels = null)
+    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false, GpuKernelSet? kernels = null, bool? parallelCompile = null)
     {
         var context = Context.Create(b => b.CPU(new CPUDevice(numThreadsPerWarp: 32, numWarpsPerMultiprocessor: 8, numMultiprocessors: 1))
             .Optimize(OptimizationLevel.O2).EnableAlgorithms());
         try
         {
-            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision, kernels ?? GpuKernelSet.All);
+            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision, kernels ?? GpuKernelSet.All, parallelCompile);
         }
         catch
         {

@@ -1,6 +1,7 @@
 // Compiles ILGPU kernels (IL -> PTX on CUDA) and loads them into typed launch delegates, failing fast with the
-// kernel's name and ILGPU's message. ILGPU compiles one kernel at a time; the driver's compile of each kernel's PTX
-// (the larger share of start-up) runs on the thread pool meanwhile, and Complete waits for all of them. Tensor-core kernels are checked for the instructions their
+// kernel's name and ILGPU's message. ILGPU compiles one kernel at a time (all of them on the thread pool with
+// LLAMA_PARALLEL_COMPILE=1); the driver's compile of each kernel's PTX (the larger share of start-up) runs on the
+// thread pool meanwhile, and Complete waits for all of them. Tensor-core kernels are checked for the instructions their
 // inline PTX must produce: a trimmed publish that dropped the CudaAsm branches would otherwise run emulation-free
 // kernels without them. PtxKernelLoader compiles the same kernels offline (no GPU) for tests and tools.
 // Exercised by GpuBackend's start-up and tests/KernelPtxTests.cs.
@@ -44,17 +45,44 @@ public interface IKernelLoader
 /// <summary>A kernel that failed to compile or load, or lacks an instruction it needs.</summary>
 public sealed class GpuException(string message, Exception? inner = null) : Exception(message, inner);
 
-/// <summary>Loads kernels on one accelerator and keeps a report of each.</summary>
-public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLoader
+/// <summary>Loads kernels on one accelerator and keeps a report of each; parallel (default: LLAMA_PARALLEL_COMPILE=1) compiles on the thread pool too.</summary>
+public sealed class AcceleratorKernelLoader(Accelerator accelerator, bool? parallel = null) : IKernelLoader
 {
+    private readonly bool _parallel = parallel ?? ParallelCompile;
     private readonly List<KernelReport?> _reports = [];
     private readonly List<Task> _loads = [];
 
     /// <summary>One report a kernel, in load order (complete after Complete()).</summary>
     public IReadOnlyList<KernelReport> Reports => [.. _reports.OfType<KernelReport>()];
 
+    /// <summary>LLAMA_PARALLEL_COMPILE=1: ILGPU's compiles run on the thread pool too, each kernel's compile then its load.</summary>
+    public static bool ParallelCompile => Environment.GetEnvironmentVariable("LLAMA_PARALLEL_COMPILE") == "1";
+
     public KernelHandle<T> Load<T>(string name, Delegate kernel, KernelNeeds needs = KernelNeeds.None, KernelSpecialization specialization = default, int dynamicShared = 0)
         where T : Delegate
+    {
+        int slot = _reports.Count;
+        _reports.Add(null);
+        Task<T> load;
+        if (_parallel)
+        {
+            load = Task.Run(() =>
+            {
+                var (compiled, ptxChars, compileMs) = Compile(name, kernel, needs, specialization);
+                return LoadCompiled<T>(name, compiled, ptxChars, compileMs, dynamicShared, slot);
+            });
+        }
+        else
+        {
+            var (compiled, ptxChars, compileMs) = Compile(name, kernel, needs, specialization);
+            load = Task.Run(() => LoadCompiled<T>(name, compiled, ptxChars, compileMs, dynamicShared, slot));
+        }
+        _loads.Add(load);
+        return new KernelHandle<T>(load);
+    }
+
+    // ILGPU's compile (IL to PTX on CUDA), checked for the inline-PTX instructions the kernel needs.
+    private (CompiledKernel Compiled, int PtxChars, double CompileMs) Compile(string name, Delegate kernel, KernelNeeds needs, KernelSpecialization specialization)
     {
         var entry = EntryPointDescription.FromExplicitlyGroupedKernel(kernel.Method);
         long t0 = Stopwatch.GetTimestamp();
@@ -75,32 +103,31 @@ public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLo
             if (PtxKernelLoader.Missing(ptx.PTXAssembly, needs) is { } missing)
                 throw new GpuException($"kernel {name}: its PTX has no {missing} (the inline-PTX branch was removed; a trimmed build needs the trimmer settings of Directory.Build.props)");
         }
-        int slot = _reports.Count;
-        _reports.Add(null);
-        var load = Task.Run(() =>
+        return (compiled, ptxChars, compileMs);
+    }
+
+    // The driver's load of a compiled kernel (its PTX JIT on CUDA), with the kernel's resources for the report.
+    private T LoadCompiled<T>(string name, CompiledKernel compiled, int ptxChars, double compileMs, int dynamicShared, int slot) where T : Delegate
+    {
+        long t1 = Stopwatch.GetTimestamp();
+        Kernel loaded;
+        try
         {
-            long t1 = Stopwatch.GetTimestamp();
-            Kernel loaded;
-            try
-            {
-                loaded = accelerator.LoadKernel(compiled);   // binds the accelerator's context to this thread
-            }
-            catch (Exception e)
-            {
-                throw new GpuException($"kernel {name}: the driver could not load it: {e.Message.Split('\n')[0]}", e);
-            }
-            int registers = 0, local = 0;
-            if (loaded is CudaKernel cuda)
-            {
-                if (dynamicShared > 0) GpuNative.AllowDynamicShared(cuda.FunctionPtr, dynamicShared);
-                (registers, local) = GpuNative.KernelResources(cuda.FunctionPtr);
-            }
-            var report = new KernelReport(name, ptxChars, compileMs, Stopwatch.GetElapsedTime(t1).TotalMilliseconds, registers, local);
-            lock (_reports) _reports[slot] = report;
-            return loaded.CreateLauncherDelegate<T>();
-        });
-        _loads.Add(load);
-        return new KernelHandle<T>(load);
+            loaded = accelerator.LoadKernel(compiled);   // binds the accelerator's context to this thread
+        }
+        catch (Exception e)
+        {
+            throw new GpuException($"kernel {name}: the driver could not load it: {e.Message.Split('\n')[0]}", e);
+        }
+        int registers = 0, local = 0;
+        if (loaded is CudaKernel cuda)
+        {
+            if (dynamicShared > 0) GpuNative.AllowDynamicShared(cuda.FunctionPtr, dynamicShared);
+            (registers, local) = GpuNative.KernelResources(cuda.FunctionPtr);
+        }
+        var report = new KernelReport(name, ptxChars, compileMs, Stopwatch.GetElapsedTime(t1).TotalMilliseconds, registers, local);
+        lock (_reports) _reports[slot] = report;
+        return loaded.CreateLauncherDelegate<T>();
     }
 
     public void Complete()
