@@ -144,4 +144,29 @@ public class RopeOptTests
         }
         Assert.Contains("more than the 32 rotary pairs", Run("detect", "-m", dir, "--target", "512", "--topk", "40", "--device", "cpu").Err);
     }
+
+    // keydims: DPE's key dims added to another remap (Self-Extend), kept by the table; a frequency-only spec is refused.
+    [Fact]
+    public void KeyDimsAddsTheSelectionToARemap()
+    {
+        if (SharedData.Path("models/austen-passkey") is not { } dir) return;
+        string table = Path.Combine(Path.GetTempPath(), $"se-keydims-{Environment.ProcessId}.json");
+        try
+        {
+            var (code, stdout, stderr) = Run("keydims", "-m", dir, "--rope", "selfextend:w=64", "--target", "1024", "--topk", "16", "--trials", "1", "--device", "cpu", "--out", table);
+            Assert.True(code == 0, stderr);
+            Assert.Contains("grouped on 16 of 32 pairs a KV head", stdout);
+            var remap = RopeTableFile.Load(table, 64).Remap!;
+            Assert.Equal("selfextend", remap.Kind);
+            Assert.Equal(16, remap.KeyDims!.SelectedPairs(3, 1).Length);
+        }
+        finally
+        {
+            File.Delete(table);
+        }
+        var refused = Run("keydims", "-m", dir, "--rope", "yarn", "--target", "1024", "--topk", "16", "--device", "cpu", "--out", table);
+        Assert.Equal(1, refused.Code);
+        Assert.Contains("not an index remap", refused.Err);
+        Assert.Equal(2, Run("keydims", "-m", dir, "--topk", "16").Code);
+    }
 }

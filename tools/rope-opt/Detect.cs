@@ -66,7 +66,7 @@ public static class Detect
         using var backend = BackendFactory.Create(o.Device, kernels: GpuKernelSet.For(config.HeadDim,
             config.NumAttentionHeads / config.NumKeyValueHeads, bf16Compute: false, remap: true));
         using var weights = LlamaWeights.Load(o.ModelDir, config, backend);
-        var keyDims = o.TopK is { } topK ? SelectKeyDims(config, weights, backend, tokenizer, topK, o, log) : null;
+        var keyDims = o.TopK is { } topK ? KeyDims.Select(config, weights, backend, tokenizer, topK, o.Trials, o.Seed, log) : null;
         RopeTable Dpe(double[] sizes)
         {
             var t = RemapRope.Dpe(config.RotaryDim, config.Rope.Theta, o.Target, sizes, window);
@@ -93,23 +93,6 @@ public static class Detect
             log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"group {g} (pairs {g * pairs / groups}-{(g + 1) * pairs / groups - 1}): size {best.Size}"));
         }
         return Dpe(chosen) with { Method = "dpe-detected" };
-    }
-
-    // Key dims from the model's own q/k norms on passkey prompts inside its trained length (plain RoPE there).
-    private static RopeKeyDims SelectKeyDims(LlamaConfig config, LlamaWeights weights, IBackend backend, Tokenizer tokenizer, int topK, DetectOptions o, TextWriter log)
-    {
-        int trained = config.MaxPositionEmbeddings, pairs = config.RotaryDim / 2;
-        if (topK > pairs) throw new ArgumentException($"--topk {topK} is more than the {pairs} rotary pairs");
-        var rng = new Random(unchecked((int)o.Seed));
-        var prompts = Depths.SelectMany(d => Enumerable.Range(0, o.Trials)
-            .Select(_ => PasskeyTest.BuildPrompt(tokenizer, rng.Next(10000, 100000).ToString(CultureInfo.InvariantCulture), d, trained).Ids)).ToList();
-        using var model = Llama.Create(config, weights, backend, trained, RopeMethods.FromConfig(config), maxBatch: backend.Capabilities.PrefillChunk);
-        var keyDims = KeyDimSelection.Score(model, prompts).Top(topK);
-        log.WriteLine($"key dims: the top {topK} of {pairs} pairs in each of {config.NumHiddenLayers} layers x {config.NumKeyValueHeads} KV heads, by mean |q_j| |k_j| over {prompts.Count} passkey prompts of {trained} tokens");
-        for (int l = 0; l < config.NumHiddenLayers; l++)
-            log.WriteLine($"  layer {l}: " + string.Join("; ", Enumerable.Range(0, config.NumKeyValueHeads)
-                .Select(h => $"head {h} leaves {string.Join(",", Enumerable.Range(0, pairs).Where(j => !keyDims.IsSelected(l, h, j)))}")));
-        return keyDims;
     }
 
     /// <summary>The --rope spec of a DPE table: dpe:w=W,g=G0,G1,...</summary>

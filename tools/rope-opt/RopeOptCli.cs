@@ -2,6 +2,7 @@
 //   rope-opt (-m DIR | --head-dim D --base B --orig L) --target L' [--compare pi,yarn,dprope,...] [--method SPEC]
 //            [--bins 360] [--out FILE.json] [--json] [--plot FILE.svg] [--pairs 10,40,60]
 //   rope-opt detect -m DIR --target N [...]: DPE's per-group detection by passkey retrieval (Detect.cs)
+//   rope-opt keydims -m DIR --rope SPEC --target N --topk K --out FILE: DPE's key dims added to a remap (KeyDims.cs)
 using System.Globalization;
 using System.Text.Json;
 using LlamaRun.Model;
@@ -31,12 +32,13 @@ public static class RopeOptCli
 {
     public const string Usage =
         "usage: rope-opt (-m DIR | --head-dim D --base B --orig L) --target L' [--compare pi,yarn,dprope,dprope-plus] " +
-        "[--method SPEC] [--bins N] [--out FILE.json] [--json] [--plot FILE.svg] [--pairs j,k,...]\n" + Detect.Usage;
+        "[--method SPEC] [--bins N] [--out FILE.json] [--json] [--plot FILE.svg] [--pairs j,k,...]\n" + Detect.Usage + "\n" + KeyDims.Usage;
 
     /// <summary>Runs rope-opt; returns the process exit code (0 ok, 1 bad input, 2 usage).</summary>
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         if (args.Length > 0 && args[0] == "detect") return Detect.Run(args[1..], stdout, stderr);
+        if (args.Length > 0 && args[0] == "keydims") return KeyDims.Run(args[1..], stdout, stderr);
         RopeOptOptions o;
         try { o = ParseArgs(args); }
         catch (ArgumentException e) { stderr.WriteLine($"rope-opt: {e.Message}"); stderr.WriteLine(Usage); return 2; }
