@@ -15,19 +15,17 @@ namespace LlamaRun.Kernels;
 
 /// <summary>
 /// Scalars of one decode/split attention launch: queries t see cache positions 0 .. StartPos + t. Window above 0 (the
-/// split kernel): an index remap, keys at distance Window or more scored with qFar against kfar. Part (the decode
-/// kernel): all keys, or only the far keys [0, i - Window] or the near ones (i - Window, i] of an index remap, written
-/// to partial splits SplitBase .. SplitBase + grid splits - 1 of Splits.
+/// split kernel): an index remap, keys at distance Window or more scored with qFar against kfar. FarSplits (the decode
+/// kernel, with Window above 0): splits 0 .. FarSplits - 1 score the far keys [0, i - Window] with qFar against kfar,
+/// the others the near keys (i - Window, i] with q against kcache.
 /// </summary>
 public readonly record struct AttentionArgs(int NumHeads, int NumKvHeads, int HeadDim, int StartPos, int SplitLen, int Splits, float Scale, int RoundP,
-    int Window = 0, int Part = AttentionKernels.AllKeys, int SplitBase = 0);
+    int Window = 0, int FarSplits = 0);
 
 public static class AttentionKernels
 {
     public const int Warps = 4, GroupSize = 32 * Warps, MaxHeadDim = 256;
 
-    /// <summary>AttentionArgs.Part: the keys a decode launch scores.</summary>
-    public const int AllKeys = 0, FarKeys = 1, NearKeys = 2;
 
     // kernels
 

@@ -5,7 +5,7 @@
 // its 8 output dims in registers: one read of the cache serves all G heads (GQA). Scores are reduced over the P lanes
 // by shuffles; the online softmax rescales per key. The key slots of a warp, then the 4 warps, are merged at the end
 // (shuffles, then shared memory), and the group writes dst (one split) or (m, l, acc) for AttentionKernels.Combine.
-// An index remap launches it twice, for the far keys (far queries, grouped keys) and the near ones, into one set of splits.
+// With an index remap the first splits take the far keys (far queries against the grouped keys), the rest the window.
 // Head dims 64, 128 or 256. Exercised by the decode cases of tests/GpuOpsTests.cs.
 using System.Runtime.CompilerServices;
 using ILGPU;
@@ -175,17 +175,24 @@ public static class AttentionDecodeKernels
     /// heads kvh * G .. (kvh + 1) * G - 1 with G = numHeads / numKvHeads &lt;= TG.Heads; partial as AttentionKernels.Split.
     /// </summary>
     public static void Decode<TG>(ArrayView<F4> q, ArrayView<U4> kcache, ArrayView<U4> vcache, ArrayView<float> dst,
-        ArrayView<float> partial, AttentionArgs a)
+        ArrayView<float> partial, ArrayView<F4> qFar, ArrayView<U4> kfar, AttentionArgs a)
         where TG : struct, IQueryGroup
     {
         var smem = SharedMemory.GetDynamic<float>();
         int kvh = Grid.IdxX, t = Grid.IdxY, s = Grid.IdxZ, lane = Warp.LaneIdx, warp = Warp.WarpIdx;
         int hd = a.HeadDim, heads = default(TG).Heads, group = a.NumHeads / a.NumKvHeads;
         int lanesPerKey = hd / 8, keysPerStep = 32 / lanesPerKey, slot = lane / lanesPerKey, dims = lane % lanesPerKey;
-        // The keys of this launch: all of 0 .. StartPos + t, or an index remap's far or near part of them.
-        int len = a.StartPos + t + 1, lo = a.Part == AttentionKernels.NearKeys ? XMath.Max(0, len - a.Window) : 0;
-        int hi = a.Part == AttentionKernels.FarKeys ? XMath.Max(0, len - a.Window) : len;
-        int begin = lo + s * a.SplitLen, end = XMath.Min(hi, begin + a.SplitLen);
+        // The keys of this split: of all of 0 .. StartPos + t, or with an index remap of its far part (the first
+        // FarSplits splits, far queries against grouped keys) or of its near part (the window).
+        int len = a.StartPos + t + 1, farEnd = XMath.Max(0, len - a.Window);
+        bool far = a.Window > 0 && s < a.FarSplits, near = a.Window > 0 && !far;
+        int lo = near ? farEnd : 0, hi = far ? farEnd : len, local = near ? s - a.FarSplits : s;
+        int begin = lo + local * a.SplitLen, end = XMath.Min(hi, begin + a.SplitLen);
+        if (far)
+        {
+            q = qFar;
+            kcache = kfar;
+        }
         long qRow = ((long)t * a.NumHeads + (long)kvh * group) * hd / 4 + 2 * dims;   // F4 index of head 0, dims 8 dims
         var st = default(HeadStates);
         LoadQuery(ref st.H0, q, qRow, a.Scale);
@@ -270,7 +277,7 @@ public static class AttentionDecodeKernels
             if (a.Splits == 1) dst[((long)t * a.NumHeads + h) * hd + d] = sum / lAll;
             else
             {
-                long outRow = (((long)t * a.NumHeads + h) * a.Splits + a.SplitBase + s) * (hd + 2);
+                long outRow = (((long)t * a.NumHeads + h) * a.Splits + s) * (hd + 2);
                 if (d == 0)
                 {
                     partial[outRow] = mAll;

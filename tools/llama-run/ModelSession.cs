@@ -57,9 +57,11 @@ public sealed class ModelSession : IDisposable
 
     /// <summary>
     /// Loads the model for a context of ctx tokens (0: the trained length), on backend when given (it then belongs to the
-    /// session). sweepMethods: the --rope specs a sweep will run, so that the backend can run them all.
+    /// session). sweepMethods: the --rope specs a sweep will run, so that the backend can run them all. checkpointRope
+    /// (bench): without --rope or --rope-table, the checkpoint's own RoPE even past the trained length.
     /// </summary>
-    public static ModelSession Open(Args args, int ctx, bool needTokenizer = true, IBackend? backend = null, IReadOnlyList<string>? sweepMethods = null)
+    public static ModelSession Open(Args args, int ctx, bool needTokenizer = true, IBackend? backend = null, IReadOnlyList<string>? sweepMethods = null,
+        bool checkpointRope = false)
     {
         try
         {
@@ -79,7 +81,9 @@ public sealed class ModelSession : IDisposable
 
             // The default past the trained length picks an index remap only where attention runs one at full speed.
             bool fastRemap = backend?.Capabilities.FastIndexRemap ?? FastRemapDevice(device);
-            var (rope, note) = ChooseRope(config, ctx, ropeSpec, ropeTable, fastRemap);
+            var (rope, note) = checkpointRope && ropeSpec is null && ropeTable is null
+                ? (RopeMethods.FromConfig(config), "rope: the checkpoint's own at every length, as llama-bench runs it (--rope SPEC times a context-extension method)")
+                : ChooseRope(config, ctx, ropeSpec, ropeTable, fastRemap);
             // Index remaps (Self-Extend, DPE, ReRoPE) need the GPU's far-branch kernels: loaded when this run or a sweep uses one.
             bool remap = rope.Base.Remap is not null
                 || (sweepMethods ?? []).Any(m => ChooseRope(config, ctx, m == "default" ? null : m, null, fastRemap).Rope.Base.Remap is not null);

@@ -30,12 +30,12 @@ public sealed unsafe partial class GpuBackend : IBackend
     private readonly bool _fullPrecision;               // f32 KV cache, exact f32 matmuls
     private MemoryBuffer1D<int, Stride1D.Dense>? _ints; // token ids in, argmax indices out
     private MemoryBuffer1D<float, Stride1D.Dense>? _remapPartial;   // an index remap's far-pass rows (flash attention)
-    // Index remaps through flash attention and the decode kernel (two passes) rather than the split kernel: on ILGPU's
-    // CPU accelerator always, on CUDA with LLAMA_REMAP_FAST=1 until measured there (FastRemapOnCuda).
+    // Index remaps through flash attention and the decode kernel (far and near keys apart, merged) rather than the
+    // split kernel: always on ILGPU's CPU accelerator, on CUDA unless LLAMA_REMAP_FAST=0 (FastRemapOnCuda).
     private readonly bool _fastRemap;
 
     /// <summary>Whether CUDA runs index remaps through the two-pass kernels (and so reports FastIndexRemap, letting the default pick one).</summary>
-    public static bool FastRemapOnCuda => Environment.GetEnvironmentVariable("LLAMA_REMAP_FAST") == "1";
+    public static bool FastRemapOnCuda => Environment.GetEnvironmentVariable("LLAMA_REMAP_FAST") != "0";
     private bool _disposed;
 
     private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels, bool? parallelCompile = null)

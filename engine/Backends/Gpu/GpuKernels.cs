@@ -59,7 +59,7 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, F32, AttentionArgs>>? _splitF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, int, int, int>> _combine;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32>>? _flash64, _flash128, _flash64Far, _flash64Near, _flash128Far, _flash128Near;
-    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>>? _decode1, _decode2, _decode4, _decode8;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, AttentionArgs>>? _decode1, _decode2, _decode4, _decode8;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long, int>> _swiGlu, _add;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long, int>>? _swiGluBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<int>, int>> _argmax;
@@ -176,9 +176,9 @@ internal sealed class GpuKernels
         l.Complete();   // every kernel loaded (or the first failure thrown) before the backend is used
     }
 
-    private static KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>> LoadDecode(IKernelLoader l, string name,
-        Action<ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs> kernel) =>
-        l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, AttentionArgs>>(name, kernel);
+    private static KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, AttentionArgs>> LoadDecode(IKernelLoader l, string name,
+        Action<ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, AttentionArgs> kernel) =>
+        l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, AttentionArgs>>(name, kernel);
 
     // The flash variant of a head dim (64-query groups, or 128 with LLAMA_FLASH_ROWS=128) for the accelerator's tensor cores.
     private static Action<F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32> Flash<T64, T128, TP>(bool emulated)
@@ -461,7 +461,7 @@ internal sealed class GpuKernels
         long wanted = Math.Max(1, (long)SplitWaves * _multiprocessors / ((long)units * tokens));
         int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
         splitLen = Math.Max(MinSplit, (splitLen + MinSplit - 1) / MinSplit * MinSplit);
-        // A remap in the decode kernel: the far keys [0, i - W] and the near ones (i - W, i] in separate splits.
+        // A remap in the decode kernel: the far keys [0, i - W] and the near ones (i - W, i] in separate splits of one launch.
         int Splits(int len) => Math.Max(1, (len + splitLen - 1) / splitLen);
         int farSplits = useDecode && remap ? Splits(maxLen - window) : 0;
         int nearSplits = useDecode && remap ? Splits(Math.Min(window, maxLen)) : 0;
@@ -486,16 +486,11 @@ internal sealed class GpuKernels
         try
         {
             if (useDecode && remap)
-            {
-                var sharedConfig = SharedMemoryConfig.RequestDynamic<byte>(shared);
-                var far = new KernelConfig(new Index3D(units, tokens, farSplits), new Index3D(AttentionKernels.GroupSize, 1, 1), sharedConfig);
-                var near = new KernelConfig(new Index3D(units, tokens, nearSplits), new Index3D(AttentionKernels.GroupSize, 1, 1), sharedConfig);
-                decode!.Launch(_stream, far, qFar.Cast<F4>(), GpuViews.U4(farK), GpuViews.U4(vcache), dst, partial,
-                    args with { Part = AttentionKernels.FarKeys });
-                decode.Launch(_stream, near, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial,
-                    args with { Part = AttentionKernels.NearKeys, SplitBase = farSplits });
-            }
-            else if (useDecode) decode!.Launch(_stream, config, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial, args);
+                decode!.Launch(_stream, config, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial, qFar.Cast<F4>(), GpuViews.U4(farK),
+                    args with { FarSplits = farSplits });
+            else if (useDecode)
+                decode!.Launch(_stream, config, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial, q.Cast<F4>(), GpuViews.U4(kcache),
+                    args with { Window = 0 });
             else if (f32Cache) Need(_splitF32, name)(_stream, config, q, GpuViews.F32(kcache), GpuViews.F32(vcache), dst, partial, qFar, GpuViews.F32(farK), args);
             else Need(_split, name)(_stream, config, q, GpuViews.U16(kcache), GpuViews.U16(vcache), dst, partial, qFar, GpuViews.U16(farK), args);
         }

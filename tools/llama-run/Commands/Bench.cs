@@ -56,8 +56,10 @@ public static class Bench
         long weightFiles = Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length);
         var (compute, fullPrecision) = ModelSession.ComputeType(args.String("--compute"));
         // The far-branch kernels when the RoPE of the longest test remaps positions (an index-remap --rope or default).
-        bool remap = ModelSession.Remaps(config, tests.Max(t => t.Positions), args.String("--rope"), args.String("--rope-table"),
-            ModelSession.FastRemapDevice(device));
+        // (Without --rope, the checkpoint's own RoPE at every length, as llama-bench: the default past the trained length
+        // is a quality choice, timed by giving it as --rope.)
+        bool remap = (args.String("--rope") ?? args.String("--rope-table")) is not null
+            && ModelSession.Remaps(config, tests.Max(t => t.Positions), args.String("--rope"), args.String("--rope-table"), ModelSession.FastRemapDevice(device));
         var load = Stopwatch.StartNew();
         IBackend backend = ModelSession.CreateBackend(device, config, compute, fullPrecision,
             ModelSession.KvCacheType(args.String("--kv")), remap);   // the session takes it over
@@ -79,7 +81,7 @@ public static class Bench
         }
         int ctx = tests.Max(t => t.Positions);
 
-        using var s = ModelSession.Open(args, ctx, needTokenizer: false, backend: backend);
+        using var s = ModelSession.Open(args, ctx, needTokenizer: false, backend: backend, checkpointRope: true);
         args.RejectUnknown();
         double loadSeconds = load.Elapsed.TotalSeconds;
         if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
