@@ -62,6 +62,7 @@ public static class OpCases
         c.Add(new AttentionCase("awkward", Bf16Cache) { T = 127, Heads = 6, KvHeads = 3, HeadDim = 64, StartPos = 1 });
         c.Add(new AttentionCase("group of 16, untiled kernel", Bf16Cache) { T = 3, Heads = 16, KvHeads = 1, HeadDim = 64, StartPos = 200 });
         c.Add(new AttentionCase("head dim 256, untiled kernel", Bf16Cache) { T = 2, Heads = 2, KvHeads = 1, HeadDim = 256, StartPos = 70 });
+        c.Add(new AttentionCase("decode over three splits", Bf16Cache) { T = 1, Heads = 2, KvHeads = 1, HeadDim = 64, StartPos = 600 });
         c.Add(new AttentionCase("query scale", Bf16Cache) { T = 4, Heads = 4, KvHeads = 1, HeadDim = 32, StartPos = 1025, QueryScale = true });
 
         c.Add(new RerotateCase("dynamic NTK switch", Bf16Cache) { T = 100, Heads = 8, KvHeads = 8, HeadDim = 64 });

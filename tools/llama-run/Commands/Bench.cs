@@ -156,7 +156,7 @@ public static class Bench
     {
         var p = new ProfileBackend(backend);
         int tokens = Math.Clamp(decode, 1, 32);
-        using var s = ModelSession.Open(args, depth + 2 * tokens, needTokenizer: false, backend: p);
+        using var s = ModelSession.Open(args, depth + 2 * tokens, needTokenizer: false, backend: p, checkpointRope: true);
         args.RejectUnknown();
         var runner = new Runner(s.Model);
         runner.Decode(0, tokens);   // warm-up
