@@ -17,7 +17,7 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Bench
 {
-    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--rope SPEC] [--compute mixed|f32|bf16] [--kv bf16|f32] [-b N] [--profile] | llama-run bench --kernels [--device D]";
+    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--rope SPEC] [--compute mixed|f32|bf16] [--kv bf16|f32] [-b N] [--profile] | llama-run bench --kernels [--device D] [--op NAME]";
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
@@ -31,9 +31,10 @@ public static class Bench
         if (args.Has("--kernels"))
         {
             string kernelDevice = args.String("--device") ?? "cuda";
+            string? op = args.String("--op");
             args.RejectUnknown();
             using var b = BackendFactory.Create(kernelDevice);
-            return KernelBench.Run(b);
+            return KernelBench.Run(b, op);
         }
         int[] prompts = args.String("-p") is { } p ? ParseLengths(p) : [512, 4096, 16384];
         int decode = args.Int("-n", 128, min: 0);
