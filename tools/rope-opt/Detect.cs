@@ -111,30 +111,9 @@ public static class Detect
 
     private static DetectOptions Parse(string[] args)
     {
-        string? dir = null, device = "auto", output = null;
-        int? target = null, window = null, topK = null;
-        int trials = 2;
-        ulong seed = 1;
-        for (int i = 0; i < args.Length; i++)
-        {
-            string a = args[i];
-            string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{a} needs a value");
-            int Positive(string v) => int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n > 0 ? n
-                : throw new ArgumentException($"{a} expects a positive integer, got '{v}'");
-            switch (a)
-            {
-                case "-m" or "--model": dir = Next(); break;
-                case "--target": target = Positive(Next()); break;
-                case "--window": window = Positive(Next()); break;
-                case "--trials": trials = Positive(Next()); break;
-                case "--seed": seed = (ulong)Positive(Next()); break;
-                case "--device": device = Next(); break;
-                case "--out": output = Next(); break;
-                case "--topk": topK = Positive(Next()); break;
-                default: throw new ArgumentException($"unknown argument '{a}'");
-            }
-        }
-        return new DetectOptions(dir ?? throw new ArgumentException("-m DIR is required"), target ?? throw new ArgumentException("--target is required"),
-            window, trials, seed, device, output, TopK: topK);
+        var f = new SubcommandFlags(args, "--model", "--target", "--window", "--trials", "--seed", "--device", "--out", "--topk");
+        return new DetectOptions(f.String("--model") ?? throw new ArgumentException("-m DIR is required"),
+            f.Positive("--target") ?? throw new ArgumentException("--target is required"), f.Positive("--window"), f.Positive("--trials") ?? 2,
+            (ulong)(f.Positive("--seed") ?? 1), f.String("--device") ?? "auto", f.String("--out"), TopK: f.Positive("--topk"));
     }
 }

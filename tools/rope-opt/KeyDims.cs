@@ -18,31 +18,15 @@ public static class KeyDims
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
-        string? dir = null, spec = null, output = null, device = "auto";
-        int? target = null, topK = null;
-        int trials = 2;
-        ulong seed = 1;
+        string? dir, spec, output, device;
+        int? target, topK;
+        int trials;
+        ulong seed;
         try
         {
-            for (int i = 0; i < args.Length; i++)
-            {
-                string a = args[i];
-                string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{a} needs a value");
-                int Positive(string v) => int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n > 0 ? n
-                    : throw new ArgumentException($"{a} expects a positive integer, got '{v}'");
-                switch (a)
-                {
-                    case "-m" or "--model": dir = Next(); break;
-                    case "--rope": spec = Next(); break;
-                    case "--target": target = Positive(Next()); break;
-                    case "--topk": topK = Positive(Next()); break;
-                    case "--trials": trials = Positive(Next()); break;
-                    case "--seed": seed = (ulong)Positive(Next()); break;
-                    case "--device": device = Next(); break;
-                    case "--out": output = Next(); break;
-                    default: throw new ArgumentException($"unknown argument '{a}'");
-                }
-            }
+            var f = new SubcommandFlags(args, "--model", "--rope", "--target", "--topk", "--trials", "--seed", "--device", "--out");
+            (dir, spec, output, device) = (f.String("--model"), f.String("--rope"), f.String("--out"), f.String("--device") ?? "auto");
+            (target, topK, trials, seed) = (f.Positive("--target"), f.Positive("--topk"), f.Positive("--trials") ?? 2, (ulong)(f.Positive("--seed") ?? 1));
             if (dir is null || spec is null || target is null || topK is null || output is null)
                 throw new ArgumentException("-m, --rope, --target, --topk and --out are required");
         }

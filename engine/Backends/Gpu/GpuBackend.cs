@@ -45,6 +45,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         Name = name;
         _fullPrecision = fullPrecision;
         _fastRemap = accelerator is not CudaAccelerator || FastRemapOnCuda;
+        Capabilities = accelerator is CudaAccelerator ? CudaCapabilities with { FastIndexRemap = _fastRemap } : CpuAcceleratorCapabilities;
         try
         {
             _stream = accelerator.CreateStream();
@@ -129,7 +130,7 @@ public sealed unsafe partial class GpuBackend : IBackend
 
     public string Name { get; }
 
-    public BackendCapabilities Capabilities => Name == "cuda" ? CudaCapabilities with { FastIndexRemap = _fastRemap } : CpuAcceleratorCapabilities;
+    public BackendCapabilities Capabilities { get; }
 
     private static readonly BackendCapabilities CudaCapabilities = new(PrefillChunk: 4096, StackedDecodeProjections: true, DeviceMemory: true, IndexRemap: true);
     private static readonly BackendCapabilities CpuAcceleratorCapabilities = new(PrefillChunk: 512, StackedDecodeProjections: true, DeviceMemory: true, IndexRemap: true, FastIndexRemap: true);

@@ -464,20 +464,17 @@ internal sealed class GpuKernels
         int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
         splitLen = Math.Max(MinSplit, (splitLen + MinSplit - 1) / MinSplit * MinSplit);
         // A remap in the decode kernel: the far keys [0, i - W] and the near ones (i - W, i] in separate splits of one launch.
+        bool twoParts = useDecode && remap;
         int Splits(int len) => Math.Max(1, (len + splitLen - 1) / splitLen);
-        int farSplits = useDecode && remap ? Splits(maxLen - window) : 0;
-        int nearSplits = useDecode && remap ? Splits(Math.Min(window, maxLen)) : 0;
-        int splits = useDecode && remap ? farSplits + nearSplits : Splits(maxLen);
+        int FarSplits() => twoParts ? Splits(maxLen - window) : 0;
+        int AllSplits() => twoParts ? FarSplits() + Splits(Math.Min(window, maxLen)) : Splits(maxLen);
+        int splits = AllSplits();
         while (splits > 1 && (long)tokens * numHeads * splits * (headDim + 2) > partial.Length)
         {
             splitLen *= 2;
-            if (useDecode && remap)
-            {
-                (farSplits, nearSplits) = (Splits(maxLen - window), Splits(Math.Min(window, maxLen)));
-                splits = farSplits + nearSplits;
-            }
-            else splits = Splits(maxLen);
+            splits = AllSplits();
         }
+        int farSplits = FarSplits();
         var args = new AttentionArgs(numHeads, numKvHeads, headDim, startPos, splitLen, splits, scale, bf16 ? 1 : 0, window);
         var farK = kfar ?? kcache;   // read only with a remap
         if (!remap) qFar = q;
@@ -487,7 +484,7 @@ internal sealed class GpuKernels
         string name = useDecode ? $"attention_decode_g{variant}" : f32Cache ? "attention_split_cf32" : "attention_split";
         try
         {
-            if (useDecode && remap)
+            if (twoParts)
                 decode!.Launch(_stream, config, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial, qFar.Cast<F4>(), GpuViews.U4(farK),
                     args with { FarSplits = farSplits });
             else if (useDecode)

@@ -28,16 +28,18 @@ public sealed unsafe class OpScope : IDisposable
     public IBackend Backend { get; }
 
     /// <summary>The next value of the generator, uniform in [-1, 1) (xorshift64: fast enough for gigabytes of weights).</summary>
-    public float NextUniform()
+    public float NextUniform() => (float)((Next() >> 40) * (2.0 / (1UL << 24)) - 1.0);
+
+    /// <summary>A value in [0, n) from the generator.</summary>
+    public int NextInt(int n) => (int)((Next() >> 32) * (ulong)n >> 32);
+
+    private ulong Next()
     {
         _state ^= _state << 13;
         _state ^= _state >> 7;
         _state ^= _state << 17;
-        return (float)((_state >> 40) * (2.0 / (1UL << 24)) - 1.0);
+        return _state;
     }
-
-    /// <summary>A value in [0, n) from the generator.</summary>
-    public int NextInt(int n) => (int)((NextUniform() + 1f) * 0.5f * n) is int i && i < n ? i : n - 1;
 
     /// <summary>n seeded values in [-1, 1), rounded to `round` when that is not F32 (a bf16 framework's inputs are bf16 values).</summary>
     public float[] Uniform(long n, DType round = DType.F32)
