@@ -17,10 +17,16 @@ namespace LlamaRun.Kernels;
 /// Scalars of one decode/split attention launch: queries t see cache positions 0 .. StartPos + t. Window above 0 (the
 /// split kernel): an index remap, keys at distance Window or more scored with qFar against kfar. FarSplits (the decode
 /// kernel, with Window above 0): splits 0 .. FarSplits - 1 score the far keys [0, i - Window] with qFar against kfar,
-/// the others the near keys (i - Window, i] with q against kcache.
+/// the others the near keys (i - Window, i] with q against kcache. StepPosition 1: StartPos is read from the decode
+/// step's device scalars (DecodeStep.Position); the grid then holds splits for the longest length of the step's bucket,
+/// and the splits past the keys are empty.
 /// </summary>
 public readonly record struct AttentionArgs(int NumHeads, int NumKvHeads, int HeadDim, int StartPos, int SplitLen, int Splits, float Scale, int RoundP,
-    int Window = 0, int FarSplits = 0);
+    int Window = 0, int FarSplits = 0, int StepPosition = 0)
+{
+    /// <summary>The position of the launch's first query: StartPos, or the decode step's position.</summary>
+    public int Start(ArrayView<int> step) => StepPosition != 0 ? step[DecodeStep.Position] : StartPos;
+}
 
 public static class AttentionKernels
 {
@@ -35,7 +41,7 @@ public static class AttentionKernels
     /// a.Window above 0, qFar and kfar (shaped as q and kcache) score the keys at distance Window or more.
     /// </summary>
     public static void Split<TC, TE>(ArrayView<float> q, ArrayView<TC> kcache, ArrayView<TC> vcache, ArrayView<float> dst,
-        ArrayView<float> partial, ArrayView<float> qFar, ArrayView<TC> kfar, AttentionArgs a)
+        ArrayView<float> partial, ArrayView<float> qFar, ArrayView<TC> kfar, ArrayView<int> step, AttentionArgs a)
         where TC : unmanaged
         where TE : struct, IElement<TC>
     {
@@ -43,7 +49,7 @@ public static class AttentionKernels
         var smL = SharedMemory.Allocate<float>(Warps);
         var smAcc = SharedMemory.Allocate<float>(Warps * MaxHeadDim);
         int h = Grid.IdxX, t = Grid.IdxY, s = Grid.IdxZ, lane = Warp.LaneIdx, warp = Warp.WarpIdx;
-        int hd = a.HeadDim, len = a.StartPos + t + 1, kvh = h / (a.NumHeads / a.NumKvHeads), kvDim = a.NumKvHeads * hd;
+        int start = a.Start(step), hd = a.HeadDim, len = start + t + 1, kvh = h / (a.NumHeads / a.NumKvHeads), kvDim = a.NumKvHeads * hd;
         int begin = s * a.SplitLen, end = XMath.Min(len, begin + a.SplitLen);
         long qRow = ((long)t * a.NumHeads + h) * hd;
         var qv = new float[MaxHeadDim / 32];
@@ -57,7 +63,7 @@ public static class AttentionKernels
             acc[i] = 0f;
         }
         float m = float.NegativeInfinity, l = 0f;
-        int lastFar = a.Window > 0 ? a.StartPos + t - a.Window : -1;   // keys 0 .. lastFar are far (none without a remap)
+        int lastFar = a.Window > 0 ? start + t - a.Window : -1;   // keys 0 .. lastFar are far (none without a remap)
         for (int p = begin + warp; p < end; p += Warps)
         {
             long row = (long)p * kvDim + kvh * hd;

@@ -175,7 +175,7 @@ public static class AttentionDecodeKernels
     /// heads kvh * G .. (kvh + 1) * G - 1 with G = numHeads / numKvHeads &lt;= TG.Heads; partial as AttentionKernels.Split.
     /// </summary>
     public static void Decode<TG>(ArrayView<F4> q, ArrayView<U4> kcache, ArrayView<U4> vcache, ArrayView<float> dst,
-        ArrayView<float> partial, ArrayView<F4> qFar, ArrayView<U4> kfar, AttentionArgs a)
+        ArrayView<float> partial, ArrayView<F4> qFar, ArrayView<U4> kfar, ArrayView<int> step, AttentionArgs a)
         where TG : struct, IQueryGroup
     {
         var smem = SharedMemory.GetDynamic<float>();
@@ -184,7 +184,7 @@ public static class AttentionDecodeKernels
         int lanesPerKey = hd / 8, keysPerStep = 32 / lanesPerKey, slot = lane / lanesPerKey, dims = lane % lanesPerKey;
         // The keys of this split: of all of 0 .. StartPos + t, or with an index remap of its far part (the first
         // FarSplits splits, far queries against grouped keys) or of its near part (the window).
-        int len = a.StartPos + t + 1, farEnd = XMath.Max(0, len - a.Window);
+        int len = a.Start(step) + t + 1, farEnd = XMath.Max(0, len - a.Window);
         bool far = a.Window > 0 && s < a.FarSplits, near = a.Window > 0 && !far;
         int lo = near ? farEnd : 0, hi = far ? farEnd : len, local = near ? s - a.FarSplits : s;
         int begin = lo + local * a.SplitLen, end = XMath.Min(hi, begin + a.SplitLen);

@@ -1,7 +1,7 @@
 // Fused rotary embedding (CpuOps.Rope), consuming a whole RopeTable: rotates q and k in place by the angle
 // pos * invFreq[j] on the pairs (x[j], x[j + rotaryDim / 2]), cos and sin times the table's magnitude, multiplies q by
 // the query scale of (layer, pos) when the layer's gate is on, and stores k and v in the KV cache's element type at
-// rows cacheRow0 + t. Groups (a multiple of 32 threads) take one token and a range of its heads; a group first computes
+// the layer's row pos. Groups (a multiple of 32 threads) take one token and a range of its heads; a group first computes
 // the token's cos/sin per pair into shared memory (RopeMath, the same f32 values as the CPU). Rerotate moves cached keys from one table's
 // rotation to another's (dynamic NTK). RopeFar writes an index remap's far queries and grouped keys. Exercised by the
 // Rope and Rerotate cases of tests/GpuOpsTests.cs.
@@ -11,11 +11,17 @@ using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Kernels;
 
-/// <summary>Scalars of one Rope launch (by value; ILGPU lays the struct out for the kernel). HeadsPerGroup: heads (q heads,
-/// then KV heads) each group of a token rotates.</summary>
+/// <summary>Scalars of one Rope launch (by value; ILGPU lays the struct out for the kernel). LayerRow0: the layer's first
+/// cache row (token t goes to row LayerRow0 + StartPos + t). StepPosition 1: StartPos is read from the decode step's
+/// device scalars (DecodeStep.Position), so a replayed launch follows the step. HeadsPerGroup: heads (q heads, then KV
+/// heads) each group of a token rotates.</summary>
 public readonly record struct RopeArgs(
-    int NumHeads, int NumKvHeads, int HeadDim, int RotaryDim, int StartPos, int CacheRow0,
-    float Magnitude, float QueryScaleContext, int QueryScaleOn, int HeadsPerGroup);
+    int NumHeads, int NumKvHeads, int HeadDim, int RotaryDim, int StartPos, int LayerRow0,
+    float Magnitude, float QueryScaleContext, int QueryScaleOn, int HeadsPerGroup, int StepPosition = 0)
+{
+    /// <summary>The position of the launch's first token: StartPos, or the decode step's position.</summary>
+    public int Start(ArrayView<int> step) => StepPosition != 0 ? step[DecodeStep.Position] : StartPos;
+}
 
 public static class RopeKernels
 {
@@ -30,7 +36,7 @@ public static class RopeKernels
     /// spreads over many multiprocessors; many tokens take all heads a group, so each token's cos/sin is computed once.
     /// </summary>
     public static void Rope<TR, TC, TE>(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<TC> kcache,
-        ArrayView<TC> vcache, ArrayView<float> invFreq, RopeArgs a)
+        ArrayView<TC> vcache, ArrayView<float> invFreq, ArrayView<int> step, RopeArgs a)
         where TR : struct, IRounding
         where TC : unmanaged
         where TE : struct, IElement<TC>
@@ -38,7 +44,7 @@ public static class RopeKernels
         var cs = SharedMemory.Allocate<float>(MaxPairs);
         var sn = SharedMemory.Allocate<float>(MaxPairs);
         var r = default(TR);
-        int t = Grid.IdxX, pos = a.StartPos + t, half = a.RotaryDim / 2;
+        int t = Grid.IdxX, pos = a.Start(step) + t, half = a.RotaryDim / 2;
         int h0 = Grid.IdxY * a.HeadsPerGroup, h1 = XMath.Min(a.NumHeads + a.NumKvHeads, h0 + a.HeadsPerGroup);
         for (int j = Group.IdxX; j < half; j += Group.DimX)
         {
@@ -49,7 +55,7 @@ public static class RopeKernels
         Group.Barrier();
         float qs = a.QueryScaleOn != 0 ? RopeMath.QueryScale(pos, a.QueryScaleContext) : 1f;
         int kvDim = a.NumKvHeads * a.HeadDim;
-        long qRow = (long)t * a.NumHeads * a.HeadDim, kRow = (long)t * kvDim, cRow = (long)(a.CacheRow0 + t) * kvDim;
+        long qRow = (long)t * a.NumHeads * a.HeadDim, kRow = (long)t * kvDim, cRow = (long)(a.LayerRow0 + pos) * kvDim;
         int q0 = h0, q1 = XMath.Min(h1, a.NumHeads);   // this group's q heads, then its KV heads kv0 .. kv1 - 1
         int kv0 = XMath.Max(h0, a.NumHeads) - a.NumHeads, kv1 = XMath.Max(h1, a.NumHeads) - a.NumHeads;
         RotateQueries<TR>(q, q, qRow, q0, q1, cs, sn, qs, a);
@@ -61,11 +67,11 @@ public static class RopeKernels
     /// <summary>
     /// The far branch of an index remap (RopeRemap), launched before Rope on the same unrotated q and k and the same grid:
     /// q rotated to its grouped positions RopeMath.GroupedQuery (query scale included) into qFar, k rotated to its grouped
-    /// positions RopeMath.GroupedKey into kfar at rows cacheRow0 + t. groups[j]: pair j's group size; with DPE's key
+    /// positions RopeMath.GroupedKey into kfar at the layer's row pos. groups[j]: pair j's group size; with DPE's key
     /// dims, groupStride is the pair count and groups[kvHead * groupStride + j] the size in each KV head (one head a group).
     /// </summary>
     public static void RopeFar<TR, TC, TE>(ArrayView<float> q, ArrayView<float> k, ArrayView<float> qFar, ArrayView<TC> kfar,
-        ArrayView<float> invFreq, ArrayView<float> groups, RopeArgs a, int window, int floor, int groupStride)
+        ArrayView<float> invFreq, ArrayView<float> groups, ArrayView<int> step, RopeArgs a, int window, int floor, int groupStride)
         where TR : struct, IRounding
         where TC : unmanaged
         where TE : struct, IElement<TC>
@@ -75,7 +81,7 @@ public static class RopeKernels
         var kc = SharedMemory.Allocate<float>(MaxPairs);
         var ks = SharedMemory.Allocate<float>(MaxPairs);
         var r = default(TR);
-        int t = Grid.IdxX, pos = a.StartPos + t, half = a.RotaryDim / 2;
+        int t = Grid.IdxX, pos = a.Start(step) + t, half = a.RotaryDim / 2;
         int h0 = Grid.IdxY * a.HeadsPerGroup, h1 = XMath.Min(a.NumHeads + a.NumKvHeads, h0 + a.HeadsPerGroup);
         int kvHead = h0 < a.NumHeads ? h0 / (a.NumHeads / a.NumKvHeads) : h0 - a.NumHeads;
         long row = (long)kvHead * groupStride;
@@ -92,7 +98,7 @@ public static class RopeKernels
         Group.Barrier();
         float scale = a.QueryScaleOn != 0 ? RopeMath.QueryScale(pos, a.QueryScaleContext) : 1f;
         int kvDim = a.NumKvHeads * a.HeadDim;
-        long qRow = (long)t * a.NumHeads * a.HeadDim, kRow = (long)t * kvDim, cRow = (long)(a.CacheRow0 + t) * kvDim;
+        long qRow = (long)t * a.NumHeads * a.HeadDim, kRow = (long)t * kvDim, cRow = (long)(a.LayerRow0 + pos) * kvDim;
         int q0 = h0, q1 = XMath.Min(h1, a.NumHeads);
         int kv0 = XMath.Max(h0, a.NumHeads) - a.NumHeads, kv1 = XMath.Max(h1, a.NumHeads) - a.NumHeads;
         RotateQueries<TR>(q, qFar, qRow, q0, q1, qc, qs, scale, a);

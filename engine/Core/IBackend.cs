@@ -30,6 +30,23 @@ public interface IReadProbe : IDisposable
     string Description { get; }
 }
 
+/// <summary>
+/// Decode steps a backend replays instead of queuing their ops one by one (a GPU backend: a CUDA graph per key and
+/// length bucket, its kernels reading the step's token and position from device memory). Made by
+/// IBackend.CreateDecodeSteps for one caller, whose tensors the replays keep using until it is disposed.
+/// </summary>
+public interface IDecodeSteps : IDisposable
+{
+    /// <summary>
+    /// Queues the step that `enqueue` queues, for one token at `position`: by running it, or by replaying what it queued
+    /// for an earlier step of the same key. The key holds whatever else the ops depend on (the RoPE table, which logits
+    /// are computed): steps of equal keys must queue the same ops on the same tensors. Inside enqueue only the ops that
+    /// queue work may be called (no Download, Argmax, Synchronize, Alloc or Upload), and Embedding, Rope and Attention
+    /// only for this token and position.
+    /// </summary>
+    void Run(int token, int position, object key, Action enqueue);
+}
+
 /// <summary>The ops a Llama forward pass needs, implemented once per device.</summary>
 public interface IBackend : IDisposable
 {
@@ -107,4 +124,7 @@ public interface IBackend : IDisposable
 
     /// <summary>Waits for all queued work.</summary>
     void Synchronize();
+
+    /// <summary>Decode steps this backend replays, for one caller (disposed with it); null where every step queues its ops anew.</summary>
+    IDecodeSteps? CreateDecodeSteps() => null;
 }

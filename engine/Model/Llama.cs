@@ -13,6 +13,7 @@ public enum LogitsRows { None, Last, All }
 public sealed class Llama : IDisposable
 {
     private readonly Buffers _act;
+    private readonly IDecodeSteps? _steps;   // decode steps the backend replays (null: each step queues its ops)
     private RopeTable? _cacheTable;   // the table the cached keys were rotated with
     private int _cacheLength;         // positions 0.._cacheLength-1 hold valid keys and values
 
@@ -32,9 +33,11 @@ public sealed class Llama : IDisposable
         try
         {
             _act = new Buffers(backend, config, maxBatch, remap, shard?.Size ?? 0);
+            _steps = shard is null ? backend.CreateDecodeSteps() : null;   // a rank's step waits on the others: queued op by op
         }
         catch
         {
+            _act?.Dispose();
             Cache.Dispose();
             throw;
         }
@@ -137,7 +140,66 @@ public sealed class Llama : IDisposable
         ReferenceEquals(a, b) || (a.Magnitude == b.Magnitude && a.InvFreq.AsSpan().SequenceEqual(b.InvFreq)
             && (a.Remap is null ? b.Remap is null : a.Remap.SameAs(b.Remap)));
 
+    // What a replayed decode step depends on besides its token and position (the tensors are this model's own).
+    private readonly record struct StepKey(RopeTable Table, bool Logits);
+
     private void ForwardChunk(ReadOnlySpan<int> tokens, int pos, RopeTable table, LogitsRows rows, Span<float> logits)
+    {
+        if (tokens.Length == 1 && _steps is not null && ProjectionObserver is null)
+        {
+            // One decoded token: the backend may replay the whole step (one CUDA graph) instead of queuing its ops.
+            int token = tokens[0];
+            bool wanted = rows != LogitsRows.None;
+            _steps.Run(token, pos, new StepKey(table, wanted), () =>
+            {
+                Layers([token], pos, table);
+                if (wanted) LogitsBlock(0, 1, 0, 1);
+            });
+            if (wanted) Backend.Download(_act.Logits.SliceRows(0, 1), logits[..Config.VocabSize]);
+            return;
+        }
+        Layers(tokens, pos, table);
+        if (rows == LogitsRows.None) return;
+
+        // lm_head in blocks of LogitRows rows so the logits buffer stays small for large vocabularies.
+        int first = rows == LogitsRows.Last ? tokens.Length - 1 : 0, count = tokens.Length - first, vocab = Config.VocabSize;
+        for (int r = 0; r < count; r += _act.LogitRows)
+        {
+            int n = Math.Min(_act.LogitRows, count - r);
+            LogitsBlock(first, count, r, n);
+            Backend.Download(_act.Logits.SliceRows(0, n), logits.Slice(r * vocab, n * vocab));
+        }
+    }
+
+    // The final norm of the residual rows first .. first + count - 1 (on the first block), then lm_head of n of them
+    // from row r into the logits buffer.
+    private void LogitsBlock(int first, int count, int r, int n)
+    {
+        var b = Backend;
+        var a = _act.Rows(first + count);
+        var normed = a.Xb.SliceRows(0, count);
+        if (r == 0)
+        {
+            b.RmsNorm(a.X.SliceRows(first, count), Weights.Norm, normed, Config.RmsNormEps, Activations);
+            R(normed);
+        }
+        var block = _act.Logits.SliceRows(0, n);
+        if (Shard is { } sh)
+        {
+            // This rank's vocabulary rows, then every rank's side by side.
+            var local = _act.LocalLogits!.SliceRows(0, n);
+            b.MatMul(normed.SliceRows(r, n), Weights.LmHead, local);
+            sh.Communicator.AllGather(sh.Rank, b, local, block);
+        }
+        else
+        {
+            b.MatMul(normed.SliceRows(r, n), Weights.LmHead, block);
+        }
+        R(block);
+    }
+
+    // Embedding and every layer: the residual stream of the tokens ends in the activation buffer X.
+    private void Layers(ReadOnlySpan<int> tokens, int pos, RopeTable table)
     {
         var b = Backend;
         var a = _act.Rows(tokens.Length);
@@ -211,36 +273,9 @@ public sealed class Llama : IDisposable
             }
             else
             {
-                b.Add(a.X, a.Xb, a.X);   // the final norm below takes only the rows whose logits are wanted
+                b.Add(a.X, a.Xb, a.X);   // the final norm takes only the rows whose logits are wanted
                 R(a.X);
             }
-        }
-        if (rows == LogitsRows.None) return;
-
-        int first = rows == LogitsRows.Last ? tokens.Length - 1 : 0;
-        var last = a.X.SliceRows(first, tokens.Length - first);
-        var normed = a.Xb.SliceRows(0, last.Rows);
-        b.RmsNorm(last, Weights.Norm, normed, eps, Activations);
-        R(normed);
-        // lm_head in blocks of LogitRows rows so the logits buffer stays small for large vocabularies.
-        int vocab = Config.VocabSize;
-        for (int r = 0; r < normed.Rows; r += _act.LogitRows)
-        {
-            int count = Math.Min(_act.LogitRows, normed.Rows - r);
-            var block = _act.Logits.SliceRows(0, count);
-            if (Shard is { } sh)
-            {
-                // This rank's vocabulary rows, then every rank's side by side.
-                var local = _act.LocalLogits!.SliceRows(0, count);
-                b.MatMul(normed.SliceRows(r, count), Weights.LmHead, local);
-                sh.Communicator.AllGather(sh.Rank, b, local, block);
-            }
-            else
-            {
-                b.MatMul(normed.SliceRows(r, count), Weights.LmHead, block);
-            }
-            R(block);
-            b.Download(block, logits.Slice(r * vocab, count * vocab));
         }
     }
 
@@ -258,6 +293,7 @@ public sealed class Llama : IDisposable
 
     public void Dispose()
     {
+        _steps?.Dispose();
         _act?.Dispose();
         Cache.Dispose();
     }

@@ -33,6 +33,7 @@ public sealed unsafe partial class GpuBackend
     public Tensor Alloc(DType dtype, int rows, int cols)
     {
         _accelerator.Bind();
+        NotInStep("Alloc");
         var t = Own(dtype, rows, cols);
         if (t.ByteLength > 0) t.Bytes.MemSetToZero(_stream);
         return t;
@@ -41,6 +42,7 @@ public sealed unsafe partial class GpuBackend
     public Tensor Upload(DType dtype, int rows, int cols, nint hostData)
     {
         _accelerator.Bind();
+        NotInStep("Upload");
         var t = Own(dtype, rows, cols);
         if (t.ByteLength > 0)
         {
@@ -53,6 +55,7 @@ public sealed unsafe partial class GpuBackend
     public void Download(Tensor src, Span<float> dst)
     {
         _accelerator.Bind();
+        NotInStep("Download");
         RequireOwn(src, nameof(src));
         if (dst.Length < src.Length) throw new ArgumentException($"destination holds {dst.Length} floats, {src} needs {src.Length}", nameof(dst));
         if (src.Length == 0)

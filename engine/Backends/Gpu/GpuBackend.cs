@@ -60,6 +60,8 @@ public sealed unsafe partial class GpuBackend : IBackend
             Kernels = loader.Reports;
             _attentionScratch = accelerator.Allocate1D<float>(AttentionScratchFloats);
             _rope = new GpuRopeTables(accelerator, _stream);
+            _stepScalars = accelerator.Allocate1D<int>(DecodeStep.Count);
+            _stepScalars.MemSetToZero(_stream);
             EnsureInts(4096);
         }
         catch
@@ -204,6 +206,14 @@ public sealed unsafe partial class GpuBackend : IBackend
         foreach (int t in tokens)
             if ((uint)t >= (uint)table.Rows) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} outside the vocabulary [0, {table.Rows})");
         if (tokens.Length == 0) return;
+        if (_inStep is { } step)
+        {
+            // A decode step reads its token from the step scalars (written before the step is queued or replayed).
+            if (tokens.Length != 1 || tokens[0] != step.Token)
+                throw new InvalidOperationException($"embedding of {tokens.Length} token(s) inside the decode step of token {step.Token}");
+            _launch.Embedding(StepView.SubView(DecodeStep.Token, 1), table, GpuViews.F32(dst), 1, table.Cols);
+            return;
+        }
         var ids = EnsureInts(tokens.Length).View.SubView(0, tokens.Length);
         fixed (int* p = tokens) ids.AsContiguous().CopyFromCPUUnsafeAsync(_stream, ref *p, tokens.Length);   // pageable: staged before return
         _launch.Embedding(ids, table, GpuViews.F32(dst), tokens.Length, table.Cols);
@@ -244,6 +254,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         int tokens = x.Rows, inDim = x.Cols, outDim = weight.Rows;
         if (tokens == 0 || outDim == 0) return;
         bool prefill = tokens > MatMulKernels.GemvMaxTokens;
+        if (prefill) NotInStep("a prefill matmul");
         if (_fullPrecision && prefill && _blas is not null)
         {
             MatMulF32(x, weight, dst, tokens, inDim, outDim);
@@ -307,11 +318,12 @@ public sealed unsafe partial class GpuBackend : IBackend
             throw new ArgumentOutOfRangeException(nameof(startPos), $"positions [{startPos}, {startPos + tokens}) exceed the cache's {cache.MaxSeq}");
         if (table.RotaryDim > hd) throw new ArgumentException($"rotary dim {table.RotaryDim} exceeds head dim {hd}", nameof(table));
         if (tokens == 0) return;
+        bool step = InStep(startPos, tokens, "Rope");
         var inv = _rope.Get(table);
         var qs = table.QueryScale;
         bool qsOn = qs is not null && layer >= qs.SkipLayers;
-        var args = new RopeArgs(q.Cols / hd, cache.NumKvHeads, hd, table.RotaryDim, startPos, layer * cache.MaxSeq + startPos,
-            table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0, HeadsPerGroup: 0);
+        var args = new RopeArgs(q.Cols / hd, cache.NumKvHeads, hd, table.RotaryDim, startPos, layer * cache.MaxSeq,
+            table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0, HeadsPerGroup: 0, StepPosition: step ? 1 : 0);
         if (table.Remap is { } remap)
         {
             // The far branch reads the unrotated q and k, so it goes first.
@@ -322,9 +334,10 @@ public sealed unsafe partial class GpuBackend : IBackend
             // Key dims: a group size per KV head and pair of this layer (stride pairs); otherwise one per pair (stride 0).
             var groups = remap.KeyDims is null ? _rope.Get(remap.Group, keep: table.InvFreq) : _rope.LayerGroups(remap, layer, cache.NumKvHeads);
             int groupStride = remap.KeyDims is null ? 0 : remap.Group.Length;
-            _launch.RopeFar(GpuViews.F32(q), GpuViews.F32(k), GpuViews.F32(qFar), cache.KFar, inv, groups, groupStride, tokens, args, remap.Window, remap.Floor, bf16);
+            _launch.RopeFar(GpuViews.F32(q), GpuViews.F32(k), GpuViews.F32(qFar), cache.KFar, inv, groups, groupStride, StepView, tokens, args,
+                remap.Window, remap.Floor, bf16);
         }
-        _launch.Rope(GpuViews.F32(q), GpuViews.F32(k), GpuViews.F32(v), cache.K, cache.V, inv, tokens, args, bf16);
+        _launch.Rope(GpuViews.F32(q), GpuViews.F32(k), GpuViews.F32(v), cache.K, cache.V, inv, StepView, tokens, args, bf16);
     }
 
     public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32, FarQueries? far = null)
@@ -343,6 +356,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         if (tokens > 65535) throw new ArgumentException($"at most 65535 queries per call, got {tokens}", nameof(q));
         if (tokens == 0) return;
         RequireCache(cache);
+        int stepLength = InStep(startPos, tokens, "Attention") ? _inStep!.Value.BucketLength : 0;
         if (far is { } f)
         {
             Require(f.Q, DType.F32, "far.Q");
@@ -352,16 +366,18 @@ public sealed unsafe partial class GpuBackend : IBackend
             var farPartial = _fastRemap && tokens >= AttentionFlashKernels.MinTokens
                 ? EnsureRemapPartial((long)tokens * heads * (hd + 2)).View : _attentionScratch.View.SubView(0, 0);
             _launch.Attention(GpuViews.F32(q), cache.LayerK(layer), cache.LayerV(layer), GpuViews.F32(dst), _attentionScratch.View, tokens,
-                heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16, GpuViews.F32(f.Q), cache.LayerKFar(layer), f.Window, farPartial, _fastRemap);
+                heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16, StepView, stepLength, GpuViews.F32(f.Q), cache.LayerKFar(layer), f.Window,
+                farPartial, _fastRemap);
             return;
         }
         _launch.Attention(GpuViews.F32(q), cache.LayerK(layer), cache.LayerV(layer), GpuViews.F32(dst), _attentionScratch.View, tokens,
-            heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16);
+            heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16, StepView, stepLength);
     }
 
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
     {
         _accelerator.Bind();
+        NotInStep("RerotateCache");
         RequireCache(cache);
         if (from.RotaryDim != to.RotaryDim || from.RotaryDim > cache.HeadDim)
             throw new ArgumentException($"rotary dims {from.RotaryDim} and {to.RotaryDim} do not fit head dim {cache.HeadDim}", nameof(to));
@@ -391,6 +407,7 @@ public sealed unsafe partial class GpuBackend : IBackend
     public void Argmax(Tensor x, Span<int> dst)
     {
         _accelerator.Bind();
+        NotInStep("Argmax");
         Require(x, DType.F32, nameof(x));
         if (dst.Length < x.Rows) throw new ArgumentException($"destination holds {dst.Length} ints, {x} has {x.Rows} rows", nameof(dst));
         if (x.Rows == 0) return;
@@ -410,6 +427,7 @@ public sealed unsafe partial class GpuBackend : IBackend
     public void Synchronize()
     {
         _accelerator.Bind();
+        NotInStep("Synchronize");
         _stream.Synchronize();
     }
 
@@ -429,6 +447,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         _blas?.Dispose();
         _rope?.Dispose();
         _ints?.Dispose();
+        _stepScalars?.Dispose();
         _remapPartial?.Dispose();
         _attentionScratch?.Dispose();
         _stream?.Dispose();

@@ -13,6 +13,9 @@ using U16 = ILGPU.ArrayView<ushort>;
 
 namespace LlamaRun.Backends.Gpu;
 
+/// <summary>One queued kernel launch: its name and configuration (for errors) and the launch itself.</summary>
+internal readonly record struct RecordedLaunch(string Name, KernelConfig Config, Action<Stream> Launch);
+
 internal sealed class GpuKernels
 {
     // Queries per flash-attention group: 64 (4 warps, default) or 128 (8 warps, LLAMA_FLASH_ROWS=128).
@@ -49,17 +52,17 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, long, int>> _toBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, U16, F32, long>>? _widenBf16, _widenF16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, long>>? _roundBf16, _roundF16;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>? _rope, _ropeBf16;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>? _ropeCacheF32, _ropeBf16CacheF32;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, ArrayView<int>, RopeArgs>>? _rope, _ropeBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, ArrayView<int>, RopeArgs>>? _ropeCacheF32, _ropeBf16CacheF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float>>? _rerotate;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float>>? _rerotateF32;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, RopeArgs, int, int, int>>? _ropeFar, _ropeFarBf16;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs, int, int, int>>? _ropeFarCacheF32, _ropeFarBf16CacheF32;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, F32, U16, AttentionArgs>>? _split;
-    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, F32, AttentionArgs>>? _splitF32;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, ArrayView<int>, RopeArgs, int, int, int>>? _ropeFar, _ropeFarBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, ArrayView<int>, RopeArgs, int, int, int>>? _ropeFarCacheF32, _ropeFarBf16CacheF32;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, F32, U16, ArrayView<int>, AttentionArgs>>? _split;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, F32, ArrayView<int>, AttentionArgs>>? _splitF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, int, int, int>> _combine;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32>>? _flash64, _flash128, _flash64Far, _flash64Near, _flash128Far, _flash128Near;
-    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, AttentionArgs>>? _decode1, _decode2, _decode4, _decode8;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, ArrayView<int>, AttentionArgs>>? _decode1, _decode2, _decode4, _decode8;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long, int>> _swiGlu, _add;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long, int>>? _swiGluBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<int>, int>> _argmax;
@@ -142,26 +145,26 @@ internal sealed class GpuKernels
         {
             _widenBf16 = l.Load<Action<Stream, KernelConfig, U16, F32, long>>("widen_bf16", RoundKernels.Widen<Bf16Element>);
             _widenF16 = l.Load<Action<Stream, KernelConfig, U16, F32, long>>("widen_f16", RoundKernels.Widen<F16Element>);
-            _ropeCacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>("rope_cf32", RopeKernels.Rope<NoRounding, float, F32Element>);
-            if (bf16) _ropeBf16CacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs>>("rope_cbf16_cf32", RopeKernels.Rope<Bf16Rounding, float, F32Element>);
+            _ropeCacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, ArrayView<int>, RopeArgs>>("rope_cf32", RopeKernels.Rope<NoRounding, float, F32Element>);
+            if (bf16) _ropeBf16CacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, ArrayView<int>, RopeArgs>>("rope_cbf16_cf32", RopeKernels.Rope<Bf16Rounding, float, F32Element>);
             _rerotateF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int, int, float, float>>("rerotate_cf32", RopeKernels.Rerotate<float, F32Element>);
-            _splitF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, F32, AttentionArgs>>("attention_split_cf32", AttentionKernels.Split<float, F32Element>);
+            _splitF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, F32, ArrayView<int>, AttentionArgs>>("attention_split_cf32", AttentionKernels.Split<float, F32Element>);
             if (set.Remap)
             {
-                _ropeFarCacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs, int, int, int>>("rope_far_cf32", RopeKernels.RopeFar<NoRounding, float, F32Element>);
-                if (bf16) _ropeFarBf16CacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, RopeArgs, int, int, int>>("rope_far_cbf16_cf32", RopeKernels.RopeFar<Bf16Rounding, float, F32Element>);
+                _ropeFarCacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, ArrayView<int>, RopeArgs, int, int, int>>("rope_far_cf32", RopeKernels.RopeFar<NoRounding, float, F32Element>);
+                if (bf16) _ropeFarBf16CacheF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, ArrayView<int>, RopeArgs, int, int, int>>("rope_far_cbf16_cf32", RopeKernels.RopeFar<Bf16Rounding, float, F32Element>);
             }
         }
         else
         {
-            _rope = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>("rope", RopeKernels.Rope<NoRounding, ushort, Bf16Element>);
-            if (bf16) _ropeBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, RopeArgs>>("rope_cbf16", RopeKernels.Rope<Bf16Rounding, ushort, Bf16Element>);
+            _rope = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, ArrayView<int>, RopeArgs>>("rope", RopeKernels.Rope<NoRounding, ushort, Bf16Element>);
+            if (bf16) _ropeBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, U16, F32, ArrayView<int>, RopeArgs>>("rope_cbf16", RopeKernels.Rope<Bf16Rounding, ushort, Bf16Element>);
             _rerotate = l.Load<Action<Stream, KernelConfig, U16, F32, F32, int, int, int, int, float, float>>("rerotate", RopeKernels.Rerotate<ushort, Bf16Element>);
-            _split = l.Load<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, F32, U16, AttentionArgs>>("attention_split", AttentionKernels.Split<ushort, Bf16Element>);
+            _split = l.Load<Action<Stream, KernelConfig, F32, U16, U16, F32, F32, F32, U16, ArrayView<int>, AttentionArgs>>("attention_split", AttentionKernels.Split<ushort, Bf16Element>);
             if (set.Remap)
             {
-                _ropeFar = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, RopeArgs, int, int, int>>("rope_far", RopeKernels.RopeFar<NoRounding, ushort, Bf16Element>);
-                if (bf16) _ropeFarBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, RopeArgs, int, int, int>>("rope_far_cbf16", RopeKernels.RopeFar<Bf16Rounding, ushort, Bf16Element>);
+                _ropeFar = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, ArrayView<int>, RopeArgs, int, int, int>>("rope_far", RopeKernels.RopeFar<NoRounding, ushort, Bf16Element>);
+                if (bf16) _ropeFarBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, ArrayView<int>, RopeArgs, int, int, int>>("rope_far_cbf16", RopeKernels.RopeFar<Bf16Rounding, ushort, Bf16Element>);
             }
             if (set.Decode(1)) _decode1 = LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead>);
             if (set.Decode(2)) _decode2 = LoadDecode(l, "attention_decode_g2", AttentionDecodeKernels.Decode<TwoQueryHeads>);
@@ -176,9 +179,9 @@ internal sealed class GpuKernels
         l.Complete();   // every kernel loaded (or the first failure thrown) before the backend is used
     }
 
-    private static KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, AttentionArgs>> LoadDecode(IKernelLoader l, string name,
-        Action<ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, AttentionArgs> kernel) =>
-        l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, AttentionArgs>>(name, kernel);
+    private static KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, ArrayView<int>, AttentionArgs>> LoadDecode(IKernelLoader l, string name,
+        Action<ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, ArrayView<int>, AttentionArgs> kernel) =>
+        l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, ArrayView<int>, AttentionArgs>>(name, kernel);
 
     // The flash variant of a head dim (64-query groups, or 128 with LLAMA_FLASH_ROWS=128) for the accelerator's tensor cores.
     private static Action<F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32> Flash<T64, T128, TP>(bool emulated)
@@ -197,9 +200,30 @@ internal sealed class GpuKernels
     private static T Need<T>(KernelHandle<T>? kernel, string name) where T : Delegate =>
         kernel?.Launch ?? throw new GpuException($"kernel {name} was not loaded: this backend was created for other shapes or another compute mode");
 
-    // Throws a launch failure with the kernel's name; with LLAMA_SYNC=1 waits for the kernel and names it on failure.
-    private void Done(string name)
+    /// <summary>
+    /// Where launches go instead of the stream while a decode step is recorded (ILGPU's CPU accelerator, which has no
+    /// CUDA graphs: the recording is replayed as a graph would be, with the arguments of the recorded step); null: launch.
+    /// </summary>
+    public List<RecordedLaunch>? Recording { get; set; }
+
+    // Queues one launch, or records it; names the kernel on failure.
+    private void Queue(string name, KernelConfig config, Action<Stream> launch)
     {
+        if (Recording is { } recording) recording.Add(new RecordedLaunch(name, config, launch));
+        else Run(new RecordedLaunch(name, config, launch));
+    }
+
+    /// <summary>Launches on the stream, naming the kernel on failure; with LLAMA_SYNC=1 waits for it and names it on failure.</summary>
+    public void Run(RecordedLaunch launch)
+    {
+        try
+        {
+            launch.Launch(_stream);
+        }
+        catch (Exception e) when (e is not GpuException)
+        {
+            throw Failed(launch.Name, launch.Config, e);
+        }
         if (!_sync) return;
         try
         {
@@ -207,7 +231,7 @@ internal sealed class GpuKernels
         }
         catch (Exception e)
         {
-            throw new GpuException($"{e.Message.Split('\n')[0]}: in kernel {name} (LLAMA_SYNC=1)", e);
+            throw new GpuException($"{e.Message.Split('\n')[0]}: in kernel {launch.Name} (LLAMA_SYNC=1)", e);
         }
     }
 
@@ -224,13 +248,17 @@ internal sealed class GpuKernels
         int group = GroupSize(256);
         var config = new KernelConfig(new Index3D((hidden + group - 1) / group, Math.Min(numTokens, 65535), 1), new Index3D(group, 1, 1));
         string name = table.DType switch { DType.F32 => "embedding_f32", DType.F16 => "embedding_f16", _ => "embedding_bf16" };
-        try
+        if (table.DType == DType.F32)
         {
-            if (table.DType == DType.F32) _embeddingF32.Launch(_stream, config, tokens, GpuViews.F32(table), dst, numTokens, hidden);
-            else (table.DType == DType.F16 ? _embeddingF16 : _embeddingBf16).Launch(_stream, config, tokens, GpuViews.U16(table), dst, numTokens, hidden);
+            var f32 = GpuViews.F32(table);
+            Queue(name, config, s => _embeddingF32.Launch(s, config, tokens, f32, dst, numTokens, hidden));
         }
-        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
-        Done(name);
+        else
+        {
+            var kernel = (table.DType == DType.F16 ? _embeddingF16 : _embeddingBf16).Launch;
+            var u16 = GpuViews.U16(table);
+            Queue(name, config, s => kernel(s, config, tokens, u16, dst, numTokens, hidden));
+        }
     }
 
     // bf16: the variants that round intermediates as a bf16 framework does (here and in Rope, SwiGlu, Attention).
@@ -239,13 +267,18 @@ internal sealed class GpuKernels
         var config = new KernelConfig(rows, GroupSize(n >= 8192 ? 512 : 256));
         bool vector = n % 4 == 0 && GpuViews.Aligned16(x, weight, dst);
         string name = (vector ? "rmsnorm4" : "rmsnorm") + (bf16 ? "_cbf16" : "");
-        try
+        if (vector)
         {
-            if (vector) (bf16 ? Need(_rmsNorm4Bf16, name) : _rmsNorm4.Launch)(_stream, config, GpuViews.F4(x), GpuViews.F4(weight), GpuViews.F4(dst), n / 4, eps);
-            else (bf16 ? Need(_rmsNormBf16, name) : _rmsNorm.Launch)(_stream, config, GpuViews.F32(x), GpuViews.F32(weight), GpuViews.F32(dst), n, eps);
+            var kernel = bf16 ? Need(_rmsNorm4Bf16, name) : _rmsNorm4.Launch;
+            var (x4, w4, d4) = (GpuViews.F4(x), GpuViews.F4(weight), GpuViews.F4(dst));
+            Queue(name, config, s => kernel(s, config, x4, w4, d4, n / 4, eps));
         }
-        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
-        Done(name);
+        else
+        {
+            var kernel = bf16 ? Need(_rmsNormBf16, name) : _rmsNorm.Launch;
+            var (x1, w1, d1) = (GpuViews.F32(x), GpuViews.F32(weight), GpuViews.F32(dst));
+            Queue(name, config, s => kernel(s, config, x1, w1, d1, n, eps));
+        }
     }
 
     public void AddRmsNorm(Tensor x, Tensor y, Tensor weight, Tensor dst, int rows, int n, float eps, bool bf16)
@@ -253,14 +286,18 @@ internal sealed class GpuKernels
         var config = new KernelConfig(rows, GroupSize(n >= 8192 ? 512 : 256));
         bool vector = n % 4 == 0 && GpuViews.Aligned16(x, y, weight, dst);
         string name = (vector ? "add_rmsnorm4" : "add_rmsnorm") + (bf16 ? "_cbf16" : "");
-        try
+        if (vector)
         {
-            if (vector)
-                (bf16 ? Need(_addRmsNorm4Bf16, name) : _addRmsNorm4.Launch)(_stream, config, GpuViews.F4(x), GpuViews.F4(y), GpuViews.F4(weight), GpuViews.F4(dst), n / 4, eps);
-            else (bf16 ? Need(_addRmsNormBf16, name) : _addRmsNorm.Launch)(_stream, config, GpuViews.F32(x), GpuViews.F32(y), GpuViews.F32(weight), GpuViews.F32(dst), n, eps);
+            var kernel = bf16 ? Need(_addRmsNorm4Bf16, name) : _addRmsNorm4.Launch;
+            var (x4, y4, w4, d4) = (GpuViews.F4(x), GpuViews.F4(y), GpuViews.F4(weight), GpuViews.F4(dst));
+            Queue(name, config, s => kernel(s, config, x4, y4, w4, d4, n / 4, eps));
         }
-        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
-        Done(name);
+        else
+        {
+            var kernel = bf16 ? Need(_addRmsNormBf16, name) : _addRmsNorm.Launch;
+            var (x1, y1, w1, d1) = (GpuViews.F32(x), GpuViews.F32(y), GpuViews.F32(weight), GpuViews.F32(dst));
+            Queue(name, config, s => kernel(s, config, x1, y1, w1, d1, n, eps));
+        }
     }
 
     /// <summary>dst[T, out] = x[T, in] * weight^T for T &lt;= 8 tokens: one warp per output row (bf16: one launch a token).</summary>
@@ -269,18 +306,26 @@ internal sealed class GpuKernels
         var config = new KernelConfig((outDim + _rowsPerGemvGroup - 1) / _rowsPerGemvGroup, 32 * _rowsPerGemvGroup);
         bool vector = weight.DType == DType.BF16 && inDim % 8 == 0 && GpuViews.Aligned16(x, weight);
         string name = vector ? "gemv_bf16" : weight.DType switch { DType.F32 => "gemv_f32", DType.F16 => "gemv_f16", _ => "gemv_bf16_any" };
-        try
+        if (vector)
         {
-            if (vector)
+            var w4 = GpuViews.U4(weight);
+            for (int t = 0; t < tokens; t++)
             {
-                for (int t = 0; t < tokens; t++)
-                    _gemvBf16.Launch(_stream, config, GpuViews.F4(x.SliceRows(t, 1)), GpuViews.U4(weight), GpuViews.F32(dst.SliceRows(t, 1)), inDim, outDim);
+                var (x4, d1) = (GpuViews.F4(x.SliceRows(t, 1)), GpuViews.F32(dst.SliceRows(t, 1)));
+                Queue(name, config, s => _gemvBf16.Launch(s, config, x4, w4, d1, inDim, outDim));
             }
-            else if (weight.DType == DType.F32) _gemvF32.Launch(_stream, config, GpuViews.F32(x), GpuViews.F32(weight), GpuViews.F32(dst), tokens, inDim, outDim);
-            else (weight.DType == DType.F16 ? _gemvF16 : _gemvBf16Any).Launch(_stream, config, GpuViews.F32(x), GpuViews.U16(weight), GpuViews.F32(dst), tokens, inDim, outDim);
         }
-        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
-        Done(name);
+        else if (weight.DType == DType.F32)
+        {
+            var (x1, w1, d1) = (GpuViews.F32(x), GpuViews.F32(weight), GpuViews.F32(dst));
+            Queue(name, config, s => _gemvF32.Launch(s, config, x1, w1, d1, tokens, inDim, outDim));
+        }
+        else
+        {
+            var kernel = (weight.DType == DType.F16 ? _gemvF16 : _gemvBf16Any).Launch;
+            var (x1, w1, d1) = (GpuViews.F32(x), GpuViews.U16(weight), GpuViews.F32(dst));
+            Queue(name, config, s => kernel(s, config, x1, w1, d1, tokens, inDim, outDim));
+        }
     }
 
     /// <summary>dst[M, N] = x[M, K] * weight[N, K]^T on tensor cores (bf16 weights; x rounded to bf16).</summary>
@@ -288,18 +333,14 @@ internal sealed class GpuKernels
     {
         var config = new KernelConfig(new Index3D((n + MatMulKernels.GemmTile - 1) / MatMulKernels.GemmTile, (m + MatMulKernels.GemmTile - 1) / MatMulKernels.GemmTile, 1),
             new Index3D(256, 1, 1), SharedMemoryConfig.RequestDynamic<byte>(MatMulKernels.GemmSharedBytes + _scratchBytes));
-        try { Need(_gemmBf16, "gemm_bf16")(_stream, config, x, weight, dst, m, k, n); }
-        catch (Exception e) when (e is not GpuException) { throw Failed("gemm_bf16", config, e); }
-        Done("gemm_bf16");
+        Queue("gemm_bf16", config, s => Need(_gemmBf16, "gemm_bf16")(s, config, x, weight, dst, m, k, n));
     }
 
     public void ToBf16(F32 x, U16 dst, long n)
     {
         int vector = Aligned(x, 16) && Aligned(dst, 8) ? 1 : 0;
         var config = ElementwiseConfig(vector != 0 ? (n + 3) / 4 : n);
-        try { _toBf16.Launch(_stream, config, x, dst, n, vector); }
-        catch (Exception e) when (e is not GpuException) { throw Failed("to_bf16", config, e); }
-        Done("to_bf16");
+        Queue("to_bf16", config, s => _toBf16.Launch(s, config, x, dst, n, vector));
     }
 
     /// <summary>dst (f32) = n bf16 (or f16) values of src, exactly.</summary>
@@ -307,9 +348,7 @@ internal sealed class GpuKernels
     {
         var config = ElementwiseConfig(n);
         string name = f16 ? "widen_f16" : "widen_bf16";
-        try { Need(f16 ? _widenF16 : _widenBf16, name)(_stream, config, src, dst, n); }
-        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
-        Done(name);
+        Queue(name, config, s => Need(f16 ? _widenF16 : _widenBf16, name)(s, config, src, dst, n));
     }
 
     /// <summary>Rounds n f32 values in place to bf16 (or f16) values.</summary>
@@ -317,9 +356,7 @@ internal sealed class GpuKernels
     {
         var config = ElementwiseConfig(n);
         string name = f16 ? "round_f16" : "round_bf16";
-        try { Need(f16 ? _roundF16 : _roundBf16, name)(_stream, config, x, n); }
-        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
-        Done(name);
+        Queue(name, config, s => Need(f16 ? _roundF16 : _roundBf16, name)(s, config, x, n));
     }
 
     public void SwiGlu(F32 gate, F32 up, F32 dst, long n, bool bf16)
@@ -327,18 +364,14 @@ internal sealed class GpuKernels
         int vector = Aligned(gate, 16) && Aligned(up, 16) && Aligned(dst, 16) ? 1 : 0;
         var config = ElementwiseConfig(vector != 0 ? (n + 3) / 4 : n);
         string name = bf16 ? "swiglu_cbf16" : "swiglu";
-        try { (bf16 ? Need(_swiGluBf16, name) : _swiGlu.Launch)(_stream, config, gate, up, dst, n, vector); }
-        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
-        Done(name);
+        Queue(name, config, s => (bf16 ? Need(_swiGluBf16, name) : _swiGlu.Launch)(s, config, gate, up, dst, n, vector));
     }
 
     public void Add(F32 x, F32 y, F32 dst, long n)
     {
         int vector = Aligned(x, 16) && Aligned(y, 16) && Aligned(dst, 16) ? 1 : 0;
         var config = ElementwiseConfig(vector != 0 ? (n + 3) / 4 : n);
-        try { _add.Launch(_stream, config, x, y, dst, n, vector); }
-        catch (Exception e) when (e is not GpuException) { throw Failed("add", config, e); }
-        Done("add");
+        Queue("add", config, s => _add.Launch(s, config, x, y, dst, n, vector));
     }
 
     private static bool Aligned<T>(ArrayView<T> v, int bytes) where T : unmanaged => (long)v.LoadEffectiveAddressAsPtr() % bytes == 0;
@@ -350,8 +383,8 @@ internal sealed class GpuKernels
         return new KernelConfig(Groups(n, group), group);
     }
 
-    /// <summary>Rotary embedding of q and k plus the KV-cache append (cache rows cacheRow0 + t); f32 or bf16 cache views.</summary>
-    public void Rope(F32 q, F32 k, F32 v, Tensor kcache, Tensor vcache, F32 invFreq, int tokens, RopeArgs args, bool bf16)
+    /// <summary>Rotary embedding of q and k plus the KV-cache append (the layer's rows of the positions); f32 or bf16 cache views; step: the decode step's scalars.</summary>
+    public void Rope(F32 q, F32 k, F32 v, Tensor kcache, Tensor vcache, F32 invFreq, ArrayView<int> step, int tokens, RopeArgs args, bool bf16)
     {
         // A few tokens: one head a group, so the step spreads over the GPU; many: every head of a token in one group.
         int heads = args.NumHeads + args.NumKvHeads, perGroup = tokens < _multiprocessors ? 1 : heads;
@@ -360,17 +393,23 @@ internal sealed class GpuKernels
         var config = new KernelConfig(new Index3D(tokens, (heads + perGroup - 1) / perGroup, 1), new Index3D(GroupSize(128), 1, 1));
         bool f32Cache = kcache.DType == DType.F32;
         string name = (bf16 ? "rope_cbf16" : "rope") + (f32Cache ? "_cf32" : "");
-        try
+        if (f32Cache)
         {
-            if (f32Cache) Need(bf16 ? _ropeBf16CacheF32 : _ropeCacheF32, name)(_stream, config, q, k, v, GpuViews.F32(kcache), GpuViews.F32(vcache), invFreq, args);
-            else Need(bf16 ? _ropeBf16 : _rope, name)(_stream, config, q, k, v, GpuViews.U16(kcache), GpuViews.U16(vcache), invFreq, args);
+            var kernel = Need(bf16 ? _ropeBf16CacheF32 : _ropeCacheF32, name);
+            var (kc, vc) = (GpuViews.F32(kcache), GpuViews.F32(vcache));
+            Queue(name, config, s => kernel(s, config, q, k, v, kc, vc, invFreq, step, args));
         }
-        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
-        Done(name);
+        else
+        {
+            var kernel = Need(bf16 ? _ropeBf16 : _rope, name);
+            var (kc, vc) = (GpuViews.U16(kcache), GpuViews.U16(vcache));
+            Queue(name, config, s => kernel(s, config, q, k, v, kc, vc, invFreq, step, args));
+        }
     }
 
-    /// <summary>An index remap's far branch from the unrotated q and k (before Rope): far queries to qFar, grouped keys to kfar rows cacheRow0 + t.</summary>
-    public void RopeFar(F32 q, F32 k, F32 qFar, Tensor kfar, F32 invFreq, F32 groups, int groupStride, int tokens, RopeArgs args, int window, bool floor, bool bf16)
+    /// <summary>An index remap's far branch from the unrotated q and k (before Rope): far queries to qFar, grouped keys to the layer's kfar rows.</summary>
+    public void RopeFar(F32 q, F32 k, F32 qFar, Tensor kfar, F32 invFreq, F32 groups, int groupStride, ArrayView<int> step, int tokens, RopeArgs args,
+        int window, bool floor, bool bf16)
     {
         // Group sizes per KV head (groupStride > 0): one head a group, so each group reads one row of them.
         int heads = args.NumHeads + args.NumKvHeads, perGroup = tokens < _multiprocessors || groupStride > 0 ? 1 : heads;
@@ -379,13 +418,18 @@ internal sealed class GpuKernels
         bool f32Cache = kfar.DType == DType.F32;
         string name = (bf16 ? "rope_far_cbf16" : "rope_far") + (f32Cache ? "_cf32" : "");
         int fl = floor ? 1 : 0;
-        try
+        if (f32Cache)
         {
-            if (f32Cache) Need(bf16 ? _ropeFarBf16CacheF32 : _ropeFarCacheF32, name)(_stream, config, q, k, qFar, GpuViews.F32(kfar), invFreq, groups, args, window, fl, groupStride);
-            else Need(bf16 ? _ropeFarBf16 : _ropeFar, name)(_stream, config, q, k, qFar, GpuViews.U16(kfar), invFreq, groups, args, window, fl, groupStride);
+            var kernel = Need(bf16 ? _ropeFarBf16CacheF32 : _ropeFarCacheF32, name);
+            var kf = GpuViews.F32(kfar);
+            Queue(name, config, s => kernel(s, config, q, k, qFar, kf, invFreq, groups, step, args, window, fl, groupStride));
         }
-        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
-        Done(name);
+        else
+        {
+            var kernel = Need(bf16 ? _ropeFarBf16 : _ropeFar, name);
+            var kf = GpuViews.U16(kfar);
+            Queue(name, config, s => kernel(s, config, q, k, qFar, kf, invFreq, groups, step, args, window, fl, groupStride));
+        }
     }
 
     public void Rerotate(Tensor kcache, F32 invFrom, F32 invTo, int numLayers, int maxSeq, int length, int numKvHeads,
@@ -394,24 +438,29 @@ internal sealed class GpuKernels
         var config = new KernelConfig(new Index3D(length, numLayers, 1), new Index3D(GroupSize(128), 1, 1));
         bool f32Cache = kcache.DType == DType.F32;
         string name = f32Cache ? "rerotate_cf32" : "rerotate";
-        try
+        if (f32Cache)
         {
-            if (f32Cache) Need(_rerotateF32, name)(_stream, config, GpuViews.F32(kcache), invFrom, invTo, maxSeq, numKvHeads, headDim, rotaryDim, magFrom, magTo);
-            else Need(_rerotate, name)(_stream, config, GpuViews.U16(kcache), invFrom, invTo, maxSeq, numKvHeads, headDim, rotaryDim, magFrom, magTo);
+            var (kernel, kc) = (Need(_rerotateF32, name), GpuViews.F32(kcache));
+            Queue(name, config, s => kernel(s, config, kc, invFrom, invTo, maxSeq, numKvHeads, headDim, rotaryDim, magFrom, magTo));
         }
-        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
-        Done(name);
+        else
+        {
+            var (kernel, kc) = (Need(_rerotate, name), GpuViews.U16(kcache));
+            Queue(name, config, s => kernel(s, config, kc, invFrom, invTo, maxSeq, numKvHeads, headDim, rotaryDim, magFrom, magTo));
+        }
     }
 
     /// <summary>
     /// Picks the attention variant: flash (prefill of at least 32 queries, bf16 cache, head dim 64 or 128), decode
     /// split-K (bf16 cache, head dim 64, 128 or 256, up to 8 query heads per KV head) or the per-head split-K, then the
     /// combine when the keys were split. kcache and vcache are the layer's rows; partial holds the split results.
-    /// An index remap (window above 0, far queries qFar and grouped keys kfar) always takes the per-head split-K.
+    /// An index remap (window above 0, far queries qFar and grouped keys kfar) takes flash attention or the decode kernel
+    /// in two parts where fastRemap allows, else the per-head split-K. stepLength above 0: a decode step whose position
+    /// the kernels read from step; the splits are sized for stepLength keys (the step's bucket), not startPos + 1.
     /// </summary>
     public void Attention(F32 q, Tensor kcache, Tensor vcache, F32 dst, F32 partial, int tokens, int numHeads, int numKvHeads,
-        int headDim, int startPos, bool flash, bool bf16, F32 qFar = default, Tensor? kfar = null, int window = 0, F32 farPartial = default,
-        bool fastRemap = false)
+        int headDim, int startPos, bool flash, bool bf16, ArrayView<int> step, int stepLength = 0, F32 qFar = default, Tensor? kfar = null,
+        int window = 0, F32 farPartial = default, bool fastRemap = false)
     {
         bool f32Cache = kcache.DType == DType.F32, vectors = GpuViews.Aligned16(kcache, vcache) && (numKvHeads * headDim) % 8 == 0;
         bool remap = window > 0;
@@ -421,7 +470,7 @@ internal sealed class GpuKernels
         // An index remap takes flash attention and the decode kernel in two passes (far keys, then near) where
         // fastRemap allows, farPartial holding the far pass's rows; otherwise the split kernel with both branches.
         bool remapFast = remap && fastRemap && (kfar is null || GpuViews.Aligned16(kfar, vcache));
-        if ((!remap || remapFast) && flash && !f32Cache && tokens >= AttentionFlashKernels.MinTokens && flashKernel is not null && vectors
+        if (stepLength == 0 && (!remap || remapFast) && flash && !f32Cache && tokens >= AttentionFlashKernels.MinTokens && flashKernel is not null && vectors
             && (!remap || (farKernel is not null && farPartial.Length >= (long)tokens * numHeads * (headDim + 2))))
         {
             int rows = 16 * FlashWarps;
@@ -429,26 +478,19 @@ internal sealed class GpuKernels
                 SharedMemoryConfig.RequestDynamic<byte>(2 * AttentionFlashKernels.SharedElements(headDim, FlashWarps) + _scratchBytes));
             string flashName = headDim == 64 ? "attention_flash_hd64" : "attention_flash_hd128";
             float scaleLog2 = scale * 1.4426950408889634f;   // softmax in the exp2 domain
-            try
+            var (k4, v4) = (GpuViews.U4(kcache), GpuViews.U4(vcache));
+            if (remap)
             {
-                if (remap)
-                {
-                    flashName = flashName.Replace("flash_", "flash_far_");
-                    farKernel!.Launch(_stream, fc, qFar, GpuViews.U4(kfar!), GpuViews.U4(vcache), dst, tokens, numHeads, numKvHeads, startPos, scaleLog2,
-                        window, farPartial);
-                    Done(flashName);
-                    flashName = flashName.Replace("flash_far_", "flash_near_");
-                    Need(nearKernel, flashName)(_stream, fc, q, GpuViews.U4(kcache), GpuViews.U4(vcache), dst, tokens, numHeads, numKvHeads, startPos,
-                        scaleLog2, window, farPartial);
-                }
-                else
-                {
-                    flashKernel.Launch(_stream, fc, q, GpuViews.U4(kcache), GpuViews.U4(vcache), dst, tokens, numHeads, numKvHeads, startPos, scaleLog2,
-                        0, dst);
-                }
+                var (far, near, kf4) = (farKernel!.Launch, Need(nearKernel, flashName.Replace("flash_", "flash_near_")), GpuViews.U4(kfar!));
+                Queue(flashName.Replace("flash_", "flash_far_"), fc,
+                    s => far(s, fc, qFar, kf4, v4, dst, tokens, numHeads, numKvHeads, startPos, scaleLog2, window, farPartial));
+                Queue(flashName.Replace("flash_", "flash_near_"), fc,
+                    s => near(s, fc, q, k4, v4, dst, tokens, numHeads, numKvHeads, startPos, scaleLog2, window, farPartial));
             }
-            catch (Exception e) when (e is not GpuException) { throw Failed(flashName, fc, e); }
-            Done(flashName);
+            else
+            {
+                Queue(flashName, fc, s => flashKernel.Launch(s, fc, q, k4, v4, dst, tokens, numHeads, numKvHeads, startPos, scaleLog2, 0, dst));
+            }
             return;
         }
         int group = numHeads / numKvHeads, variant = GpuKernelSet.DecodeVariant(group);
@@ -456,7 +498,7 @@ internal sealed class GpuKernels
         // (A remap's two parts need at least two splits of partials: more queries than that holds take the split kernel.)
         bool useDecode = (!remap || (remapFast && (long)tokens * numHeads * 2 * (headDim + 2) <= partial.Length))
             && !f32Cache && decode is not null && headDim is 64 or 128 or 256 && vectors && (long)tokens * numHeads * headDim % 4 == 0;
-        int units = useDecode ? numKvHeads : numHeads, maxLen = startPos + tokens;
+        int units = useDecode ? numKvHeads : numHeads, maxLen = stepLength > 0 ? stepLength : startPos + tokens;
         // Enough (head, query, split) groups to fill the GPU about SplitWaves times, at least 256 keys a split (shorter
         // splits cost more in the combine than they gain: H200, Llama-3-8B decode at 16k 130 us with 128 keys, 87 with 256).
         const int MinSplit = 256;
@@ -475,47 +517,46 @@ internal sealed class GpuKernels
             splits = AllSplits();
         }
         int farSplits = FarSplits();
-        var args = new AttentionArgs(numHeads, numKvHeads, headDim, startPos, splitLen, splits, scale, bf16 ? 1 : 0, window);
+        var args = new AttentionArgs(numHeads, numKvHeads, headDim, startPos, splitLen, splits, scale, bf16 ? 1 : 0, window,
+            StepPosition: stepLength > 0 ? 1 : 0);
         var farK = kfar ?? kcache;   // read only with a remap
         if (!remap) qFar = q;
         int shared = useDecode ? 4 * AttentionDecodeKernels.SharedFloats(variant, headDim) : 0;
         var config = new KernelConfig(new Index3D(units, tokens, splits), new Index3D(AttentionKernels.GroupSize, 1, 1),
             useDecode ? SharedMemoryConfig.RequestDynamic<byte>(shared) : default);
         string name = useDecode ? $"attention_decode_g{variant}" : f32Cache ? "attention_split_cf32" : "attention_split";
-        try
+        if (useDecode)
         {
-            if (twoParts)
-                decode!.Launch(_stream, config, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial, qFar.Cast<F4>(), GpuViews.U4(farK),
-                    args with { FarSplits = farSplits });
-            else if (useDecode)
-                decode!.Launch(_stream, config, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache), dst, partial, q.Cast<F4>(), GpuViews.U4(kcache),
-                    args with { Window = 0 });
-            else if (f32Cache) Need(_splitF32, name)(_stream, config, q, GpuViews.F32(kcache), GpuViews.F32(vcache), dst, partial, qFar, GpuViews.F32(farK), args);
-            else Need(_split, name)(_stream, config, q, GpuViews.U16(kcache), GpuViews.U16(vcache), dst, partial, qFar, GpuViews.U16(farK), args);
+            var (kernel, q4, k4, v4) = (decode!.Launch, q.Cast<F4>(), GpuViews.U4(kcache), GpuViews.U4(vcache));
+            var (qf4, kf4) = twoParts ? (qFar.Cast<F4>(), GpuViews.U4(farK)) : (q4, k4);
+            var a = twoParts ? args with { FarSplits = farSplits } : args with { Window = 0 };
+            Queue(name, config, s => kernel(s, config, q4, k4, v4, dst, partial, qf4, kf4, step, a));
         }
-        catch (Exception e) when (e is not GpuException) { throw Failed(name, config, e); }
-        Done(name);
+        else if (f32Cache)
+        {
+            var (kernel, kc, vc, kf) = (Need(_splitF32, name), GpuViews.F32(kcache), GpuViews.F32(vcache), GpuViews.F32(farK));
+            Queue(name, config, s => kernel(s, config, q, kc, vc, dst, partial, qFar, kf, step, args));
+        }
+        else
+        {
+            var (kernel, kc, vc, kf) = (Need(_split, name), GpuViews.U16(kcache), GpuViews.U16(vcache), GpuViews.U16(farK));
+            Queue(name, config, s => kernel(s, config, q, kc, vc, dst, partial, qFar, kf, step, args));
+        }
         if (splits <= 1) return;
         var cc = new KernelConfig(new Index3D(numHeads, tokens, 1), new Index3D(AttentionKernels.GroupSize, 1, 1));
-        try { _combine.Launch(_stream, cc, partial, dst, numHeads, headDim, splits); }
-        catch (Exception e) when (e is not GpuException) { throw Failed("attention_combine", cc, e); }
-        Done("attention_combine");
+        Queue("attention_combine", cc, s => _combine.Launch(s, cc, partial, dst, numHeads, headDim, splits));
     }
 
     /// <summary>Reads every vector of src once (dst[0] ^= their XOR): 8 groups of 256 threads an SM, grid-stride.</summary>
     public void MemoryRead(ArrayView<U4> src, ArrayView<uint> dst)
     {
         var config = new KernelConfig(8 * _multiprocessors, GroupSize(256));
-        try { _read.Launch(_stream, config, src, dst); }
-        catch (Exception e) when (e is not GpuException) { throw Failed("memory_read", config, e); }
-        Done("memory_read");
+        Queue("memory_read", config, s => _read.Launch(s, config, src, dst));
     }
 
     public void Argmax(F32 x, ArrayView<int> dst, int rows, int cols)
     {
         var config = new KernelConfig(rows, GroupSize(256));
-        try { _argmax.Launch(_stream, config, x, dst, cols); }
-        catch (Exception e) when (e is not GpuException) { throw Failed("argmax", config, e); }
-        Done("argmax");
+        Queue("argmax", config, s => _argmax.Launch(s, config, x, dst, cols));
     }
 }

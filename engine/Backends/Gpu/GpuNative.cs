@@ -1,6 +1,7 @@
 // The few CUDA driver calls ILGPU lacks, bound by hand from libcuda.so.1 (function pointers, loaded once): kernel
-// attributes (shared-memory carveout, registers, local memory), plus the availability probe that says in one line why
-// no GPU can be used, and the resolver that lets ILGPU (which imports "cuda") find libcuda.so.1.
+// attributes (shared-memory carveout, registers, local memory), stream capture into CUDA graphs (decode steps), plus
+// the availability probe that says in one line why no GPU can be used, and the resolver that lets ILGPU (which
+// imports "cuda") find libcuda.so.1.
 // Exercised by GpuBackend's start-up (`llama-run --device cuda`, tests/GpuOpsTests.cs on a GPU).
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -21,6 +22,13 @@ internal static unsafe class GpuNative
     private static delegate* unmanaged<int*, int, nint, int> cuFuncGetAttribute;
     private static delegate* unmanaged<nint, int, int, int> cuFuncSetAttribute;
     private static delegate* unmanaged<int, byte**, int> cuGetErrorName;
+    private static delegate* unmanaged<nint, int, int> cuStreamBeginCapture;
+    private static delegate* unmanaged<nint, nint*, int> cuStreamEndCapture;
+    private static delegate* unmanaged<nint*, nint, ulong, int> cuGraphInstantiateWithFlags;
+    private static delegate* unmanaged<nint, nint, int> cuGraphLaunch;
+    private static delegate* unmanaged<nint, int> cuGraphExecDestroy;
+    private static delegate* unmanaged<nint, int> cuGraphDestroy;
+    private const int CaptureModeRelaxed = 2;   // CU_STREAM_CAPTURE_MODE_RELAXED: other threads' calls are not checked
     private static readonly Lazy<string?> LoadError = new(Load);   // null once usable, else why not (runs once)
 
     /// <summary>True when a CUDA driver and a GPU of compute capability 8.0 or newer are present; otherwise why not, in one line.</summary>
@@ -42,6 +50,13 @@ internal static unsafe class GpuNative
         cuFuncGetAttribute = (delegate* unmanaged<int*, int, nint, int>)exports.Get("cuFuncGetAttribute");
         cuFuncSetAttribute = (delegate* unmanaged<nint, int, int, int>)exports.Get("cuFuncSetAttribute");
         cuGetErrorName = (delegate* unmanaged<int, byte**, int>)exports.Get("cuGetErrorName");
+        // CUDA graphs (driver 11.4 and newer): optional, decode steps run without them where absent.
+        cuStreamBeginCapture = (delegate* unmanaged<nint, int, int>)exports.Get("cuStreamBeginCapture_v2", required: false);
+        cuStreamEndCapture = (delegate* unmanaged<nint, nint*, int>)exports.Get("cuStreamEndCapture", required: false);
+        cuGraphInstantiateWithFlags = (delegate* unmanaged<nint*, nint, ulong, int>)exports.Get("cuGraphInstantiateWithFlags", required: false);
+        cuGraphLaunch = (delegate* unmanaged<nint, nint, int>)exports.Get("cuGraphLaunch", required: false);
+        cuGraphExecDestroy = (delegate* unmanaged<nint, int>)exports.Get("cuGraphExecDestroy", required: false);
+        cuGraphDestroy = (delegate* unmanaged<nint, int>)exports.Get("cuGraphDestroy", required: false);
         if (exports.AnyMissing) return $"CUDA driver too old: missing {exports.MissingList}";
         int r = cuInit(0), count = 0;
         if (r != Success) return $"CUDA driver present but cuInit failed: {ErrorName(r)}";
@@ -100,5 +115,41 @@ internal static unsafe class GpuNative
         Check(cuFuncGetAttribute(&regs, FuncAttributeNumRegs, function));
         Check(cuFuncGetAttribute(&local, FuncAttributeLocalSizeBytes, function));
         return (regs, local);
+    }
+
+    /// <summary>Whether the driver captures streams into CUDA graphs.</summary>
+    public static bool HasGraphs => cuStreamBeginCapture != null && cuStreamEndCapture != null && cuGraphInstantiateWithFlags != null
+        && cuGraphLaunch != null && cuGraphExecDestroy != null && cuGraphDestroy != null;
+
+    /// <summary>Starts capturing the launches queued on stream (they are recorded, not run) until EndCapture.</summary>
+    public static void BeginCapture(nint stream) => Check(cuStreamBeginCapture(stream, CaptureModeRelaxed));
+
+    /// <summary>
+    /// Ends the capture of stream and instantiates what it recorded as an executable graph; an invalidated capture
+    /// (an operation a graph cannot hold) throws, and the stream captures no more either way.
+    /// </summary>
+    public static nint EndCapture(nint stream)
+    {
+        nint graph = 0, exec = 0;
+        int r = cuStreamEndCapture(stream, &graph);
+        try
+        {
+            Check(r, "cuStreamEndCapture");
+            Check(cuGraphInstantiateWithFlags(&exec, graph, 0));
+            return exec;
+        }
+        finally
+        {
+            if (graph != 0) cuGraphDestroy(graph);   // the executable graph keeps what it needs
+        }
+    }
+
+    /// <summary>Queues an executable graph on stream.</summary>
+    public static void Launch(nint exec, nint stream) => Check(cuGraphLaunch(exec, stream));
+
+    /// <summary>Frees an executable graph (after the work queued with it).</summary>
+    public static void DestroyGraph(nint exec)
+    {
+        if (exec != 0) cuGraphExecDestroy(exec);
     }
 }

@@ -16,6 +16,9 @@ internal sealed unsafe class GpuRopeTables(Accelerator accelerator, AcceleratorS
     private readonly float[]?[] _content = new float[Slots][];
     private int _next;
 
+    /// <summary>Device writes so far (a slot refilled, the key-dim groups replaced): a replayed decode step that read a table is stale once it changes.</summary>
+    public long Uploads { get; private set; }
+
     private ArrayView<float> Slot(int slot, int pairs) => _device.View.SubView(slot * MaxPairs, pairs);
 
     /// <summary>The device copy of the table's InvFreq; never evicts the slot that holds keep's.</summary>
@@ -31,6 +34,7 @@ internal sealed unsafe class GpuRopeTables(Accelerator accelerator, AcceleratorS
         _next = (slot + 1) % Slots;
         var copy = (float[])inv.Clone();   // the slot's record of what it holds (pageable: the copy is staged before return)
         _content[slot] = copy;
+        Uploads++;
         var view = Slot(slot, inv.Length);
         fixed (float* h = copy) view.CopyFromCPUUnsafeAsync(stream, ref *h, copy.Length);
         return view;
@@ -59,6 +63,7 @@ internal sealed unsafe class GpuRopeTables(Accelerator accelerator, AcceleratorS
                 _keyDimGroups.Dispose();
             }
             _keyDimGroups = accelerator.Allocate1D(all);
+            Uploads++;
             (_keyDims, _keyDimSource) = (keyDims, remap.Group);
         }
         return _keyDimGroups!.View.SubView(layer * perLayer, perLayer);
