@@ -131,29 +131,59 @@ public static class AttentionKernels
         }
     }
 
-    /// <summary>Grid (numHeads, T): dst = sum_s acc_s exp(m_s - M) / sum_s l_s exp(m_s - M) over the splits.</summary>
+    /// <summary>Most splits Combine merges (its shared array of split weights).</summary>
+    public const int MaxCombineSplits = 4096;
+
+    /// <summary>Threads of a Combine group.</summary>
+    public const int CombineGroupSize = 256;
+
+    /// <summary>
+    /// Grid (numHeads, T), CombineGroupSize threads (fewer on a small accelerator, at least headDim): dst = sum_s acc_s
+    /// exp(m_s - M) / sum_s l_s exp(m_s - M) over the splits (empty splits, l = 0 and m = -inf, weigh nothing). The
+    /// threads take the splits side by side: the max and the weights one split a thread, then each output dim's sum in
+    /// Group.DimX / headDim slices of the splits with four loads in flight, the slices added at the end.
+    /// </summary>
     public static void Combine(ArrayView<float> partial, ArrayView<float> dst, int numHeads, int headDim, int splits)
     {
-        int h = Grid.IdxX, t = Grid.IdxY, stride = headDim + 2;
+        var weight = SharedMemory.Allocate<float>(MaxCombineSplits);
+        var scratch = SharedMemory.Allocate<float>(32);
+        var slices = SharedMemory.Allocate<float>(CombineGroupSize);
+        int h = Grid.IdxX, t = Grid.IdxY, stride = headDim + 2, tid = Group.IdxX, n = Group.DimX;
         long first = ((long)t * numHeads + h) * splits * stride;
-        float mAll = float.NegativeInfinity;
-        for (int s = 0; s < splits; s++) mAll = Reduce.MaxNaN(partial[first + s * stride], mAll);
-        float lAll = 0f;
-        for (int s = 0; s < splits; s++)
+        float m = float.NegativeInfinity;
+        for (int s = tid; s < splits; s += n) m = Reduce.MaxNaN(partial[first + s * stride], m);
+        float mAll = Reduce.GroupMaxNaN(m, scratch);
+        float l = 0f;
+        for (int s = tid; s < splits; s += n)
         {
             float ms = partial[first + s * stride], ls = partial[first + s * stride + 1];
-            if (!(ls == 0f && ms == float.NegativeInfinity)) lAll += ls * XMath.Exp(ms - mAll);
+            float f = ls == 0f && ms == float.NegativeInfinity ? 0f : XMath.Exp(ms - mAll);
+            weight[s] = f;
+            l += ls * f;
         }
-        long outRow = ((long)t * numHeads + h) * headDim;
-        for (int d = Group.IdxX; d < headDim; d += Group.DimX)
+        float lAll = Reduce.GroupSum(l, scratch);   // its barriers also publish the weights
+        int per = n / headDim, d = tid % headDim, slice = tid / headDim;
+        float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f;
+        if (slice < per)
+        {
+            long col = first + 2 + d;
+            int s = slice;
+            for (; s + 3 * per < splits; s += 4 * per)
+            {
+                a0 += partial[col + (long)s * stride] * weight[s];
+                a1 += partial[col + (long)(s + per) * stride] * weight[s + per];
+                a2 += partial[col + (long)(s + 2 * per) * stride] * weight[s + 2 * per];
+                a3 += partial[col + (long)(s + 3 * per) * stride] * weight[s + 3 * per];
+            }
+            for (; s < splits; s += per) a0 += partial[col + (long)s * stride] * weight[s];
+        }
+        slices[tid] = (a0 + a1) + (a2 + a3);
+        Group.Barrier();
+        if (tid < headDim)
         {
             float sum = 0f;
-            for (int s = 0; s < splits; s++)
-            {
-                float ms = partial[first + s * stride], ls = partial[first + s * stride + 1];
-                if (!(ls == 0f && ms == float.NegativeInfinity)) sum += partial[first + s * stride + 2 + d] * XMath.Exp(ms - mAll);
-            }
-            dst[outRow + d] = sum / lAll;
+            for (int k = 0; k < per; k++) sum += slices[k * headDim + tid];
+            dst[((long)t * numHeads + h) * headDim + tid] = sum / lAll;
         }
     }
 }

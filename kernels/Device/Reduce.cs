@@ -51,6 +51,19 @@ public static class Reduce
         return WarpSum(v);
     }
 
+    /// <summary>Maximum over the group (a NaN wins, as MaxNaN), returned to every thread; scratch is 32 floats of shared memory.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float GroupMaxNaN(float v, ArrayView<float> scratch)
+    {
+        for (int o = 16; o > 0; o >>= 1) v = MaxNaN(v, Warp.ShuffleXor(v, o));
+        Group.Barrier();                        // earlier readers of scratch are done
+        if (Warp.LaneIdx == 0) scratch[Warp.WarpIdx] = v;
+        Group.Barrier();
+        v = Warp.LaneIdx < Group.DimX / Warp.WarpSize ? scratch[Warp.LaneIdx] : float.NegativeInfinity;
+        for (int o = 16; o > 0; o >>= 1) v = MaxNaN(v, Warp.ShuffleXor(v, o));
+        return v;
+    }
+
     /// <summary>The larger of a and b where a NaN counts as larger than anything (so NaN scores propagate).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float MaxNaN(float a, float b) => a > b || XMath.IsNaN(a) ? a : b;

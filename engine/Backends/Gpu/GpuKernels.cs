@@ -29,6 +29,10 @@ internal sealed class GpuKernels
     // Decode split-K: groups per SM to aim for (LLAMA_ATTN_WAVES overrides, for tuning).
     private static readonly int SplitWaves = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_ATTN_WAVES"), out int w) && w is > 0 and <= 64 ? w : 8;
 
+    // Decode split-K: fewest keys a split (LLAMA_ATTN_MINSPLIT overrides, for tuning). Shorter splits cost more in the
+    // combine than they gain (H200, Llama-3-8B decode at 16k: 130 us with 128 keys, 87 with 256, with the serial combine).
+    private static readonly int MinSplit = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_ATTN_MINSPLIT"), out int m) && m is >= 16 and <= 65536 ? m : 256;
+
     private readonly Stream _stream;
     private readonly bool _sync;
     private readonly int _maxGroup, _multiprocessors;
@@ -499,9 +503,7 @@ internal sealed class GpuKernels
         bool useDecode = (!remap || (remapFast && (long)tokens * numHeads * 2 * (headDim + 2) <= partial.Length))
             && !f32Cache && decode is not null && headDim is 64 or 128 or 256 && vectors && (long)tokens * numHeads * headDim % 4 == 0;
         int units = useDecode ? numKvHeads : numHeads, maxLen = stepLength > 0 ? stepLength : startPos + tokens;
-        // Enough (head, query, split) groups to fill the GPU about SplitWaves times, at least 256 keys a split (shorter
-        // splits cost more in the combine than they gain: H200, Llama-3-8B decode at 16k 130 us with 128 keys, 87 with 256).
-        const int MinSplit = 256;
+        // Enough (head, query, split) groups to fill the GPU about SplitWaves times, at least MinSplit keys a split.
         long wanted = Math.Max(1, (long)SplitWaves * _multiprocessors / ((long)units * tokens));
         int splitLen = (int)Math.Min(int.MaxValue, (maxLen + wanted - 1) / wanted);
         splitLen = Math.Max(MinSplit, (splitLen + MinSplit - 1) / MinSplit * MinSplit);
@@ -511,7 +513,7 @@ internal sealed class GpuKernels
         int FarSplits() => twoParts ? Splits(maxLen - window) : 0;
         int AllSplits() => twoParts ? FarSplits() + Splits(Math.Min(window, maxLen)) : Splits(maxLen);
         int splits = AllSplits();
-        while (splits > 1 && (long)tokens * numHeads * splits * (headDim + 2) > partial.Length)
+        while (splits > 1 && ((long)tokens * numHeads * splits * (headDim + 2) > partial.Length || splits > AttentionKernels.MaxCombineSplits))
         {
             splitLen *= 2;
             splits = AllSplits();
@@ -543,7 +545,7 @@ internal sealed class GpuKernels
             Queue(name, config, s => kernel(s, config, q, kc, vc, dst, partial, qFar, kf, step, args));
         }
         if (splits <= 1) return;
-        var cc = new KernelConfig(new Index3D(numHeads, tokens, 1), new Index3D(AttentionKernels.GroupSize, 1, 1));
+        var cc = new KernelConfig(new Index3D(numHeads, tokens, 1), new Index3D(GroupSize(AttentionKernels.CombineGroupSize), 1, 1));
         Queue("attention_combine", cc, s => _combine.Launch(s, cc, partial, dst, numHeads, headDim, splits));
     }
 
