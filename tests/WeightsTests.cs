@@ -235,6 +235,53 @@ public class WeightsTests
         }
     }
 
+    // Random weights for a shape alone: what a checkpoint of the shape holds, the same values in every instance and for
+    // any range asked (a rank's rows are the whole tensor's rows), norms near 1, matrices within +-1/sqrt(in).
+    [Fact]
+    public void RandomWeightsLoadAsACheckpointOfTheShape()
+    {
+        var config = Tiny with { NumHiddenLayers = 3 };
+        using var a = new RandomWeights(config, DType.BF16, seed: 5);
+        using var b = new RandomWeights(config, DType.BF16, seed: 5);
+        using var other = new RandomWeights(config, DType.BF16, seed: 6);
+        Assert.Equal(CheckpointWriter.Tensors(config).Select(t => t.Name).Order(), a.Tensors.Keys.Order());
+        const string q = "model.layers.2.self_attn.q_proj.weight";
+        long bytes = a.Tensors[q].ByteLength;
+        unsafe
+        {
+            var whole = new ReadOnlySpan<ushort>((void*)a.Data(q, 0, bytes), (int)(bytes / 2)).ToArray();
+            var again = new ReadOnlySpan<ushort>((void*)b.Data(q, 0, bytes), (int)(bytes / 2)).ToArray();
+            var rows = new ReadOnlySpan<ushort>((void*)b.Data(q, 2 * 8 * 2, 4 * 8 * 2), 4 * 8).ToArray();   // rows 2..5 of [8, 8]
+            var different = new ReadOnlySpan<ushort>((void*)other.Data(q, 0, bytes), (int)(bytes / 2)).ToArray();
+            Assert.Equal(whole, again);
+            Assert.Equal(whole[16..48], rows);
+            Assert.NotEqual(whole, different);
+            Assert.All(whole, w => Assert.InRange(Math.Abs(DTypes.BF16ToF32(w)), 0f, 1f / MathF.Sqrt(8) * 1.01f));
+        }
+        Assert.All(a.ReadF32("model.norm.weight"), x => Assert.InRange(x, 0.94f, 1.06f));
+        Assert.Throws<ArgumentOutOfRangeException>(() => a.Data(q, 0, bytes + 2));
+
+        var backend = new RecordingBackend();
+        using (var w = LlamaWeights.Load(new RandomWeights(config, DType.BF16, seed: 5), config, backend))
+        {
+            Assert.Equal(3, w.Layers.Length);
+            Assert.All(backend.Uploads.Where(u => u.Rows > 1), u => Assert.Equal(DType.BF16, u.DType));
+        }
+        Assert.Equal(backend.Uploads.Count, backend.Freed);
+    }
+
+    [Fact]
+    public void ShapesAreTheCheckpointsConfigs()
+    {
+        var l70 = LlamaShapes.Get("llama2-70b");
+        Assert.Equal((8192, 28672, 80, 64, 8, 32000, 128), (l70.HiddenSize, l70.IntermediateSize, l70.NumHiddenLayers, l70.NumAttentionHeads,
+            l70.NumKeyValueHeads, l70.VocabSize, l70.HeadDim));
+        using var w7 = new RandomWeights(LlamaShapes.Get("Llama2-7B"), DType.BF16, 1);
+        Assert.Equal(2 * 6_738_415_616L, w7.TotalBytes);   // 6,738,415,616 parameters in bf16
+        var e = Assert.Throws<ArgumentException>(() => LlamaShapes.Get("llama9"));
+        Assert.Contains("llama2-7b", e.Message);
+    }
+
     [Fact]
     public void BackendFailureMidLoadReleasesEverything()
     {

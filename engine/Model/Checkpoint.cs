@@ -6,7 +6,7 @@ using LlamaRun.Core;
 namespace LlamaRun.Model;
 
 /// <summary>All tensors of a checkpoint (one file or index-listed shards), memory-mapped until Dispose.</summary>
-public sealed class Checkpoint : IDisposable
+public sealed class Checkpoint : IWeightSource
 {
     /// <summary>Name of the single-file checkpoint inside a model directory.</summary>
     public const string SingleFileName = "model.safetensors";
@@ -147,6 +147,22 @@ public sealed class Checkpoint : IDisposable
 
     /// <summary>Address of tensor name's first byte in its mapped file.</summary>
     public nint DataPointer(string name) => FileOf(name).DataPointer(name);
+
+    public string PathOf(string name) => FileOf(name).Path;
+
+    /// <summary>Bytes [offset, offset + bytes) of tensor name in its mapped file (valid as long as the checkpoint).</summary>
+    public nint Data(string name, long offset, long bytes)
+    {
+        var info = Info(name);
+        if (offset < 0 || bytes < 0 || offset + bytes > info.ByteLength)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"bytes [{offset}, {offset + bytes}) outside tensor {name} of {info.ByteLength}");
+        return DataPointer(name) + (nint)offset;
+    }
+
+    /// <summary>Nothing to release: the mapping lives until Dispose.</summary>
+    public void Release(string name, bool kept)
+    {
+    }
 
     /// <summary>Raw bytes of tensor name.</summary>
     public ReadOnlySpan<byte> Bytes(string name) => FileOf(name).Bytes(name);

@@ -21,32 +21,41 @@ public static class CheckpointWriter
     /// <summary>The tensors of a random checkpoint for config, in HF names; each is generated when written.</summary>
     public static IEnumerable<SafeTensorsEntry> RandomEntries(LlamaConfig config, DType dtype, int seed)
     {
-        int h = config.HiddenSize, ff = config.IntermediateSize, q = config.QDim, kv = config.KvDim;
         int next = seed;
-        SafeTensorsEntry M(string name, int rows, int cols) =>
-            SafeTensorsEntry.Random(name, dtype, [rows, cols], next++, 1f / MathF.Sqrt(cols));
-        SafeTensorsEntry Norm(string name)
+        foreach (var (name, shape, norm) in Tensors(config))
         {
-            var rng = new Random(next++);
-            return SafeTensorsEntry.FromFloats(name, dtype, [h], Enumerable.Range(0, h).Select(_ => 1f + 0.1f * (rng.NextSingle() - 0.5f)).ToArray());
+            if (norm)
+            {
+                var rng = new Random(next++);
+                yield return SafeTensorsEntry.FromFloats(name, dtype, shape, Enumerable.Range(0, (int)shape[0]).Select(_ => 1f + 0.1f * (rng.NextSingle() - 0.5f)).ToArray());
+            }
+            else
+            {
+                yield return SafeTensorsEntry.Random(name, dtype, shape, next++, 1f / MathF.Sqrt(shape[1]));
+            }
         }
+    }
 
-        yield return M("model.embed_tokens.weight", config.VocabSize, h);
+    /// <summary>Every tensor a checkpoint of config holds, in file order: HF name, shape, and whether it is a norm weight.</summary>
+    public static IEnumerable<(string Name, long[] Shape, bool Norm)> Tensors(LlamaConfig config)
+    {
+        int h = config.HiddenSize, ff = config.IntermediateSize, q = config.QDim, kv = config.KvDim;
+        yield return ("model.embed_tokens.weight", [config.VocabSize, h], false);
         for (int i = 0; i < config.NumHiddenLayers; i++)
         {
             string p = $"model.layers.{i}.";
-            yield return Norm(p + "input_layernorm.weight");
-            yield return M(p + "self_attn.q_proj.weight", q, h);
-            yield return M(p + "self_attn.k_proj.weight", kv, h);
-            yield return M(p + "self_attn.v_proj.weight", kv, h);
-            yield return M(p + "self_attn.o_proj.weight", h, q);
-            yield return Norm(p + "post_attention_layernorm.weight");
-            yield return M(p + "mlp.gate_proj.weight", ff, h);
-            yield return M(p + "mlp.up_proj.weight", ff, h);
-            yield return M(p + "mlp.down_proj.weight", h, ff);
+            yield return (p + "input_layernorm.weight", [h], true);
+            yield return (p + "self_attn.q_proj.weight", [q, h], false);
+            yield return (p + "self_attn.k_proj.weight", [kv, h], false);
+            yield return (p + "self_attn.v_proj.weight", [kv, h], false);
+            yield return (p + "self_attn.o_proj.weight", [h, q], false);
+            yield return (p + "post_attention_layernorm.weight", [h], true);
+            yield return (p + "mlp.gate_proj.weight", [ff, h], false);
+            yield return (p + "mlp.up_proj.weight", [ff, h], false);
+            yield return (p + "mlp.down_proj.weight", [h, ff], false);
         }
-        yield return Norm("model.norm.weight");
-        if (!config.TieWordEmbeddings) yield return M("lm_head.weight", config.VocabSize, h);
+        yield return ("model.norm.weight", [h], true);
+        if (!config.TieWordEmbeddings) yield return ("lm_head.weight", [config.VocabSize, h], false);
     }
 
     /// <summary>Writes config as a transformers 5.x config.json (rope_parameters) that LlamaConfigReader reads back to an equal record.</summary>

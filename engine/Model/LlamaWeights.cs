@@ -31,14 +31,14 @@ public sealed record LayerWeights(
 /// <summary>All weights of a Llama checkpoint on one backend; owns the file mapping and host buffers until Dispose.</summary>
 public sealed class LlamaWeights : IDisposable
 {
-    private readonly Checkpoint _checkpoint;
+    private readonly IWeightSource _source;
     private readonly List<Tensor> _owned;
     private readonly List<nint> _hostBuffers;
 
-    private LlamaWeights(Checkpoint checkpoint, List<Tensor> owned, List<nint> hostBuffers,
+    private LlamaWeights(IWeightSource source, List<Tensor> owned, List<nint> hostBuffers,
         Tensor embed, LayerWeights[] layers, Tensor norm, Tensor lmHead, long weightBytes)
     {
-        _checkpoint = checkpoint;
+        _source = source;
         _owned = owned;
         _hostBuffers = hostBuffers;
         EmbedTokens = embed;
@@ -81,10 +81,14 @@ public sealed class LlamaWeights : IDisposable
     public IReadOnlyList<string> Ignored { get; private init; } = [];
 
     /// <summary>Loads every weight of modelDir (a directory or a .safetensors file), checking names, shapes and dtypes against config; fuseProjections defaults to what the backend states pays off.</summary>
-    public static LlamaWeights Load(string modelDir, LlamaConfig config, IBackend backend, bool? fuseProjections = null, ShardPlan? shard = null)
+    public static LlamaWeights Load(string modelDir, LlamaConfig config, IBackend backend, bool? fuseProjections = null, ShardPlan? shard = null) =>
+        Load(Checkpoint.Open(modelDir), config, backend, fuseProjections, shard);
+
+    /// <summary>Loads every weight of source (which the weights then own, disposed with them or on failure), checked as a checkpoint's.</summary>
+    public static LlamaWeights Load(IWeightSource source, LlamaConfig config, IBackend backend, bool? fuseProjections = null, ShardPlan? shard = null)
     {
         bool fuse = shard is null && (fuseProjections ?? backend.Capabilities.StackedDecodeProjections);
-        var checkpoint = Checkpoint.Open(modelDir);
+        var checkpoint = source;
         var owned = new List<Tensor>();
         var hostBuffers = new List<nint>();
         try
@@ -148,7 +152,7 @@ public sealed class LlamaWeights : IDisposable
             {
                 if (expected.Contains(name)) continue;
                 if (name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)) { ignored.Add(name); continue; }
-                throw ModelFormatException.In(checkpoint.FileOf(name).Path,
+                throw ModelFormatException.In(checkpoint.PathOf(name),
                     $"unexpected tensor {SafeTensorsHeader.Quote(name)} ({checkpoint.Tensors[name].DTypeName}{checkpoint.Tensors[name].ShapeText}); config.json describes {config.NumHiddenLayers} Llama layers");
             }
             long bytes = owned.Sum(t => t.ByteLength);
@@ -173,14 +177,14 @@ public sealed class LlamaWeights : IDisposable
         hostBuffers.Clear();
     }
 
-    /// <summary>Frees the backend tensors, then the host norm buffers, then unmaps the checkpoint.</summary>
+    /// <summary>Frees the backend tensors, then the host norm buffers, then unmaps the checkpoint (or frees the source's buffers).</summary>
     public void Dispose()
     {
         Release(_owned, _hostBuffers);
-        _checkpoint.Dispose();
+        _source.Dispose();
     }
 
-    private sealed unsafe class Loader(Checkpoint checkpoint, IBackend backend, List<Tensor> owned, List<nint> hostBuffers) : IDisposable
+    private sealed unsafe class Loader(IWeightSource checkpoint, IBackend backend, List<Tensor> owned, List<nint> hostBuffers) : IDisposable
     {
         private byte* _staging;        // stacking buffer, reused while the backend copies what it uploads
         private long _stagingBytes;
@@ -200,7 +204,7 @@ public sealed class LlamaWeights : IDisposable
             if (!checkpoint.Tensors.TryGetValue(name, out var info))
                 throw ModelFormatException.In(checkpoint.Source, $"tensor \"{name}\" is missing (expected {(rows == 0 ? $"[{cols}]" : $"[{rows}, {cols}]")})");
             long[] want = rows == 0 ? [cols] : [rows, cols];
-            string file = checkpoint.FileOf(name).Path;
+            string file = checkpoint.PathOf(name);
             if (!info.Shape.AsSpan().SequenceEqual(want))
                 throw ModelFormatException.In(file, $"tensor \"{name}\": expected shape {SafeTensorsHeader.ShapeText(want)}, got {info.ShapeText}");
             if (info.WeightDType is null)
@@ -232,7 +236,8 @@ public sealed class LlamaWeights : IDisposable
                 long offset = 0;
                 foreach (var (name, r) in parts)
                 {
-                    Buffer.MemoryCopy((void*)checkpoint.DataPointer(name), buffer + offset, total - offset, r * rowBytes);
+                    Buffer.MemoryCopy((void*)checkpoint.Data(name, 0, r * rowBytes), buffer + offset, total - offset, r * rowBytes);
+                    checkpoint.Release(name, kept: false);
                     offset += r * rowBytes;
                 }
                 stacked = backend.Upload(dtype, rows, cols, (nint)buffer);
@@ -259,8 +264,11 @@ public sealed class LlamaWeights : IDisposable
         {
             var info = Check(name, rows, cols);
             var dtype = info.WeightDType!.Value;
-            var t = backend.Upload(dtype, count, cols, checkpoint.DataPointer(name) + (nint)((long)start * cols * dtype.Size()));
+            long rowBytes = (long)cols * dtype.Size();
+            nint data = checkpoint.Data(name, start * rowBytes, count * rowBytes);
+            var t = backend.Upload(dtype, count, cols, data);
             owned.Add(t);
+            checkpoint.Release(name, kept: t.Pointer == data);
             return t;
         }
 
@@ -272,9 +280,10 @@ public sealed class LlamaWeights : IDisposable
             int size = dtype.Size();
             long bytes = (long)rows * count * size;
             var buffer = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(64, bytes), 64);
-            byte* src = (byte*)checkpoint.DataPointer(name);
+            byte* src = (byte*)checkpoint.Data(name, 0, info.ByteLength);
             for (long r = 0; r < rows; r++)
                 Buffer.MemoryCopy(src + (r * cols + start) * size, buffer + r * count * size, (long)count * size, (long)count * size);
+            checkpoint.Release(name, kept: false);
             Tensor t;
             try { t = backend.Upload(dtype, rows, count, (nint)buffer); }
             catch
@@ -291,8 +300,10 @@ public sealed class LlamaWeights : IDisposable
         public Tensor Matrix(string name, int rows, int cols)
         {
             var info = Check(name, rows, cols);
-            var t = backend.Upload(info.WeightDType!.Value, rows, cols, checkpoint.DataPointer(name));
+            nint data = checkpoint.Data(name, 0, info.ByteLength);
+            var t = backend.Upload(info.WeightDType!.Value, rows, cols, data);
             owned.Add(t);
+            checkpoint.Release(name, kept: t.Pointer == data);
             return t;
         }
 

@@ -58,14 +58,15 @@ public sealed class ModelSession : IDisposable
     /// <summary>
     /// Loads the model for a context of ctx tokens (0: the trained length), on backend when given (it then belongs to the
     /// session). sweepMethods: the --rope specs a sweep will run, so that the backend can run them all. checkpointRope
-    /// (bench): without --rope or --rope-table, the checkpoint's own RoPE even past the trained length.
+    /// (bench): without --rope or --rope-table, the checkpoint's own RoPE even past the trained length. modelDir: the
+    /// directory instead of -m's; randomWeights (bench): a directory without safetensors files gets RandomWeights.
     /// </summary>
     public static ModelSession Open(Args args, int ctx, bool needTokenizer = true, IBackend? backend = null, IReadOnlyList<string>? sweepMethods = null,
-        bool checkpointRope = false)
+        bool checkpointRope = false, string? modelDir = null, bool randomWeights = false)
     {
         try
         {
-            string dir = ModelDirectory(args);
+            string dir = modelDir ?? ModelDirectory(args);
             string device = args.String("--device") ?? "auto";
             string? ropeSpec = args.String("--rope");
             string? ropeTable = args.String("--rope-table");
@@ -91,7 +92,9 @@ public sealed class ModelSession : IDisposable
             if (rope.Base.Remap is not null && !backend.Capabilities.IndexRemap)
                 throw new UsageException($"rope {ropeSpec ?? ropeTable} remaps positions, which the {backend.Name} backend does not do yet: use --device cpu");
             CheckMemory(backend, config, ctx, rope.Base.Remap is not null);
-            var weights = LlamaWeights.Load(dir, config, backend);
+            var weights = randomWeights && !HasWeightFiles(dir)
+                ? LlamaWeights.Load(new RandomWeights(config, DType.BF16, RandomSeed), config, backend)
+                : LlamaWeights.Load(dir, config, backend);
             try
             {
                 // Prefill chunks: a GPU reaches its tensor-core rate on large GEMMs, the CPU gains nothing past 512 rows.
@@ -111,6 +114,13 @@ public sealed class ModelSession : IDisposable
             throw;
         }
     }
+
+    /// <summary>The seed of the random weights bench gives a directory with a config.json alone.</summary>
+    public const int RandomSeed = 1;
+
+    /// <summary>Whether dir holds a safetensors checkpoint (a single file, shards or their index).</summary>
+    public static bool HasWeightFiles(string dir) => System.IO.Directory.EnumerateFiles(dir, "*.safetensors").Any()
+        || File.Exists(Path.Combine(dir, Checkpoint.IndexFileName));
 
     /// <summary>Whether --device resolves to a backend that runs index remaps at full speed (the CPU backend; CUDA with GpuBackend.FastRemapOnCuda).</summary>
     public static bool FastRemapDevice(string device) =>

@@ -44,6 +44,10 @@ public sealed unsafe partial class GpuBackend
         return (length + unit - 1) / unit * unit;
     }
 
+    /// <summary>How this backend runs decode steps: "CUDA graphs", "recorded launches" or "op by op" (for logs).</summary>
+    public string DecodeStepMode => !(DecodeGraphSetting ?? _accelerator is not CudaAccelerator) ? "op by op"
+        : _accelerator is not CudaAccelerator ? "recorded launches" : GpuNative.HasGraphs ? "CUDA graphs" : "op by op (the driver has no CUDA graphs)";
+
     public IDecodeSteps? CreateDecodeSteps()
     {
         bool cuda = _accelerator is CudaAccelerator;

@@ -17,7 +17,7 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Bench
 {
-    public const string Usage = "llama-run bench [-m DIR] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--rope SPEC] [--compute mixed|f32|bf16] [--kv bf16|f32] [-b N] [--profile] | llama-run bench --kernels [--device D] [--op NAME]";
+    public const string Usage = "llama-run bench [-m DIR | --shape NAME] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--rope SPEC] [--compute mixed|f32|bf16] [--kv bf16|f32] [-b N] [--profile] | llama-run bench --kernels [--device D] [--op NAME]";
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
@@ -42,8 +42,41 @@ public static class Bench
         if ((long)depth + decode > int.MaxValue / 2) throw new UsageException($"--depth {depth} with -n {decode} is too long");
         int reps = args.Int("-r", 3, min: 1);
         string device = args.String("--device") ?? "auto";
-        string dir = ModelSession.ModelDirectory(args);
+        // --shape NAME: a well-known shape alone (its config.json in a temporary directory, random weights).
+        string? shape = args.String("--shape");
+        if (shape is not null && args.String("-m", "--model") is not null) throw new UsageException("give -m DIR or --shape NAME, not both");
+        DirectoryInfo? shapeDir = null;
+        try
+        {
+            string dir;
+            if (shape is not null)
+            {
+                LlamaConfig preset;
+                try { preset = LlamaShapes.Get(shape); }
+                catch (ArgumentException e) { throw new UsageException($"--shape: {e.Message}"); }
+                shapeDir = Directory.CreateTempSubdirectory("llama-run-shape-");
+                CheckpointWriter.WriteConfig(Path.Combine(shapeDir.FullName, "config.json"), preset);
+                dir = shapeDir.FullName;
+            }
+            else
+            {
+                dir = ModelSession.ModelDirectory(args);
+            }
+            return Run(args, prompts, decode, depth, reps, device, dir, shape);
+        }
+        finally
+        {
+            shapeDir?.Delete(recursive: true);
+        }
+    }
+
+    private static int Run(Args args, int[] prompts, int decode, int depth, int reps, string device, string dir, string? shape)
+    {
         var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+        string model = shape ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir)));
+        // A directory with a config.json alone (or --shape): random bf16 weights generated on the host, for speed only.
+        bool random = !ModelSession.HasWeightFiles(dir);
+        if (random) Console.Error.WriteLine($"{model}: no safetensors files: random bf16 weights (seed {ModelSession.RandomSeed}), timing only");
 
         var tests = prompts.Select(p => new Test($"pp{p}", p, 0, 0)).ToList();
         if (decode > 0)
@@ -54,7 +87,8 @@ public static class Bench
         if (tests.Count == 0) throw new UsageException("nothing to run: give -p and/or -n");
 
         // Keep only the tests whose KV cache fits next to the weights, then size the context for the longest of them.
-        long weightFiles = Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length);
+        long weightFiles = random ? new RandomWeights(config, DType.BF16, ModelSession.RandomSeed).TotalBytes
+            : Directory.EnumerateFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length);
         var (compute, fullPrecision) = ModelSession.ComputeType(args.String("--compute"));
         // The far-branch kernels when the RoPE of the longest test remaps positions (an index-remap --rope or default).
         // (Without --rope, the checkpoint's own RoPE at every length, as llama-bench: the default past the trained length
@@ -64,7 +98,7 @@ public static class Bench
         var load = Stopwatch.StartNew();
         IBackend backend = ModelSession.CreateBackend(device, config, compute, fullPrecision,
             ModelSession.KvCacheType(args.String("--kv")), remap);   // the session takes it over
-        if (args.Has("--profile")) return Profile(args, backend, decode, depth);
+        if (args.Has("--profile")) return Profile(args, backend, decode, depth, dir);
         double backendSeconds = load.Elapsed.TotalSeconds;
         long freeBefore = backend.FreeMemoryBytes;
         int kvElement = backend.KvElementSize;
@@ -82,7 +116,7 @@ public static class Bench
         }
         int ctx = tests.Max(t => t.Positions);
 
-        using var s = ModelSession.Open(args, ctx, needTokenizer: false, backend: backend, checkpointRope: true);
+        using var s = ModelSession.Open(args, ctx, needTokenizer: false, backend: backend, checkpointRope: true, modelDir: dir, randomWeights: true);
         args.RejectUnknown();
         double loadSeconds = load.Elapsed.TotalSeconds;
         if (s.RopeNote.Length > 0) Console.Error.WriteLine(s.RopeNote);
@@ -121,7 +155,6 @@ public static class Bench
             results.Add((t, mean, sd, reads.Average(), bound));
         }
 
-        string model = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir)));
         string size = FormatBytes(s.Weights.WeightBytes);
         string parameters = FormatCount(ParameterCount(config));
         bool bounded = bandwidth is not null;
@@ -141,7 +174,8 @@ public static class Bench
         long kv = Llama.KvCacheBytes(config, ctx, s.Backend.KvElementSize);
         Console.WriteLine();
         string kernels = s.Backend is GpuBackend gpu
-            ? string.Create(Inv, $" (backend {backendSeconds:F2} s, of which {gpu.Kernels.Count} kernels compiled and loaded in {gpu.KernelLoadSeconds:F2} s)")
+            ? string.Create(Inv, $" (backend {backendSeconds:F2} s, of which {gpu.Kernels.Count} kernels compiled and loaded in {gpu.KernelLoadSeconds:F2} s);"
+                + $" decode steps {gpu.DecodeStepMode} ({gpu.DecodeStepReplays} replayed)")
             : "";
         Console.WriteLine(string.Create(Inv, $"device: {s.Backend.Device}; ctx {ctx}; load {loadSeconds:F2} s{kernels}"));
         Console.WriteLine($"memory: weights {FormatBytes(s.Weights.WeightBytes)} + KV cache {FormatBytes(kv)} = {FormatBytes(s.Weights.WeightBytes + kv)}" +
@@ -153,11 +187,11 @@ public static class Bench
 
     // `--profile`: decode steps with every op timed on its own (synchronized), at depth 0 and at --depth: where a token's
     // time goes, and the GB/s each op reads.
-    private static int Profile(Args args, IBackend backend, int decode, int depth)
+    private static int Profile(Args args, IBackend backend, int decode, int depth, string dir)
     {
         var p = new ProfileBackend(backend);
         int tokens = Math.Clamp(decode, 1, 32);
-        using var s = ModelSession.Open(args, depth + 2 * tokens, needTokenizer: false, backend: p, checkpointRope: true);
+        using var s = ModelSession.Open(args, depth + 2 * tokens, needTokenizer: false, backend: p, checkpointRope: true, modelDir: dir, randomWeights: true);
         args.RejectUnknown();
         var runner = new Runner(s.Model);
         runner.Decode(0, tokens);   // warm-up
