@@ -10,8 +10,9 @@ namespace LlamaRun.Kernels;
 
 public static class ActivationKernels
 {
+    /// <summary>silu(g) * u, rounded as TR says: the one definition the element-wise kernel and the fused GEMV use.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Silu<TR>(float g, float u) where TR : struct, IRounding =>
+    public static float Silu<TR>(float g, float u) where TR : struct, IRounding =>
         default(TR).Round(default(TR).Round(g / (1f + XMath.Exp(-g))) * u);
 
     // kernels

@@ -1,6 +1,7 @@
 // MatMul dst[T, out] = x[T, in] * weight[out, in]^T (CpuOps.MatMul); x and dst are f32.
 // GemvBf16: decode (one token): one warp per output row, the weights in 16-byte loads, up to sixteen in flight per
-// lane; needs in % 8 == 0. Gemv: any weight type and shape and up to 8 tokens (the weights read once for all), 4-byte
+// lane; needs in % 8 == 0. GemvBf16SwiGlu (CpuOps.MatMulSwiGlu): the same rows of stacked gate and up weights with
+// silu(gate) * up as the epilogue, so decode's MLP needs no separate SwiGlu launch. Gemv: any weight type and shape and up to 8 tokens (the weights read once for all), 4-byte
 // loads. Both: one warp a row, any group size (8 rows a group on a GPU). GemmBf16: prefill on tensor cores (the fallback when cuBLAS is absent):
 // 128x128x32 tiles, 8 warps as 2 x 4, each a 64 x 32 tile of 4 x 4 mma.sync fragments; x rounded to bf16 as it is
 // staged in shared memory, f32 accumulation. Exercised by the MatMul cases of tests/GpuOpsTests.cs.
@@ -36,7 +37,31 @@ public static class MatMulKernels
         int row = (Grid.IdxX * Group.DimX + Group.IdxX) >> 5, lane = Warp.LaneIdx;
         if (row >= outDim) return;
         int chunks = inDim / 8;
-        long w0 = (long)row * chunks;
+        float sum = RowDot(x, weight, (long)row * chunks, chunks, lane);
+        if (lane == 0) dst[row] = sum;
+    }
+
+    /// <summary>
+    /// One token, gate and up stacked as [2 ff, in] bf16 (U4 rows as GemvBf16): dst[j] = silu(x . gate_j) * (x . up_j).
+    /// Groups of 2R warps (R = Group.DimX / 64): warps 0 .. R-1 take gate rows R g .., warps R .. 2R-1 the same up rows
+    /// (rows ff + R g ..); the gate warps write dst after one exchange through shared memory.
+    /// </summary>
+    public static void GemvBf16SwiGlu(ArrayView<F4> x, ArrayView<U4> weight, ArrayView<float> dst, int inDim, int ff)
+    {
+        var up = SharedMemory.Allocate<float>(16);
+        int r = Group.DimX >> 6, w = Warp.WarpIdx, lane = Warp.LaneIdx;
+        bool isUp = w >= r;
+        int j = Grid.IdxX * r + (isUp ? w - r : w), chunks = inDim / 8;
+        float sum = j < ff ? RowDot(x, weight, (long)(isUp ? ff + j : j) * chunks, chunks, lane) : 0f;
+        if (isUp && lane == 0) up[w - r] = sum;
+        Group.Barrier();
+        if (!isUp && lane == 0 && j < ff) dst[j] = ActivationKernels.Silu<NoRounding>(sum, up[w]);
+    }
+
+    // The dot product of x with the bf16 row at w0 (chunks of 8 weights), reduced over the warp (every lane gets it).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float RowDot(ArrayView<F4> x, ArrayView<U4> weight, long w0, int chunks, int lane)
+    {
         float acc = 0f;
         int k = lane;
         for (; k + 15 * 32 < chunks; k += 16 * 32)
@@ -58,8 +83,7 @@ public static class MatMulKernels
             acc += Dot8(a0, x, 2L * k) + Dot8(a1, x, 2L * (k + 32)) + Dot8(a2, x, 2L * (k + 64)) + Dot8(a3, x, 2L * (k + 96));
         }
         for (; k < chunks; k += 32) acc += Dot8(weight[w0 + k], x, 2L * k);
-        float sum = Reduce.WarpSum(acc);
-        if (lane == 0) dst[row] = sum;
+        return Reduce.WarpSum(acc);
     }
 
     /// <summary>Any weight type (TE reads TW) and any in; T &lt;= GemvMaxTokens.</summary>

@@ -70,6 +70,9 @@ public sealed class ProfileBackend(IBackend inner) : IBackend
     public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32, FarQueries? far = null) =>
         Time("attention", 2L * (startPos + q.Rows) * cache.KvDim * KvElementSize, () => inner.Attention(q, cache, layer, startPos, dst, compute, far));
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to) => Time("rerotate", 0, () => inner.RerotateCache(cache, length, from, to));
+    public void MatMulSwiGlu(Tensor x, Tensor gateUp, Tensor dst) =>
+        Time($"matmul_swiglu {gateUp.DType.Name()} {gateUp.Rows}x{gateUp.Cols} T={x.Rows}", gateUp.ByteLength, () => inner.MatMulSwiGlu(x, gateUp, dst));
+
     public void SwiGlu(Tensor gate, Tensor up, Tensor dst, DType compute = DType.F32) => Time("swiglu", 0, () => inner.SwiGlu(gate, up, dst, compute));
     public void Add(Tensor x, Tensor y, Tensor dst) => Time("add", 0, () => inner.Add(x, y, dst));
     public void Round(Tensor x, DType dtype) => Time("round", 0, () => inner.Round(x, dtype));

@@ -92,6 +92,12 @@ public interface IBackend : IDisposable
     void MatMul(Tensor x, Tensor weight, Tensor dst);
 
     /// <summary>
+    /// The MLP's input projections and SwiGlu in one op (f32 compute): with gateUp the gate rows then the up rows
+    /// [2 ff, in], dst[T, ff] = silu(x gate^T) * (x up^T), equal to MatMul into [T, 2 ff] then SwiGlu of its halves.
+    /// </summary>
+    void MatMulSwiGlu(Tensor x, Tensor gateUp, Tensor dst);
+
+    /// <summary>
     /// Rotates q [T, heads*headDim] in place (cos/sin magnitude and query scale included), rotates k [T, kvDim] in place,
     /// and stores k and v at positions startPos..startPos+T-1 of layer's cache. Pairs are (x[j], x[j + rotaryDim/2]).
     /// A non-F32 compute rounds cos, sin, each product and each sum to that type. With an index remap (table.Remap) it

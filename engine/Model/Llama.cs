@@ -250,19 +250,27 @@ public sealed class Llama : IDisposable
             R(a.Xb);
 
             Tensor gate = a.Gate, up = a.Up;
-            if (decode && w.GateUp is not null)
+            if (decode && w.GateUp is not null && Activations == DType.F32)
             {
-                b.MatMul(a.Xb, w.GateUp, _act.GateUp);
-                (gate, up) = (_act.GateUpGate, _act.GateUpUp);
+                // One token: the stacked gate/up projection with SwiGlu as its epilogue (one launch on a GPU).
+                b.MatMulSwiGlu(a.Xb, w.GateUp, gate);
             }
             else
             {
-                b.MatMul(a.Xb, w.GateProj, gate);
-                b.MatMul(a.Xb, w.UpProj, up);
+                if (decode && w.GateUp is not null)
+                {
+                    b.MatMul(a.Xb, w.GateUp, _act.GateUp);
+                    (gate, up) = (_act.GateUpGate, _act.GateUpUp);
+                }
+                else
+                {
+                    b.MatMul(a.Xb, w.GateProj, gate);
+                    b.MatMul(a.Xb, w.UpProj, up);
+                }
+                R(gate); R(up);
+                b.SwiGlu(gate, up, gate, Activations);
+                R(gate);
             }
-            R(gate); R(up);
-            b.SwiGlu(gate, up, gate, Activations);
-            R(gate);
             b.MatMul(gate, w.DownProj, a.Xb);
             Reduce(a.Xb);
             R(a.Xb);

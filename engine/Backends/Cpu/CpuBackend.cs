@@ -146,6 +146,23 @@ public sealed unsafe partial class CpuBackend : IBackend
         CpuOps.MatMul((float*)x.Pointer, (void*)weight.Pointer, (float*)dst.Pointer, weight.DType, x.Rows, x.Cols, weight.Rows);
     }
 
+    private float[]? _swiGluScratch;   // MatMulSwiGlu's [tokens, 2 ff] projections, grown on demand
+
+    public void MatMulSwiGlu(Tensor x, Tensor gateUp, Tensor dst)
+    {
+        Check(x, nameof(x), DType.F32);
+        Check(gateUp, nameof(gateUp));
+        Check(dst, nameof(dst), DType.F32);
+        if (gateUp.Cols != x.Cols || gateUp.Rows % 2 != 0)
+            throw new ArgumentException($"gate/up weight {gateUp} does not match x {x} as [2 ff, {x.Cols}]", nameof(gateUp));
+        int ff = gateUp.Rows / 2;
+        Shape(dst, nameof(dst), x.Rows, ff);
+        long need = (long)x.Rows * 2 * ff;
+        if (_swiGluScratch is null || _swiGluScratch.LongLength < need) _swiGluScratch = GC.AllocateUninitializedArray<float>(checked((int)need), pinned: true);
+        fixed (float* scratch = _swiGluScratch)
+            CpuOps.MatMulSwiGlu((float*)x.Pointer, (void*)gateUp.Pointer, (float*)dst.Pointer, scratch, gateUp.DType, x.Rows, x.Cols, ff);
+    }
+
     public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32, Tensor? qFar = null)
     {
         int heads = QueryHeads(q, cache);

@@ -13,6 +13,17 @@ public static unsafe partial class CpuOps
 {
     [ThreadStatic] private static float[]? _pairScratch;
 
+    /// <summary>
+    /// dst[t, j] = silu(x[t] . gateUp[j]) * (x[t] . gateUp[ff + j]): MatMul into scratch [tokens, 2 ff], then SwiGlu of
+    /// its gate and up halves (f32).
+    /// </summary>
+    public static void MatMulSwiGlu(float* x, void* gateUp, float* dst, float* scratch, DType weightType, int tokens, int inDim, int ff)
+    {
+        MatMul(x, gateUp, scratch, weightType, tokens, inDim, 2 * ff);
+        for (int t = 0; t < tokens; t++)
+            SwiGlu(scratch + (long)t * 2 * ff, scratch + (long)t * 2 * ff + ff, dst + (long)t * ff, ff);
+    }
+
     /// <summary>dst[t, o] = sum_i x[t, i] * weight[o, i] for t below tokens, o below outDim; multi-threaded.</summary>
     public static void MatMul(float* x, void* weight, float* dst, DType weightType, int tokens, int inDim, int outDim)
     {

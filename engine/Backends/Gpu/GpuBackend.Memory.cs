@@ -111,6 +111,18 @@ public sealed unsafe partial class GpuBackend
         return _remapPartial;
     }
 
+    // MatMulSwiGlu's [tokens, 2 ff] product where the fused kernel does not apply, grown (and so allocated outside a
+    // captured decode step: the step's first run makes it).
+    private Tensor EnsureSwiGluScratch(int rows, int cols)
+    {
+        if (_swiGluScratch is { } t && t.Cols == cols && t.Rows >= rows) return t.SliceRows(0, rows);
+        _stream.Synchronize();
+        _swiGluScratch?.Dispose();
+        _swiGluScratch = null;
+        _swiGluScratch = Own(DType.F32, rows, cols);
+        return _swiGluScratch;
+    }
+
     private MemoryBuffer1D<int, Stride1D.Dense> EnsureInts(int count)
     {
         if (_ints is { } ints && ints.Length >= count) return ints;

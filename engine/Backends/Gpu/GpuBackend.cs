@@ -29,6 +29,7 @@ public sealed unsafe partial class GpuBackend : IBackend
     private readonly bool _flashAttention = Environment.GetEnvironmentVariable("LLAMA_FLASH_ATTENTION") != "0";
     private readonly bool _fullPrecision;               // f32 KV cache, exact f32 matmuls
     private MemoryBuffer1D<int, Stride1D.Dense>? _ints; // token ids in, argmax indices out
+    private Tensor? _swiGluScratch;                     // MatMulSwiGlu's product where the fused kernel does not apply
     private MemoryBuffer1D<float, Stride1D.Dense>? _remapPartial;   // an index remap's far-pass rows (flash attention)
     // Index remaps through flash attention and the decode kernel (far and near keys apart, merged) rather than the
     // split kernel: always on ILGPU's CPU accelerator, on CUDA unless LLAMA_REMAP_FAST=0 (FastRemapOnCuda).
@@ -282,6 +283,29 @@ public sealed unsafe partial class GpuBackend : IBackend
         }
     }
 
+    public void MatMulSwiGlu(Tensor x, Tensor gateUp, Tensor dst)
+    {
+        _accelerator.Bind();
+        Require(x, DType.F32, nameof(x));
+        Require(dst, DType.F32, nameof(dst));
+        RequireOwn(gateUp, nameof(gateUp));
+        if (gateUp.Cols != x.Cols || gateUp.Rows % 2 != 0)
+            throw new ArgumentException($"gate/up weight {gateUp} does not match x {x} as [2 ff, {x.Cols}]", nameof(gateUp));
+        int ff = gateUp.Rows / 2;
+        RequireShape(dst, x.Rows, ff, nameof(dst));
+        if (x.Rows == 0 || ff == 0) return;
+        if (GpuKernels.GemvSwiGluFits(x, gateUp))
+        {
+            _launch.GemvSwiGlu(x, gateUp, dst, x.Cols, ff);
+            return;
+        }
+        // Other weight types and several tokens: the product, then SwiGlu of its halves.
+        var both = EnsureSwiGluScratch(x.Rows, 2 * ff);
+        MatMul(x, gateUp, both);
+        for (int t = 0; t < x.Rows; t++)
+            SwiGlu(both.SliceRows(t, 1).SliceCols(0, ff), both.SliceRows(t, 1).SliceCols(ff, ff), dst.SliceRows(t, 1));
+    }
+
     // Full precision through cuBLAS: f32 weights directly, bf16/f16 weights widened to f32 a block of rows at a time.
     private void MatMulF32(Tensor x, Tensor weight, Tensor dst, int tokens, int inDim, int outDim)
     {
@@ -447,6 +471,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         _blas?.Dispose();
         _rope?.Dispose();
         _ints?.Dispose();
+        _swiGluScratch?.Dispose();
         _stepScalars?.Dispose();
         _remapPartial?.Dispose();
         _attentionScratch?.Dispose();

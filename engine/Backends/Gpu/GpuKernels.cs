@@ -49,7 +49,7 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>>? _addRmsNormBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>> _addRmsNorm4;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>? _addRmsNorm4Bf16;
-    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>> _gemvBf16;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>> _gemvBf16, _gemvBf16SwiGlu;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>> _gemvF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>> _gemvBf16Any, _gemvF16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>? _gemmBf16;
@@ -137,6 +137,7 @@ internal sealed class GpuKernels
             _swiGluBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("swiglu_cbf16", ActivationKernels.SwiGlu<Bf16Rounding>);
         }
         _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>>("gemv_bf16", MatMulKernels.GemvBf16);
+        _gemvBf16SwiGlu = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>>("gemv_bf16_swiglu", MatMulKernels.GemvBf16SwiGlu);
         _gemvF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>>("gemv_f32", MatMulKernels.Gemv<float, F32Element>);
         _gemvBf16Any = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_bf16_any", MatMulKernels.Gemv<ushort, Bf16Element>);
         _gemvF16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_f16", MatMulKernels.Gemv<ushort, F16Element>);
@@ -330,6 +331,19 @@ internal sealed class GpuKernels
             var (x1, w1, d1) = (GpuViews.F32(x), GpuViews.U16(weight), GpuViews.F32(dst));
             Queue(name, config, s => kernel(s, config, x1, w1, d1, tokens, inDim, outDim));
         }
+    }
+
+    /// <summary>Whether GemvSwiGlu takes this one-token product (bf16 weights, in % 8 == 0, 16-byte aligned views).</summary>
+    public static bool GemvSwiGluFits(Tensor x, Tensor gateUp) =>
+        x.Rows == 1 && gateUp.DType == DType.BF16 && x.Cols % 8 == 0 && GpuViews.Aligned16(x, gateUp);
+
+    /// <summary>One token: dst[j] = silu(x . gateUp[j]) * (x . gateUp[ff + j]), GemvBf16's rows with the SwiGlu epilogue.</summary>
+    public void GemvSwiGlu(Tensor x, Tensor gateUp, Tensor dst, int inDim, int ff)
+    {
+        int rows = Math.Max(1, _rowsPerGemvGroup / 2);   // gate rows a group (and as many up rows): 2 rows warps
+        var config = new KernelConfig((ff + rows - 1) / rows, 64 * rows);
+        var (x4, w4, d1) = (GpuViews.F4(x), GpuViews.U4(gateUp), GpuViews.F32(dst));
+        Queue("gemv_bf16_swiglu", config, s => _gemvBf16SwiGlu.Launch(s, config, x4, w4, d1, inDim, ff));
     }
 
     /// <summary>dst[M, N] = x[M, K] * weight[N, K]^T on tensor cores (bf16 weights; x rounded to bf16).</summary>

@@ -46,6 +46,13 @@ public static class OpCases
         c.Add(new MatMulCase("awkward", Bf16Act) { Weight = DType.BF16, T = 127, N = 31, Out = 33 });
         c.Add(new MatMulCase("awkward", Bf16Act) { Weight = DType.BF16, T = 9, N = 64, Out = 1 });
         c.Add(new MatMulCase("awkward", F32) { Weight = DType.BF16, T = 2, N = 33, Out = 5, Specials = true });
+        // The fused gate/up GEMV with its SwiGlu epilogue (bf16, one token), and the product-then-SwiGlu path of the rest.
+        c.Add(new MatMulSwiGluCase("Llama-2-7B gate/up decode", F32) { T = 1, N = 4096, Ff = 11008 });
+        c.Add(new MatMulSwiGluCase("small", F32) { T = 1, N = 64, Ff = 96 });
+        c.Add(new MatMulSwiGluCase("awkward", F32) { T = 1, N = 72, Ff = 13 });
+        c.Add(new MatMulSwiGluCase("awkward", F32) { T = 3, N = 40, Ff = 7 });
+        c.Add(new MatMulSwiGluCase("awkward", F32) { Weight = DType.F32, T = 1, N = 33, Ff = 9 });
+        c.Add(new MatMulSwiGluCase("awkward", F32) { T = 1, N = 64, Ff = 5, Specials = true });
 
         c.Add(new RopeCase("Llama-2-7B decode", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 17 });
         c.Add(new RopeCase("Llama-3-8B prefill", Bf16Cache) { T = 64, Heads = 32, KvHeads = 8, HeadDim = 128, Theta = 500000f });
@@ -201,6 +208,8 @@ public static class OpCases
         foreach (var (o, n, src) in new[] { (4096, 4096, "Llama-2-7B q_proj"), (12288, 4096, "Llama-2-7B stacked q/k/v"), (22016, 4096, "Llama-2-7B stacked gate/up"),
                      (4096, 11008, "Llama-2-7B down_proj"), (32000, 4096, "Llama-2-7B lm_head") })
             c.Add(new MatMulCase(src + " decode", 0) { Weight = DType.BF16, T = 1, N = n, Out = o });
+        c.Add(new MatMulSwiGluCase("Llama-2-7B gate/up + swiglu decode", 0) { T = 1, N = 4096, Ff = 11008 });
+        c.Add(new MatMulSwiGluCase("Llama-3-8B gate/up + swiglu decode", 0) { T = 1, N = 4096, Ff = 14336 });
         foreach (var (t, o, n, src) in new[] { (512, 4096, 4096, "Llama-2-7B q_proj"), (4096, 11008, 4096, "Llama-2-7B up_proj"), (16384, 4096, 4096, "Llama-2-7B q_proj") })
             c.Add(new MatMulCase(src + " prefill", 0) { Weight = DType.BF16, T = t, N = n, Out = o });
         c.Add(new RmsNormCase("Llama-2-7B prefill 16k", 0) { T = 16384, N = 4096 });
