@@ -1,6 +1,6 @@
 // MatMul dst[T, out] = x[T, in] * weight[out, in]^T (CpuOps.MatMul); x and dst are f32.
-// GemvBf16: decode (one token): one warp per output row, the weights in 16-byte loads, up to sixteen in flight per
-// lane; needs in % 8 == 0. GemvBf16SwiGlu (CpuOps.MatMulSwiGlu): the same rows of stacked gate and up weights with
+// GemvBf16: decode (one token): one warp per output row, the weights in 16-byte loads, sixteen in flight per lane
+// (the row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu (CpuOps.MatMulSwiGlu): the same rows of stacked gate and up weights with
 // silu(gate) * up as the epilogue, so decode's MLP needs no separate SwiGlu launch. Gemv: any weight type and shape and up to 8 tokens (the weights read once for all), 4-byte
 // loads. Both: one warp a row, any group size (8 rows a group on a GPU). GemmBf16: prefill on tensor cores (the fallback when cuBLAS is absent):
 // 128x128x32 tiles, 8 warps as 2 x 4, each a 64 x 32 tile of 4 x 4 mma.sync fragments; x rounded to bf16 as it is
@@ -28,6 +28,14 @@ public static class MatMulKernels
         return Bf16.Lo(w.X) * a.X + Bf16.Hi(w.X) * a.Y + Bf16.Lo(w.Y) * a.Z + Bf16.Hi(w.Y) * a.W
              + Bf16.Lo(w.Z) * b.X + Bf16.Hi(w.Z) * b.Y + Bf16.Lo(w.W) * b.Z + Bf16.Hi(w.W) * b.W;
     }
+
+    // Chunk i of the row at w0 (8 bf16 weights), or zeros past the row's chunks.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static U4 Load(ArrayView<U4> weight, long w0, int i, int chunks) => i < chunks ? weight[w0 + i] : default;
+
+    // Dot8 of chunk i, or 0 past the row's chunks (x is not read there).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Dot8(in U4 w, ArrayView<F4> x4, int i, int chunks) => i < chunks ? Dot8(w, x4, 2L * i) : 0f;
 
     // kernels
 
@@ -77,12 +85,20 @@ public static class MatMulKernels
                  + Dot8(a8, x, 2L * (k + 256)) + Dot8(a9, x, 2L * (k + 288)) + Dot8(a10, x, 2L * (k + 320)) + Dot8(a11, x, 2L * (k + 352))
                  + Dot8(a12, x, 2L * (k + 384)) + Dot8(a13, x, 2L * (k + 416)) + Dot8(a14, x, 2L * (k + 448)) + Dot8(a15, x, 2L * (k + 480));
         }
-        for (; k + 3 * 32 < chunks; k += 4 * 32)
+        if (k < chunks)
         {
-            U4 a0 = weight[w0 + k], a1 = weight[w0 + k + 32], a2 = weight[w0 + k + 64], a3 = weight[w0 + k + 96];
-            acc += Dot8(a0, x, 2L * k) + Dot8(a1, x, 2L * (k + 32)) + Dot8(a2, x, 2L * (k + 64)) + Dot8(a3, x, 2L * (k + 96));
+            // The last, partial block: its loads issued at once too (predicated), so a row of 11008 weights takes three
+            // round trips to memory (two full blocks and this one) instead of seven (then two blocks of four loads and
+            // three single loads).
+            U4 a0 = Load(weight, w0, k, chunks), a1 = Load(weight, w0, k + 32, chunks), a2 = Load(weight, w0, k + 64, chunks), a3 = Load(weight, w0, k + 96, chunks);
+            U4 a4 = Load(weight, w0, k + 128, chunks), a5 = Load(weight, w0, k + 160, chunks), a6 = Load(weight, w0, k + 192, chunks), a7 = Load(weight, w0, k + 224, chunks);
+            U4 a8 = Load(weight, w0, k + 256, chunks), a9 = Load(weight, w0, k + 288, chunks), a10 = Load(weight, w0, k + 320, chunks), a11 = Load(weight, w0, k + 352, chunks);
+            U4 a12 = Load(weight, w0, k + 384, chunks), a13 = Load(weight, w0, k + 416, chunks), a14 = Load(weight, w0, k + 448, chunks), a15 = Load(weight, w0, k + 480, chunks);
+            acc += Dot8(a0, x, k, chunks) + Dot8(a1, x, k + 32, chunks) + Dot8(a2, x, k + 64, chunks) + Dot8(a3, x, k + 96, chunks)
+                 + Dot8(a4, x, k + 128, chunks) + Dot8(a5, x, k + 160, chunks) + Dot8(a6, x, k + 192, chunks) + Dot8(a7, x, k + 224, chunks)
+                 + Dot8(a8, x, k + 256, chunks) + Dot8(a9, x, k + 288, chunks) + Dot8(a10, x, k + 320, chunks) + Dot8(a11, x, k + 352, chunks)
+                 + Dot8(a12, x, k + 384, chunks) + Dot8(a13, x, k + 416, chunks) + Dot8(a14, x, k + 448, chunks) + Dot8(a15, x, k + 480, chunks);
         }
-        for (; k < chunks; k += 32) acc += Dot8(weight[w0 + k], x, 2L * k);
         return Reduce.WarpSum(acc);
     }
 

@@ -46,6 +46,9 @@ public static class OpCases
         c.Add(new MatMulCase("awkward", Bf16Act) { Weight = DType.BF16, T = 127, N = 31, Out = 33 });
         c.Add(new MatMulCase("awkward", Bf16Act) { Weight = DType.BF16, T = 9, N = 64, Out = 1 });
         c.Add(new MatMulCase("awkward", F32) { Weight = DType.BF16, T = 2, N = 33, Out = 5, Specials = true });
+        // Rows past one block of sixteen loads a lane (512 chunks of 8): the predicated last block of the decode GEMV.
+        c.Add(new MatMulCase("long rows", F32) { Weight = DType.BF16, T = 1, N = 4104, Out = 24 });
+        c.Add(new MatMulCase("long rows", F32) { Weight = DType.BF16, T = 1, N = 9000, Out = 9 });
         // The fused gate/up GEMV with its SwiGlu epilogue (bf16, one token), and the product-then-SwiGlu path of the rest.
         c.Add(new MatMulSwiGluCase("Llama-2-7B gate/up decode", F32) { T = 1, N = 4096, Ff = 11008 });
         c.Add(new MatMulSwiGluCase("small", F32) { T = 1, N = 64, Ff = 96 });
