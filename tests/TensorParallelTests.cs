@@ -15,7 +15,7 @@ namespace LlamaRun.Tests;
 public class TensorParallelTests(ITestOutputHelper output)
 {
     // Logits of a 12-token prefill and 4 decoded tokens, every position.
-    private static float[] Run(Llama model, int vocab)
+    private static float[] Run(ILanguageModel model, int vocab)
     {
         int[] ids = [1, 5, 9, 14, 2, 7, 30, 11, 3, 8, 21, 6, 13, 4, 10, 12];
         var logits = new float[ids.Length * vocab];
@@ -69,6 +69,51 @@ public class TensorParallelTests(ITestOutputHelper output)
     {
         if (SharedData.Path("models/stories260K") is not { } dir) return;
         Check(dir, ranks);
+    }
+
+    // The group that bench --tp drives: N ranks on threads of their own behind one Forward, on random weights (each rank
+    // generating only its slices) against the unsharded model of the same random weights; then a group on a checkpoint.
+    [Theory]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void TensorParallelGroupEqualsUnsharded(int ranks)
+    {
+        var config = LlamaConfigReader.Read(Path.Combine(LoaderTestSupport.HfTiny, "default", "config.json"));
+        var rope = RopeMethods.FromConfig(config);
+        float[] expected;
+        using (var backend = new CpuBackend(DType.F32))
+        using (var weights = LlamaWeights.Load(new RandomWeights(config, DType.BF16, 3), config, backend))
+        using (var model = Llama.Create(config, weights, backend, 64, rope))
+            expected = Run(model, config.VocabSize);
+        var backends = Enumerable.Range(0, ranks).Select(_ => new CpuBackend(DType.F32)).ToArray();
+        using var comm = new InProcessCommunicator(ranks, TimeSpan.FromSeconds(30));
+        try
+        {
+            using var group = TensorParallelLlama.Create(config, backends, comm, _ => new RandomWeights(config, DType.BF16, 3), 64, rope);
+            var got = Run(group, config.VocabSize);
+            double max = expected.Zip(got).Max(p => Math.Abs(p.First - p.Second));
+            output.WriteLine($"random hf-tiny shape over {ranks} ranks (one group): max |logit - unsharded| {max:E2}");
+            Assert.True(max <= 1e-5, $"max |logit - unsharded| {max:E2}");
+            Assert.Equal(ranks, group.Ranks.Count);
+            group.Reset();
+            Assert.Equal(got, Run(group, config.VocabSize));   // the group runs again from an empty cache
+        }
+        finally
+        {
+            foreach (var b in backends) b.Dispose();
+        }
+    }
+
+    [Fact]
+    public void AGroupOfSizesThatDoNotSplitFailsInOneLine()
+    {
+        var config = LlamaConfigReader.Read(Path.Combine(LoaderTestSupport.HfTiny, "default", "config.json"));
+        var backends = Enumerable.Range(0, 3).Select(_ => new CpuBackend(DType.F32)).ToArray();
+        using var comm = new InProcessCommunicator(3);
+        var e = Assert.Throws<ArgumentException>(() =>
+            TensorParallelLlama.Create(config, backends, comm, _ => new RandomWeights(config, DType.BF16, 3), 64, RopeMethods.FromConfig(config)));
+        Assert.Contains("4 attention heads do not split over 3 ranks", e.Message);
+        foreach (var b in backends) b.Dispose();
     }
 
     [Fact]

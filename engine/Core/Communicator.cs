@@ -19,6 +19,9 @@ public interface ICommunicator
     void Abort(string reason);
 }
 
+/// <summary>A collective that could not complete: another rank failed, aborted or stopped calling.</summary>
+public sealed class CollectiveAbortedException(string message) : Exception(message);
+
 /// <summary>This model's place in a tensor-parallel group.</summary>
 public sealed record TensorShard(int Rank, ICommunicator Communicator)
 {

@@ -10,7 +10,7 @@ namespace LlamaRun.Model;
 public enum LogitsRows { None, Last, All }
 
 /// <summary>A loaded Llama with its KV cache and activation buffers, ready to run on one backend.</summary>
-public sealed class Llama : IDisposable
+public sealed class Llama : ILanguageModel, IDisposable
 {
     private readonly Buffers _act;
     private readonly IDecodeSteps? _steps;   // decode steps the backend replays (null: each step queues its ops)

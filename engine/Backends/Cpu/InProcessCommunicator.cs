@@ -107,6 +107,3 @@ public sealed unsafe class InProcessCommunicator(int size, TimeSpan? timeout = n
         _abort.Dispose();
     }
 }
-
-/// <summary>A collective that could not complete: another rank failed, aborted or stopped calling.</summary>
-public sealed class CollectiveAbortedException(string message) : Exception(message);
