@@ -116,6 +116,16 @@ public class TensorParallelTests(ITestOutputHelper output)
         foreach (var b in backends) b.Dispose();
     }
 
+    // GPU ranks talk through NCCL: without libnccl (this machine) or without CUDA backends, one line says why.
+    [Fact]
+    public void NcclIsRefusedInOneLineWhereItCannotRun()
+    {
+        using var g = LlamaRun.Backends.Gpu.GpuBackend.CreateCpuAccelerator();
+        Assert.Null(LlamaRun.Backends.Gpu.NcclCommunicator.TryCreate([g], out string reason));
+        Assert.DoesNotContain('\n', reason);
+        Assert.True(reason.Contains("libnccl.so.2 not found") && reason.Contains("LLAMA_NCCL_PATH") || reason == "NCCL needs CUDA backends", reason);
+    }
+
     [Fact]
     public void PlansSplitHeadsFfnAndVocabulary()
     {

@@ -62,6 +62,9 @@ public sealed class TensorParallelLlama : ILanguageModel, IDisposable
     /// <summary>Ranks in the group.</summary>
     public int Size => _ranks.Length;
 
+    /// <summary>How long a call may take before the communicator is aborted (a rank that stopped, a collective that never completes).</summary>
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromMinutes(10);
+
     public int VocabSize => Config.VocabSize;
 
     public int MaxSeq { get; private init; }
@@ -139,7 +142,12 @@ public sealed class TensorParallelLlama : ILanguageModel, IDisposable
         Array.Clear(_errors);
         _job = job;
         _start.SignalAndWait();
-        _done.SignalAndWait();
+        if (!_done.SignalAndWait(Timeout))
+        {
+            _communicator.Abort($"the ranks did not finish within {Timeout.TotalSeconds:0} s");
+            if (!_done.SignalAndWait(TimeSpan.FromSeconds(60)))
+                throw new TimeoutException($"tensor-parallel ranks still running {Timeout.TotalSeconds + 60:0} s after the call began, after an abort");
+        }
         _job = null;
         var first = _errors.FirstOrDefault(e => e is not null and not CollectiveAbortedException)
             ?? _errors.FirstOrDefault(e => e is not null);

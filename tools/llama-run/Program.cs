@@ -28,7 +28,7 @@ try
     };
 }
 catch (Exception e) when (e is UsageException or ModelFormatException or IOException or UnauthorizedAccessException or ArgumentException
-    or OutOfMemoryException or LlamaRun.Backends.Gpu.GpuException or LlamaRun.Backends.Cpu.CollectiveAbortedException)
+    or OutOfMemoryException or LlamaRun.Backends.Gpu.GpuException or LlamaRun.Core.CollectiveAbortedException)
 {
     Console.Out.Flush();
     Console.Error.WriteLine($"llama-run: {Flatten(e.Message)}");

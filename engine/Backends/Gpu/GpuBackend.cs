@@ -77,21 +77,22 @@ public sealed unsafe partial class GpuBackend : IBackend
             : $"ILGPU CPU accelerator ({accelerator.MaxNumThreadsPerGroup} threads a group, warp {accelerator.WarpSize}{(fullPrecision ? ", full f32" : "")})";
     }
 
-    /// <summary>Opens CUDA GPU 0 through ILGPU and loads the kernels (all, or the given set), or returns null with a one-line reason.</summary>
-    public static GpuBackend? TryCreateCuda(out string reason, bool fullPrecision = false, GpuKernelSet? kernels = null)
+    /// <summary>Opens CUDA GPU `device` through ILGPU and loads the kernels (all, or the given set), or returns null with a one-line reason.</summary>
+    public static GpuBackend? TryCreateCuda(out string reason, bool fullPrecision = false, GpuKernelSet? kernels = null, int device = 0)
     {
         if (!GpuNative.TryLoad(out reason)) return null;
         Context? context = null;
         try
         {
             context = Context.Create(b => b.Cuda().Optimize(OptimizationLevel.O2).EnableAlgorithms());
-            if (context.GetCudaDevices().Count == 0)
+            int count = context.GetCudaDevices().Count;
+            if (count <= device)
             {
-                reason = "ILGPU found no CUDA device";
+                reason = count == 0 ? "ILGPU found no CUDA device" : $"CUDA GPU {device} asked for, {count} found";
                 context.Dispose();
                 return null;
             }
-            var accelerator = context.GetCudaDevice(0).CreateCudaAccelerator(context);
+            var accelerator = context.GetCudaDevice(device).CreateCudaAccelerator(context);
             return new GpuBackend(context, accelerator, "cuda", fullPrecision, kernels ?? GpuKernelSet.All);
         }
         catch (Exception e) when (e is GpuException or CudaException or InvalidOperationException or NotSupportedException)
@@ -127,6 +128,15 @@ public sealed unsafe partial class GpuBackend : IBackend
         _ = new GpuKernels(loader, null!, 1024, 132, GpuKernelSet.All, f32Cache: true, gemm: false, emulated: false, sync: false);
         return loader.Kernels.DistinctBy(k => k.Name).ToList();
     }
+
+    /// <summary>Makes this backend's accelerator context current on the calling thread (for the libraries that use it: NCCL).</summary>
+    internal void BindContext() => _accelerator.Bind();
+
+    /// <summary>The CUDA stream every op is queued on (CUDA only).</summary>
+    internal nint StreamPointer => ((CudaStream)_stream).StreamPtr;
+
+    /// <summary>CUDA devices present (0 without a driver).</summary>
+    public static int CudaDeviceCount => GpuNative.TryLoad(out _) ? GpuNative.DeviceCount : 0;
 
     /// <summary>True when a CUDA driver and a GPU of compute capability 8.0 or newer are present; otherwise why not.</summary>
     public static bool IsCudaAvailable(out string reason) => GpuNative.TryLoad(out reason);

@@ -117,6 +117,16 @@ internal static unsafe class GpuNative
         return (regs, local);
     }
 
+    /// <summary>CUDA devices the driver reports (after TryLoad succeeded).</summary>
+    public static int DeviceCount
+    {
+        get
+        {
+            int n = 0;
+            return cuDeviceGetCount != null && cuDeviceGetCount(&n) == Success ? n : 0;
+        }
+    }
+
     /// <summary>Whether the driver captures streams into CUDA graphs.</summary>
     public static bool HasGraphs => cuStreamBeginCapture != null && cuStreamEndCapture != null && cuGraphInstantiateWithFlags != null
         && cuGraphLaunch != null && cuGraphExecDestroy != null && cuGraphDestroy != null;

@@ -12,12 +12,13 @@ using LlamaRun.Backends.Cpu;
 using LlamaRun.Backends.Gpu;
 using LlamaRun.Core;
 using LlamaRun.Model;
+using LlamaRun.Rope;
 
 namespace LlamaRun.Cli.Commands;
 
 public static class Bench
 {
-    public const string Usage = "llama-run bench [-m DIR | --shape NAME] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--rope SPEC] [--compute mixed|f32|bf16] [--kv bf16|f32] [-b N] [--profile] | llama-run bench --kernels [--device D] [--op NAME]";
+    public const string Usage = "llama-run bench [-m DIR | --shape NAME] [--tp N] [--device D] [-p 512,4096,16384] [-n 128] [--depth 16384] [-r 3] [--rope SPEC] [--compute mixed|f32|bf16] [--kv bf16|f32] [-b N] [--profile] | llama-run bench --kernels [--device D] [--op NAME]";
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
@@ -85,6 +86,8 @@ public static class Bench
             if (depth > 0) tests.Add(new Test($"tg{decode} @ d{depth}", 0, depth, decode));
         }
         if (tests.Count == 0) throw new UsageException("nothing to run: give -p and/or -n");
+        int tp = args.Int("--tp", 0, min: 1);
+        if (tp > 0) return RunTensorParallel(args, config, dir, model, random, tests, reps, decode, device, tp);
 
         // Keep only the tests whose KV cache fits next to the weights, then size the context for the longest of them.
         long weightFiles = random ? new RandomWeights(config, DType.BF16, ModelSession.RandomSeed).TotalBytes
@@ -128,49 +131,9 @@ public static class Bench
         using IReadProbe? bandwidth = cpu ? new CpuReadBandwidth.Probe()
             : s.Backend is GpuBackend g && probeBytes >= 64 << 20 ? g.CreateReadProbe(probeBytes) : null;
         var runner = new Runner(s.Model);
-        // Warm-up: JIT (the one-token paths too, until tiered compilation has optimized them), first-touch of the weights,
-        // kernel compilation.
-        runner.Prefill(Math.Min(16, ctx));
-        if (decode > 0) runner.WarmUpDecode(Math.Min(64, ctx), seconds: 1.5);
-        var results = new List<(Test Test, double Mean, double Sd, double Read, double Bound)>();
-        foreach (var t in tests)
-        {
-            var rates = new double[reps];
-            if (t.Depth > 0)
-            {
-                var fill = Stopwatch.StartNew();
-                runner.Fill(t.Depth);
-                Console.Error.WriteLine(string.Create(Inv, $"filled {t.Depth} positions in {fill.Elapsed.TotalSeconds:F1} s"));
-            }
-            var reads = new double[reps];
-            for (int r = 0; r < reps; r++)
-            {
-                if (bandwidth is not null && t.Decode > 0) reads[r] = bandwidth.Measure();
-                rates[r] = t.Prompt > 0 ? runner.Prefill(t.Prompt) : runner.Decode(t.Depth, t.Decode);
-            }
-            double mean = rates.Average();
-            double sd = reps > 1 ? Math.Sqrt(rates.Sum(x => (x - mean) * (x - mean)) / (reps - 1)) : 0;
-            double bytes = bandwidth is not null && t.Decode > 0 ? DecodeBytes(s, t) : 0;
-            double bound = bytes > 0 ? Enumerable.Range(0, reps).Average(r => rates[r] * bytes / (reads[r] * 1e9)) : 0;
-            results.Add((t, mean, sd, reads.Average(), bound));
-        }
-
-        string size = FormatBytes(s.Weights.WeightBytes);
-        string parameters = FormatCount(ParameterCount(config));
-        bool bounded = bandwidth is not null;
-        Console.WriteLine("| model | size | params | backend | test | t/s |" + (bounded ? " bytes/token | read GB/s | bound t/s | % of bound |" : ""));
-        Console.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |" + (bounded ? " ---: | ---: | ---: | ---: |" : ""));
-        foreach (var (t, mean, sd, read, bound) in results)
-        {
-            string row = string.Create(Inv, $"| {model} | {size} | {parameters} | {s.Backend.Name} | {t.Name} | {mean:F2} ± {sd:F2} |");
-            if (bound > 0)
-            {
-                double bytes = DecodeBytes(s, t);
-                row += string.Create(Inv, $" {bytes / 1e6:F0} MB | {read:F1} | {read * 1e9 / bytes:F1} | {100 * bound:F0}% |");
-            }
-            else if (bounded) row += " - | - | - | - |";
-            Console.WriteLine(row);
-        }
+        double Bytes(Test t) => DecodeBytes(t, s.Weights.DecodeReadBytes, s.Config.NumHiddenLayers * s.Config.KvDim, s.Backend.KvElementSize);
+        var results = Measure(tests, runner, reps, decode, ctx, bandwidth, Bytes);
+        PrintTable(results, model, FormatBytes(s.Weights.WeightBytes), FormatCount(ParameterCount(config)), s.Backend.Name, bandwidth is not null, Bytes);
         long kv = Llama.KvCacheBytes(config, ctx, s.Backend.KvElementSize);
         Console.WriteLine();
         string kernels = s.Backend is GpuBackend gpu
@@ -207,8 +170,146 @@ public static class Bench
         return 0;
     }
 
-    /// <summary>Times forward passes of random tokens on one model.</summary>
-    private sealed class Runner(Llama model)
+    // --tp N: the model as N tensor-parallel ranks (GPUs 0 .. N-1 through NCCL, or CPU backends through the in-process
+    // communicator), each loading only its slices; the read bound is the sum of the ranks' (each GPU reads its own
+    // memory), the bytes a token reads every rank's weights and KV rows.
+    private static int RunTensorParallel(Args args, LlamaConfig config, string dir, string model, bool random, List<Test> tests, int reps, int decode,
+        string device, int tp)
+    {
+        if (args.Has("--profile")) throw new UsageException("--profile times one backend: leave out --tp");
+        if ((args.String("--rope") ?? args.String("--rope-table")) is not null) throw new UsageException("--tp runs the checkpoint's own RoPE: leave out --rope");
+        var (compute, fullPrecision) = ModelSession.ComputeType(args.String("--compute"));
+        if (device == "auto") device = GpuBackend.IsCudaAvailable(out _) ? "cuda" : "cpu";
+        if (device is not ("cuda" or "cpu")) throw new UsageException($"--tp runs on --device cuda or cpu, not {device}");
+        try
+        {
+            for (int r = 0; r < tp; r++) ShardPlan.For(config, r, tp);
+        }
+        catch (ArgumentException e) { throw new UsageException(e.Message); }
+        int ctx = tests.Max(t => t.Positions);
+        var load = Stopwatch.StartNew();
+        var backends = new List<IBackend>();
+        ICommunicator? comm = null;
+        TensorParallelLlama? group = null;
+        var probes = new List<IReadProbe>();
+        try
+        {
+            if (device == "cuda")
+            {
+                int count = GpuBackend.CudaDeviceCount;
+                if (count < tp) throw new UsageException($"--tp {tp} needs {tp} GPUs; {count} found");
+                var kernels = GpuKernelSet.For(config.HeadDim, config.NumAttentionHeads / config.NumKeyValueHeads, compute == DType.BF16);
+                for (int r = 0; r < tp; r++)
+                    backends.Add(GpuBackend.TryCreateCuda(out string why, fullPrecision, kernels, device: r) ?? throw new UsageException($"GPU {r}: {why}"));
+                comm = NcclCommunicator.TryCreate([.. backends.Cast<GpuBackend>()], out string reason) ?? throw new UsageException($"--tp {tp}: {reason}");
+            }
+            else
+            {
+                var kv = BackendFactory.CpuKvCache(fullPrecision, ModelSession.KvCacheType(args.String("--kv")));
+                for (int r = 0; r < tp; r++) backends.Add(new CpuBackend(kv));
+                comm = new InProcessCommunicator(tp);
+            }
+            args.RejectUnknown();
+            var rope = RopeMethods.FromConfig(config);
+            group = TensorParallelLlama.Create(config, backends, comm,
+                _ => random ? new RandomWeights(config, DType.BF16, ModelSession.RandomSeed) : Checkpoint.Open(dir), ctx, rope,
+                maxBatch: Math.Min(ctx, backends[0].Capabilities.PrefillChunk), activations: compute);
+            double loadSeconds = load.Elapsed.TotalSeconds;
+
+            // The read bound: the host's memory for CPU ranks (they share it), the sum of every GPU's own.
+            if (device == "cpu") probes.Add(new CpuReadBandwidth.Probe());
+            else
+                foreach (var g in backends.Cast<GpuBackend>())
+                {
+                    long probeBytes = Math.Min(1L << 30, g.FreeMemoryBytes / 4) / 4096 * 4096;
+                    if (probeBytes >= 64 << 20) probes.Add(g.CreateReadProbe(probeBytes));
+                }
+            using var bandwidth = probes.Count == 0 ? null : new SummedProbe(probes);
+            long kvRow = group.Ranks.Sum(m => (long)m.Config.NumHiddenLayers * m.Config.KvDim);
+            double Bytes(Test t) => DecodeBytes(t, group.DecodeReadBytes, kvRow, backends[0].KvElementSize);
+            var results = Measure(tests, new Runner(group), reps, decode, ctx, bandwidth, Bytes);
+            PrintTable(results, model, FormatBytes(group.WeightBytes), FormatCount(ParameterCount(config)), $"{device} x{tp}", bandwidth is not null, Bytes);
+            Console.WriteLine();
+            for (int r = 0; r < tp; r++) Console.WriteLine($"rank {r}: {backends[r].Device}");
+            Console.WriteLine(string.Create(Inv, $"ctx {ctx}; load {loadSeconds:F2} s; collectives: {(comm is NcclCommunicator ? $"NCCL ({NcclCommunicator.Library})" : "in-process")}"));
+            if (bandwidth is not null)
+                Console.WriteLine(device == "cpu" ? $"read GB/s: {bandwidth.Description} (host memory, which the ranks share)"
+                    : $"read GB/s: the sum over the GPUs of {bandwidth.Description}");
+            return 0;
+        }
+        finally
+        {
+            group?.Dispose();
+            (comm as IDisposable)?.Dispose();
+            foreach (var b in backends) b.Dispose();
+        }
+    }
+
+    // Several ranks' read probes as one bound: each measured in turn, summed.
+    private sealed class SummedProbe(List<IReadProbe> probes) : IReadProbe
+    {
+        public double Measure(int passes = 8) => probes.Sum(p => p.Measure(passes));
+
+        public string Description => probes[0].Description + (probes.Count > 1 ? $" ({probes.Count} probes)" : "");
+
+        public void Dispose()
+        {
+            foreach (var p in probes) p.Dispose();
+        }
+    }
+
+    private sealed record Result(Test Test, double Mean, double Sd, double Read, double Bound);
+
+    // Warms up (JIT of the one-token paths too, until tiered compilation has optimized them; first touch of the weights;
+    // kernel compilation), then times every test reps times, measuring the read bandwidth before each decode repetition.
+    private static List<Result> Measure(List<Test> tests, Runner runner, int reps, int decode, int ctx, IReadProbe? bandwidth, Func<Test, double> bytesOf)
+    {
+        runner.Prefill(Math.Min(16, ctx));
+        if (decode > 0) runner.WarmUpDecode(Math.Min(64, ctx), seconds: 1.5);
+        var results = new List<Result>();
+        foreach (var t in tests)
+        {
+            var rates = new double[reps];
+            if (t.Depth > 0)
+            {
+                var fill = Stopwatch.StartNew();
+                runner.Fill(t.Depth);
+                Console.Error.WriteLine(string.Create(Inv, $"filled {t.Depth} positions in {fill.Elapsed.TotalSeconds:F1} s"));
+            }
+            var reads = new double[reps];
+            for (int r = 0; r < reps; r++)
+            {
+                if (bandwidth is not null && t.Decode > 0) reads[r] = bandwidth.Measure();
+                rates[r] = t.Prompt > 0 ? runner.Prefill(t.Prompt) : runner.Decode(t.Depth, t.Decode);
+            }
+            double mean = rates.Average();
+            double sd = reps > 1 ? Math.Sqrt(rates.Sum(x => (x - mean) * (x - mean)) / (reps - 1)) : 0;
+            double bytes = bandwidth is not null && t.Decode > 0 ? bytesOf(t) : 0;
+            double bound = bytes > 0 ? Enumerable.Range(0, reps).Average(r => rates[r] * bytes / (reads[r] * 1e9)) : 0;
+            results.Add(new Result(t, mean, sd, reads.Average(), bound));
+        }
+        return results;
+    }
+
+    private static void PrintTable(List<Result> results, string model, string size, string parameters, string backend, bool bounded, Func<Test, double> bytesOf)
+    {
+        Console.WriteLine("| model | size | params | backend | test | t/s |" + (bounded ? " bytes/token | read GB/s | bound t/s | % of bound |" : ""));
+        Console.WriteLine("| --- | ---: | ---: | --- | ---: | ---: |" + (bounded ? " ---: | ---: | ---: | ---: |" : ""));
+        foreach (var (t, mean, sd, read, bound) in results)
+        {
+            string row = string.Create(Inv, $"| {model} | {size} | {parameters} | {backend} | {t.Name} | {mean:F2} ± {sd:F2} |");
+            if (bound > 0)
+            {
+                double bytes = bytesOf(t);
+                row += string.Create(Inv, $" {bytes / 1e6:F0} MB | {read:F1} | {read * 1e9 / bytes:F1} | {100 * bound:F0}% |");
+            }
+            else if (bounded) row += " - | - | - | - |";
+            Console.WriteLine(row);
+        }
+    }
+
+    /// <summary>Times forward passes of random tokens on one model (or one tensor-parallel group).</summary>
+    private sealed class Runner(ILanguageModel model)
     {
         private readonly float[] _logits = new float[model.VocabSize];
         private readonly Random _rng = new(1234);
@@ -259,12 +360,12 @@ public static class Bench
     }
 
     // Bytes a decode token of test t reads: the weights, and K and V of every layer at the positions it attends over
-    // (depth + (n + 1) / 2 on average for n tokens after depth cached positions).
-    private static double DecodeBytes(ModelSession s, Test t)
+    // (depth + (n + 1) / 2 on average for n tokens after depth cached positions); kvRowElements: K (or V) elements of one
+    // position over all layers (and ranks).
+    private static double DecodeBytes(Test t, long weightBytes, long kvRowElements, int kvElementSize)
     {
-        var c = s.Config;
         double positions = t.Depth + (t.Decode + 1) / 2.0;
-        return s.Weights.DecodeReadBytes + 2.0 * c.NumHiddenLayers * c.KvDim * s.Backend.KvElementSize * positions;
+        return weightBytes + 2.0 * kvRowElements * kvElementSize * positions;
     }
 
     // "512,4096" or "0" (no prefill test), as llama-bench takes -p.
