@@ -2,7 +2,8 @@
 // registers, local memory), every op on the CPU and GPU backends over the shape table (NMSE, max abs error, NaN/Inf
 // parity, guard rows), then the whole model's logits GPU against CPU, in the default mixed precision and in full f32
 // (--compute f32). Exits non-zero on any failure. `check --tp N` instead runs the model as N tensor-parallel ranks (CPU
-// backends, threads of this process) against one unsharded model: logits NMSE, max abs error and argmax agreement.
+// backends, threads of this process, or with --device cuda GPUs 0 .. N-1 through NCCL) against one unsharded model:
+// logits NMSE, max abs error and argmax agreement.
 using System.Globalization;
 using LlamaRun.Core;
 using LlamaRun.Backends;
@@ -15,7 +16,7 @@ namespace LlamaRun.Cli.Commands;
 
 public static class Check
 {
-    public const string Usage = "llama-run check [-m DIR] [--tokens N] [--ops-only] | llama-run check --ptx DIR | llama-run check --tp N [-m DIR] [--tokens N]";
+    public const string Usage = "llama-run check [-m DIR] [--tokens N] [--ops-only] | llama-run check --ptx DIR | llama-run check --tp N [-m DIR] [--tokens N] [--device cpu|cuda]";
 
     public static int Run(Args args)
     {
@@ -29,8 +30,9 @@ public static class Check
         if (tp > 0)
         {
             string modelDir = ModelSession.ModelDirectory(args);
+            string device = args.String("--device") ?? "cpu";
             args.RejectUnknown();
-            return CheckTensorParallel(modelDir, tp, tokens) ? 0 : 1;
+            return CheckTensorParallel(modelDir, tp, tokens, device) ? 0 : 1;
         }
         bool opsOnly = args.Has("--ops-only");
         string? dir = opsOnly ? null : ModelSession.ModelDirectory(args);
@@ -54,38 +56,56 @@ public static class Check
         return failed == 0 ? 0 : 1;
     }
 
-    // One unsharded CPU model against `ranks` CPU ranks (InProcessCommunicator) on the same tokens, f32: every position's logits.
-    private static bool CheckTensorParallel(string dir, int ranks, int tokens)
+    // One unsharded model against `ranks` tensor-parallel ranks on the same tokens, in f32 (full precision on GPUs):
+    // every position's logits. CPU: ranks are CPU backends (threads of this process); cuda: GPUs 0 .. ranks-1 through
+    // NCCL against the unsharded model on GPU 0. A directory with a config.json alone gets the same random weights on
+    // both sides (each rank generating only its slices).
+    private static bool CheckTensorParallel(string dir, int ranks, int tokens, string device)
     {
         var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
         tokens = Math.Min(tokens, config.MaxPositionEmbeddings);
         int vocab = config.VocabSize;
         int[] ids = [.. Enumerable.Range(0, tokens).Select(i => (int)((i * 7919L + 5) % vocab))];
         var rope = RopeMethods.FromConfig(config);
-        float[] Logits(Llama model)
-        {
-            var logits = new float[(long)tokens * vocab];
-            model.Forward(ids, 0, LogitsRows.All, logits);
-            return logits;
-        }
-        float[] expected;
-        using (var cpu = new CpuBackend(DType.F32))
-        using (var weights = LlamaWeights.Load(dir, config, cpu))
-        using (var model = Llama.Create(config, weights, cpu, tokens, rope))
-            expected = Logits(model);
+        bool random = !ModelSession.HasWeightFiles(dir);
+        IWeightSource Source() => random ? new RandomWeights(config, DType.BF16, ModelSession.RandomSeed) : Checkpoint.Open(dir);
+        if (device == "auto") device = GpuBackend.IsCudaAvailable(out _) ? "cuda" : "cpu";
+        if (device is not ("cuda" or "cpu")) throw new UsageException($"check --tp runs on --device cuda or cpu, not {device}");
+        bool cuda = device == "cuda";
         try
         {
-            for (int r = 0; r < ranks; r++) ShardPlan.For(config, r, ranks);   // sizes that do not split: one line, before any thread starts
+            for (int r = 0; r < ranks; r++) ShardPlan.For(config, r, ranks);   // sizes that do not split: one line, before anything loads
         }
         catch (ArgumentException e) { throw new UsageException(e.Message); }
-        using var comm = new InProcessCommunicator(ranks);
-        var got = comm.RunRanks(rank =>
+        if (cuda && GpuBackend.CudaDeviceCount < ranks) throw new UsageException($"--tp {ranks} needs {ranks} GPUs; {GpuBackend.CudaDeviceCount} found");
+        IBackend Backend(int gpu) => cuda
+            ? GpuBackend.TryCreateCuda(out string why, fullPrecision: true, device: gpu) ?? throw new UsageException($"GPU {gpu}: {why}")
+            : new CpuBackend(DType.F32);
+
+        var expected = new float[(long)tokens * vocab];
+        using (var backend = Backend(0))
+        using (var weights = LlamaWeights.Load(Source(), config, backend))
+        using (var model = Llama.Create(config, weights, backend, tokens, rope))
+            model.Forward(ids, 0, LogitsRows.All, expected);
+
+        var got = new float[(long)tokens * vocab];
+        var backends = new List<IBackend>();
+        ICommunicator? comm = null;
+        try
         {
-            using var backend = new CpuBackend(DType.F32);
-            using var weights = LlamaWeights.Load(dir, config, backend, shard: ShardPlan.For(config, rank, ranks));
-            using var model = Llama.Create(config, weights, backend, tokens, rope, shard: new TensorShard(rank, comm));
-            return Logits(model);
-        })[0];
+            for (int r = 0; r < ranks; r++) backends.Add(Backend(r));
+            comm = cuda
+                ? NcclCommunicator.TryCreate([.. backends.Cast<GpuBackend>()], out string reason) ?? throw new UsageException($"--tp {ranks}: {reason}")
+                : new InProcessCommunicator(ranks);
+            using var group = TensorParallelLlama.Create(config, backends, comm, _ => Source(), tokens, rope,
+                maxBatch: Math.Min(tokens, backends[0].Capabilities.PrefillChunk));
+            group.Forward(ids, 0, LogitsRows.All, got);
+        }
+        finally
+        {
+            (comm as IDisposable)?.Dispose();
+            foreach (var b in backends) b.Dispose();
+        }
         double err = 0, sig = 0, maxAbs = 0;
         int agree = 0;
         for (int t = 0; t < tokens; t++)
@@ -102,9 +122,12 @@ public static class Check
             if (CpuOps.Argmax(e) == CpuOps.Argmax(g)) agree++;
         }
         double nmse = err / Math.Max(sig, double.Epsilon);
-        bool ok = nmse < 1e-10 && agree == tokens;
+        // CPU ranks sum in rank order, as the unsharded model sums its columns in blocks: f32 rounding apart. GPU ranks
+        // reduce in NCCL's order and their GEMVs split the rows differently: 1e-4 (the acceptance's bound).
+        double bound = cuda ? 1e-4 : 1e-10;
+        bool ok = nmse < bound && agree >= (cuda ? tokens * 0.98 : tokens);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"model {dir} over {ranks} tensor-parallel CPU ranks vs unsharded (f32): {tokens} tokens, logits NMSE {nmse:E2}, max abs {maxAbs:E2}, argmax agreement {agree}/{tokens}: {(ok ? "ok" : "FAIL")}"));
+            $"model {dir} over {ranks} tensor-parallel {device} ranks vs unsharded (f32): {tokens} tokens, logits NMSE {nmse:E2}, max abs {maxAbs:E2}, argmax agreement {agree}/{tokens}: {(ok ? "ok" : "FAIL")}"));
         return ok;
     }
 
