@@ -81,11 +81,16 @@ public sealed class LlamaWeights : IDisposable
     public IReadOnlyList<string> Ignored { get; private init; } = [];
 
     /// <summary>Loads every weight of modelDir (a directory or a .safetensors file), checking names, shapes and dtypes against config; fuseProjections defaults to what the backend states pays off.</summary>
-    public static LlamaWeights Load(string modelDir, LlamaConfig config, IBackend backend, bool? fuseProjections = null, ShardPlan? shard = null) =>
-        Load(Checkpoint.Open(modelDir), config, backend, fuseProjections, shard);
+    public static LlamaWeights Load(string modelDir, LlamaConfig config, IBackend backend, bool? fuseProjections = null, ShardPlan? shard = null,
+        Action<long, long>? progress = null) =>
+        Load(Checkpoint.Open(modelDir), config, backend, fuseProjections, shard, progress);
 
-    /// <summary>Loads every weight of source (which the weights then own, disposed with them or on failure), checked as a checkpoint's.</summary>
-    public static LlamaWeights Load(IWeightSource source, LlamaConfig config, IBackend backend, bool? fuseProjections = null, ShardPlan? shard = null)
+    /// <summary>
+    /// Loads every weight of source (which the weights then own, disposed with them or on failure), checked as a
+    /// checkpoint's. progress(done, total): bytes uploaded so far of about total (this rank's share), after each tensor.
+    /// </summary>
+    public static LlamaWeights Load(IWeightSource source, LlamaConfig config, IBackend backend, bool? fuseProjections = null, ShardPlan? shard = null,
+        Action<long, long>? progress = null)
     {
         bool fuse = shard is null && (fuseProjections ?? backend.Capabilities.StackedDecodeProjections);
         var checkpoint = source;
@@ -93,7 +98,10 @@ public sealed class LlamaWeights : IDisposable
         var hostBuffers = new List<nint>();
         try
         {
-            using var loader = new Loader(checkpoint, backend, owned, hostBuffers);
+            // This rank's share: the embedding and norms whole, the sharded matrices 1 / ranks of each.
+            long total = checkpoint.Tensors.Values.Sum(t => shard is null || t.Shape.Length < 2 || t.Name == "model.embed_tokens.weight"
+                ? t.ByteLength : t.ByteLength / shard.Size);
+            using var loader = new Loader(checkpoint, backend, owned, hostBuffers) { Progress = progress is null ? null : done => progress(done, total) };
             int h = config.HiddenSize, ff = config.IntermediateSize, q = config.QDim, kv = config.KvDim;
 
             var expected = new HashSet<string>(StringComparer.Ordinal);
@@ -186,6 +194,18 @@ public sealed class LlamaWeights : IDisposable
 
     private sealed unsafe class Loader(IWeightSource checkpoint, IBackend backend, List<Tensor> owned, List<nint> hostBuffers) : IDisposable
     {
+        private long _done;
+
+        /// <summary>Told the bytes uploaded so far after each tensor.</summary>
+        public Action<long>? Progress { get; init; }
+
+        private void Own(Tensor t)
+        {
+            owned.Add(t);
+            _done += t.ByteLength;
+            Progress?.Invoke(_done);
+        }
+
         private byte* _staging;        // stacking buffer, reused while the backend copies what it uploads
         private long _stagingBytes;
 
@@ -253,7 +273,7 @@ public sealed class LlamaWeights : IDisposable
                 _staging = null;
                 _stagingBytes = 0;
             }
-            owned.Add(stacked);
+            Own(stacked);
             var views = new Tensor[parts.Length];
             for (int i = 0, row = 0; i < parts.Length; row += parts[i].Rows, i++) views[i] = stacked.SliceRows(row, parts[i].Rows);
             return (stacked, views);
@@ -267,7 +287,7 @@ public sealed class LlamaWeights : IDisposable
             long rowBytes = (long)cols * dtype.Size();
             nint data = checkpoint.Data(name, start * rowBytes, count * rowBytes);
             var t = backend.Upload(dtype, count, cols, data);
-            owned.Add(t);
+            Own(t);
             checkpoint.Release(name, kept: t.Pointer == data);
             return t;
         }
@@ -293,7 +313,7 @@ public sealed class LlamaWeights : IDisposable
             }
             if (t.Pointer == (nint)buffer) hostBuffers.Add((nint)buffer);   // aliased by the backend
             else NativeMemory.AlignedFree(buffer);
-            owned.Add(t);
+            Own(t);
             return t;
         }
 
@@ -302,7 +322,7 @@ public sealed class LlamaWeights : IDisposable
             var info = Check(name, rows, cols);
             nint data = checkpoint.Data(name, 0, info.ByteLength);
             var t = backend.Upload(info.WeightDType!.Value, rows, cols, data);
-            owned.Add(t);
+            Own(t);
             checkpoint.Release(name, kept: t.Pointer == data);
             return t;
         }
@@ -316,7 +336,7 @@ public sealed class LlamaWeights : IDisposable
             hostBuffers.Add((nint)buffer);
             values.CopyTo(new Span<float>(buffer, n));
             var t = backend.Upload(DType.F32, 1, n, (nint)buffer);
-            owned.Add(t);
+            Own(t);
             return t;
         }
     }

@@ -81,9 +81,11 @@ public sealed class TensorParallelLlama : ILanguageModel, IDisposable
     /// <summary>
     /// Loads rank r's shard from sourceOf(r) (a checkpoint or random weights, each rank reading only its slices) onto
     /// backends[r], all ranks at once, and makes its model; sizes that do not split over the ranks fail in one line first.
+    /// progress(rank, done, total): each rank's bytes uploaded so far (called on the rank's thread).
     /// </summary>
     public static TensorParallelLlama Create(LlamaConfig config, IReadOnlyList<IBackend> backends, ICommunicator communicator,
-        Func<int, IWeightSource> sourceOf, int maxSeq, RopeSchedule rope, int maxBatch = 512, DType activations = DType.F32)
+        Func<int, IWeightSource> sourceOf, int maxSeq, RopeSchedule rope, int maxBatch = 512, DType activations = DType.F32,
+        Action<int, long, long>? progress = null)
     {
         int n = backends.Count;
         if (communicator.Size != n) throw new ArgumentException($"{n} backends but a communicator of {communicator.Size} ranks");
@@ -94,7 +96,8 @@ public sealed class TensorParallelLlama : ILanguageModel, IDisposable
             group.RunAll(rank =>
             {
                 var b = backends[rank.Index];
-                rank.Weights = LlamaWeights.Load(sourceOf(rank.Index), config, b, shard: ShardPlan.For(config, rank.Index, n));
+                rank.Weights = LlamaWeights.Load(sourceOf(rank.Index), config, b, shard: ShardPlan.For(config, rank.Index, n),
+                    progress: progress is null ? null : (d, t) => progress(rank.Index, d, t));
                 rank.Model = Llama.Create(config, rank.Weights, b, maxSeq, rope, maxBatch, activations, new TensorShard(rank.Index, communicator));
             });
         }

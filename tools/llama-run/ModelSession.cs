@@ -92,9 +92,11 @@ public sealed class ModelSession : IDisposable
             if (rope.Base.Remap is not null && !backend.Capabilities.IndexRemap)
                 throw new UsageException($"rope {ropeSpec ?? ropeTable} remaps positions, which the {backend.Name} backend does not do yet: use --device cpu");
             CheckMemory(backend, config, ctx, rope.Base.Remap is not null);
+            var progress = new LoadProgress();
             var weights = randomWeights && !HasWeightFiles(dir)
-                ? LlamaWeights.Load(new RandomWeights(config, DType.BF16, RandomSeed), config, backend)
-                : LlamaWeights.Load(dir, config, backend);
+                ? LlamaWeights.Load(new RandomWeights(config, DType.BF16, RandomSeed), config, backend, progress: (d, t) => progress.Report(0, d, t))
+                : LlamaWeights.Load(dir, config, backend, progress: (d, t) => progress.Report(0, d, t));
+            progress.Finish();
             try
             {
                 // Prefill chunks: a GPU reaches its tensor-core rate on large GEMMs, the CPU gains nothing past 512 rows.

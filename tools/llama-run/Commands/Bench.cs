@@ -211,9 +211,11 @@ public static class Bench
             }
             args.RejectUnknown();
             var rope = RopeMethods.FromConfig(config);
+            var progress = new LoadProgress(tp);
             group = TensorParallelLlama.Create(config, backends, comm,
                 _ => random ? new RandomWeights(config, DType.BF16, ModelSession.RandomSeed) : Checkpoint.Open(dir), ctx, rope,
-                maxBatch: Math.Min(ctx, backends[0].Capabilities.PrefillChunk), activations: compute);
+                maxBatch: Math.Min(ctx, backends[0].Capabilities.PrefillChunk), activations: compute, progress: progress.Report);
+            progress.Finish();
             double loadSeconds = load.Elapsed.TotalSeconds;
 
             // The read bound: the host's memory for CPU ranks (they share it), the sum of every GPU's own.
