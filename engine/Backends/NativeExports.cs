@@ -1,4 +1,4 @@
-// Exports of a native library loaded at run time (libcuda, libcublas): every required name that is absent
+// Exports of a native library loaded at run time (libcuda, libcublas, libnccl): every required name that is absent
 // is collected, so the one-line error lists them all. Used by the driver and cuBLAS bindings; exercised by their loading.
 using System.Runtime.InteropServices;
 
@@ -6,6 +6,19 @@ namespace LlamaRun.Backends;
 
 internal sealed class NativeExports(nint library)
 {
+    /// <summary>The first of the candidates (paths, or names for the loader's search) that loads, and which; 0 when none does.</summary>
+    public static nint LoadFirst(IEnumerable<string> candidates, out string loaded)
+    {
+        foreach (var c in candidates)
+        {
+            if ((c.Contains('/') && !File.Exists(c)) || !NativeLibrary.TryLoad(c, out nint lib)) continue;
+            loaded = c;
+            return lib;
+        }
+        loaded = "";
+        return 0;
+    }
+
     private readonly List<string> _missing = [];
 
     /// <summary>Required names the library does not export, in the order they were asked for.</summary>

@@ -36,6 +36,7 @@ public sealed class TensorParallelLlama : ILanguageModel, IDisposable
     private float[] _logits = [];
     private Action<Rank>? _job;
     private bool _disposed;
+    private string? _broken;   // a call whose ranks never finished: the group cannot run again
 
     private sealed class Rank(int index)
     {
@@ -142,6 +143,7 @@ public sealed class TensorParallelLlama : ILanguageModel, IDisposable
     // Runs job on every rank's thread and waits for all; the first failure (not the aborts it caused) is rethrown.
     private void RunAll(Action<Rank> job)
     {
+        if (_broken is not null) throw new InvalidOperationException($"the tensor-parallel group cannot run again: {_broken}");
         Array.Clear(_errors);
         _job = job;
         _start.SignalAndWait();
@@ -149,7 +151,10 @@ public sealed class TensorParallelLlama : ILanguageModel, IDisposable
         {
             _communicator.Abort($"the ranks did not finish within {Timeout.TotalSeconds:0} s");
             if (!_done.SignalAndWait(TimeSpan.FromSeconds(60)))
-                throw new TimeoutException($"tensor-parallel ranks still running {Timeout.TotalSeconds + 60:0} s after the call began, after an abort");
+            {
+                _broken = $"its ranks were still running {Timeout.TotalSeconds + 60:0} s after a call began, after an abort";
+                throw new TimeoutException($"tensor-parallel call: {_broken}");
+            }
         }
         _job = null;
         var first = _errors.FirstOrDefault(e => e is not null and not CollectiveAbortedException)
@@ -182,8 +187,9 @@ public sealed class TensorParallelLlama : ILanguageModel, IDisposable
         if (_disposed) return;
         _disposed = true;
         _job = null;
-        _start.SignalAndWait();   // the workers see no job and end
-        foreach (var t in _threads) t.Join();
+        // The workers see no job and end (unless a stuck call left one behind: background threads, not waited for).
+        if (_broken is null && _start.SignalAndWait(TimeSpan.FromSeconds(30)))
+            foreach (var t in _threads) t.Join();
         foreach (var r in _ranks)
         {
             r.Model?.Dispose();

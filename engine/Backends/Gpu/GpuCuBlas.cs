@@ -93,13 +93,8 @@ internal sealed unsafe class GpuCuBlas : IDisposable
 
     private static string? Load()
     {
-        nint lib = 0;
-        foreach (var c in Candidates())
-        {
-            if ((c.Contains('/') && !File.Exists(c)) || !NativeLibrary.TryLoad(c, out lib)) continue;
-            Library = c;
-            break;
-        }
+        nint lib = NativeExports.LoadFirst(Candidates(), out string loaded);
+        Library = loaded;
         if (lib == 0) return "cuBLAS not found (libcublas.so.13 or .12)";
         var exports = new NativeExports(lib);
         cublasCreate = (delegate* unmanaged<nint*, int>)exports.Get("cublasCreate_v2");

@@ -163,13 +163,8 @@ public sealed unsafe class NcclCommunicator : ICommunicator, IDisposable
 
     private static string? Load()
     {
-        nint lib = 0;
-        foreach (var c in Candidates())
-        {
-            if ((c.Contains('/') && !File.Exists(c)) || !NativeLibrary.TryLoad(c, out lib)) continue;
-            Library = c;
-            break;
-        }
+        nint lib = NativeExports.LoadFirst(Candidates(), out string loaded);
+        Library = loaded;
         if (lib == 0) return "no NCCL: libnccl.so.2 not found (install NCCL, e.g. the nvidia-nccl-cu12 wheel, or set LLAMA_NCCL_PATH)";
         var e = new NativeExports(lib);
         ncclGetUniqueId = (delegate* unmanaged<UniqueId*, int>)e.Get("ncclGetUniqueId");
