@@ -1,7 +1,8 @@
 // MatMul dst[T, out] = x[T, in] * weight[out, in]^T (CpuOps.MatMul); x and dst are f32.
 // GemvBf16: decode (one token): one warp per output row, the weights in 16-byte loads, sixteen in flight per lane
 // (the row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu (CpuOps.MatMulSwiGlu): the same rows of stacked gate and up weights with
-// silu(gate) * up as the epilogue, so decode's MLP needs no separate SwiGlu launch. Gemv: any weight type and shape and up to 8 tokens (the weights read once for all), 4-byte
+// silu(gate) * up as the epilogue, so decode's MLP needs no separate SwiGlu launch. GemvBf16AddRmsNorm
+// (CpuOps.MatMulAddRmsNorm): the residual add and the next RMSNorm as the epilogue of the o and down projections. Gemv: any weight type and shape and up to 8 tokens (the weights read once for all), 4-byte
 // loads. Both: one warp a row, any group size (8 rows a group on a GPU). GemmBf16: prefill on tensor cores (the fallback when cuBLAS is absent):
 // 128x128x32 tiles, 8 warps as 2 x 4, each a 64 x 32 tile of 4 x 4 mma.sync fragments; x rounded to bf16 as it is
 // staged in shared memory, f32 accumulation. Exercised by the MatMul cases of tests/GpuOpsTests.cs.
@@ -64,6 +65,52 @@ public static class MatMulKernels
         if (isUp && lane == 0) up[w - r] = sum;
         Group.Barrier();
         if (!isUp && lane == 0 && j < ff) dst[j] = ActivationKernels.Silu<NoRounding>(sum, up[w]);
+    }
+
+    /// <summary>
+    /// One token, a projection whose output joins the residual stream, fused with the next RMSNorm: residual[j] +=
+    /// x . weight_j for every row j (GemvBf16's rows, a warp each), then dst = RmsNorm(residual) * norm, written by the
+    /// group that finishes last. Each group leaves the sum of its rows' squares in partial[group] and counts itself in
+    /// counter[0] (fenced); the last one adds the partials in group order (reading them and the residual through L2,
+    /// by integer atomics of 0 on their bits), writes dst and resets the count for the next launch.
+    /// </summary>
+    public static void GemvBf16AddRmsNorm(ArrayView<F4> x, ArrayView<U4> weight, ArrayView<float> residual, ArrayView<float> norm,
+        ArrayView<float> dst, ArrayView<float> partial, ArrayView<int> counter, int inDim, int outDim, float eps)
+    {
+        var scratch = SharedMemory.Allocate<float>(32);
+        var last = SharedMemory.Allocate<int>(1);
+        int row = (Grid.IdxX * Group.DimX + Group.IdxX) >> 5, lane = Warp.LaneIdx, chunks = inDim / 8;
+        float square = 0f;
+        if (row < outDim)
+        {
+            float sum = RowDot(x, weight, (long)row * chunks, chunks, lane);
+            if (lane == 0)
+            {
+                float r = residual[row] + sum;
+                residual[row] = r;
+                square = r * r;
+            }
+        }
+        float squares = Reduce.GroupSum(square, scratch);
+        if (Group.IdxX == 0)
+        {
+            partial[Grid.IdxX] = squares;
+            MemoryFence.DeviceLevel();
+            last[0] = Atomic.Add(ref counter[0], 1) == Grid.DimX - 1 ? 1 : 0;
+        }
+        Group.Barrier();
+        if (last[0] == 0) return;
+        MemoryFence.DeviceLevel();
+        // Integer atomics of 0 on the floats' bits: the values as L2 holds them (a float atomic is a compare-and-swap
+        // loop on ILGPU's CPU accelerator, which a NaN never leaves).
+        var partialBits = partial.Cast<uint>();
+        var residualBits = residual.Cast<uint>();
+        float total = 0f;
+        for (int g = Group.IdxX; g < Grid.DimX; g += Group.DimX) total += Interop.IntAsFloat(Atomic.Add(ref partialBits[g], 0u));
+        float scale = RmsNormKernels.Scale(Reduce.GroupSum(total, scratch), outDim, eps);
+        for (int j = Group.IdxX; j < outDim; j += Group.DimX)
+            dst[j] = RmsNormKernels.Out<NoRounding>(Interop.IntAsFloat(Atomic.Add(ref residualBits[j], 0u)), scale, norm[j]);
+        if (Group.IdxX == 0) counter[0] = 0;
     }
 
     // The dot product of x with the bf16 row at w0 (chunks of 8 weights), reduced over the warp (every lane gets it).

@@ -13,12 +13,14 @@ namespace LlamaRun.Kernels;
 
 public static class RmsNormKernels
 {
+    /// <summary>One normalized element: x times the row's scale r, times the weight (rounded as TR says).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Out<TR>(float x, float r, float w) where TR : struct, IRounding =>
+    public static float Out<TR>(float x, float r, float w) where TR : struct, IRounding =>
         default(TR).Round(default(TR).Round(x * r) * w);
 
+    /// <summary>The row's scale 1 / sqrt(mean square + eps): the one definition RMSNorm and the fused GEMV use.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Scale(float sumSquares, int n, float eps) => 1f / XMath.Sqrt(sumSquares / n + eps);
+    public static float Scale(float sumSquares, int n, float eps) => 1f / XMath.Sqrt(sumSquares / n + eps);
 
     // kernels
 

@@ -70,6 +70,10 @@ public sealed class ProfileBackend(IBackend inner) : IBackend
     public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32, FarQueries? far = null) =>
         Time("attention", 2L * (startPos + q.Rows) * cache.KvDim * KvElementSize, () => inner.Attention(q, cache, layer, startPos, dst, compute, far));
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to) => Time("rerotate", 0, () => inner.RerotateCache(cache, length, from, to));
+    public void MatMulAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor norm, Tensor dst, float eps) =>
+        Time($"matmul_add_rmsnorm {weight.DType.Name()} {weight.Rows}x{weight.Cols} T={x.Rows}", weight.ByteLength,
+            () => inner.MatMulAddRmsNorm(x, weight, residual, norm, dst, eps));
+
     public void MatMulSwiGlu(Tensor x, Tensor gateUp, Tensor dst) =>
         Time($"matmul_swiglu {gateUp.DType.Name()} {gateUp.Rows}x{gateUp.Cols} T={x.Rows}", gateUp.ByteLength, () => inner.MatMulSwiGlu(x, gateUp, dst));
 

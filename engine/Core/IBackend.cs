@@ -98,6 +98,12 @@ public interface IBackend : IDisposable
     void MatMulSwiGlu(Tensor x, Tensor gateUp, Tensor dst);
 
     /// <summary>
+    /// A projection that joins the residual stream, with the next norm (f32 compute): residual += x weight^T, then
+    /// dst = RmsNorm(residual) * norm; equal to MatMul into a buffer then AddRmsNorm (one launch on a GPU for a token).
+    /// </summary>
+    void MatMulAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor norm, Tensor dst, float eps);
+
+    /// <summary>
     /// Rotates q [T, heads*headDim] in place (cos/sin magnitude and query scale included), rotates k [T, kvDim] in place,
     /// and stores k and v at positions startPos..startPos+T-1 of layer's cache. Pairs are (x[j], x[j + rotaryDim/2]).
     /// A non-F32 compute rounds cos, sin, each product and each sum to that type. With an index remap (table.Remap) it

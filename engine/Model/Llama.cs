@@ -243,11 +243,21 @@ public sealed class Llama : ILanguageModel, IDisposable
                 b.Attention(q, Cache, l, pos, a.Att, Activations);
             }
             R(a.Att);
-            b.MatMul(a.Att, w.OProj, a.Xb);
-            Reduce(a.Xb);
-            R(a.Xb);
-            b.AddRmsNorm(a.X, a.Xb, w.PostAttentionLayernorm, a.Xb, eps, Activations);
-            R(a.Xb);
+            // One token in f32 on one rank: each projection that joins the residual stream takes the add and the next
+            // norm as its epilogue (one launch on a GPU).
+            bool fusedNorm = decode && Activations == DType.F32 && Shard is null;
+            if (fusedNorm)
+            {
+                b.MatMulAddRmsNorm(a.Att, w.OProj, a.X, w.PostAttentionLayernorm, a.Xb, eps);
+            }
+            else
+            {
+                b.MatMul(a.Att, w.OProj, a.Xb);
+                Reduce(a.Xb);
+                R(a.Xb);
+                b.AddRmsNorm(a.X, a.Xb, w.PostAttentionLayernorm, a.Xb, eps, Activations);
+                R(a.Xb);
+            }
 
             Tensor gate = a.Gate, up = a.Up;
             if (decode && w.GateUp is not null && Activations == DType.F32)
@@ -270,6 +280,11 @@ public sealed class Llama : ILanguageModel, IDisposable
                 R(gate); R(up);
                 b.SwiGlu(gate, up, gate, Activations);
                 R(gate);
+            }
+            if (fusedNorm && l + 1 < Config.NumHiddenLayers)
+            {
+                b.MatMulAddRmsNorm(gate, w.DownProj, a.X, Weights.Layers[l + 1].InputLayernorm, a.Xb, eps);
+                continue;
             }
             b.MatMul(gate, w.DownProj, a.Xb);
             Reduce(a.Xb);

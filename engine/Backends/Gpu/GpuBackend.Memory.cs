@@ -111,16 +111,16 @@ public sealed unsafe partial class GpuBackend
         return _remapPartial;
     }
 
-    // MatMulSwiGlu's [tokens, 2 ff] product where the fused kernel does not apply, grown (and so allocated outside a
-    // captured decode step: the step's first run makes it).
-    private Tensor EnsureSwiGluScratch(int rows, int cols)
+    // A fused op's [rows, cols] product where its kernel does not apply (each op its own buffer), remade when the shape
+    // changes (so made outside a captured decode step: the step's first run makes it).
+    private Tensor EnsureScratch(ref Tensor? scratch, int rows, int cols)
     {
-        if (_swiGluScratch is { } t && t.Cols == cols && t.Rows >= rows) return t.SliceRows(0, rows);
+        if (scratch is { } t && t.Cols == cols && t.Rows >= rows) return t.SliceRows(0, rows);
         _stream.Synchronize();
-        _swiGluScratch?.Dispose();
-        _swiGluScratch = null;
-        _swiGluScratch = Own(DType.F32, rows, cols);
-        return _swiGluScratch;
+        scratch?.Dispose();
+        scratch = null;
+        scratch = Own(DType.F32, rows, cols);
+        return scratch;
     }
 
     private MemoryBuffer1D<int, Stride1D.Dense> EnsureInts(int count)

@@ -29,7 +29,9 @@ public sealed unsafe partial class GpuBackend : IBackend
     private readonly bool _flashAttention = Environment.GetEnvironmentVariable("LLAMA_FLASH_ATTENTION") != "0";
     private readonly bool _fullPrecision;               // f32 KV cache, exact f32 matmuls
     private MemoryBuffer1D<int, Stride1D.Dense>? _ints; // token ids in, argmax indices out
-    private Tensor? _swiGluScratch;                     // MatMulSwiGlu's product where the fused kernel does not apply
+    private Tensor? _swiGluScratch, _projectionScratch; // the fused ops' products where their kernels do not apply
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> _normPartial;   // MatMulAddRmsNorm's sum of squares per group
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> _normCounter;     // and its count of finished groups (0 between launches)
     private MemoryBuffer1D<float, Stride1D.Dense>? _remapPartial;   // an index remap's far-pass rows (flash attention)
     // Index remaps through flash attention and the decode kernel (far and near keys apart, merged) rather than the
     // split kernel: always on ILGPU's CPU accelerator, on CUDA unless LLAMA_REMAP_FAST=0 (FastRemapOnCuda).
@@ -62,6 +64,9 @@ public sealed unsafe partial class GpuBackend : IBackend
             _attentionScratch = accelerator.Allocate1D<float>(AttentionScratchFloats);
             _rope = new GpuRopeTables(accelerator, _stream);
             _stepScalars = accelerator.Allocate1D<int>(DecodeStep.Count);
+            _normPartial = accelerator.Allocate1D<float>(1 << 16);
+            _normCounter = accelerator.Allocate1D<int>(1);
+            _normCounter.MemSetToZero(_stream);
             _stepScalars.MemSetToZero(_stream);
             EnsureInts(4096);
         }
@@ -293,6 +298,30 @@ public sealed unsafe partial class GpuBackend : IBackend
         }
     }
 
+    public void MatMulAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor norm, Tensor dst, float eps)
+    {
+        _accelerator.Bind();
+        Require(x, DType.F32, nameof(x));
+        RequireOwn(weight, nameof(weight));
+        if (weight.Cols != x.Cols) throw new ArgumentException($"weight {weight} does not match x {x}", nameof(weight));
+        Require(residual, DType.F32, nameof(residual));
+        RequireShape(residual, x.Rows, weight.Rows, nameof(residual));
+        Require(norm, DType.F32, nameof(norm));
+        RequireShape(norm, 1, weight.Rows, nameof(norm));
+        Require(dst, DType.F32, nameof(dst));
+        RequireShape(dst, x.Rows, weight.Rows, nameof(dst));
+        if (x.Rows == 0 || weight.Rows == 0) return;
+        if (x.Rows == 1 && GpuKernels.GemvSwiGluFits(x, weight) && _launch.GemvGroups(weight.Rows) <= _normPartial.Length)
+        {
+            _launch.GemvAddRmsNorm(x, weight, residual, norm, dst, _normPartial.View, _normCounter.View, eps);
+            return;
+        }
+        // Other weight types, shapes and several tokens: the projection, then the add and norm.
+        var y = EnsureScratch(ref _projectionScratch, x.Rows, weight.Rows);
+        MatMul(x, weight, y);
+        AddRmsNorm(residual, y, norm, dst, eps);
+    }
+
     public void MatMulSwiGlu(Tensor x, Tensor gateUp, Tensor dst)
     {
         _accelerator.Bind();
@@ -310,7 +339,7 @@ public sealed unsafe partial class GpuBackend : IBackend
             return;
         }
         // Other weight types and several tokens: the product, then SwiGlu of its halves.
-        var both = EnsureSwiGluScratch(x.Rows, 2 * ff);
+        var both = EnsureScratch(ref _swiGluScratch, x.Rows, 2 * ff);
         MatMul(x, gateUp, both);
         for (int t = 0; t < x.Rows; t++)
             SwiGlu(both.SliceRows(t, 1).SliceCols(0, ff), both.SliceRows(t, 1).SliceCols(ff, ff), dst.SliceRows(t, 1));
@@ -482,6 +511,9 @@ public sealed unsafe partial class GpuBackend : IBackend
         _rope?.Dispose();
         _ints?.Dispose();
         _swiGluScratch?.Dispose();
+        _projectionScratch?.Dispose();
+        _normPartial?.Dispose();
+        _normCounter?.Dispose();
         _stepScalars?.Dispose();
         _remapPartial?.Dispose();
         _attentionScratch?.Dispose();

@@ -51,6 +51,7 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>? _addRmsNorm4Bf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>> _gemvBf16, _gemvBf16SwiGlu;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>> _gemvF32;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, F32, F32, F32, ArrayView<int>, int, int, float>> _gemvAddRmsNorm;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>> _gemvBf16Any, _gemvF16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>? _gemmBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, long, int>> _toBf16;
@@ -137,6 +138,8 @@ internal sealed class GpuKernels
             _swiGluBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("swiglu_cbf16", ActivationKernels.SwiGlu<Bf16Rounding>);
         }
         _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>>("gemv_bf16", MatMulKernels.GemvBf16);
+        _gemvAddRmsNorm = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, F32, F32, F32, ArrayView<int>, int, int, float>>(
+            "gemv_bf16_add_rmsnorm", MatMulKernels.GemvBf16AddRmsNorm);
         _gemvBf16SwiGlu = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>>("gemv_bf16_swiglu", MatMulKernels.GemvBf16SwiGlu);
         _gemvF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>>("gemv_f32", MatMulKernels.Gemv<float, F32Element>);
         _gemvBf16Any = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_bf16_any", MatMulKernels.Gemv<ushort, Bf16Element>);
@@ -331,6 +334,21 @@ internal sealed class GpuKernels
             var (x1, w1, d1) = (GpuViews.F32(x), GpuViews.U16(weight), GpuViews.F32(dst));
             Queue(name, config, s => kernel(s, config, x1, w1, d1, tokens, inDim, outDim));
         }
+    }
+
+    /// <summary>Groups GemvAddRmsNorm launches for outDim rows (each leaves a partial sum of squares).</summary>
+    public int GemvGroups(int outDim) => (outDim + _rowsPerGemvGroup - 1) / _rowsPerGemvGroup;
+
+    /// <summary>
+    /// One token: residual += x . weight^T, then dst = RmsNorm(residual) * norm by the last group; partial holds a float
+    /// per group (GemvGroups), counter one int that is 0 between launches.
+    /// </summary>
+    public void GemvAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor norm, Tensor dst, F32 partial, ArrayView<int> counter, float eps)
+    {
+        int inDim = x.Cols, outDim = weight.Rows;
+        var config = new KernelConfig(GemvGroups(outDim), 32 * _rowsPerGemvGroup);
+        var (x4, w4, r1, n1, d1) = (GpuViews.F4(x), GpuViews.U4(weight), GpuViews.F32(residual), GpuViews.F32(norm), GpuViews.F32(dst));
+        Queue("gemv_bf16_add_rmsnorm", config, s => _gemvAddRmsNorm.Launch(s, config, x4, w4, r1, n1, d1, partial, counter, inDim, outDim, eps));
     }
 
     /// <summary>Whether GemvSwiGlu takes this one-token product (bf16 weights, in % 8 == 0, 16-byte aligned views).</summary>

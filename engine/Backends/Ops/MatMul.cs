@@ -60,3 +60,33 @@ public sealed record MatMulSwiGluCase(string Source, double MaxNmse) : OpCase(So
         return new(i => s.Backend.MatMulSwiGlu(x, weights[i % weights.Length], dst), s.Out("dst", dst));
     }
 }
+
+public sealed record MatMulAddRmsNormCase(string Source, double MaxNmse) : OpCase(Source, MaxNmse)
+{
+    public DType Weight { get; init; } = DType.BF16;
+    public int T { get; init; } = 1;
+
+    /// <summary>Input features (the weight's columns).</summary>
+    public int N { get; init; } = 1;
+
+    /// <summary>Output features: the residual stream's width.</summary>
+    public int Out { get; init; } = 1;
+
+    public override string Op => "matmul_add_rmsnorm";
+    protected override string Shape => $"{Weight.Name()} T={T} in={N} out={Out}";
+    public override long Bytes(int kvElementSize) => (long)Out * N * Weight.Size() + (long)T * (N + 3L * Out) * 4 + Out * 4L;
+    public override double Flops => 2.0 * T * N * Out;
+    public override long Work => (long)T * N * Out;
+
+    public override PreparedOp Prepare(OpScope s, int copies = 1)
+    {
+        float[] xs = s.Uniform((long)T * N, Compute);
+        if (Specials) InjectSpecials(xs, withInf: false);
+        var x = s.Upload(DType.F32, T, N, xs);
+        var weights = Sets(copies, () => s.Random(Weight, Out, N, Compute));
+        var residual = s.Upload(DType.F32, T, Out, s.Uniform((long)T * Out, Compute), guard: true, name: "residual");
+        var norm = s.Upload(DType.F32, 1, Out, s.Uniform(Out, Compute));
+        var dst = s.Output(T, Out, "dst");
+        return new(i => s.Backend.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, norm, dst, 1e-5f), s.Out("residual", residual), s.Out("dst", dst));
+    }
+}

@@ -56,6 +56,13 @@ public static class OpCases
         c.Add(new MatMulSwiGluCase("awkward", F32) { T = 3, N = 40, Ff = 7 });
         c.Add(new MatMulSwiGluCase("awkward", F32) { Weight = DType.F32, T = 1, N = 33, Ff = 9 });
         c.Add(new MatMulSwiGluCase("awkward", F32) { T = 1, N = 64, Ff = 5, Specials = true });
+        // The o/down projections with the residual add and the next norm fused (bf16, one token), and the other paths.
+        c.Add(new MatMulAddRmsNormCase("Llama-2-7B down_proj + add_rmsnorm decode", 1e-8) { T = 1, N = 11008, Out = 4096 });
+        c.Add(new MatMulAddRmsNormCase("small", 1e-8) { T = 1, N = 96, Out = 64 });
+        c.Add(new MatMulAddRmsNormCase("awkward", 1e-8) { T = 1, N = 40, Out = 333 });
+        c.Add(new MatMulAddRmsNormCase("awkward", 1e-8) { T = 2, N = 40, Out = 24 });
+        c.Add(new MatMulAddRmsNormCase("awkward", 1e-8) { Weight = DType.F32, T = 1, N = 33, Out = 17 });
+        c.Add(new MatMulAddRmsNormCase("awkward", 1e-8) { T = 1, N = 64, Out = 9, Specials = true });
 
         c.Add(new RopeCase("Llama-2-7B decode", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 17 });
         c.Add(new RopeCase("Llama-3-8B prefill", Bf16Cache) { T = 64, Heads = 32, KvHeads = 8, HeadDim = 128, Theta = 500000f });
@@ -212,6 +219,8 @@ public static class OpCases
                      (4096, 11008, "Llama-2-7B down_proj"), (32000, 4096, "Llama-2-7B lm_head") })
             c.Add(new MatMulCase(src + " decode", 0) { Weight = DType.BF16, T = 1, N = n, Out = o });
         c.Add(new MatMulSwiGluCase("Llama-2-7B gate/up + swiglu decode", 0) { T = 1, N = 4096, Ff = 11008 });
+        c.Add(new MatMulAddRmsNormCase("Llama-2-7B o_proj + add_rmsnorm decode", 0) { T = 1, N = 4096, Out = 4096 });
+        c.Add(new MatMulAddRmsNormCase("Llama-2-7B down_proj + add_rmsnorm decode", 0) { T = 1, N = 11008, Out = 4096 });
         c.Add(new MatMulSwiGluCase("Llama-3-8B gate/up + swiglu decode", 0) { T = 1, N = 4096, Ff = 14336 });
         foreach (var (t, o, n, src) in new[] { (512, 4096, 4096, "Llama-2-7B q_proj"), (4096, 11008, 4096, "Llama-2-7B up_proj"), (16384, 4096, 4096, "Llama-2-7B q_proj") })
             c.Add(new MatMulCase(src + " prefill", 0) { Weight = DType.BF16, T = t, N = n, Out = o });
