@@ -89,6 +89,7 @@ public static class MatMulKernels
                 float r = residual[row] + sum;
                 residual[row] = r;
                 square = r * r;
+                MemoryFence.DeviceLevel();   // the row is visible to the last group before this group counts itself
             }
         }
         float squares = Reduce.GroupSum(square, scratch);
