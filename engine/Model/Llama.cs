@@ -213,6 +213,8 @@ public sealed class Llama : ILanguageModel, IDisposable
             // a.Xb holds this layer's normed input: each residual add is fused with the norm that follows it.
             var w = Weights.Layers[l];
             bool decode = tokens.Length == 1;
+            // A decoded token in f32 on one rank, where the backend says the fused ops pay off (MatMulSwiGlu, MatMulAddRmsNorm).
+            bool fused = decode && Activations == DType.F32 && Shard is null && b.Capabilities.FusedDecode;
             Tensor q = a.Q, k = a.K, v = a.V;
             if (decode && w.Qkv is not null)
             {
@@ -245,8 +247,7 @@ public sealed class Llama : ILanguageModel, IDisposable
             R(a.Att);
             // One token in f32 on one rank: each projection that joins the residual stream takes the add and the next
             // norm as its epilogue (one launch on a GPU).
-            bool fusedNorm = decode && Activations == DType.F32 && Shard is null;
-            if (fusedNorm)
+            if (fused)
             {
                 b.MatMulAddRmsNorm(a.Att, w.OProj, a.X, w.PostAttentionLayernorm, a.Xb, eps);
             }
@@ -260,7 +261,7 @@ public sealed class Llama : ILanguageModel, IDisposable
             }
 
             Tensor gate = a.Gate, up = a.Up;
-            if (decode && w.GateUp is not null && Activations == DType.F32)
+            if (decode && w.GateUp is not null && fused)
             {
                 // One token: the stacked gate/up projection with SwiGlu as its epilogue (one launch on a GPU).
                 b.MatMulSwiGlu(a.Xb, w.GateUp, gate);
@@ -281,7 +282,7 @@ public sealed class Llama : ILanguageModel, IDisposable
                 b.SwiGlu(gate, up, gate, Activations);
                 R(gate);
             }
-            if (fusedNorm && l + 1 < Config.NumHiddenLayers)
+            if (fused && l + 1 < Config.NumHiddenLayers)
             {
                 b.MatMulAddRmsNorm(gate, w.DownProj, a.X, Weights.Layers[l + 1].InputLayernorm, a.Xb, eps);
                 continue;

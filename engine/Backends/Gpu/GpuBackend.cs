@@ -48,7 +48,8 @@ public sealed unsafe partial class GpuBackend : IBackend
         Name = name;
         _fullPrecision = fullPrecision;
         _fastRemap = accelerator is not CudaAccelerator || FastRemapOnCuda;
-        Capabilities = accelerator is CudaAccelerator ? CudaCapabilities with { FastIndexRemap = _fastRemap } : CpuAcceleratorCapabilities;
+        Capabilities = (accelerator is CudaAccelerator ? CudaCapabilities with { FastIndexRemap = _fastRemap } : CpuAcceleratorCapabilities)
+            with { FusedDecode = Environment.GetEnvironmentVariable("LLAMA_FUSE") != "0" };
         try
         {
             _stream = accelerator.CreateStream();
