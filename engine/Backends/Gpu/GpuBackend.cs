@@ -37,6 +37,17 @@ public sealed unsafe partial class GpuBackend : IBackend
     // split kernel: always on ILGPU's CPU accelerator, on CUDA unless LLAMA_REMAP_FAST=0 (FastRemapOnCuda).
     private readonly bool _fastRemap;
 
+    /// <summary>
+    /// LLAMA_FUSE: 1 decodes with the fused ops (the gate/up GEMV with SwiGlu, the o/down GEMVs with the residual add and
+    /// the next norm), 0 with the plain ones. Default: on for ILGPU's CPU accelerator; off on CUDA until measured there.
+    /// </summary>
+    public static bool? FusedDecodeSetting => Environment.GetEnvironmentVariable("LLAMA_FUSE") switch
+    {
+        "1" => true,
+        "0" => false,
+        _ => null,
+    };
+
     /// <summary>Whether CUDA runs index remaps through the two-pass kernels (and so reports FastIndexRemap, letting the default pick one).</summary>
     public static bool FastRemapOnCuda => Environment.GetEnvironmentVariable("LLAMA_REMAP_FAST") != "0";
     private bool _disposed;
@@ -49,7 +60,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         _fullPrecision = fullPrecision;
         _fastRemap = accelerator is not CudaAccelerator || FastRemapOnCuda;
         Capabilities = (accelerator is CudaAccelerator ? CudaCapabilities with { FastIndexRemap = _fastRemap } : CpuAcceleratorCapabilities)
-            with { FusedDecode = Environment.GetEnvironmentVariable("LLAMA_FUSE") != "0" };
+            with { FusedDecode = FusedDecodeSetting ?? accelerator is not CudaAccelerator };
         try
         {
             _stream = accelerator.CreateStream();
