@@ -109,9 +109,34 @@ public static class MatMulKernels
         float total = 0f;
         for (int g = Group.IdxX; g < Grid.DimX; g += Group.DimX) total += Interop.IntAsFloat(Atomic.Add(ref partialBits[g], 0u));
         float scale = RmsNormKernels.Scale(Reduce.GroupSum(total, scratch), outDim, eps);
-        for (int j = Group.IdxX; j < outDim; j += Group.DimX)
-            dst[j] = RmsNormKernels.Out<NoRounding>(Interop.IntAsFloat(Atomic.Add(ref residualBits[j], 0u)), scale, norm[j]);
+        // Eight reads in flight a thread (an atomic's result is waited for only where it is used).
+        int n = Group.DimX;
+        for (int j = Group.IdxX; j < outDim; j += 8 * n)
+        {
+            uint b0 = Read(residualBits, j, outDim), b1 = Read(residualBits, j + n, outDim), b2 = Read(residualBits, j + 2 * n, outDim);
+            uint b3 = Read(residualBits, j + 3 * n, outDim), b4 = Read(residualBits, j + 4 * n, outDim), b5 = Read(residualBits, j + 5 * n, outDim);
+            uint b6 = Read(residualBits, j + 6 * n, outDim), b7 = Read(residualBits, j + 7 * n, outDim);
+            Normed(dst, norm, j, b0, scale, outDim);
+            Normed(dst, norm, j + n, b1, scale, outDim);
+            Normed(dst, norm, j + 2 * n, b2, scale, outDim);
+            Normed(dst, norm, j + 3 * n, b3, scale, outDim);
+            Normed(dst, norm, j + 4 * n, b4, scale, outDim);
+            Normed(dst, norm, j + 5 * n, b5, scale, outDim);
+            Normed(dst, norm, j + 6 * n, b6, scale, outDim);
+            Normed(dst, norm, j + 7 * n, b7, scale, outDim);
+        }
         if (Group.IdxX == 0) counter[0] = 0;
+    }
+
+    // Element j's bits as L2 holds them (an integer atomic of 0), or 0 past n.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint Read(ArrayView<uint> bits, int j, int n) => j < n ? Atomic.Add(ref bits[j], 0u) : 0u;
+
+    // dst[j] = the residual value of bits, normed and weighted (below n).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Normed(ArrayView<float> dst, ArrayView<float> norm, int j, uint bits, float scale, int n)
+    {
+        if (j < n) dst[j] = RmsNormKernels.Out<NoRounding>(Interop.IntAsFloat(bits), scale, norm[j]);
     }
 
     // The dot product of x with the bf16 row at w0 (chunks of 8 weights), reduced over the warp (every lane gets it).
