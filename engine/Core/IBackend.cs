@@ -11,9 +11,10 @@ namespace LlamaRun.Core;
 /// <param name="DeviceMemory">Tensors live in accelerator memory, and FreeMemoryBytes counts that memory.</param>
 /// <param name="IndexRemap">Rope and Attention take an index-remap table (Self-Extend, DPE, ReRoPE: RopeTable.Remap).</param>
 /// <param name="FastIndexRemap">Attention runs an index remap at the speed of plain RoPE (so the default may pick one).</param>
-/// <param name="FusedDecode">A decoded token's MLP and residual adds pay off as the fused ops (MatMulSwiGlu, MatMulAddRmsNorm).</param>
+/// <param name="FusedDecode">A decoded token's gate/up projection pays off as MatMulSwiGlu.</param>
+/// <param name="FusedNorm">A decoded token's o and down projections pay off as MatMulAddRmsNorm.</param>
 public sealed record BackendCapabilities(int PrefillChunk, bool StackedDecodeProjections, bool DeviceMemory, bool IndexRemap = false,
-    bool FastIndexRemap = false, bool FusedDecode = false);
+    bool FastIndexRemap = false, bool FusedDecode = false, bool FusedNorm = false);
 
 /// <summary>
 /// The far branch of an index-remap attention: queries rotated to their grouped positions (Q, shaped as the near

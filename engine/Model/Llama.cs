@@ -214,7 +214,8 @@ public sealed class Llama : ILanguageModel, IDisposable
             var w = Weights.Layers[l];
             bool decode = tokens.Length == 1;
             // A decoded token in f32 on one rank, where the backend says the fused ops pay off (MatMulSwiGlu, MatMulAddRmsNorm).
-            bool fused = decode && Activations == DType.F32 && Shard is null && b.Capabilities.FusedDecode;
+            bool single = decode && Activations == DType.F32 && Shard is null;
+            bool fused = single && b.Capabilities.FusedDecode, fusedNorm = single && b.Capabilities.FusedNorm;
             Tensor q = a.Q, k = a.K, v = a.V;
             if (decode && w.Qkv is not null)
             {
@@ -247,7 +248,7 @@ public sealed class Llama : ILanguageModel, IDisposable
             R(a.Att);
             // One token in f32 on one rank: each projection that joins the residual stream takes the add and the next
             // norm as its epilogue (one launch on a GPU).
-            if (fused)
+            if (fusedNorm)
             {
                 b.MatMulAddRmsNorm(a.Att, w.OProj, a.X, w.PostAttentionLayernorm, a.Xb, eps);
             }
@@ -282,7 +283,7 @@ public sealed class Llama : ILanguageModel, IDisposable
                 b.SwiGlu(gate, up, gate, Activations);
                 R(gate);
             }
-            if (fused && l + 1 < Config.NumHiddenLayers)
+            if (fusedNorm && l + 1 < Config.NumHiddenLayers)
             {
                 b.MatMulAddRmsNorm(gate, w.DownProj, a.X, Weights.Layers[l + 1].InputLayernorm, a.Xb, eps);
                 continue;

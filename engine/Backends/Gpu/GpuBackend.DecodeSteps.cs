@@ -6,6 +6,7 @@
 // bucket. A step's first run of a key queues its ops directly (uploading any table it needs), the second captures, and
 // later ones replay. ILGPU's CPU accelerator has no graphs: it records the launches and replays the recording, with
 // the recorded arguments, which checks the same property (a replay follows the device scalars alone) in CI.
+// H200, Llama-2-7B: tg128 226 t/s with graphs against 208 op by op, tg128 at depth 16384 149 against 144.
 // Exercised by tests/GpuOpsTests.cs (decode-step cases) and every ILGPU-CPU model test that decodes.
 using ILGPU;
 using ILGPU.Runtime;
@@ -27,8 +28,8 @@ public sealed unsafe partial class GpuBackend
     private readonly record struct StepState(int Token, int Position, int BucketLength);
 
     /// <summary>
-    /// LLAMA_DECODE_GRAPH: 1 replays decode steps (CUDA graphs on a GPU, recorded launches on ILGPU's CPU accelerator),
-    /// 0 queues every op of every step. Default: on for ILGPU's CPU accelerator; off on CUDA until measured there.
+    /// LLAMA_DECODE_GRAPH: 1 (the default) replays decode steps (CUDA graphs on a GPU, recorded launches on ILGPU's CPU
+    /// accelerator), 0 queues every op of every step.
     /// </summary>
     public static bool? DecodeGraphSetting => Environment.GetEnvironmentVariable("LLAMA_DECODE_GRAPH") switch
     {
@@ -45,13 +46,13 @@ public sealed unsafe partial class GpuBackend
     }
 
     /// <summary>How this backend runs decode steps: "CUDA graphs", "recorded launches" or "op by op" (for logs).</summary>
-    public string DecodeStepMode => !(DecodeGraphSetting ?? _accelerator is not CudaAccelerator) ? "op by op"
+    public string DecodeStepMode => !(DecodeGraphSetting ?? true) ? "op by op"
         : _accelerator is not CudaAccelerator ? "recorded launches" : GpuNative.HasGraphs ? "CUDA graphs" : "op by op (the driver has no CUDA graphs)";
 
     public IDecodeSteps? CreateDecodeSteps()
     {
         bool cuda = _accelerator is CudaAccelerator;
-        if (!(DecodeGraphSetting ?? !cuda)) return null;
+        if (!(DecodeGraphSetting ?? true)) return null;
         if (cuda && !GpuNative.HasGraphs) return null;
         return new DecodeSteps(this, cuda);
     }

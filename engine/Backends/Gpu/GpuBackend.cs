@@ -38,10 +38,10 @@ public sealed unsafe partial class GpuBackend : IBackend
     private readonly bool _fastRemap;
 
     /// <summary>
-    /// LLAMA_FUSE: 1 decodes with the fused ops (the gate/up GEMV with SwiGlu, the o/down GEMVs with the residual add and
-    /// the next norm), 0 with the plain ones. Default: on for ILGPU's CPU accelerator; off on CUDA until measured there.
+    /// A 1/0 switch from the environment, null when unset: LLAMA_FUSE (decode's gate/up GEMV with SwiGlu), LLAMA_FUSE_NORM
+    /// (decode's o/down GEMVs with the residual add and the next norm).
     /// </summary>
-    public static bool? FusedDecodeSetting => Environment.GetEnvironmentVariable("LLAMA_FUSE") switch
+    private static bool? Setting(string name) => Environment.GetEnvironmentVariable(name) switch
     {
         "1" => true,
         "0" => false,
@@ -60,7 +60,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         _fullPrecision = fullPrecision;
         _fastRemap = accelerator is not CudaAccelerator || FastRemapOnCuda;
         Capabilities = (accelerator is CudaAccelerator ? CudaCapabilities with { FastIndexRemap = _fastRemap } : CpuAcceleratorCapabilities)
-            with { FusedDecode = FusedDecodeSetting ?? accelerator is not CudaAccelerator };
+            with { FusedDecode = Setting("LLAMA_FUSE") ?? accelerator is not CudaAccelerator, FusedNorm = Setting("LLAMA_FUSE_NORM") ?? accelerator is not CudaAccelerator };
         try
         {
             _stream = accelerator.CreateStream();
