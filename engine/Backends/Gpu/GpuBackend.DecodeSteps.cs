@@ -46,16 +46,13 @@ public sealed unsafe partial class GpuBackend
     }
 
     /// <summary>How this backend runs decode steps: "CUDA graphs", "recorded launches" or "op by op" (for logs).</summary>
-    public string DecodeStepMode => !(DecodeGraphSetting ?? true) ? "op by op"
-        : _accelerator is not CudaAccelerator ? "recorded launches" : GpuNative.HasGraphs ? "CUDA graphs" : "op by op (the driver has no CUDA graphs)";
+    public string DecodeStepMode => !Replays ? (DecodeGraphSetting ?? true ? "op by op (the driver has no CUDA graphs)" : "op by op")
+        : _accelerator is CudaAccelerator ? "CUDA graphs" : "recorded launches";
 
-    public IDecodeSteps? CreateDecodeSteps()
-    {
-        bool cuda = _accelerator is CudaAccelerator;
-        if (!(DecodeGraphSetting ?? true)) return null;
-        if (cuda && !GpuNative.HasGraphs) return null;
-        return new DecodeSteps(this, cuda);
-    }
+    // Whether decode steps replay: unless LLAMA_DECODE_GRAPH=0, where the accelerator can (CUDA needs the driver's graphs).
+    private bool Replays => (DecodeGraphSetting ?? true) && (_accelerator is not CudaAccelerator || GpuNative.HasGraphs);
+
+    public IDecodeSteps? CreateDecodeSteps() => Replays ? new DecodeSteps(this, _accelerator is CudaAccelerator) : null;
 
     // The device view of the step scalars (valid memory outside a step too: kernels read it only with StepPosition).
     private ArrayView<int> StepView => _stepScalars!.View;

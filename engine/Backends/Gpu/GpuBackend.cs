@@ -323,7 +323,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         Require(dst, DType.F32, nameof(dst));
         RequireShape(dst, x.Rows, weight.Rows, nameof(dst));
         if (x.Rows == 0 || weight.Rows == 0) return;
-        if (x.Rows == 1 && GpuKernels.GemvSwiGluFits(x, weight) && _launch.GemvGroups(weight.Rows) <= _normPartial.Length)
+        if (x.Rows == 1 && GpuKernels.GemvBf16Fits(x, weight) && _launch.GemvGroups(weight.Rows) <= _normPartial.Length)
         {
             _launch.GemvAddRmsNorm(x, weight, residual, norm, dst, _normPartial.View, _normCounter.View, eps);
             return;
@@ -345,7 +345,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         int ff = gateUp.Rows / 2;
         RequireShape(dst, x.Rows, ff, nameof(dst));
         if (x.Rows == 0 || ff == 0) return;
-        if (GpuKernels.GemvSwiGluFits(x, gateUp))
+        if (x.Rows == 1 && GpuKernels.GemvBf16Fits(x, gateUp))
         {
             _launch.GemvSwiGlu(x, gateUp, dst, x.Cols, ff);
             return;

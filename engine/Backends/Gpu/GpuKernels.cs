@@ -312,7 +312,7 @@ internal sealed class GpuKernels
     public void Gemv(Tensor x, Tensor weight, Tensor dst, int tokens, int inDim, int outDim)
     {
         var config = new KernelConfig((outDim + _rowsPerGemvGroup - 1) / _rowsPerGemvGroup, 32 * _rowsPerGemvGroup);
-        bool vector = weight.DType == DType.BF16 && inDim % 8 == 0 && GpuViews.Aligned16(x, weight);
+        bool vector = GemvBf16Fits(x, weight);
         string name = vector ? "gemv_bf16" : weight.DType switch { DType.F32 => "gemv_f32", DType.F16 => "gemv_f16", _ => "gemv_bf16_any" };
         if (vector)
         {
@@ -351,9 +351,9 @@ internal sealed class GpuKernels
         Queue("gemv_bf16_add_rmsnorm", config, s => _gemvAddRmsNorm.Launch(s, config, x4, w4, r1, n1, d1, partial, counter, inDim, outDim, eps));
     }
 
-    /// <summary>Whether GemvSwiGlu takes this one-token product (bf16 weights, in % 8 == 0, 16-byte aligned views).</summary>
-    public static bool GemvSwiGluFits(Tensor x, Tensor gateUp) =>
-        x.Rows == 1 && gateUp.DType == DType.BF16 && x.Cols % 8 == 0 && GpuViews.Aligned16(x, gateUp);
+    /// <summary>Whether the 16-byte bf16 GEMV (GemvBf16 and its fused variants) takes x times weight: bf16 weights, in % 8 == 0, aligned views.</summary>
+    public static bool GemvBf16Fits(Tensor x, Tensor weight) =>
+        weight.DType == DType.BF16 && x.Cols % 8 == 0 && GpuViews.Aligned16(x, weight);
 
     /// <summary>One token: dst[j] = silu(x . gateUp[j]) * (x . gateUp[ff + j]), GemvBf16's rows with the SwiGlu epilogue.</summary>
     public void GemvSwiGlu(Tensor x, Tensor gateUp, Tensor dst, int inDim, int ff)
