@@ -16,6 +16,8 @@ public sealed class ProfileBackend(IBackend inner) : IBackend
     public int KvElementSize => inner.KvElementSize;
     public long FreeMemoryBytes => inner.FreeMemoryBytes;
 
+    public void WaitUntilReady() => inner.WaitUntilReady();
+
     /// <summary>(op and shape, total seconds, bytes of weights read, calls), slowest first.</summary>
     public IEnumerable<(string Op, double Seconds, long Bytes, int Calls)> Report() =>
         _totals.OrderByDescending(kv => kv.Value.Seconds).Select(kv => (kv.Key, kv.Value.Seconds, kv.Value.Bytes, kv.Value.Calls));

@@ -66,6 +66,14 @@ public interface IBackend : IDisposable
     /// <summary>Memory free for new allocations, in bytes (0 when unknown).</summary>
     long FreeMemoryBytes { get; }
 
+    /// <summary>
+    /// Waits until the backend can run every op, throwing what stops it (a GPU backend compiles its kernels in the
+    /// background, so that weights load meanwhile). Ops may be called before; they wait for what they need.
+    /// </summary>
+    void WaitUntilReady()
+    {
+    }
+
     /// <summary>Allocates a zero-filled [rows, cols] tensor.</summary>
     Tensor Alloc(DType dtype, int rows, int cols);
 

@@ -99,6 +99,7 @@ public sealed class ModelSession : IDisposable
             progress.Finish();
             try
             {
+                backend.WaitUntilReady();   // the GPU's kernels compiled while the weights loaded
                 // Prefill chunks: a GPU reaches its tensor-core rate on large GEMMs, the CPU gains nothing past 512 rows.
                 if (batch == 0) batch = backend.Capabilities.PrefillChunk;
                 var model = Llama.Create(config, weights, backend, ctx, rope, maxBatch: batch, activations: compute);

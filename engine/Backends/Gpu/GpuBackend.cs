@@ -4,7 +4,6 @@
 // and small fixed work buffers; weights, activations and the KV cache come from Alloc/Upload/AllocKvCache (Memory
 // file). Full-precision mode keeps the KV cache in f32 and multiplies f32 activations exactly, as the CPU backend
 // does. Exercised by tests/GpuOpsTests.cs (CPU accelerator in CI, CUDA on a GPU) and `llama-run check`.
-using System.Diagnostics;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
@@ -23,6 +22,7 @@ public sealed unsafe partial class GpuBackend : IBackend
     private readonly Accelerator _accelerator;
     private readonly AcceleratorStream _stream;
     private readonly GpuKernels _launch;
+    private readonly AcceleratorKernelLoader? _loader;   // null only when the constructor failed before it
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _attentionScratch;
     private readonly GpuRopeTables _rope;
     private readonly GpuCuBlas? _blas;                  // large bf16 GEMMs when libcublas is present (CUDA only)
@@ -52,7 +52,7 @@ public sealed unsafe partial class GpuBackend : IBackend
     public static bool FastRemapOnCuda => Environment.GetEnvironmentVariable("LLAMA_REMAP_FAST") != "0";
     private bool _disposed;
 
-    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels, bool? parallelCompile = null)
+    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels)
     {
         _context = context;
         _accelerator = accelerator;
@@ -66,13 +66,10 @@ public sealed unsafe partial class GpuBackend : IBackend
             _stream = accelerator.CreateStream();
             if (accelerator is CudaAccelerator ca) _blas = GpuCuBlas.TryCreate(ca, _stream, out _);
             if (fullPrecision) _blas?.Wide();   // the widened-weight buffer, allocated up front like every other
-            var loader = new AcceleratorKernelLoader(accelerator, parallelCompile);
-            long t0 = Stopwatch.GetTimestamp();
-            _launch = new GpuKernels(loader, _stream, accelerator.MaxNumThreadsPerGroup, accelerator.NumMultiprocessors, kernels,
+            _loader = new AcceleratorKernelLoader(accelerator);   // compiles in the background from here
+            _launch = new GpuKernels(_loader, _stream, accelerator.MaxNumThreadsPerGroup, accelerator.NumMultiprocessors, kernels,
                 f32Cache: fullPrecision, gemm: _blas is null, emulated: accelerator is not CudaAccelerator,
                 sync: Environment.GetEnvironmentVariable("LLAMA_SYNC") == "1");
-            KernelLoadSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-            Kernels = loader.Reports;
             _attentionScratch = accelerator.Allocate1D<float>(AttentionScratchFloats);
             _rope = new GpuRopeTables(accelerator, _stream);
             _stepScalars = accelerator.Allocate1D<int>(DecodeStep.Count);
@@ -121,13 +118,13 @@ public sealed unsafe partial class GpuBackend : IBackend
     }
 
     /// <summary>The same kernels on ILGPU's CPU accelerator: 32-lane warps, groups of up to 256 threads; slow, for small shapes.</summary>
-    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false, GpuKernelSet? kernels = null, bool? parallelCompile = null)
+    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false, GpuKernelSet? kernels = null)
     {
         var context = Context.Create(b => b.CPU(new CPUDevice(numThreadsPerWarp: 32, numWarpsPerMultiprocessor: 8, numMultiprocessors: 1))
             .Optimize(OptimizationLevel.O2).EnableAlgorithms());
         try
         {
-            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision, kernels ?? GpuKernelSet.All, parallelCompile);
+            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision, kernels ?? GpuKernelSet.All);
         }
         catch
         {
@@ -169,11 +166,41 @@ public sealed unsafe partial class GpuBackend : IBackend
 
     public int KvElementSize => _fullPrecision ? 4 : 2;
 
-    /// <summary>Seconds spent compiling (IL to PTX) and loading every kernel at start-up.</summary>
-    public double KernelLoadSeconds { get; }
+    /// <summary>
+    /// Waits until every kernel is compiled and loaded (they compile in the background from the constructor on, so
+    /// that weights load meanwhile; an op's first launch waits for its own kernel), throwing the first failure.
+    /// </summary>
+    public void WaitUntilReady()
+    {
+        if (_ready) return;
+        _loader!.Complete();
+        _ready = true;
+    }
+
+    private bool _ready;
+
+    /// <summary>Seconds from the backend's creation until its last kernel was compiled and loaded.</summary>
+    public double KernelLoadSeconds
+    {
+        get
+        {
+            WaitUntilReady();
+            return _loader!.Seconds;
+        }
+    }
+
+    /// <summary>Seconds callers waited for kernels (first launches, WaitUntilReady): what compiling them added to the work done meanwhile.</summary>
+    public double KernelWaitSeconds => _loader!.WaitedSeconds;
 
     /// <summary>Every kernel loaded at start-up, with its compile and load time and, on CUDA, registers and local memory.</summary>
-    public IReadOnlyList<KernelReport> Kernels { get; }
+    public IReadOnlyList<KernelReport> Kernels
+    {
+        get
+        {
+            WaitUntilReady();
+            return _loader!.Reports;
+        }
+    }
 
     public long FreeMemoryBytes
     {
@@ -510,6 +537,7 @@ public sealed unsafe partial class GpuBackend : IBackend
     {
         if (_disposed) return;
         _disposed = true;
+        _loader?.Drain();   // no compile or load may outlive the accelerator
         try
         {
             _accelerator.Bind();

@@ -184,7 +184,6 @@ internal sealed class GpuKernels
         _add = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("add", ActivationKernels.Add);
         _argmax = l.Load<Action<Stream, KernelConfig, F32, ArrayView<int>, int>>("argmax", ArgmaxKernels.Argmax);
         _read = l.Load<Action<Stream, KernelConfig, ArrayView<U4>, ArrayView<uint>>>("memory_read", MemoryReadKernels.Read);
-        l.Complete();   // every kernel loaded (or the first failure thrown) before the backend is used
     }
 
     private static KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, ArrayView<U4>, F32, F32, ArrayView<F4>, ArrayView<U4>, ArrayView<int>, AttentionArgs>> LoadDecode(IKernelLoader l, string name,

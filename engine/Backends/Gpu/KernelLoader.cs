@@ -1,10 +1,12 @@
 // Compiles ILGPU kernels (IL -> PTX on CUDA) and loads them into typed launch delegates, failing fast with the
-// kernel's name and ILGPU's message. ILGPU compiles one kernel at a time (all of them on the thread pool with
-// LLAMA_PARALLEL_COMPILE=1); the driver's compile of each kernel's PTX (the larger share of start-up) runs on the
-// thread pool meanwhile, and Complete waits for all of them. Tensor-core kernels are checked for the instructions their
-// inline PTX must produce: a trimmed publish that dropped the CudaAsm branches would otherwise run emulation-free
-// kernels without them. PtxKernelLoader compiles the same kernels offline (no GPU) for tests and tools.
-// Exercised by GpuBackend's start-up and tests/KernelPtxTests.cs.
+// kernel's name and ILGPU's message. All of it runs in the background, so that a model's weights load meanwhile:
+// ILGPU compiles one kernel after another on one background thread (all at once on the thread pool was slower on an
+// H200 host: 3.6 s against 2.9 s for 24 kernels), and the driver's compile of each kernel's PTX runs on the thread pool
+// as soon as its PTX is there. A kernel's first launch waits for its own load, Complete for all; the loader adds up
+// the time callers spent waiting, which is what the kernels cost a start-up beyond the work done meanwhile.
+// Tensor-core kernels are checked for the instructions their inline PTX must produce: a trimmed publish that dropped
+// the CudaAsm branches would otherwise run emulation-free kernels without them. PtxKernelLoader compiles the same
+// kernels offline (no GPU) for tests and tools. Exercised by GpuBackend's start-up and tests/KernelPtxTests.cs.
 using System.Diagnostics;
 using ILGPU;
 using ILGPU.Backends;
@@ -24,11 +26,20 @@ public enum KernelNeeds { None = 0, Mma = 1, Ldmatrix = 2 }
 public sealed record KernelReport(string Name, int PtxChars, double CompileMs, double LoadMs, int Registers, int LocalBytes);
 
 /// <summary>A kernel being loaded: Launch is its launch delegate (waiting, the first time, for its load to finish).</summary>
-public sealed class KernelHandle<T>(Task<T>? load) where T : Delegate
+public sealed class KernelHandle<T>(Task<T>? load, Action<double>? waited = null) where T : Delegate
 {
     private T? _launch;
 
-    public T Launch => _launch ??= load?.GetAwaiter().GetResult() ?? throw new InvalidOperationException("kernel compiled offline only");
+    public T Launch => _launch ??= Wait();
+
+    private T Wait()
+    {
+        if (load is null) throw new InvalidOperationException("kernel compiled offline only");
+        long t0 = Stopwatch.GetTimestamp();
+        var launch = load.GetAwaiter().GetResult();   // a failed compile or load throws its GpuException here
+        waited?.Invoke(Stopwatch.GetElapsedTime(t0).TotalSeconds);
+        return launch;
+    }
 }
 
 /// <summary>Turns kernel methods into launch delegates of type T.</summary>
@@ -45,40 +56,56 @@ public interface IKernelLoader
 /// <summary>A kernel that failed to compile or load, or lacks an instruction it needs.</summary>
 public sealed class GpuException(string message, Exception? inner = null) : Exception(message, inner);
 
-/// <summary>Loads kernels on one accelerator and keeps a report of each; parallel (default: LLAMA_PARALLEL_COMPILE=1) compiles on the thread pool too.</summary>
-public sealed class AcceleratorKernelLoader(Accelerator accelerator, bool? parallel = null) : IKernelLoader
+/// <summary>
+/// Loads kernels on one accelerator in the background and keeps a report of each: ILGPU's compiles one after another
+/// on a background thread, each driver load on the thread pool.
+/// </summary>
+public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLoader
 {
-    private readonly bool _parallel = parallel ?? ParallelCompile;
     private readonly List<KernelReport?> _reports = [];
     private readonly List<Task> _loads = [];
+    private readonly long _start = Stopwatch.GetTimestamp();
+    private long _lastDone;           // Stopwatch timestamp of the latest load to finish
+    private Task _compiles = Task.CompletedTask;   // the chain of ILGPU compiles
+    private long _waitedTicks;        // Stopwatch ticks callers spent waiting for loads
 
     /// <summary>One report a kernel, in load order (complete after Complete()).</summary>
-    public IReadOnlyList<KernelReport> Reports => [.. _reports.OfType<KernelReport>()];
+    public IReadOnlyList<KernelReport> Reports
+    {
+        get
+        {
+            lock (_reports) return [.. _reports.OfType<KernelReport>()];
+        }
+    }
 
-    /// <summary>LLAMA_PARALLEL_COMPILE=1: ILGPU's compiles run on the thread pool too, each kernel's compile then its load.</summary>
-    public static bool ParallelCompile => Environment.GetEnvironmentVariable("LLAMA_PARALLEL_COMPILE") == "1";
+    /// <summary>Seconds from this loader's creation to the end of its last load (after Complete()).</summary>
+    public double Seconds => Stopwatch.GetElapsedTime(_start, Interlocked.Read(ref _lastDone)).TotalSeconds;
+
+    /// <summary>Seconds callers spent waiting for kernels: at first launches and in Complete.</summary>
+    public double WaitedSeconds => (double)Interlocked.Read(ref _waitedTicks) / Stopwatch.Frequency;
+
+    private void Waited(double seconds) => Interlocked.Add(ref _waitedTicks, (long)(seconds * Stopwatch.Frequency));
 
     public KernelHandle<T> Load<T>(string name, Delegate kernel, KernelNeeds needs = KernelNeeds.None, KernelSpecialization specialization = default, int dynamicShared = 0)
         where T : Delegate
     {
-        int slot = _reports.Count;
-        _reports.Add(null);
-        Task<T> load;
-        if (_parallel)
+        int slot;
+        lock (_reports)
         {
-            load = Task.Run(() =>
-            {
-                var (compiled, ptxChars, compileMs) = Compile(name, kernel, needs, specialization);
-                return LoadCompiled<T>(name, compiled, ptxChars, compileMs, dynamicShared, slot);
-            });
+            slot = _reports.Count;
+            _reports.Add(null);
         }
-        else
+        // After the previous compile, failed or not, on a thread of its own (the pool may be busy loading weights).
+        var compile = _compiles.ContinueWith(_ => Compile(name, kernel, needs, specialization), CancellationToken.None,
+            TaskContinuationOptions.LongRunning, TaskScheduler.Default);
+        _compiles = compile;
+        Task<T> load = compile.ContinueWith(c =>
         {
-            var (compiled, ptxChars, compileMs) = Compile(name, kernel, needs, specialization);
-            load = Task.Run(() => LoadCompiled<T>(name, compiled, ptxChars, compileMs, dynamicShared, slot));
-        }
+            var (compiled, ptxChars, compileMs) = c.GetAwaiter().GetResult();   // a failed compile throws its GpuException here
+            return LoadCompiled<T>(name, compiled, ptxChars, compileMs, dynamicShared, slot);
+        }, TaskScheduler.Default);
         _loads.Add(load);
-        return new KernelHandle<T>(load);
+        return new KernelHandle<T>(load, Waited);
     }
 
     // ILGPU's compile (IL to PTX on CUDA), checked for the inline-PTX instructions the kernel needs.
@@ -126,12 +153,17 @@ public sealed class AcceleratorKernelLoader(Accelerator accelerator, bool? paral
             (registers, local) = GpuNative.KernelResources(cuda.FunctionPtr);
         }
         var report = new KernelReport(name, ptxChars, compileMs, Stopwatch.GetElapsedTime(t1).TotalMilliseconds, registers, local);
-        lock (_reports) _reports[slot] = report;
+        lock (_reports)
+        {
+            _reports[slot] = report;
+            _lastDone = Math.Max(_lastDone, Stopwatch.GetTimestamp());
+        }
         return loaded.CreateLauncherDelegate<T>();
     }
 
     public void Complete()
     {
+        long t0 = Stopwatch.GetTimestamp();
         try
         {
             Task.WaitAll([.. _loads]);
@@ -139,6 +171,26 @@ public sealed class AcceleratorKernelLoader(Accelerator accelerator, bool? paral
         catch (AggregateException e)
         {
             throw e.InnerExceptions[0] is GpuException g ? g : new GpuException(e.InnerExceptions[0].Message, e.InnerExceptions[0]);
+        }
+        finally
+        {
+            Waited(Stopwatch.GetElapsedTime(t0).TotalSeconds);
+        }
+    }
+
+    /// <summary>Waits for every load to end, failed or not (before the accelerator goes away).</summary>
+    public void Drain()
+    {
+        foreach (var t in _loads)
+        {
+            try
+            {
+                t.Wait();
+            }
+            catch (AggregateException)
+            {
+                // reported by Complete or by the kernel's first launch
+            }
         }
     }
 }
