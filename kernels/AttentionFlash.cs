@@ -96,6 +96,13 @@ public struct QueryFrags
     public FragA K0, K1, K2, K3, K4, K5, K6, K7;
 }
 
+/// <summary>A thread's share of copying a K or V tile: its first row, its first chunk's 16-byte index in the cache
+/// (key 0) and in the tile, and the cache's step from one pass of rows to the next.</summary>
+public struct TileCopy
+{
+    public int Row, Global, GlobalPass, Shared;
+}
+
 /// <summary>Up to four 16-byte chunks (half a thread's share) of a K or V tile, held in registers between their load and their store to shared memory.</summary>
 public struct Stage4
 {
@@ -115,37 +122,47 @@ public static class AttentionFlashKernels
 
     // A 64-key tile of K or V rows [k0, k0 + 64) moves as 16-byte chunks, in two halves; with hd / 8 chunks a row,
     // thread tid takes column 8 (tid % (hd / 8)) of rows tid / (hd / 8) + i * threads / (hd / 8) for i < 8 hd / threads,
-    // half h the i of [h n / 2, (h + 1) n / 2). Rows at or past kend read as zeros. col4 is the head's first 16-byte
-    // column in a cache row; hd / 8 is a power of two, so the thread's row and column are shifts (kept out of registers).
+    // half h the i of [h n / 2, (h + 1) n / 2). Rows at or past kend read as zeros. The thread's offsets are computed
+    // once (TileCopy): recomputed a chunk, their 64-bit index arithmetic was a third of the loop's instructions.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static U4 LoadChunk(ArrayView<U4> src4, int col4, int i, int rowsPerPass, int perRow, int kvDim4, int k0, int kend)
+    private static TileCopy CopyPlan(int col4, int kvDim4, int hd, int threads)
     {
-        uint tid = (uint)Group.IdxX;
-        int r = k0 + (int)(tid / (uint)perRow) + i * rowsPerPass;
-        return r < kend ? src4[(long)r * kvDim4 + col4 + (int)(tid % (uint)perRow)] : default;
+        int shift = hd == 128 ? 4 : 3, perRow = hd / 8;   // hd / 8 chunks a row
+        int row = Group.IdxX >> shift, col = Group.IdxX & (perRow - 1), rowsPerPass = threads / perRow;
+        return new TileCopy
+        {
+            Row = row,
+            Global = row * kvDim4 + col4 + col,
+            GlobalPass = rowsPerPass * kvDim4,
+            Shared = row * ((hd + 8) / 8) + col,
+        };
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static U4 LoadChunk(ArrayView<U4> src4, in TileCopy c, int i, int rowsPerPass, int tile, int rowsLeft) =>
+        c.Row + i * rowsPerPass < rowsLeft ? src4[tile + c.Global + i * c.GlobalPass] : default;
 
     // Half h of this thread's chunks of the tile at k0, global to registers.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Prefetch(ref Stage4 st, int h, ArrayView<U4> src4, int col4, int k0, int kend, int kvDim4, int hd, int threads)
+    private static void Prefetch(ref Stage4 st, int h, ArrayView<U4> src4, in TileCopy c, int k0, int kend, int kvDim4, int hd, int threads)
     {
         int perRow = hd / 8, half = TileKeys * perRow / threads / 2, rowsPerPass = threads / perRow, i0 = h * half;
-        st.R0 = LoadChunk(src4, col4, i0, rowsPerPass, perRow, kvDim4, k0, kend);
-        if (half > 1) st.R1 = LoadChunk(src4, col4, i0 + 1, rowsPerPass, perRow, kvDim4, k0, kend);
+        int tile = k0 * kvDim4, left = kend - k0;
+        st.R0 = LoadChunk(src4, c, i0, rowsPerPass, tile, left);
+        if (half > 1) st.R1 = LoadChunk(src4, c, i0 + 1, rowsPerPass, tile, left);
         if (half > 2)
         {
-            st.R2 = LoadChunk(src4, col4, i0 + 2, rowsPerPass, perRow, kvDim4, k0, kend);
-            st.R3 = LoadChunk(src4, col4, i0 + 3, rowsPerPass, perRow, kvDim4, k0, kend);
+            st.R2 = LoadChunk(src4, c, i0 + 2, rowsPerPass, tile, left);
+            st.R3 = LoadChunk(src4, c, i0 + 3, rowsPerPass, tile, left);
         }
     }
 
     // Half h of the prefetched chunks, registers to the tile at 16-byte index tile4 of shared memory (rows of hd + 8 bf16).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreStage(in Stage4 st, int h, ArrayView<U4> smem4, int tile4, int hd, int threads)
+    private static void StoreStage(in Stage4 st, int h, ArrayView<U4> smem4, in TileCopy c, int tile4, int hd, int threads)
     {
         int perRow = hd / 8, half = TileKeys * perRow / threads / 2, pass4 = threads / perRow * ((hd + 8) / 8);
-        uint tid = (uint)Group.IdxX;
-        int first = tile4 + (int)(tid / (uint)perRow) * ((hd + 8) / 8) + (int)(tid % (uint)perRow) + h * half * pass4;
+        int first = tile4 + c.Shared + h * half * pass4;
         smem4[first] = st.R0;
         if (half > 1) smem4[first + pass4] = st.R1;
         if (half > 2)
@@ -256,14 +273,14 @@ public static class AttentionFlashKernels
         m1 = XMath.Max(m1, XMath.Max(s.C2, s.C3));
     }
 
-    // s = 2^(s - row max), and the row sums of the new weights.
+    // s = 2^(s scale - row max), and the row sums of the new weights.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Exp2(ref Acc s, float m0, float m1, ref float sum0, ref float sum1)
+    private static void Exp2(ref Acc s, float scale, float m0, float m1, ref float sum0, ref float sum1)
     {
-        s.C0 = FastMath.Exp2(s.C0 - m0);
-        s.C1 = FastMath.Exp2(s.C1 - m0);
-        s.C2 = FastMath.Exp2(s.C2 - m1);
-        s.C3 = FastMath.Exp2(s.C3 - m1);
+        s.C0 = FastMath.Exp2(s.C0 * scale - m0);
+        s.C1 = FastMath.Exp2(s.C1 * scale - m0);
+        s.C2 = FastMath.Exp2(s.C2 * scale - m1);
+        s.C3 = FastMath.Exp2(s.C3 * scale - m1);
         sum0 += s.C0 + s.C1;
         sum1 += s.C2 + s.C3;
     }
@@ -424,6 +441,139 @@ public static class AttentionFlashKernels
         StoreMerged(dst, partial, o.T7, nt0 + 7, r0, r1, T, numHeads, h, hd, tig, w0, w1);
     }
 
+    /// <summary>A warp's running state over the key tiles: output accumulators, row max (exp2 domain) and sum of each of its lane's two rows, the scores of the current tile and the prefetched chunks.</summary>
+    public struct FlashRows
+    {
+        public Tiles8 OLo, OHi, S;
+        public Stage4 St;
+        public float M0, M1, L0, L1;
+    }
+
+    /// <summary>What every tile of a group uses: shared and cache views, lane addresses, copy plan and bounds.</summary>
+    public struct FlashTile
+    {
+        public ArrayView<ushort> Smem;
+        public ArrayView<U4> Smem4, KCache, VCache;
+        public ArrayView<uint> Scratch;
+        public TileCopy Copy;
+        public uint QLane, KLane, VLane;
+        public int Row, Ks4, Vs4, KvDim4, Kend, WarpFirst, QPos0, QPos1, Window, KeyLane;
+        public float ScaleLog2;
+    }
+
+    // One 64-key tile at k0: S = Q K^T, the online softmax, O += P V, with V(j) and K(j+1) in flight meanwhile. full (a
+    // compile-time constant at each call): every warp takes the tile, no key is masked and a next tile follows.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Tile<TS, TC, TP>(ref FlashRows f, in FlashTile t, in QueryFrags qf, int k0, bool full)
+        where TS : struct, IFlashShape
+        where TC : struct, ITensorCores
+        where TP : struct, IFlashPass
+    {
+        int mode = default(TP).Pass;
+        int hd = default(TS).HeadDim, threads = 32 * default(TS).Warps, row = t.Row;
+        var smem = t.Smem;
+        var scratch = t.Scratch;
+        Group.Barrier();   // K(j) visible; every warp is done with V(j-1)
+        // V(j) arrives in two halves, each in flight while half of S(j) is computed (the V tile is free: every warp
+        // passed the barrier after its P V(j-1)).
+        Prefetch(ref f.St, 0, t.VCache, t.Copy, k0, t.Kend, t.KvDim4, hd, threads);
+        bool active = full || (k0 <= t.WarpFirst + 15 && (mode != NearPass || k0 + TileKeys - 1 > t.WarpFirst - t.Window));
+        if (active)
+        {
+            f.S = default;
+            Scores<TC>(ref f.S, qf.K0, hd == 128, smem, scratch, t.QLane, t.KLane, row, 0);
+            Scores<TC>(ref f.S, qf.K1, hd == 128, smem, scratch, t.QLane, t.KLane, row, 1);
+            if (hd == 128)
+            {
+                Scores<TC>(ref f.S, qf.K2, hd == 128, smem, scratch, t.QLane, t.KLane, row, 2);
+                Scores<TC>(ref f.S, qf.K3, hd == 128, smem, scratch, t.QLane, t.KLane, row, 3);
+            }
+        }
+        StoreStage(f.St, 0, t.Smem4, t.Copy, t.Vs4, hd, threads);
+        Prefetch(ref f.St, 1, t.VCache, t.Copy, k0, t.Kend, t.KvDim4, hd, threads);
+        if (active)
+        {
+            if (hd == 128)
+            {
+                Scores<TC>(ref f.S, qf.K4, hd == 128, smem, scratch, t.QLane, t.KLane, row, 4);
+                Scores<TC>(ref f.S, qf.K5, hd == 128, smem, scratch, t.QLane, t.KLane, row, 5);
+                Scores<TC>(ref f.S, qf.K6, hd == 128, smem, scratch, t.QLane, t.KLane, row, 6);
+                Scores<TC>(ref f.S, qf.K7, hd == 128, smem, scratch, t.QLane, t.KLane, row, 7);
+            }
+            else
+            {
+                Scores<TC>(ref f.S, qf.K2, hd == 128, smem, scratch, t.QLane, t.KLane, row, 2);
+                Scores<TC>(ref f.S, qf.K3, hd == 128, smem, scratch, t.QLane, t.KLane, row, 3);
+            }
+            if (!full && k0 + TileKeys - 1 > t.WarpFirst) MaskTile(ref f.S, k0 + t.KeyLane, t.QPos0, t.QPos1);
+            if (mode == NearPass && k0 <= t.WarpFirst + 15 - t.Window) MaskWindow(ref f.S, k0 + t.KeyLane, t.QPos0 - t.Window, t.QPos1 - t.Window);
+            Softmax(ref f, t.ScaleLog2, mode, hd);
+        }
+        StoreStage(f.St, 1, t.Smem4, t.Copy, t.Vs4, hd, threads);
+        // K(j+1) likewise during P V(j), into the K tile every warp is done with after the barrier.
+        bool more = full || k0 + TileKeys < t.Kend;
+        if (more) Prefetch(ref f.St, 0, t.KCache, t.Copy, k0 + TileKeys, t.Kend, t.KvDim4, hd, threads);
+        Group.Barrier();   // V(j) visible; every warp is done with K(j)
+        if (active)
+        {
+            Outputs<TC>(ref f.OLo, ref f.OHi, Probabilities(f.S.T0, f.S.T1), smem, scratch, t.VLane, row, 0, hd);
+            Outputs<TC>(ref f.OLo, ref f.OHi, Probabilities(f.S.T2, f.S.T3), smem, scratch, t.VLane, row, 1, hd);
+        }
+        if (more)
+        {
+            StoreStage(f.St, 0, t.Smem4, t.Copy, t.Ks4, hd, threads);
+            Prefetch(ref f.St, 1, t.KCache, t.Copy, k0 + TileKeys, t.Kend, t.KvDim4, hd, threads);
+        }
+        if (active)
+        {
+            Outputs<TC>(ref f.OLo, ref f.OHi, Probabilities(f.S.T4, f.S.T5), smem, scratch, t.VLane, row, 2, hd);
+            Outputs<TC>(ref f.OLo, ref f.OHi, Probabilities(f.S.T6, f.S.T7), smem, scratch, t.VLane, row, 3, hd);
+        }
+        if (more) StoreStage(f.St, 1, t.Smem4, t.Copy, t.Ks4, hd, threads);   // the next barrier publishes K(j+1)
+    }
+
+    // The online softmax of the tile's scores (raw Q K^T): the new row max in the exp2 domain, the weights
+    // 2^(s scale - max) (one fused multiply-add each), the rescaled sums and outputs.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Softmax(ref FlashRows f, float scale, int mode, int hd)
+    {
+        float mx0 = float.NegativeInfinity, mx1 = float.NegativeInfinity;
+        RowMax(f.S.T0, ref mx0, ref mx1);
+        RowMax(f.S.T1, ref mx0, ref mx1);
+        RowMax(f.S.T2, ref mx0, ref mx1);
+        RowMax(f.S.T3, ref mx0, ref mx1);
+        RowMax(f.S.T4, ref mx0, ref mx1);
+        RowMax(f.S.T5, ref mx0, ref mx1);
+        RowMax(f.S.T6, ref mx0, ref mx1);
+        RowMax(f.S.T7, ref mx0, ref mx1);
+        // scale > 0, so the max of the scaled scores is the scaled max.
+        mx0 = XMath.Max(f.M0, Reduce.QuadMax(mx0) * scale);
+        mx1 = XMath.Max(f.M1, Reduce.QuadMax(mx1) * scale);
+        float m0Prev = f.M0, m1Prev = f.M1;
+        f.M0 = mx0;
+        f.M1 = mx1;
+        // A row with every key so far masked (only with a remap's window) keeps max -inf: subtract 0 instead.
+        if (mode != Plain)
+        {
+            if (mx0 == float.NegativeInfinity) mx0 = 0f;
+            if (mx1 == float.NegativeInfinity) mx1 = 0f;
+        }
+        float c0 = FastMath.Exp2(m0Prev - mx0), c1 = FastMath.Exp2(m1Prev - mx1);
+        float sum0 = 0f, sum1 = 0f;
+        Exp2(ref f.S.T0, scale, mx0, mx1, ref sum0, ref sum1);
+        Exp2(ref f.S.T1, scale, mx0, mx1, ref sum0, ref sum1);
+        Exp2(ref f.S.T2, scale, mx0, mx1, ref sum0, ref sum1);
+        Exp2(ref f.S.T3, scale, mx0, mx1, ref sum0, ref sum1);
+        Exp2(ref f.S.T4, scale, mx0, mx1, ref sum0, ref sum1);
+        Exp2(ref f.S.T5, scale, mx0, mx1, ref sum0, ref sum1);
+        Exp2(ref f.S.T6, scale, mx0, mx1, ref sum0, ref sum1);
+        Exp2(ref f.S.T7, scale, mx0, mx1, ref sum0, ref sum1);
+        f.L0 = f.L0 * c0 + Reduce.QuadSum(sum0);
+        f.L1 = f.L1 * c1 + Reduce.QuadSum(sum1);
+        f.OLo.Scale(c0, c1);
+        if (hd == 128) f.OHi.Scale(c0, c1);
+    }
+
     // kernels
 
     /// <summary>
@@ -461,12 +611,12 @@ public static class AttentionFlashKernels
         int kstart = mode == NearPass ? XMath.Max(0, startPos + m0 - window + 1) / TileKeys * TileKeys : 0;
         long headOffset = (long)kvh * hd;
         int kvDim4 = kvDim / 8, ks4 = ksOffset / 16, vs4 = vsOffset / 16;
-        int col4 = (int)(headOffset / 8);
+        var copy = CopyPlan((int)(headOffset / 8), kvDim4, hd, threads);
         Stage4 st = default;
-        Prefetch(ref st, 0, kcache, col4, kstart, kend, kvDim4, hd, threads);
-        StoreStage(st, 0, smem4, ks4, hd, threads);
-        Prefetch(ref st, 1, kcache, col4, kstart, kend, kvDim4, hd, threads);
-        StoreStage(st, 1, smem4, ks4, hd, threads);
+        Prefetch(ref st, 0, kcache, copy, kstart, kend, kvDim4, hd, threads);
+        StoreStage(st, 0, smem4, copy, ks4, hd, threads);
+        Prefetch(ref st, 1, kcache, copy, kstart, kend, kvDim4, hd, threads);
+        StoreStage(st, 1, smem4, copy, ks4, hd, threads);
 
         StoreQueries(q, smem32, qsOffset, m0, bm, T, qStride, h, hd, threads);
         Group.Barrier();
@@ -484,103 +634,26 @@ public static class AttentionFlashKernels
             qf.K6 = QueryFragment<TC>(smem, scratch, qLane, 6);
             qf.K7 = QueryFragment<TC>(smem, scratch, qLane, 7);
         }
-        Tiles8 oLo = default, oHi = default, s = default;
-        float mrow0 = float.NegativeInfinity, mrow1 = float.NegativeInfinity, lrow0 = 0f, lrow1 = 0f;
-        int qpos0 = pos0 + r0, qpos1 = pos0 + r1;
-        int warpFirst = pos0 + m0 + warp * 16;   // smallest query position of this warp
-        for (int k0 = kstart; k0 < kend; k0 += TileKeys)
+        var t = new FlashTile
         {
-            Group.Barrier();   // K(j) visible; every warp is done with V(j-1)
-            // V(j) arrives in two halves, each in flight while half of S(j) is computed (the V tile is free: every
-            // warp passed the barrier after its P V(j-1)).
-            Prefetch(ref st, 0, vcache, col4, k0, kend, kvDim4, hd, threads);
-            bool active = k0 <= warpFirst + 15 && (mode != NearPass || k0 + TileKeys - 1 > warpFirst - window);
-            if (active)
-            {
-                s = default;
-                Scores<TC>(ref s, qf.K0, hd == 128, smem, scratch, qLane, kLane, row, 0);
-                Scores<TC>(ref s, qf.K1, hd == 128, smem, scratch, qLane, kLane, row, 1);
-                if (hd == 128)
-                {
-                    Scores<TC>(ref s, qf.K2, hd == 128, smem, scratch, qLane, kLane, row, 2);
-                    Scores<TC>(ref s, qf.K3, hd == 128, smem, scratch, qLane, kLane, row, 3);
-                }
-            }
-            StoreStage(st, 0, smem4, vs4, hd, threads);
-            Prefetch(ref st, 1, vcache, col4, k0, kend, kvDim4, hd, threads);
-            if (active)
-            {
-                if (hd == 128)
-                {
-                    Scores<TC>(ref s, qf.K4, hd == 128, smem, scratch, qLane, kLane, row, 4);
-                    Scores<TC>(ref s, qf.K5, hd == 128, smem, scratch, qLane, kLane, row, 5);
-                    Scores<TC>(ref s, qf.K6, hd == 128, smem, scratch, qLane, kLane, row, 6);
-                    Scores<TC>(ref s, qf.K7, hd == 128, smem, scratch, qLane, kLane, row, 7);
-                }
-                else
-                {
-                    Scores<TC>(ref s, qf.K2, hd == 128, smem, scratch, qLane, kLane, row, 2);
-                    Scores<TC>(ref s, qf.K3, hd == 128, smem, scratch, qLane, kLane, row, 3);
-                }
-                s.Scale(scaleLog2, scaleLog2);
-                if (k0 + TileKeys - 1 > warpFirst) MaskTile(ref s, k0 + tig * 2, qpos0, qpos1);
-                if (mode == NearPass && k0 <= warpFirst + 15 - window) MaskWindow(ref s, k0 + tig * 2, qpos0 - window, qpos1 - window);
-                float m0Prev = mrow0, m1Prev = mrow1, mx0 = mrow0, mx1 = mrow1;
-                RowMax(s.T0, ref mx0, ref mx1);
-                RowMax(s.T1, ref mx0, ref mx1);
-                RowMax(s.T2, ref mx0, ref mx1);
-                RowMax(s.T3, ref mx0, ref mx1);
-                RowMax(s.T4, ref mx0, ref mx1);
-                RowMax(s.T5, ref mx0, ref mx1);
-                RowMax(s.T6, ref mx0, ref mx1);
-                RowMax(s.T7, ref mx0, ref mx1);
-                mx0 = Reduce.QuadMax(mx0);
-                mx1 = Reduce.QuadMax(mx1);
-                mrow0 = mx0;
-                mrow1 = mx1;
-                // A row with every key so far masked (only with a remap's window) keeps max -inf: subtract 0 instead.
-                if (mode != Plain)
-                {
-                    if (mx0 == float.NegativeInfinity) mx0 = 0f;
-                    if (mx1 == float.NegativeInfinity) mx1 = 0f;
-                }
-                float c0 = FastMath.Exp2(m0Prev - mx0), c1 = FastMath.Exp2(m1Prev - mx1);
-                float sum0 = 0f, sum1 = 0f;
-                Exp2(ref s.T0, mx0, mx1, ref sum0, ref sum1);
-                Exp2(ref s.T1, mx0, mx1, ref sum0, ref sum1);
-                Exp2(ref s.T2, mx0, mx1, ref sum0, ref sum1);
-                Exp2(ref s.T3, mx0, mx1, ref sum0, ref sum1);
-                Exp2(ref s.T4, mx0, mx1, ref sum0, ref sum1);
-                Exp2(ref s.T5, mx0, mx1, ref sum0, ref sum1);
-                Exp2(ref s.T6, mx0, mx1, ref sum0, ref sum1);
-                Exp2(ref s.T7, mx0, mx1, ref sum0, ref sum1);
-                lrow0 = lrow0 * c0 + Reduce.QuadSum(sum0);
-                lrow1 = lrow1 * c1 + Reduce.QuadSum(sum1);
-                oLo.Scale(c0, c1);
-                if (hd == 128) oHi.Scale(c0, c1);
-            }
-            StoreStage(st, 1, smem4, vs4, hd, threads);
-            // K(j+1) likewise during P V(j), into the K tile every warp is done with after the barrier.
-            bool more = k0 + TileKeys < kend;
-            if (more) Prefetch(ref st, 0, kcache, col4, k0 + TileKeys, kend, kvDim4, hd, threads);
-            Group.Barrier();   // V(j) visible; every warp is done with K(j)
-            if (active)
-            {
-                Outputs<TC>(ref oLo, ref oHi, Probabilities(s.T0, s.T1), smem, scratch, vLane, row, 0, hd);
-                Outputs<TC>(ref oLo, ref oHi, Probabilities(s.T2, s.T3), smem, scratch, vLane, row, 1, hd);
-            }
-            if (more)
-            {
-                StoreStage(st, 0, smem4, ks4, hd, threads);
-                Prefetch(ref st, 1, kcache, col4, k0 + TileKeys, kend, kvDim4, hd, threads);
-            }
-            if (active)
-            {
-                Outputs<TC>(ref oLo, ref oHi, Probabilities(s.T4, s.T5), smem, scratch, vLane, row, 2, hd);
-                Outputs<TC>(ref oLo, ref oHi, Probabilities(s.T6, s.T7), smem, scratch, vLane, row, 3, hd);
-            }
-            if (more) StoreStage(st, 1, smem4, ks4, hd, threads);   // the next barrier publishes K(j+1)
+            Smem = smem, Smem4 = smem4, Scratch = scratch, KCache = kcache, VCache = vcache, Copy = copy,
+            QLane = qLane, KLane = kLane, VLane = vLane, Row = row, Ks4 = ks4, Vs4 = vs4, KvDim4 = kvDim4, Kend = kend,
+            WarpFirst = pos0 + m0 + warp * 16, QPos0 = pos0 + r0, QPos1 = pos0 + r1, Window = window, ScaleLog2 = scaleLog2,
+            KeyLane = tig * 2,
+        };
+        var f = new FlashRows { M0 = float.NegativeInfinity, M1 = float.NegativeInfinity };
+        // Tiles before the group's first query need no mask and every warp takes them (the causal passes): one copy
+        // of the loop for those, without the branches and the copies of live registers at their joins, and one for the
+        // rest. The near pass's window may mask any tile: it takes the general loop throughout.
+        int k0 = kstart;
+        if (mode != NearPass)
+        {
+            int fullEnd = XMath.Min(pos0 + m0 + 1, kend - 1);   // tiles wholly below it are full, and have a next tile
+            for (; k0 + TileKeys <= fullEnd; k0 += TileKeys) Tile<TS, TC, TP>(ref f, t, qf, k0, full: true);
         }
+        for (; k0 < kend; k0 += TileKeys) Tile<TS, TC, TP>(ref f, t, qf, k0, full: false);
+        Tiles8 oLo = f.OLo, oHi = f.OHi;
+        float mrow0 = f.M0, mrow1 = f.M1, lrow0 = f.L0, lrow1 = f.L1;
         if (mode == FarPass)
         {
             // (max, sum, unnormalized output) of each row for the near pass; rows without keys give (-inf, 0, 0).
