@@ -57,14 +57,18 @@ public struct HeadStates
 public static class AttentionDecodeKernels
 {
     public const int Warps = 4, GroupSize = 32 * Warps;
+    private const float Log2E = 1.44269504088896341f, Ln2 = 0.693147180559945309f;
 
     /// <summary>Dynamic shared memory of one group in floats: each warp's (m, l, acc[headDim]) per query head.</summary>
     public static int SharedFloats(int heads, int headDim) => Warps * heads * (headDim + 2);
 
-    // The head's 8 query dims of this lane (dims 8 (lane % P) ..), pre-multiplied by the softmax scale.
+    // The head's 8 query dims of this lane (dims 8 (lane % P) ..), pre-multiplied by the softmax scale and log2(e):
+    // the kernel's scores, maxima and weights are in the exp2 domain (one ex2 each), and its partial maxima go out
+    // in the natural one.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void LoadQuery(ref HeadState h, ArrayView<F4> q4, long first, float scale)
+    private static void LoadQuery(ref HeadState h, ArrayView<F4> q4, long first, float softmaxScale)
     {
+        float scale = softmaxScale * Log2E;
         F4 a = q4[first], b = q4[first + 1];
         h.Q0 = a.X * scale;
         h.Q1 = a.Y * scale;
@@ -86,10 +90,15 @@ public static class AttentionDecodeKernels
     {
         float dot = h.Q0 * Bf16.Lo(k.X) + h.Q1 * Bf16.Hi(k.X) + h.Q2 * Bf16.Lo(k.Y) + h.Q3 * Bf16.Hi(k.Y)
                   + h.Q4 * Bf16.Lo(k.Z) + h.Q5 * Bf16.Hi(k.Z) + h.Q6 * Bf16.Lo(k.W) + h.Q7 * Bf16.Hi(k.W);
-        for (int o = lanesPerKey / 2; o > 0; o >>= 1) dot += Warp.ShuffleXor(dot, o);
+        // Over the key's lanes (hd / 8 of them: 8, 16 or 32), written out: ILGPU keeps loops.
+        if (lanesPerKey > 16) dot += Warp.ShuffleXor(dot, 16);
+        if (lanesPerKey > 8) dot += Warp.ShuffleXor(dot, 8);
+        dot += Warp.ShuffleXor(dot, 4);
+        dot += Warp.ShuffleXor(dot, 2);
+        dot += Warp.ShuffleXor(dot, 1);
         if (!valid) return;
         float m = h.M > dot ? h.M : dot;   // a NaN score propagates
-        float corr = XMath.Exp(h.M - m), e = XMath.Exp(dot - m);
+        float corr = FastMath.Exp2(h.M - m), e = FastMath.Exp2(dot - m);
         h.L = h.L * corr + e;
         h.M = m;
         float w = roundP != 0 ? Bf16.Round(e) : e;
@@ -111,8 +120,8 @@ public static class AttentionDecodeKernels
         float a0 = Warp.ShuffleXor(h.A0, offset), a1 = Warp.ShuffleXor(h.A1, offset), a2 = Warp.ShuffleXor(h.A2, offset), a3 = Warp.ShuffleXor(h.A3, offset);
         float a4 = Warp.ShuffleXor(h.A4, offset), a5 = Warp.ShuffleXor(h.A5, offset), a6 = Warp.ShuffleXor(h.A6, offset), a7 = Warp.ShuffleXor(h.A7, offset);
         float mn = Reduce.MaxNaN(h.M, m);
-        float f = h.L == 0f && h.M == float.NegativeInfinity ? 0f : XMath.Exp(h.M - mn);
-        float g = l == 0f && m == float.NegativeInfinity ? 0f : XMath.Exp(m - mn);
+        float f = h.L == 0f && h.M == float.NegativeInfinity ? 0f : FastMath.Exp2(h.M - mn);
+        float g = l == 0f && m == float.NegativeInfinity ? 0f : FastMath.Exp2(m - mn);
         h.M = mn;
         h.L = h.L * f + l * g;
         h.A0 = h.A0 * f + a0 * g;
@@ -270,7 +279,7 @@ public static class AttentionDecodeKernels
             {
                 int b = (w * heads + g) * (hd + 2);
                 float m = smem[b], l = smem[b + 1];
-                float f = l == 0f && m == float.NegativeInfinity ? 0f : XMath.Exp(m - mAll);
+                float f = l == 0f && m == float.NegativeInfinity ? 0f : FastMath.Exp2(m - mAll);
                 lAll += l * f;
                 sum += smem[b + 2 + d] * f;
             }
@@ -280,7 +289,7 @@ public static class AttentionDecodeKernels
                 long outRow = (((long)t * a.NumHeads + h) * a.Splits + s) * (hd + 2);
                 if (d == 0)
                 {
-                    partial[outRow] = mAll;
+                    partial[outRow] = mAll * Ln2;   // the combine's maxima are natural
                     partial[outRow + 1] = lAll;
                 }
                 partial[outRow + 2 + d] = sum;
