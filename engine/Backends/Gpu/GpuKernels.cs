@@ -33,11 +33,16 @@ internal sealed class GpuKernels
     // combine than they gain (H200, Llama-3-8B decode at 16k: 130 us with 128 keys, 87 with 256, with the serial combine).
     private static readonly int MinSplit = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_ATTN_MINSPLIT"), out int m) && m is >= 16 and <= 65536 ? m : 256;
 
+    // Decode GEMV: rows (warps) a group, and groups an SM its registers are capped for (LLAMA_GEMV_ROWS,
+    // LLAMA_GEMV_BLOCKS, for tuning; 0 blocks: no cap).
+    private static readonly int GemvRows = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_GEMV_ROWS"), out int gr) && gr is 1 or 2 or 4 or 8 or 16 or 32 ? gr : MatMulKernels.GemvRowsPerGroup;
+    private static readonly int GemvBlocks = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_GEMV_BLOCKS"), out int gb) && gb is >= 0 and <= 32 ? gb : 0;
+
     private readonly Stream _stream;
     private readonly bool _sync;
     private readonly int _maxGroup, _multiprocessors;
     private readonly int _scratchBytes;   // the tensor-core emulation's shared scratch (ILGPU's CPU accelerator only)
-    private readonly int _rowsPerGemvGroup; // 8 on a GPU; 1 where every warp barrier wakes all of a group's threads (CPU accelerator)
+    private readonly int _rowsPerGemvGroup; // GemvRowsPerGroup on a GPU; 1 where every warp barrier wakes all of a group's threads (CPU accelerator)
 
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<int>, F32, F32, int, int>> _embeddingF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<int>, U16, F32, int, int>> _embeddingBf16, _embeddingF16;
@@ -82,7 +87,7 @@ internal sealed class GpuKernels
         bool emulated, bool sync)
     {
         _scratchBytes = emulated ? EmulatedTensorCores.ScratchBytes : 0;
-        _rowsPerGemvGroup = emulated ? 1 : MatMulKernels.GemvRowsPerGroup;
+        _rowsPerGemvGroup = emulated ? 1 : GemvRows;
         _stream = stream;
         _maxGroup = maxGroup;
         _multiprocessors = multiprocessors;
@@ -137,7 +142,8 @@ internal sealed class GpuKernels
             _roundF16 = l.Load<Action<Stream, KernelConfig, F32, long>>("round_f16", RoundKernels.Round<F16Element>);
             _swiGluBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("swiglu_cbf16", ActivationKernels.SwiGlu<Bf16Rounding>);
         }
-        _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>>("gemv_bf16", MatMulKernels.GemvBf16);
+        _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>>("gemv_bf16", MatMulKernels.GemvBf16,
+            specialization: GemvBlocks > 0 && !emulated ? new KernelSpecialization(32 * GemvRows, GemvBlocks) : default);
         _gemvAddRmsNorm = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, F32, F32, F32, ArrayView<int>, int, int, float>>(
             "gemv_bf16_add_rmsnorm", MatMulKernels.GemvBf16AddRmsNorm);
         _gemvBf16SwiGlu = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>>("gemv_bf16_swiglu", MatMulKernels.GemvBf16SwiGlu);
