@@ -1,16 +1,19 @@
 // Causal flash attention for prefill (CpuOps.Attention) on tensor cores, bf16 KV cache: a group of W warps takes 16 W
-// queries of one head, each warp 16 query rows. Per 64-key tile: S = Q K^T by mma.sync (Q as bf16), scaled by
-// log2(e)/sqrt(headDim) in f32, the causal mask only on tiles that cross a warp's diagonal, an online softmax in the
-// exp2 domain, O += P V with P taken from the S registers as bf16. f32 accumulation throughout. K and V tiles are
-// prefetched into registers (16-byte loads, half a tile at a time) and stored to shared memory after the work they
-// overlap: V(j) during S(j), K(j+1) during P V(j). (Not cp.async: with it in a kernel, ptxas keeps every inline-PTX operand of ILGPU's in
-// local memory, 7 KB a thread here.) Warps whose rows all precede a tile skip it. Grid (ceil(T / 16W), numHeads),
-// 32 W threads; dynamic shared memory holds the queries (as bf16, read by ldmatrix) and the K and V tiles, rows padded
-// by 8 bf16. The fragments live in structs of named fields (Tiles8, Stage4), every loop over them written out: ILGPU does not unroll loops, and an array indexed in a
-// loop would live in local memory. An index remap runs two compile-time variants: the far pass (far queries against
-// the grouped keys, keys at distance >= window, causal shifted by window) stores each row's max, sum and unnormalized
-// output; the near pass (keys within the window) merges them into its own before it divides. Exercised by the flash
-// cases of tests/GpuOpsTests.cs (ILGPU's CPU accelerator runs the emulated fragments).
+// queries of one head, each warp 16 query rows. Per 64-key tile (Tile): S = Q K^T by mma.sync (Q as bf16), the causal
+// mask only on tiles that cross a warp's diagonal, an online softmax in the exp2 domain (the scale log2(e)/sqrt(headDim)
+// applied in the exponent's multiply-add), O += P V with P taken from the S registers as bf16. f32 accumulation
+// throughout. K and V tiles are prefetched into registers (16-byte loads, half a tile at a time, each thread's offsets
+// computed once: TileCopy) and stored to shared memory after the work they overlap: V(j) during S(j), K(j+1) during
+// P V(j). (Not cp.async: with it in a kernel, ptxas keeps every inline-PTX operand of ILGPU's in local memory, 7 KB a
+// thread here.) Warps whose rows all precede a tile skip it. The tiles below the group's first query, which every warp
+// takes unmasked, run in a loop of their own (Tile with full: true), free of the branches whose joins cost register
+// copies. Grid (ceil(T / 16W), numHeads), 32 W threads; dynamic shared memory holds the queries (as bf16, read by
+// ldmatrix) and the K and V tiles, rows padded by 8 bf16. The fragments live in structs of named fields (Tiles8,
+// Stage4), every loop over them written out: ILGPU does not unroll loops, and an array indexed in a loop would live in
+// local memory. An index remap runs two compile-time variants: the far pass (far queries against the grouped keys,
+// keys at distance >= window, causal shifted by window) stores each row's max, sum and unnormalized output; the near
+// pass (keys within the window) merges them into its own before it divides. Exercised by the flash cases of
+// tests/GpuOpsTests.cs (ILGPU's CPU accelerator runs the emulated fragments).
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
