@@ -137,7 +137,7 @@ public static class Bench
         long kv = Llama.KvCacheBytes(config, ctx, s.Backend.KvElementSize);
         Console.WriteLine();
         string kernels = s.Backend is GpuBackend gpu
-            ? string.Create(Inv, $" (backend {backendSeconds:F2} s; {gpu.Kernels.Count} kernels compiled and loaded in {gpu.KernelLoadSeconds:F2} s beside the weights, {gpu.KernelWaitSeconds:F2} s waited after them);"
+            ? string.Create(Inv, $" (backend {backendSeconds:F2} s; {gpu.Kernels.Count} kernels compiled and loaded in {gpu.KernelLoadSeconds:F2} s beside the weights, {gpu.KernelWaitSeconds:F2} s of it waited for);"
                 + $" decode steps {gpu.DecodeStepMode} ({gpu.DecodeStepReplays} replayed), fused gate/up+SwiGlu {(gpu.Capabilities.FusedDecode ? "on" : "off")}, fused add+norm {(gpu.Capabilities.FusedNorm ? "on" : "off")}")
             : "";
         Console.WriteLine(string.Create(Inv, $"device: {s.Backend.Device}; ctx {ctx}; load {loadSeconds:F2} s{kernels}"));
