@@ -1,8 +1,9 @@
 // Every GPU kernel against the CPU op on the shared case table (NMSE, max abs, NaN/Inf parity, guard rows): DESIGN R8.
 // Two candidates run the same ILGPU kernels: ILGPU's CPU accelerator (always, small cases, so CI checks the kernels
 // without a GPU) and CUDA (every case; skipped without a GPU). Whole models: hf-tiny against transformers on both,
-// austen against the CPU backend on CUDA.
+// stories260K against llama2.c on the CPU accelerator, austen against the CPU backend on CUDA.
 // Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~GpuOpsTests"
+using System.Globalization;
 using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Ops;
@@ -257,6 +258,32 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
         for (int i = 0; i < logits.Length; i++) max = Math.Max(max, Math.Abs(logits[i] - expected[i]));
         output.WriteLine($"hf-tiny default on {device}, {ids.Length} tokens: max |diff| {max:E3}");
         Assert.True(max <= 1e-4, $"max |diff| {max} > 1e-4");
+    }
+
+    // stories260K (head dim 8, grouped KV heads) through ILGPU's CPU accelerator against llama2.c's logits at the first
+    // positions of its greedy run from BOS: a prefill of all but two, then two decode steps, in full f32.
+    [SharedFact("models/stories260K/config.json", "models/stories260K/reference/llama2c_run_greedy_logits.txt")]
+    public void Stories260KOnCpuAcceleratorMatchesLlama2c()
+    {
+        const int tokens = 10;
+        string dir = SharedData.Path("models/stories260K")!;
+        var config = LlamaConfigReader.Read(Path.Combine(dir, "config.json"));
+        var rows = File.ReadLines(Path.Combine(dir, "reference", "llama2c_run_greedy_logits.txt")).Take(tokens)
+            .Select(line => line.Split(' ', StringSplitOptions.RemoveEmptyEntries)).ToArray();
+        int[] ids = rows.Select(r => int.Parse(r[1], CultureInfo.InvariantCulture)).ToArray();
+        var backend = backends.Get("ilgpu-cpu", fullPrecision: true);
+        using var weights = LlamaWeights.Load(dir, config, backend);
+        using var model = Llama.Create(config, weights, backend, tokens, RopeMethods.FromConfig(config));
+        int v = config.VocabSize, prefill = tokens - 2;
+        var logits = new float[tokens * v];
+        model.Forward(ids[..prefill], 0, LogitsRows.All, logits.AsSpan(0, prefill * v));
+        for (int p = prefill; p < tokens; p++) model.Forward([ids[p]], p, LogitsRows.Last, logits.AsSpan(p * v, v));
+        double max = 0;
+        for (int p = 0; p < tokens; p++)
+            for (int i = 0; i < v; i++)
+                max = Math.Max(max, Math.Abs(logits[p * v + i] - float.Parse(rows[p][2 + i], CultureInfo.InvariantCulture)));
+        output.WriteLine($"stories260K on ilgpu-cpu, {tokens} positions: max |logit diff| {max:E3}");
+        Assert.True(max <= 1e-4, $"max |logit diff| {max} > 1e-4");
     }
 
     // austen (head dim 64, bf16 weights) against the CPU backend on 40 tokens: prefill through the GEMM and flash
