@@ -3,7 +3,8 @@
 // ILGPU compiles one kernel after another on one background thread (all at once on the thread pool was slower on an
 // H200 host: 3.6 s against 2.9 s for 24 kernels), and the driver's compile of each kernel's PTX runs on the thread pool
 // as soon as its PTX is there. A kernel's first launch waits for its own load, Complete for all; the loader adds up
-// the time callers spent waiting, which is what the kernels cost a start-up beyond the work done meanwhile.
+// the time callers spent waiting, which is what the kernels cost a start-up beyond the work done meanwhile (not
+// counted: driver calls of that work, such as uploads, that wait behind the driver's compiles).
 // Tensor-core kernels are checked for the instructions their inline PTX must produce: a trimmed publish that dropped
 // the CudaAsm branches would otherwise run emulation-free kernels without them. PtxKernelLoader compiles the same
 // kernels offline (no GPU) for tests and tools. Exercised by GpuBackend's start-up and tests/KernelPtxTests.cs.
