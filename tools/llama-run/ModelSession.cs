@@ -93,9 +93,8 @@ public sealed class ModelSession : IDisposable
                 throw new UsageException($"rope {ropeSpec ?? ropeTable} remaps positions, which the {backend.Name} backend does not do yet: use --device cpu");
             CheckMemory(backend, config, ctx, rope.Base.Remap is not null);
             var progress = new LoadProgress();
-            var weights = randomWeights && !HasWeightFiles(dir)
-                ? LlamaWeights.Load(new RandomWeights(config, DType.BF16, RandomSeed), config, backend, progress: (d, t) => progress.Report(0, d, t))
-                : LlamaWeights.Load(dir, config, backend, progress: (d, t) => progress.Report(0, d, t));
+            var weights = LlamaWeights.Load(randomWeights ? WeightSource(config, dir) : Checkpoint.Open(dir), config, backend,
+                progress: (d, t) => progress.Report(0, d, t));
             progress.Finish();
             try
             {
@@ -120,6 +119,10 @@ public sealed class ModelSession : IDisposable
 
     /// <summary>The seed of the random weights bench gives a directory with a config.json alone.</summary>
     public const int RandomSeed = 1;
+
+    /// <summary>dir's checkpoint, or where it has a config.json alone seeded random bf16 weights (timing and sharding only).</summary>
+    public static IWeightSource WeightSource(LlamaConfig config, string dir) =>
+        HasWeightFiles(dir) ? Checkpoint.Open(dir) : new RandomWeights(config, DType.BF16, RandomSeed);
 
     /// <summary>Whether dir holds a safetensors checkpoint (a single file, shards or their index).</summary>
     public static bool HasWeightFiles(string dir) => System.IO.Directory.EnumerateFiles(dir, "*.safetensors").Any()

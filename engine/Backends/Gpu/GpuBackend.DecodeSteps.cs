@@ -31,12 +31,7 @@ public sealed unsafe partial class GpuBackend
     /// LLAMA_DECODE_GRAPH: 1 (the default) replays decode steps (CUDA graphs on a GPU, recorded launches on ILGPU's CPU
     /// accelerator), 0 queues every op of every step.
     /// </summary>
-    public static bool? DecodeGraphSetting => Environment.GetEnvironmentVariable("LLAMA_DECODE_GRAPH") switch
-    {
-        "1" => true,
-        "0" => false,
-        _ => null,
-    };
+    public static bool? DecodeGraphSetting => Setting("LLAMA_DECODE_GRAPH");
 
     /// <summary>The key length a step at this many keys has its attention sized for: a multiple of 256 (of 1024 past 4096).</summary>
     public static int StepBucket(int length)

@@ -39,7 +39,7 @@ public sealed unsafe partial class GpuBackend : IBackend
 
     /// <summary>
     /// A 1/0 switch from the environment, null when unset: LLAMA_FUSE (decode's gate/up GEMV with SwiGlu), LLAMA_FUSE_NORM
-    /// (decode's o/down GEMVs with the residual add and the next norm).
+    /// (decode's o/down GEMVs with the residual add and the next norm), LLAMA_DECODE_GRAPH.
     /// </summary>
     private static bool? Setting(string name) => Environment.GetEnvironmentVariable(name) switch
     {

@@ -18,6 +18,10 @@ internal readonly record struct RecordedLaunch(string Name, KernelConfig Config,
 
 internal sealed class GpuKernels
 {
+    // An integer tuning setting from the environment: its value where valid, else the default.
+    private static int Tuning(string name, int fallback, Func<int, bool> valid) =>
+        int.TryParse(Environment.GetEnvironmentVariable(name), out int v) && valid(v) ? v : fallback;
+
     // Queries per flash-attention group: 64 (4 warps, default) or 128 (8 warps, LLAMA_FLASH_ROWS=128).
     private static readonly bool FlashRows128 = Environment.GetEnvironmentVariable("LLAMA_FLASH_ROWS") == "128";
     private static readonly int FlashWarps = FlashRows128 ? 8 : 4;
@@ -27,16 +31,16 @@ internal sealed class GpuKernels
     private static readonly int FlashBlocks = Environment.GetEnvironmentVariable("LLAMA_FLASH_BLOCKS") == "3" ? 3 : 2;
 
     // Decode split-K: groups per SM to aim for (LLAMA_ATTN_WAVES overrides, for tuning).
-    private static readonly int SplitWaves = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_ATTN_WAVES"), out int w) && w is > 0 and <= 64 ? w : 8;
+    private static readonly int SplitWaves = Tuning("LLAMA_ATTN_WAVES", 8, w => w is > 0 and <= 64);
 
     // Decode split-K: fewest keys a split (LLAMA_ATTN_MINSPLIT overrides, for tuning). Shorter splits cost more in the
     // combine than they gain (H200, Llama-3-8B decode at 16k: 130 us with 128 keys, 87 with 256, with the serial combine).
-    private static readonly int MinSplit = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_ATTN_MINSPLIT"), out int m) && m is >= 16 and <= 65536 ? m : 256;
+    private static readonly int MinSplit = Tuning("LLAMA_ATTN_MINSPLIT", 256, m => m is >= 16 and <= 65536);
 
     // Decode GEMV: rows (warps) a group, and groups an SM its registers are capped for (LLAMA_GEMV_ROWS,
     // LLAMA_GEMV_BLOCKS, for tuning; 0 blocks: no cap).
-    private static readonly int GemvRows = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_GEMV_ROWS"), out int gr) && gr is 1 or 2 or 4 or 8 or 16 or 32 ? gr : MatMulKernels.GemvRowsPerGroup;
-    private static readonly int GemvBlocks = int.TryParse(Environment.GetEnvironmentVariable("LLAMA_GEMV_BLOCKS"), out int gb) && gb is >= 0 and <= 32 ? gb : 0;
+    private static readonly int GemvRows = Tuning("LLAMA_GEMV_ROWS", MatMulKernels.GemvRowsPerGroup, r => r is 1 or 2 or 4 or 8 or 16 or 32);
+    private static readonly int GemvBlocks = Tuning("LLAMA_GEMV_BLOCKS", 0, b => b is >= 0 and <= 32);
 
     private readonly Stream _stream;
     private readonly bool _sync;

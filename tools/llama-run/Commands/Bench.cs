@@ -87,7 +87,7 @@ public static class Bench
         }
         if (tests.Count == 0) throw new UsageException("nothing to run: give -p and/or -n");
         int tp = args.Int("--tp", 0, min: 1);
-        if (tp > 0) return RunTensorParallel(args, config, dir, model, random, tests, reps, decode, device, tp);
+        if (tp > 0) return RunTensorParallel(args, config, dir, model, tests, reps, decode, device, tp);
 
         // Keep only the tests whose KV cache fits next to the weights, then size the context for the longest of them.
         long weightFiles = random ? new RandomWeights(config, DType.BF16, ModelSession.RandomSeed).TotalBytes
@@ -173,78 +173,49 @@ public static class Bench
     // --tp N: the model as N tensor-parallel ranks (GPUs 0 .. N-1 through NCCL, or CPU backends through the in-process
     // communicator), each loading only its slices; the read bound is the sum of the ranks' (each GPU reads its own
     // memory), the bytes a token reads every rank's weights and KV rows.
-    private static int RunTensorParallel(Args args, LlamaConfig config, string dir, string model, bool random, List<Test> tests, int reps, int decode,
+    private static int RunTensorParallel(Args args, LlamaConfig config, string dir, string model, List<Test> tests, int reps, int decode,
         string device, int tp)
     {
         if (args.Has("--profile")) throw new UsageException("--profile times one backend: leave out --tp");
         if ((args.String("--rope") ?? args.String("--rope-table")) is not null) throw new UsageException("--tp runs the checkpoint's own RoPE: leave out --rope");
         var (compute, fullPrecision) = ModelSession.ComputeType(args.String("--compute"));
-        if (device == "auto") device = GpuBackend.IsCudaAvailable(out _) ? "cuda" : "cpu";
-        if (device is not ("cuda" or "cpu")) throw new UsageException($"--tp runs on --device cuda or cpu, not {device}");
-        try
-        {
-            for (int r = 0; r < tp; r++) ShardPlan.For(config, r, tp);
-        }
-        catch (ArgumentException e) { throw new UsageException(e.Message); }
+        device = RankGroup.ResolveDevice(device);
         int ctx = tests.Max(t => t.Positions);
         var load = Stopwatch.StartNew();
-        var backends = new List<IBackend>();
-        ICommunicator? comm = null;
-        TensorParallelLlama? group = null;
-        var probes = new List<IReadProbe>();
-        try
-        {
-            if (device == "cuda")
-            {
-                int count = GpuBackend.CudaDeviceCount;
-                if (count < tp) throw new UsageException($"--tp {tp} needs {tp} GPUs; {count} found");
-                var kernels = GpuKernelSet.For(config.HeadDim, config.NumAttentionHeads / config.NumKeyValueHeads, compute == DType.BF16);
-                for (int r = 0; r < tp; r++)
-                    backends.Add(GpuBackend.TryCreateCuda(out string why, fullPrecision, kernels, device: r) ?? throw new UsageException($"GPU {r}: {why}"));
-                comm = NcclCommunicator.TryCreate([.. backends.Cast<GpuBackend>()], out string reason) ?? throw new UsageException($"--tp {tp}: {reason}");
-            }
-            else
-            {
-                var kv = BackendFactory.CpuKvCache(fullPrecision, ModelSession.KvCacheType(args.String("--kv")));
-                for (int r = 0; r < tp; r++) backends.Add(new CpuBackend(kv));
-                comm = new InProcessCommunicator(tp);
-            }
-            args.RejectUnknown();
-            var rope = RopeMethods.FromConfig(config);
-            var progress = new LoadProgress(tp);
-            group = TensorParallelLlama.Create(config, backends, comm,
-                _ => random ? new RandomWeights(config, DType.BF16, ModelSession.RandomSeed) : Checkpoint.Open(dir), ctx, rope,
-                maxBatch: Math.Min(ctx, backends[0].Capabilities.PrefillChunk), activations: compute, progress: progress.Report);
-            progress.Finish();
-            double loadSeconds = load.Elapsed.TotalSeconds;
+        var kernels = GpuKernelSet.For(config.HeadDim, config.NumAttentionHeads / config.NumKeyValueHeads, compute == DType.BF16);
+        var kv = BackendFactory.CpuKvCache(fullPrecision, ModelSession.KvCacheType(args.String("--kv")));
+        using var ranks = RankGroup.Open(config, tp, device, fullPrecision, kernels, kv);
+        var backends = ranks.Backends;
+        var comm = ranks.Communicator;
+        args.RejectUnknown();
+        var rope = RopeMethods.FromConfig(config);
+        var progress = new LoadProgress(tp);
+        using var group = TensorParallelLlama.Create(config, backends, comm, _ => ModelSession.WeightSource(config, dir), ctx, rope,
+            maxBatch: Math.Min(ctx, backends[0].Capabilities.PrefillChunk), activations: compute, progress: progress.Report);
+        progress.Finish();
+        double loadSeconds = load.Elapsed.TotalSeconds;
 
-            // The read bound: the host's memory for CPU ranks (they share it), the sum of every GPU's own.
-            if (device == "cpu") probes.Add(new CpuReadBandwidth.Probe());
-            else
-                foreach (var g in backends.Cast<GpuBackend>())
-                {
-                    long probeBytes = Math.Min(1L << 30, g.FreeMemoryBytes / 4) / 4096 * 4096;
-                    if (probeBytes >= 64 << 20) probes.Add(g.CreateReadProbe(probeBytes));
-                }
-            using var bandwidth = probes.Count == 0 ? null : new SummedProbe(probes);
-            long kvRow = group.Ranks.Sum(m => (long)m.Config.NumHiddenLayers * m.Config.KvDim);
-            double Bytes(Test t) => DecodeBytes(t, group.DecodeReadBytes, kvRow, backends[0].KvElementSize);
-            var results = Measure(tests, new Runner(group), reps, decode, ctx, bandwidth, Bytes);
-            PrintTable(results, model, FormatBytes(group.WeightBytes), FormatCount(ParameterCount(config)), $"{device} x{tp}", bandwidth is not null, Bytes);
-            Console.WriteLine();
-            for (int r = 0; r < tp; r++) Console.WriteLine($"rank {r}: {backends[r].Device}");
-            Console.WriteLine(string.Create(Inv, $"ctx {ctx}; load {loadSeconds:F2} s; collectives: {(comm is NcclCommunicator ? $"NCCL ({NcclCommunicator.Library})" : "in-process")}"));
-            if (bandwidth is not null)
-                Console.WriteLine(device == "cpu" ? $"read GB/s: {bandwidth.Description} (host memory, which the ranks share)"
-                    : $"read GB/s: the sum over the GPUs of {bandwidth.Description}");
-            return 0;
-        }
-        finally
-        {
-            group?.Dispose();
-            (comm as IDisposable)?.Dispose();
-            foreach (var b in backends) b.Dispose();
-        }
+        // The read bound: the host's memory for CPU ranks (they share it), the sum of every GPU's own.
+        var probes = new List<IReadProbe>();
+        if (device == "cpu") probes.Add(new CpuReadBandwidth.Probe());
+        else
+            foreach (var g in backends.Cast<GpuBackend>())
+            {
+                long probeBytes = Math.Min(1L << 30, g.FreeMemoryBytes / 4) / 4096 * 4096;
+                if (probeBytes >= 64 << 20) probes.Add(g.CreateReadProbe(probeBytes));
+            }
+        using var bandwidth = probes.Count == 0 ? null : new SummedProbe(probes);
+        long kvRow = group.Ranks.Sum(m => (long)m.Config.NumHiddenLayers * m.Config.KvDim);
+        double Bytes(Test t) => DecodeBytes(t, group.DecodeReadBytes, kvRow, backends[0].KvElementSize);
+        var results = Measure(tests, new Runner(group), reps, decode, ctx, bandwidth, Bytes);
+        PrintTable(results, model, FormatBytes(group.WeightBytes), FormatCount(ParameterCount(config)), $"{device} x{tp}", bandwidth is not null, Bytes);
+        Console.WriteLine();
+        for (int r = 0; r < tp; r++) Console.WriteLine($"rank {r}: {backends[r].Device}");
+        Console.WriteLine(string.Create(Inv, $"ctx {ctx}; load {loadSeconds:F2} s; collectives: {(comm is NcclCommunicator ? $"NCCL ({NcclCommunicator.Library})" : "in-process")}"));
+        if (bandwidth is not null)
+            Console.WriteLine(device == "cpu" ? $"read GB/s: {bandwidth.Description} (host memory, which the ranks share)"
+                : $"read GB/s: the sum over the GPUs of {bandwidth.Description}");
+        return 0;
     }
 
     // Several ranks' read probes as one bound: each measured in turn, summed.

@@ -67,45 +67,21 @@ public static class Check
         int vocab = config.VocabSize;
         int[] ids = [.. Enumerable.Range(0, tokens).Select(i => (int)((i * 7919L + 5) % vocab))];
         var rope = RopeMethods.FromConfig(config);
-        bool random = !ModelSession.HasWeightFiles(dir);
-        IWeightSource Source() => random ? new RandomWeights(config, DType.BF16, ModelSession.RandomSeed) : Checkpoint.Open(dir);
-        if (device == "auto") device = GpuBackend.IsCudaAvailable(out _) ? "cuda" : "cpu";
-        if (device is not ("cuda" or "cpu")) throw new UsageException($"check --tp runs on --device cuda or cpu, not {device}");
+        device = RankGroup.ResolveDevice(device);
         bool cuda = device == "cuda";
-        try
-        {
-            for (int r = 0; r < ranks; r++) ShardPlan.For(config, r, ranks);   // sizes that do not split: one line, before anything loads
-        }
-        catch (ArgumentException e) { throw new UsageException(e.Message); }
-        if (cuda && GpuBackend.CudaDeviceCount < ranks) throw new UsageException($"--tp {ranks} needs {ranks} GPUs; {GpuBackend.CudaDeviceCount} found");
-        IBackend Backend(int gpu) => cuda
-            ? GpuBackend.TryCreateCuda(out string why, fullPrecision: true, device: gpu) ?? throw new UsageException($"GPU {gpu}: {why}")
-            : new CpuBackend(DType.F32);
+        RankGroup.Validate(config, ranks, device);   // before anything loads
 
         var expected = new float[(long)tokens * vocab];
-        using (var backend = Backend(0))
-        using (var weights = LlamaWeights.Load(Source(), config, backend))
+        using (var backend = RankGroup.Backend(device, 0, fullPrecision: true, kernels: null, cpuKv: DType.F32))
+        using (var weights = LlamaWeights.Load(ModelSession.WeightSource(config, dir), config, backend))
         using (var model = Llama.Create(config, weights, backend, tokens, rope))
             model.Forward(ids, 0, LogitsRows.All, expected);
 
         var got = new float[(long)tokens * vocab];
-        var backends = new List<IBackend>();
-        ICommunicator? comm = null;
-        try
-        {
-            for (int r = 0; r < ranks; r++) backends.Add(Backend(r));
-            comm = cuda
-                ? NcclCommunicator.TryCreate([.. backends.Cast<GpuBackend>()], out string reason) ?? throw new UsageException($"--tp {ranks}: {reason}")
-                : new InProcessCommunicator(ranks);
-            using var group = TensorParallelLlama.Create(config, backends, comm, _ => Source(), tokens, rope,
-                maxBatch: Math.Min(tokens, backends[0].Capabilities.PrefillChunk));
+        using (var rankGroup = RankGroup.Open(config, ranks, device, fullPrecision: true, kernels: null, cpuKv: DType.F32))
+        using (var group = TensorParallelLlama.Create(config, rankGroup.Backends, rankGroup.Communicator, _ => ModelSession.WeightSource(config, dir),
+            tokens, rope, maxBatch: Math.Min(tokens, rankGroup.Backends[0].Capabilities.PrefillChunk)))
             group.Forward(ids, 0, LogitsRows.All, got);
-        }
-        finally
-        {
-            (comm as IDisposable)?.Dispose();
-            foreach (var b in backends) b.Dispose();
-        }
         double err = 0, sig = 0, maxAbs = 0;
         int agree = 0;
         for (int t = 0; t < tokens; t++)
