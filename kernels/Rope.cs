@@ -2,7 +2,9 @@
 // pos * invFreq[j] on the pairs (x[j], x[j + rotaryDim / 2]), cos and sin times the table's magnitude, multiplies q by
 // the query scale of (layer, pos) when the layer's gate is on, and stores k and v in the KV cache's element type at
 // the layer's row pos. Groups (a multiple of 32 threads) take one token and a range of its heads; a group first computes
-// the token's cos/sin per pair into shared memory (RopeMath, the same f32 values as the CPU). Rerotate moves cached keys from one table's
+// the token's cos/sin per pair into shared memory (RopeMath, the same f32 values as the CPU). Where the launcher found
+// every row 16-byte aligned (RopeArgs.Vectors), a thread takes four pairs at once: 16-byte loads and stores of q, k and
+// v, 8 or 16 of the cache, so four times the bytes are in flight a load. Rerotate moves cached keys from one table's
 // rotation to another's (dynamic NTK). RopeFar writes an index remap's far queries and grouped keys. Exercised by the
 // Rope and Rerotate cases of tests/GpuOpsTests.cs.
 using ILGPU;
@@ -14,10 +16,11 @@ namespace LlamaRun.Kernels;
 /// <summary>Scalars of one Rope launch (by value; ILGPU lays the struct out for the kernel). LayerRow0: the layer's first
 /// cache row (token t goes to row LayerRow0 + StartPos + t). StepPosition 1: StartPos is read from the decode step's
 /// device scalars (DecodeStep.Position), so a replayed launch follows the step. HeadsPerGroup: heads (q heads, then KV
-/// heads) each group of a token rotates.</summary>
+/// heads) each group of a token rotates. Vectors 1: q, k, v and the caches are 16-byte aligned and RotaryDim % 8 == 0,
+/// HeadDim % 4 == 0 (set by the launcher), so four pairs go at once.</summary>
 public readonly record struct RopeArgs(
     int NumHeads, int NumKvHeads, int HeadDim, int RotaryDim, int StartPos, int LayerRow0,
-    float Magnitude, float QueryScaleContext, int QueryScaleOn, int HeadsPerGroup, int StepPosition = 0)
+    float Magnitude, float QueryScaleContext, int QueryScaleOn, int HeadsPerGroup, int StepPosition = 0, int Vectors = 0)
 {
     /// <summary>The position of the launch's first token: StartPos, or the decode step's position.</summary>
     public int Start(ArrayView<int> step) => StepPosition != 0 ? step[DecodeStep.Position] : StartPos;
@@ -61,7 +64,15 @@ public static class RopeKernels
         RotateQueries<TR>(q, q, qRow, q0, q1, cs, sn, qs, a);
         RotateKeys<TR, TC, TE>(k, kRow, kcache, cRow, kv0, kv1, cs, sn, writeBack: true, a);
         // The values of this group's KV heads.
-        for (int d = kv0 * a.HeadDim + Group.IdxX; d < kv1 * a.HeadDim; d += Group.DimX) vcache[cRow + d] = default(TE).Store(v[kRow + d]);
+        if (a.Vectors != 0)
+        {
+            var v4 = v.Cast<F4>();
+            for (int d = kv0 * a.HeadDim + 4 * Group.IdxX; d < kv1 * a.HeadDim; d += 4 * Group.DimX) default(TE).Store4(vcache, cRow + d, v4[(kRow + d) / 4]);
+        }
+        else
+        {
+            for (int d = kv0 * a.HeadDim + Group.IdxX; d < kv1 * a.HeadDim; d += Group.DimX) vcache[cRow + d] = default(TE).Store(v[kRow + d]);
+        }
     }
 
     /// <summary>
@@ -112,6 +123,11 @@ public static class RopeKernels
         where TR : struct, IRounding
     {
         var r = default(TR);
+        if (a.Vectors != 0)
+        {
+            RotateQueries4<TR>(src.Cast<F4>(), dst.Cast<F4>(), qRow / 4, q0, q1, cs, sn, scale, a);
+            return;
+        }
         int half = a.RotaryDim / 2, perHead = half + a.HeadDim - a.RotaryDim;
         for (int e = Group.IdxX; e < (q1 - q0) * perHead; e += Group.DimX)
         {
@@ -139,6 +155,11 @@ public static class RopeKernels
         where TC : unmanaged
         where TE : struct, IElement<TC>
     {
+        if (a.Vectors != 0)
+        {
+            RotateKeys4<TR, TC, TE>(k.Cast<F4>(), kRow, cache, cRow, kv0, kv1, cs, sn, writeBack, a);
+            return;
+        }
         int half = a.RotaryDim / 2, perHead = half + a.HeadDim - a.RotaryDim;
         for (int e = Group.IdxX; e < (kv1 - kv0) * perHead; e += Group.DimX)
         {
@@ -160,6 +181,74 @@ public static class RopeKernels
                 cache[cRow + d] = default(TE).Store(k[kRow + d]);
             }
         }
+    }
+
+    // RotateQueries four pairs a thread: q4 and dst4 the rows as F4, qRow4 the F4 index of the token's row.
+    private static void RotateQueries4<TR>(ArrayView<F4> q4, ArrayView<F4> dst4, long qRow4, int q0, int q1,
+        ArrayView<float> cs, ArrayView<float> sn, float scale, RopeArgs a)
+        where TR : struct, IRounding
+    {
+        var r = default(TR);
+        int half4 = a.RotaryDim / 8, head4 = a.HeadDim / 4, perHead = half4 + head4 - 2 * half4;
+        for (int e = Group.IdxX; e < (q1 - q0) * perHead; e += Group.DimX)
+        {
+            int j = e % perHead;
+            long x = qRow4 + (long)(q0 + e / perHead) * head4;
+            if (j < half4)
+            {
+                Rotate4<TR>(q4[x + j], q4[x + j + half4], cs, sn, 4 * j, out F4 y0, out F4 y1);
+                dst4[x + j] = new F4(r.Round(y0.X * scale), r.Round(y0.Y * scale), r.Round(y0.Z * scale), r.Round(y0.W * scale));
+                dst4[x + j + half4] = new F4(r.Round(y1.X * scale), r.Round(y1.Y * scale), r.Round(y1.Z * scale), r.Round(y1.W * scale));
+            }
+            else
+            {
+                long d = x + j + half4;
+                F4 u = q4[d];
+                dst4[d] = new F4(r.Round(u.X * scale), r.Round(u.Y * scale), r.Round(u.Z * scale), r.Round(u.W * scale));
+            }
+        }
+    }
+
+    // RotateKeys four pairs a thread: k4 the keys as F4; kRow and cRow in elements (multiples of 4).
+    private static void RotateKeys4<TR, TC, TE>(ArrayView<F4> k4, long kRow, ArrayView<TC> cache, long cRow, int kv0, int kv1,
+        ArrayView<float> cs, ArrayView<float> sn, bool writeBack, RopeArgs a)
+        where TR : struct, IRounding
+        where TC : unmanaged
+        where TE : struct, IElement<TC>
+    {
+        int half4 = a.RotaryDim / 8, head4 = a.HeadDim / 4, perHead = half4 + head4 - 2 * half4;
+        for (int e = Group.IdxX; e < (kv1 - kv0) * perHead; e += Group.DimX)
+        {
+            int j = e % perHead, o = (kv0 + e / perHead) * a.HeadDim;
+            long x = (kRow + o) / 4;
+            if (j < half4)
+            {
+                Rotate4<TR>(k4[x + j], k4[x + j + half4], cs, sn, 4 * j, out F4 y0, out F4 y1);
+                if (writeBack)
+                {
+                    k4[x + j] = y0;
+                    k4[x + j + half4] = y1;
+                }
+                default(TE).Store4(cache, cRow + o + 4 * j, y0);
+                default(TE).Store4(cache, cRow + o + 4 * (j + half4), y1);
+            }
+            else
+            {
+                default(TE).Store4(cache, cRow + o + 4 * (j + half4), k4[x + j + half4]);
+            }
+        }
+    }
+
+    // Pairs p .. p + 3: (u, w) element by element rotated by (cs[p + i], sn[p + i]), as RopeMath.Rotate does one.
+    private static void Rotate4<TR>(F4 u, F4 w, ArrayView<float> cs, ArrayView<float> sn, int p, out F4 y0, out F4 y1)
+        where TR : struct, IRounding
+    {
+        RopeMath.Rotate<TR>(u.X, w.X, cs[p], sn[p], out float a0, out float b0);
+        RopeMath.Rotate<TR>(u.Y, w.Y, cs[p + 1], sn[p + 1], out float a1, out float b1);
+        RopeMath.Rotate<TR>(u.Z, w.Z, cs[p + 2], sn[p + 2], out float a2, out float b2);
+        RopeMath.Rotate<TR>(u.W, w.W, cs[p + 3], sn[p + 3], out float a3, out float b3);
+        y0 = new F4(a0, a1, a2, a3);
+        y1 = new F4(b0, b1, b2, b3);
     }
 
     /// <summary>Grid (length, numLayers): the key at position p of each layer goes from table `from` to table `to`.</summary>

@@ -433,7 +433,7 @@ internal sealed class GpuKernels
     {
         // A few tokens: one head a group, so the step spreads over the GPU; many: every head of a token in one group.
         int heads = args.NumHeads + args.NumKvHeads, perGroup = tokens < _multiprocessors ? 1 : heads;
-        args = args with { HeadsPerGroup = perGroup };
+        args = args with { HeadsPerGroup = perGroup, Vectors = RopeVectors(args, q, k, v, kcache, vcache) };
         // 128 threads a group either way (H200, 16k tokens of 32/8 heads: 3,300 GB/s against 3,277 with 256 and 3,144 with 512).
         var config = new KernelConfig(new Index3D(tokens, (heads + perGroup - 1) / perGroup, 1), new Index3D(GroupSize(128), 1, 1));
         bool f32Cache = kcache.DType == DType.F32;
@@ -452,13 +452,19 @@ internal sealed class GpuKernels
         }
     }
 
+    // 1 where the rope kernels may take four pairs a thread: whole 16-byte vectors of pairs and of the other dims, and
+    // every view 16-byte aligned (the cache rows then start on 4-element boundaries).
+    private static int RopeVectors(RopeArgs a, F32 q, F32 k, F32 v, Tensor kcache, Tensor vcache) =>
+        a.RotaryDim % 8 == 0 && a.HeadDim % 4 == 0 && Aligned(q, 16) && Aligned(k, 16) && Aligned(v, 16)
+        && GpuViews.Aligned16(kcache, vcache) ? 1 : 0;
+
     /// <summary>An index remap's far branch from the unrotated q and k (before Rope): far queries to qFar, grouped keys to the layer's kfar rows.</summary>
     public void RopeFar(F32 q, F32 k, F32 qFar, Tensor kfar, F32 invFreq, F32 groups, int groupStride, ArrayView<int> step, int tokens, RopeArgs args,
         int window, bool floor, bool bf16)
     {
         // Group sizes per KV head (groupStride > 0): one head a group, so each group reads one row of them.
         int heads = args.NumHeads + args.NumKvHeads, perGroup = tokens < _multiprocessors || groupStride > 0 ? 1 : heads;
-        args = args with { HeadsPerGroup = perGroup };
+        args = args with { HeadsPerGroup = perGroup, Vectors = RopeVectors(args, q, k, qFar, kfar, kfar) };
         var config = new KernelConfig(new Index3D(tokens, (heads + perGroup - 1) / perGroup, 1), new Index3D(GroupSize(perGroup == 1 ? 128 : 256), 1, 1));
         bool f32Cache = kfar.DType == DType.F32;
         string name = (bf16 ? "rope_far_cbf16" : "rope_far") + (f32Cache ? "_cf32" : "");

@@ -86,6 +86,8 @@ public static class OpCases
         // Small enough for ILGPU's CPU accelerator (tests/GpuOpsTests.cs): flash prefill, rope prefill, rerotate.
         c.Add(new AttentionCase("small prefill, flash", Bf16Cache) { T = 33, Heads = 2, KvHeads = 1, HeadDim = 64 });
         c.Add(new RopeCase("small prefill", Bf16Cache) { T = 9, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 3 });
+        // Pairs not a multiple of four: the kernel's one-pair-a-thread path (the others take four at once).
+        c.Add(new RopeCase("partial rotary, pairs not in fours", Bf16Cache) { T = 7, Heads = 3, KvHeads = 1, HeadDim = 40, RotaryDim = 12, StartPos = 5, QueryScale = true });
         c.Add(new RerotateCase("small", Bf16Cache) { T = 24, Heads = 2, KvHeads = 2, HeadDim = 64 });
         c.Add(new RerotateCase("Llama-3-8B long", Bf16Cache) { T = 4100, Heads = 32, KvHeads = 8, HeadDim = 128, Theta = 500000f });
         AddRemaps(c);
@@ -137,6 +139,7 @@ public static class OpCases
         c.Add(new RopeCase("small prefill, selfextend", Bf16Cache) { T = 9, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 3, Remap = Uniform("selfextend", 32, 4, 3) });
         c.Add(new RopeCase("dpe at 16k", Bf16Cache) { T = 2, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16382, Theta = 500000f, Remap = Dpe(64, 1024, 4, 4, 2, 16, 32, 32, 16, 128) });
         c.Add(new RopeCase("leaky rerope + query scale, partial rotary", Bf16Cache) { T = 5, Heads = 3, KvHeads = 1, HeadDim = 64, RotaryDim = 32, StartPos = 70, QueryScale = true, Remap = Uniform("leaky-rerope", 16, 24, 2.5f, floor: false) });
+        c.Add(new RopeCase("selfextend, pairs not in fours", Bf16Cache) { T = 5, Heads = 2, KvHeads = 1, HeadDim = 40, RotaryDim = 12, StartPos = 70, Remap = Uniform("selfextend", 6, 24, 3) });
         c.Add(new AttentionCase("small prefill, selfextend", Bf16Cache) { T = 24, Heads = 2, KvHeads = 1, HeadDim = 64, Remap = Uniform("selfextend", 32, 8, 4) });
         c.Add(new AttentionCase("small decode, dpe", Bf16Cache) { T = 1, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 70, Remap = Dpe(32, 16, 1, 4, 8, 32) });
         c.Add(new AttentionCase("small chunk, rerope", Bf16Cache) { T = 6, Heads = 2, KvHeads = 2, HeadDim = 32, StartPos = 40, QueryScale = true, Remap = Uniform("rerope", 16, 12, float.PositiveInfinity) });
