@@ -1,4 +1,4 @@
-// Times a prepared op on its backend: a warm-up of synchronized launches in windows of 0.1 s, at least 5 (2 for an
+// Times a prepared op on its backend, once every kernel is loaded: a warm-up of synchronized launches in windows of 0.1 s, at least 5 (2 for an
 // op slower than a window), until a window is no more than 5% faster than the one before (.NET's tiered JIT needs
 // 0.1-1 s of calls to swap in an op's optimized code; at most 3 s), the last launch sizing the batches; then 7 batches
 // of launches queued back to back with one synchronize each (so a GPU's launches overlap as in a forward pass); the
@@ -17,6 +17,9 @@ public static class OpTiming
     /// <summary>Seconds per launch: the median of batches of about batchSeconds each (at least 3 launches a batch).</summary>
     public static double Seconds(IBackend backend, PreparedOp op, double batchSeconds = 0.05, int batches = 7)
     {
+        // Every kernel loaded first: while the driver compiles one in the background, the launches being timed wait on it
+        // (H100, the first rope case of `bench --kernels --op rope`: 3.4 ms a launch instead of about 70 us).
+        backend.WaitUntilReady();
         int launch = 0;
         long start = Stopwatch.GetTimestamp(), t0;
         double one = 0, previous = double.PositiveInfinity;
