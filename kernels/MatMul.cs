@@ -2,7 +2,8 @@
 // GemvBf16: decode (one token): one warp per output row, the weights in 16-byte loads, sixteen in flight per lane
 // (the row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu (CpuOps.MatMulSwiGlu): the same rows of stacked gate and up weights with
 // silu(gate) * up as the epilogue, so decode's MLP needs no separate SwiGlu launch. GemvBf16AddRmsNorm
-// (CpuOps.MatMulAddRmsNorm): the residual add and the next RMSNorm as the epilogue of the o and down projections. Gemv: any weight type and shape and up to 8 tokens (the weights read once for all), 4-byte
+// (CpuOps.MatMulAddRmsNorm): the residual add and the next RMSNorm as the epilogue of the o and down projections.
+// GemvBf16Rope (CpuOps.MatMulRope): the stacked q/k/v rows with the rotary op and the KV-cache store as the epilogue. Gemv: any weight type and shape and up to 8 tokens (the weights read once for all), 4-byte
 // loads. Both: one warp a row, any group size (GemvRowsPerGroup on a GPU). GemmBf16: prefill on tensor cores (the fallback when cuBLAS is absent):
 // 128x128x32 tiles, 8 warps as 2 x 4, each a 64 x 32 tile of 4 x 4 mma.sync fragments; x rounded to bf16 as it is
 // staged in shared memory, f32 accumulation. Exercised by the MatMul cases of tests/GpuOpsTests.cs.
@@ -128,6 +129,63 @@ public static class MatMulKernels
             Normed(dst, norm, j + 7 * n, b7, scale, outDim);
         }
         if (Group.IdxX == 0) counter[0] = 0;
+    }
+
+    /// <summary>
+    /// One token, the stacked q/k/v projection with the rotary op as its epilogue (CpuOps.MatMulRope): dst = x . qkv^T
+    /// [qDim + 2 kvDim] with q and k rotated pair by pair as RopeKernels.Rope does (whole heads rotary, bf16 cache,
+    /// f32 compute), k and v stored at the layer's cache row of the position. Group u (2 warps) takes one unit: a
+    /// rotary pair (rows j and j + headDim / 2 of a q or k head), or two neighbouring v rows; the second warp hands its
+    /// sum to the first through shared memory, whose lane 0 rotates and stores both.
+    /// </summary>
+    public static void GemvBf16Rope(ArrayView<F4> x, ArrayView<U4> weight, ArrayView<float> dst, ArrayView<ushort> kcache,
+        ArrayView<ushort> vcache, ArrayView<float> invFreq, ArrayView<int> step, RopeArgs a, int inDim)
+    {
+        var second = SharedMemory.Allocate<float>(1);
+        int w = Warp.WarpIdx, lane = Warp.LaneIdx, u = Grid.IdxX, chunks = inDim / 8;
+        int half = a.HeadDim / 2, qDim = a.NumHeads * a.HeadDim, kvDim = a.NumKvHeads * a.HeadDim;
+        int qUnits = qDim / 2, ropeUnits = qUnits + kvDim / 2;
+        // The unit's rows r0, r1 and its pair p (rotary units).
+        int r0, p = 0;
+        if (u < ropeUnits)
+        {
+            int v = u < qUnits ? u : u - qUnits;
+            p = v % half;
+            r0 = (u < qUnits ? 0 : qDim) + v / half * a.HeadDim + p;
+        }
+        else
+        {
+            r0 = qDim + kvDim + 2 * (u - ropeUnits);
+        }
+        int r1 = u < ropeUnits ? r0 + half : r0 + 1;
+        float sum = RowDot(x, weight, (long)(w == 0 ? r0 : r1) * chunks, chunks, lane);
+        if (w == 1 && lane == 0) second[0] = sum;
+        Group.Barrier();
+        if (w != 0 || lane != 0) return;
+        float s1 = second[0];
+        int pos = a.Start(step);
+        long cRow = (long)(a.LayerRow0 + pos) * kvDim;
+        if (u >= ropeUnits)
+        {
+            dst[r0] = sum;
+            dst[r1] = s1;
+            vcache[cRow + r0 - qDim - kvDim] = Bf16.FromF32(sum);
+            vcache[cRow + r1 - qDim - kvDim] = Bf16.FromF32(s1);
+            return;
+        }
+        RopeMath.CosSin(RopeMath.Angle(pos, invFreq[p]), out float c, out float s);
+        RopeMath.Rotate<NoRounding>(sum, s1, c * a.Magnitude, s * a.Magnitude, out float y0, out float y1);
+        if (u < qUnits)
+        {
+            float qs = a.QueryScaleOn != 0 ? RopeMath.QueryScale(pos, a.QueryScaleContext) : 1f;
+            dst[r0] = y0 * qs;
+            dst[r1] = y1 * qs;
+            return;
+        }
+        dst[r0] = y0;
+        dst[r1] = y1;
+        kcache[cRow + r0 - qDim] = Bf16.FromF32(y0);
+        kcache[cRow + r1 - qDim] = Bf16.FromF32(y1);
     }
 
     // Element j's bits as L2 holds them (an integer atomic of 0), or 0 past n.

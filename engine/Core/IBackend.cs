@@ -13,8 +13,9 @@ namespace LlamaRun.Core;
 /// <param name="FastIndexRemap">Attention runs an index remap at the speed of plain RoPE (so the default may pick one).</param>
 /// <param name="FusedDecode">A decoded token's gate/up projection pays off as MatMulSwiGlu.</param>
 /// <param name="FusedNorm">A decoded token's o and down projections pay off as MatMulAddRmsNorm.</param>
+/// <param name="FusedRope">A decoded token's stacked q/k/v projection pays off as MatMulRope.</param>
 public sealed record BackendCapabilities(int PrefillChunk, bool StackedDecodeProjections, bool DeviceMemory, bool IndexRemap = false,
-    bool FastIndexRemap = false, bool FusedDecode = false, bool FusedNorm = false);
+    bool FastIndexRemap = false, bool FusedDecode = false, bool FusedNorm = false, bool FusedRope = false);
 
 /// <summary>
 /// The far branch of an index-remap attention: queries rotated to their grouped positions (Q, shaped as the near
@@ -112,6 +113,29 @@ public interface IBackend : IDisposable
     /// dst = RmsNorm(residual) * norm; equal to MatMul into a buffer then AddRmsNorm (one launch on a GPU for a token).
     /// </summary>
     void MatMulAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor norm, Tensor dst, float eps);
+
+    /// <summary>
+    /// The stacked q/k/v projection and Rope in one op (f32 compute, no index remap): dst[T, qDim + 2 kvDim] = x qkv^T,
+    /// then Rope of its q, k and v columns (q and k rotated in place, k and v stored in layer's cache at startPos..);
+    /// equal to MatMul into dst then Rope of its column views (one launch on a GPU for a token).
+    /// </summary>
+    void MatMulRope(Tensor x, Tensor qkv, Tensor dst, KvCache cache, int layer, int startPos, RopeTable table) =>
+        MatMulThenRope(this, x, qkv, dst, cache, layer, startPos, table);
+
+    /// <summary>MatMulRope as its two ops: MatMul into dst, then Rope of each token's q, k and v columns.</summary>
+    static void MatMulThenRope(IBackend b, Tensor x, Tensor qkv, Tensor dst, KvCache cache, int layer, int startPos, RopeTable table)
+    {
+        int kvDim = cache.KvDim, qDim = dst.Cols - 2 * kvDim;
+        if (qDim <= 0 || qDim % cache.HeadDim != 0)
+            throw new ArgumentException($"dst {dst} is not [T, qDim + 2 x {kvDim}] for the cache's {cache.NumKvHeads} KV heads of {cache.HeadDim}", nameof(dst));
+        if (table.Remap is not null) throw new ArgumentException($"MatMulRope takes no index remap (table '{table.Method}')", nameof(table));
+        b.MatMul(x, qkv, dst);
+        for (int t = 0; t < dst.Rows; t++)
+        {
+            var row = dst.SliceRows(t, 1);
+            b.Rope(row.SliceCols(0, qDim), row.SliceCols(qDim, kvDim), row.SliceCols(qDim + kvDim, kvDim), cache, layer, startPos + t, table);
+        }
+    }
 
     /// <summary>
     /// Rotates q [T, heads*headDim] in place (cos/sin magnitude and query scale included), rotates k [T, kvDim] in place,

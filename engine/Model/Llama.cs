@@ -213,14 +213,19 @@ public sealed class Llama : ILanguageModel, IDisposable
             // a.Xb holds this layer's normed input: each residual add is fused with the norm that follows it.
             var w = Weights.Layers[l];
             bool decode = tokens.Length == 1;
-            // A decoded token in f32 on one rank, where the backend says the fused ops pay off (MatMulSwiGlu, MatMulAddRmsNorm).
+            // A decoded token in f32 on one rank, where the backend says the fused ops pay off (MatMulRope, MatMulSwiGlu,
+            // MatMulAddRmsNorm).
             bool single = decode && Activations == DType.F32 && Shard is null;
             bool fused = single && b.Capabilities.FusedDecode, fusedNorm = single && b.Capabilities.FusedNorm;
             Tensor q = a.Q, k = a.K, v = a.V;
+            // The rotary op as the q/k/v projection's epilogue where the backend says it pays off (plain tables; nobody
+            // observing the unrotated projections).
+            bool fusedRope = single && b.Capabilities.FusedRope && w.Qkv is not null && table.Remap is null && ProjectionObserver is null;
             if (decode && w.Qkv is not null)
             {
                 // One token: one matmul over the stacked q/k/v rows; q, k and v are column views of its output row.
-                b.MatMul(a.Xb, w.Qkv, _act.Qkv);
+                if (fusedRope) b.MatMulRope(a.Xb, w.Qkv, _act.Qkv, Cache, l, pos, table);
+                else b.MatMul(a.Xb, w.Qkv, _act.Qkv);
                 (q, k, v) = (_act.QkvQ, _act.QkvK, _act.QkvV);
             }
             else
@@ -241,8 +246,11 @@ public sealed class Llama : ILanguageModel, IDisposable
             }
             else
             {
-                b.Rope(q, k, v, Cache, l, pos, table, Activations);
-                R(q);
+                if (!fusedRope)
+                {
+                    b.Rope(q, k, v, Cache, l, pos, table, Activations);
+                    R(q);
+                }
                 b.Attention(q, Cache, l, pos, a.Att, Activations);
             }
             R(a.Att);

@@ -39,7 +39,8 @@ public sealed unsafe partial class GpuBackend : IBackend
 
     /// <summary>
     /// A 1/0 switch from the environment, null when unset: LLAMA_FUSE (decode's gate/up GEMV with SwiGlu), LLAMA_FUSE_NORM
-    /// (decode's o/down GEMVs with the residual add and the next norm), LLAMA_DECODE_GRAPH.
+    /// (decode's o/down GEMVs with the residual add and the next norm), LLAMA_FUSE_ROPE (decode's q/k/v GEMV with the
+    /// rotary op), LLAMA_DECODE_GRAPH.
     /// </summary>
     private static bool? Setting(string name) => Environment.GetEnvironmentVariable(name) switch
     {
@@ -60,7 +61,12 @@ public sealed unsafe partial class GpuBackend : IBackend
         _fullPrecision = fullPrecision;
         _fastRemap = accelerator is not CudaAccelerator || FastRemapOnCuda;
         Capabilities = (accelerator is CudaAccelerator ? CudaCapabilities with { FastIndexRemap = _fastRemap } : CpuAcceleratorCapabilities)
-            with { FusedDecode = Setting("LLAMA_FUSE") ?? accelerator is not CudaAccelerator, FusedNorm = Setting("LLAMA_FUSE_NORM") ?? accelerator is not CudaAccelerator };
+            with
+            {
+                FusedDecode = Setting("LLAMA_FUSE") ?? accelerator is not CudaAccelerator,
+                FusedNorm = Setting("LLAMA_FUSE_NORM") ?? accelerator is not CudaAccelerator,
+                FusedRope = Setting("LLAMA_FUSE_ROPE") ?? accelerator is not CudaAccelerator,
+            };
         try
         {
             _stream = accelerator.CreateStream();
@@ -359,6 +365,34 @@ public sealed unsafe partial class GpuBackend : IBackend
         var y = EnsureScratch(ref _projectionScratch, x.Rows, weight.Rows);
         MatMul(x, weight, y);
         AddRmsNorm(residual, y, norm, dst, eps);
+    }
+
+    public void MatMulRope(Tensor x, Tensor qkv, Tensor dst, KvCache cache, int layer, int startPos, RopeTable table)
+    {
+        _accelerator.Bind();
+        Require(x, DType.F32, nameof(x));
+        Require(dst, DType.F32, nameof(dst));
+        RequireOwn(qkv, nameof(qkv));
+        RequireCache(cache);
+        int hd = cache.HeadDim, kvDim = cache.KvDim, qDim = dst.Cols - 2 * kvDim;
+        if (qkv.Cols != x.Cols || qkv.Rows != dst.Cols)
+            throw new ArgumentException($"q/k/v weight {qkv} does not match x {x} and dst {dst}", nameof(qkv));
+        // One token of a bf16 cache whose heads rotate whole: the fused GEMV; otherwise the projection, then Rope.
+        if (x.Rows == 1 && dst.Rows == 1 && qDim > 0 && qDim % hd == 0 && table.Remap is null && table.RotaryDim == hd
+            && cache.K.DType == DType.BF16 && GpuKernels.GemvBf16Fits(x, qkv))
+        {
+            if ((uint)layer >= (uint)cache.NumLayers) throw new ArgumentOutOfRangeException(nameof(layer));
+            if (startPos < 0 || startPos >= cache.MaxSeq)
+                throw new ArgumentOutOfRangeException(nameof(startPos), $"position {startPos} is past the cache's {cache.MaxSeq}");
+            bool step = InStep(startPos, 1, "MatMulRope");
+            var qs = table.QueryScale;
+            bool qsOn = qs is not null && layer >= qs.SkipLayers;
+            var args = new RopeArgs(qDim / hd, cache.NumKvHeads, hd, table.RotaryDim, startPos, layer * cache.MaxSeq,
+                table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0, HeadsPerGroup: 0, StepPosition: step ? 1 : 0);
+            _launch.GemvRope(x, qkv, dst, cache.K, cache.V, _rope.Get(table), StepView, args);
+            return;
+        }
+        IBackend.MatMulThenRope(this, x, qkv, dst, cache, layer, startPos, table);
     }
 
     public void MatMulSwiGlu(Tensor x, Tensor gateUp, Tensor dst)

@@ -61,6 +61,7 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>> _gemvBf16, _gemvBf16SwiGlu;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>> _gemvF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, F32, F32, F32, ArrayView<int>, int, int, float>> _gemvAddRmsNorm;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, U16, U16, F32, ArrayView<int>, RopeArgs, int>>? _gemvBf16Rope;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>> _gemvBf16Any, _gemvF16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>? _gemmBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, long, int>> _toBf16;
@@ -151,6 +152,9 @@ internal sealed class GpuKernels
         _gemvAddRmsNorm = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, F32, F32, F32, ArrayView<int>, int, int, float>>(
             "gemv_bf16_add_rmsnorm", MatMulKernels.GemvBf16AddRmsNorm);
         _gemvBf16SwiGlu = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>>("gemv_bf16_swiglu", MatMulKernels.GemvBf16SwiGlu);
+        if (!f32Cache)
+            _gemvBf16Rope = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, U16, U16, F32, ArrayView<int>, RopeArgs, int>>(
+                "gemv_bf16_rope", MatMulKernels.GemvBf16Rope);
         _gemvF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>>("gemv_f32", MatMulKernels.Gemv<float, F32Element>);
         _gemvBf16Any = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_bf16_any", MatMulKernels.Gemv<ushort, Bf16Element>);
         _gemvF16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_f16", MatMulKernels.Gemv<ushort, F16Element>);
@@ -371,6 +375,16 @@ internal sealed class GpuKernels
         var config = new KernelConfig((ff + rows - 1) / rows, 64 * rows);
         var (x4, w4, d1) = (GpuViews.F4(x), GpuViews.U4(gateUp), GpuViews.F32(dst));
         Queue("gemv_bf16_swiglu", config, s => _gemvBf16SwiGlu.Launch(s, config, x4, w4, d1, inDim, ff));
+    }
+
+    /// <summary>One token: dst = x . qkv^T with q and k rotated and k, v stored at the cache row (GemvBf16's rows, a rotary pair a group).</summary>
+    public void GemvRope(Tensor x, Tensor qkv, Tensor dst, Tensor kcache, Tensor vcache, F32 invFreq, ArrayView<int> step, RopeArgs args)
+    {
+        // Two warps a unit (a rotary pair, or two v rows): (qDim + 2 kvDim) / 2 units.
+        var config = new KernelConfig(qkv.Rows / 2, 64);
+        var kernel = Need(_gemvBf16Rope, "gemv_bf16_rope");
+        var (x4, w4, d1, kc, vc) = (GpuViews.F4(x), GpuViews.U4(qkv), GpuViews.F32(dst), GpuViews.U16(kcache), GpuViews.U16(vcache));
+        Queue("gemv_bf16_rope", config, s => kernel(s, config, x4, w4, d1, kc, vc, invFreq, step, args, x.Cols));
     }
 
     /// <summary>dst[M, N] = x[M, K] * weight[N, K]^T on tensor cores (bf16 weights; x rounded to bf16).</summary>

@@ -64,6 +64,15 @@ public static class OpCases
         c.Add(new MatMulAddRmsNormCase("awkward", 1e-8) { Weight = DType.F32, T = 1, N = 33, Out = 17 });
         c.Add(new MatMulAddRmsNormCase("awkward", 1e-8) { T = 1, N = 64, Out = 9, Specials = true });
 
+        // The fused q/k/v projection with the rotary op: the one-token GEMV (whole heads rotary, bf16 cache) and the
+        // projection-then-Rope path every other shape takes.
+        c.Add(new MatMulRopeCase("Llama-2-7B decode", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, N = 4096, StartPos = 17 });
+        c.Add(new MatMulRopeCase("Llama-3-8B decode at 16k", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, N = 4096, StartPos = 16381, Theta = 500000f });
+        c.Add(new MatMulRopeCase("small, magnitude + query scale", Bf16Cache) { T = 1, Heads = 4, KvHeads = 2, HeadDim = 32, N = 64, StartPos = 5000, Magnitude = 1.13f, QueryScale = true });
+        c.Add(new MatMulRopeCase("small MQA", Bf16Cache) { T = 1, Heads = 3, KvHeads = 1, HeadDim = 16, N = 40, StartPos = 3 });
+        c.Add(new MatMulRopeCase("partial rotary", Bf16Cache) { T = 1, Heads = 3, KvHeads = 1, HeadDim = 64, RotaryDim = 32, N = 48, StartPos = 9 });
+        c.Add(new MatMulRopeCase("three tokens", Bf16Cache) { T = 3, Heads = 2, KvHeads = 1, HeadDim = 32, N = 64, StartPos = 7 });
+        c.Add(new MatMulRopeCase("f32 cache", F32) { T = 1, Heads = 4, KvHeads = 2, HeadDim = 32, N = 64, StartPos = 11, FullPrecision = true });
         c.Add(new RopeCase("Llama-2-7B decode", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 17 });
         c.Add(new RopeCase("Llama-3-8B prefill", Bf16Cache) { T = 64, Heads = 32, KvHeads = 8, HeadDim = 128, Theta = 500000f });
         c.Add(new RopeCase("Llama-3-8B at 16k", Bf16Cache) { T = 3, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16381, Theta = 500000f });
@@ -225,6 +234,7 @@ public static class OpCases
         c.Add(new MatMulAddRmsNormCase("Llama-2-7B o_proj + add_rmsnorm decode", 0) { T = 1, N = 4096, Out = 4096 });
         c.Add(new MatMulAddRmsNormCase("Llama-2-7B down_proj + add_rmsnorm decode", 0) { T = 1, N = 11008, Out = 4096 });
         c.Add(new MatMulSwiGluCase("Llama-3-8B gate/up + swiglu decode", 0) { T = 1, N = 4096, Ff = 14336 });
+        c.Add(new MatMulRopeCase("Llama-2-7B q/k/v + rope decode", 0) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, N = 4096, StartPos = 4095 });
         foreach (var (t, o, n, src) in new[] { (512, 4096, 4096, "Llama-2-7B q_proj"), (4096, 11008, 4096, "Llama-2-7B up_proj"), (16384, 4096, 4096, "Llama-2-7B q_proj") })
             c.Add(new MatMulCase(src + " prefill", 0) { Weight = DType.BF16, T = t, N = n, Out = o });
         c.Add(new RmsNormCase("Llama-2-7B prefill 16k", 0) { T = 16384, N = 4096 });
