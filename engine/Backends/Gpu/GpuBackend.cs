@@ -65,7 +65,8 @@ public sealed unsafe partial class GpuBackend : IBackend
             {
                 FusedDecode = Setting("LLAMA_FUSE") ?? accelerator is not CudaAccelerator,
                 FusedNorm = Setting("LLAMA_FUSE_NORM") ?? accelerator is not CudaAccelerator,
-                FusedRope = Setting("LLAMA_FUSE_ROPE") ?? accelerator is not CudaAccelerator,
+                // H100, Llama-2-7B shape, tg128 alternated twice: 185.98 / 185.89 t/s fused, 185.22 / 185.16 apart.
+                FusedRope = Setting("LLAMA_FUSE_ROPE") ?? true,
             };
         try
         {
