@@ -1,12 +1,14 @@
 // MatMul dst[T, out] = x[T, in] * weight[out, in]^T (CpuOps.MatMul); x and dst are f32.
 // GemvBf16: decode (one token): one warp per output row, the weights in 16-byte loads, sixteen in flight per lane
-// (the row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu (CpuOps.MatMulSwiGlu): the same rows of stacked gate and up weights with
-// silu(gate) * up as the epilogue, so decode's MLP needs no separate SwiGlu launch. GemvBf16AddRmsNorm
-// (CpuOps.MatMulAddRmsNorm): the residual add and the next RMSNorm as the epilogue of the o and down projections.
-// GemvBf16Rope (CpuOps.MatMulRope): the stacked q/k/v rows with the rotary op and the KV-cache store as the epilogue. Gemv: any weight type and shape and up to 8 tokens (the weights read once for all), 4-byte
-// loads. Both: one warp a row, any group size (GemvRowsPerGroup on a GPU). GemmBf16: prefill on tensor cores (the fallback when cuBLAS is absent):
-// 128x128x32 tiles, 8 warps as 2 x 4, each a 64 x 32 tile of 4 x 4 mma.sync fragments; x rounded to bf16 as it is
-// staged in shared memory, f32 accumulation. Exercised by the MatMul cases of tests/GpuOpsTests.cs.
+// (the row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu (CpuOps.MatMulSwiGlu): the same rows of stacked
+// gate and up weights with silu(gate) * up as the epilogue, so decode's MLP needs no separate SwiGlu launch.
+// GemvBf16AddRmsNorm (CpuOps.MatMulAddRmsNorm): the residual add and the next RMSNorm as the epilogue of the o and down
+// projections. GemvBf16Rope (IBackend.MatMulThenRope: the projection, then CpuOps.Rope): the stacked q/k/v rows with the
+// rotary op and the KV-cache store as the epilogue. Gemv: any weight type and shape and up to 8 tokens (the weights
+// read once for all), 4-byte loads. Both: one warp a row, any group size (GemvRowsPerGroup on a GPU). GemmBf16: prefill
+// on tensor cores (the fallback when cuBLAS is absent): 128x128x32 tiles, 8 warps as 2 x 4, each a 64 x 32 tile of
+// 4 x 4 mma.sync fragments; x rounded to bf16 as it is staged in shared memory, f32 accumulation. Exercised by the
+// MatMul and MatMulRope cases of tests/GpuOpsTests.cs.
 using System.Runtime.CompilerServices;
 using ILGPU;
 using LlamaRun.Kernels.Device;
@@ -132,7 +134,7 @@ public static class MatMulKernels
     }
 
     /// <summary>
-    /// One token, the stacked q/k/v projection with the rotary op as its epilogue (CpuOps.MatMulRope): dst = x . qkv^T
+    /// One token, the stacked q/k/v projection with the rotary op as its epilogue (IBackend.MatMulRope): dst = x . qkv^T
     /// [qDim + 2 kvDim] with q and k rotated pair by pair as RopeKernels.Rope does (whole heads rotary, bf16 cache,
     /// f32 compute), k and v stored at the layer's cache row of the position. Group u (2 warps) takes one unit: a
     /// rotary pair (rows j and j + headDim / 2 of a q or k head), or two neighbouring v rows; the second warp hands its
