@@ -189,7 +189,7 @@ public static class RopeKernels
         where TR : struct, IRounding
     {
         var r = default(TR);
-        int half4 = a.RotaryDim / 8, head4 = a.HeadDim / 4, perHead = half4 + head4 - 2 * half4;
+        int half4 = a.RotaryDim / 8, head4 = a.HeadDim / 4, perHead = head4 - half4;   // half4 pair vectors, then the non-rotary ones
         for (int e = Group.IdxX; e < (q1 - q0) * perHead; e += Group.DimX)
         {
             int j = e % perHead;
@@ -216,7 +216,7 @@ public static class RopeKernels
         where TC : unmanaged
         where TE : struct, IElement<TC>
     {
-        int half4 = a.RotaryDim / 8, head4 = a.HeadDim / 4, perHead = half4 + head4 - 2 * half4;
+        int half4 = a.RotaryDim / 8, head4 = a.HeadDim / 4, perHead = head4 - half4;   // half4 pair vectors, then the non-rotary ones
         for (int e = Group.IdxX; e < (kv1 - kv0) * perHead; e += Group.DimX)
         {
             int j = e % perHead, o = (kv0 + e / perHead) * a.HeadDim;

@@ -368,6 +368,16 @@ public sealed unsafe partial class GpuBackend : IBackend
         AddRmsNorm(residual, y, norm, dst, eps);
     }
 
+    // The rotary kernels' scalars for a table at layer's rows of cache (the query scale gated by the layer); step: the
+    // position comes from the decode step's device scalars.
+    private static RopeArgs RopeArgsOf(RopeTable table, KvCache cache, int heads, int layer, int startPos, bool step)
+    {
+        var qs = table.QueryScale;
+        bool qsOn = qs is not null && layer >= qs.SkipLayers;
+        return new RopeArgs(heads, cache.NumKvHeads, cache.HeadDim, table.RotaryDim, startPos, layer * cache.MaxSeq,
+            table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0, HeadsPerGroup: 0, StepPosition: step ? 1 : 0);
+    }
+
     public void MatMulRope(Tensor x, Tensor qkv, Tensor dst, KvCache cache, int layer, int startPos, RopeTable table)
     {
         _accelerator.Bind();
@@ -385,11 +395,7 @@ public sealed unsafe partial class GpuBackend : IBackend
             if ((uint)layer >= (uint)cache.NumLayers) throw new ArgumentOutOfRangeException(nameof(layer));
             if (startPos < 0 || startPos >= cache.MaxSeq)
                 throw new ArgumentOutOfRangeException(nameof(startPos), $"position {startPos} is past the cache's {cache.MaxSeq}");
-            bool step = InStep(startPos, 1, "MatMulRope");
-            var qs = table.QueryScale;
-            bool qsOn = qs is not null && layer >= qs.SkipLayers;
-            var args = new RopeArgs(qDim / hd, cache.NumKvHeads, hd, table.RotaryDim, startPos, layer * cache.MaxSeq,
-                table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0, HeadsPerGroup: 0, StepPosition: step ? 1 : 0);
+            var args = RopeArgsOf(table, cache, qDim / hd, layer, startPos, InStep(startPos, 1, "MatMulRope"));
             _launch.GemvRope(x, qkv, dst, cache.K, cache.V, _rope.Get(table), StepView, args);
             return;
         }
@@ -455,12 +461,8 @@ public sealed unsafe partial class GpuBackend : IBackend
             throw new ArgumentOutOfRangeException(nameof(startPos), $"positions [{startPos}, {startPos + tokens}) exceed the cache's {cache.MaxSeq}");
         if (table.RotaryDim > hd) throw new ArgumentException($"rotary dim {table.RotaryDim} exceeds head dim {hd}", nameof(table));
         if (tokens == 0) return;
-        bool step = InStep(startPos, tokens, "Rope");
         var inv = _rope.Get(table);
-        var qs = table.QueryScale;
-        bool qsOn = qs is not null && layer >= qs.SkipLayers;
-        var args = new RopeArgs(q.Cols / hd, cache.NumKvHeads, hd, table.RotaryDim, startPos, layer * cache.MaxSeq,
-            table.Magnitude, qs?.Context ?? 1f, qsOn ? 1 : 0, HeadsPerGroup: 0, StepPosition: step ? 1 : 0);
+        var args = RopeArgsOf(table, cache, q.Cols / hd, layer, startPos, InStep(startPos, tokens, "Rope"));
         if (table.Remap is { } remap)
         {
             // The far branch reads the unrotated q and k, so it goes first.
