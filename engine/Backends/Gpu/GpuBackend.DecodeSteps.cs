@@ -44,6 +44,9 @@ public sealed unsafe partial class GpuBackend
     public string DecodeStepMode => !Replays ? (DecodeGraphSetting ?? true ? "op by op (the driver has no CUDA graphs)" : "op by op")
         : _accelerator is CudaAccelerator ? "CUDA graphs" : "recorded launches";
 
+    /// <summary>Programmatic dependent launch between a decode graph's kernels (GridDependencies): "on (N edges so far)" or "off".</summary>
+    public string ProgrammaticMode => _loader!.Programmatic ? $"on ({GpuNative.ProgrammaticEdges} edges)" : "off";
+
     // Whether decode steps replay: unless LLAMA_DECODE_GRAPH=0, where the accelerator can (CUDA needs the driver's graphs).
     private bool Replays => (DecodeGraphSetting ?? true) && (_accelerator is not CudaAccelerator || GpuNative.HasGraphs);
 
@@ -189,7 +192,7 @@ public sealed unsafe partial class GpuBackend
             }
             try
             {
-                return new GraphReplay(GpuNative.EndCapture(stream), stream);
+                return new GraphReplay(GpuNative.EndCapture(stream, backend._loader!.Programmatic), stream);
             }
             catch (GpuException e)
             {

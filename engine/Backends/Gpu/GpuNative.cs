@@ -1,5 +1,6 @@
 // The few CUDA driver calls ILGPU lacks, bound by hand from libcuda.so.1 (function pointers, loaded once): kernel
-// attributes (shared-memory carveout, registers, local memory), stream capture into CUDA graphs (decode steps), plus
+// attributes (shared-memory carveout, registers, local memory), stream capture into CUDA graphs (decode steps) and the
+// programmatic edges between their kernels (GridDependencies), plus
 // the availability probe that says in one line why no GPU can be used, and the resolver that lets ILGPU (which
 // imports "cuda") find libcuda.so.1.
 // Exercised by GpuBackend's start-up (`llama-run --device cuda`, tests/GpuOpsTests.cs on a GPU).
@@ -28,6 +29,15 @@ internal static unsafe class GpuNative
     private static delegate* unmanaged<nint, nint, int> cuGraphLaunch;
     private static delegate* unmanaged<nint, int> cuGraphExecDestroy;
     private static delegate* unmanaged<nint, int> cuGraphDestroy;
+    // Programmatic edges between a captured graph's kernels (driver 12.3 and newer).
+    private static delegate* unmanaged<nint, nint*, nint*, EdgeData*, nuint*, int> cuGraphGetEdges_v2;
+    private static delegate* unmanaged<nint, nint*, nint*, EdgeData*, nuint, int> cuGraphRemoveDependencies_v2;
+    private static delegate* unmanaged<nint, nint*, nint*, EdgeData*, nuint, int> cuGraphAddDependencies_v2;
+    private static delegate* unmanaged<nint, int*, int> cuGraphNodeGetType;
+    private static delegate* unmanaged<nint, nint*, int> cuGraphKernelNodeGetParams_v2;
+    private const int GraphNodeKernel = 0;                                        // CU_GRAPH_NODE_TYPE_KERNEL
+    private const byte PortProgrammatic = 1, DependencyProgrammatic = 1;          // CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC, CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<nint, bool> Programmatic = new();
     private const int CaptureModeRelaxed = 2;   // CU_STREAM_CAPTURE_MODE_RELAXED: other threads' calls are not checked
     private static readonly Lazy<string?> LoadError = new(Load);   // null once usable, else why not (runs once)
 
@@ -57,6 +67,11 @@ internal static unsafe class GpuNative
         cuGraphLaunch = (delegate* unmanaged<nint, nint, int>)exports.Get("cuGraphLaunch", required: false);
         cuGraphExecDestroy = (delegate* unmanaged<nint, int>)exports.Get("cuGraphExecDestroy", required: false);
         cuGraphDestroy = (delegate* unmanaged<nint, int>)exports.Get("cuGraphDestroy", required: false);
+        cuGraphGetEdges_v2 = (delegate* unmanaged<nint, nint*, nint*, EdgeData*, nuint*, int>)exports.Get("cuGraphGetEdges_v2", required: false);
+        cuGraphRemoveDependencies_v2 = (delegate* unmanaged<nint, nint*, nint*, EdgeData*, nuint, int>)exports.Get("cuGraphRemoveDependencies_v2", required: false);
+        cuGraphAddDependencies_v2 = (delegate* unmanaged<nint, nint*, nint*, EdgeData*, nuint, int>)exports.Get("cuGraphAddDependencies_v2", required: false);
+        cuGraphNodeGetType = (delegate* unmanaged<nint, int*, int>)exports.Get("cuGraphNodeGetType", required: false);
+        cuGraphKernelNodeGetParams_v2 = (delegate* unmanaged<nint, nint*, int>)exports.Get("cuGraphKernelNodeGetParams_v2", required: false);
         if (exports.AnyMissing) return $"CUDA driver too old: missing {exports.MissingList}";
         int r = cuInit(0), count = 0;
         if (r != Success) return $"CUDA driver present but cuInit failed: {ErrorName(r)}";
@@ -131,20 +146,86 @@ internal static unsafe class GpuNative
     public static bool HasGraphs => cuStreamBeginCapture != null && cuStreamEndCapture != null && cuGraphInstantiateWithFlags != null
         && cuGraphLaunch != null && cuGraphExecDestroy != null && cuGraphDestroy != null;
 
+    /// <summary>Whether the driver can turn a captured graph's edges into programmatic ones (CUDA 12.3 and newer).</summary>
+    public static bool HasProgrammaticEdges => HasGraphs && cuGraphGetEdges_v2 != null && cuGraphRemoveDependencies_v2 != null
+        && cuGraphAddDependencies_v2 != null && cuGraphNodeGetType != null && cuGraphKernelNodeGetParams_v2 != null;
+
+    /// <summary>
+    /// Marks a loaded kernel as one that waits for its predecessor's grid itself (griddepcontrol.wait first): a captured
+    /// graph's edges into it become programmatic.
+    /// </summary>
+    public static void MarkProgrammatic(nint function) => Programmatic[function] = true;
+
+    /// <summary>Edges made programmatic in the graphs captured so far (for logs and benchmarks).</summary>
+    public static long ProgrammaticEdges { get; private set; }
+
+    // The layout of CUgraphEdgeData: ports and type, 5 reserved bytes.
+    [StructLayout(LayoutKind.Sequential, Size = 8)]
+    private struct EdgeData
+    {
+        public byte FromPort, ToPort, Type;
+    }
+
+    // The edges of a captured (linear) graph from one kernel into a kernel marked programmatic become programmatic:
+    // the second kernel's launch may begin as the first one's groups end, and its griddepcontrol.wait holds it until
+    // the first has completed (its writes visible).
+    private static int MakeProgrammatic(nint graph)
+    {
+        nuint n = 0;
+        Check(cuGraphGetEdges_v2(graph, null, null, null, &n));
+        if (n == 0) return 0;
+        var from = new nint[(int)n];
+        var to = new nint[(int)n];
+        var data = new EdgeData[(int)n];
+        fixed (nint* f = from, t = to)
+        fixed (EdgeData* d = data)
+            Check(cuGraphGetEdges_v2(graph, f, t, d, &n));
+        var pf = new List<nint>();
+        var pt = new List<nint>();
+        nint* p = stackalloc nint[32];   // CUDA_KERNEL_NODE_PARAMS_v2 (72 bytes), whose first member is the function
+        for (int i = 0; i < (int)n; i++)
+        {
+            if (data[i].Type != 0 || data[i].FromPort != 0 || !IsKernel(from[i]) || !IsKernel(to[i])) continue;
+            Check(cuGraphKernelNodeGetParams_v2(to[i], p));
+            if (!Programmatic.ContainsKey(p[0])) continue;
+            pf.Add(from[i]);
+            pt.Add(to[i]);
+        }
+        if (pf.Count == 0) return 0;
+        var edges = new EdgeData[pf.Count];
+        Array.Fill(edges, new EdgeData { FromPort = PortProgrammatic, Type = DependencyProgrammatic });
+        fixed (nint* f = pf.ToArray(), t = pt.ToArray())
+        fixed (EdgeData* d = edges)
+        {
+            Check(cuGraphRemoveDependencies_v2(graph, f, t, null, (nuint)pf.Count));
+            Check(cuGraphAddDependencies_v2(graph, f, t, d, (nuint)pf.Count));
+        }
+        return pf.Count;
+    }
+
+    private static bool IsKernel(nint node)
+    {
+        int type;
+        Check(cuGraphNodeGetType(node, &type));
+        return type == GraphNodeKernel;
+    }
+
     /// <summary>Starts capturing the launches queued on stream (they are recorded, not run) until EndCapture.</summary>
     public static void BeginCapture(nint stream) => Check(cuStreamBeginCapture(stream, CaptureModeRelaxed));
 
     /// <summary>
     /// Ends the capture of stream and instantiates what it recorded as an executable graph; an invalidated capture
-    /// (an operation a graph cannot hold) throws, and the stream captures no more either way.
+    /// (an operation a graph cannot hold) throws, and the stream captures no more either way. programmatic: the edges
+    /// into kernels marked with MarkProgrammatic become programmatic first (where the driver has them).
     /// </summary>
-    public static nint EndCapture(nint stream)
+    public static nint EndCapture(nint stream, bool programmatic = false)
     {
         nint graph = 0, exec = 0;
         int r = cuStreamEndCapture(stream, &graph);
         try
         {
             Check(r, "cuStreamEndCapture");
+            if (programmatic && HasProgrammaticEdges) ProgrammaticEdges += MakeProgrammatic(graph);
             Check(cuGraphInstantiateWithFlags(&exec, graph, 0));
             return exec;
         }

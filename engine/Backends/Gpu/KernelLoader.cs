@@ -63,6 +63,10 @@ public sealed class GpuException(string message, Exception? inner = null) : Exce
 /// </summary>
 public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLoader
 {
+    /// <summary>Whether kernels wait for their predecessors themselves, so decode graphs launch them early (GridDependencies).</summary>
+    public bool Programmatic { get; } = GridDependencies.Enabled && accelerator is CudaAccelerator c
+        && c.Architecture >= CudaArchitecture.SM_90 && GpuNative.HasProgrammaticEdges;
+
     private readonly List<KernelReport?> _reports = [];
     private readonly List<Task> _loads = [];
     private readonly long _start = Stopwatch.GetTimestamp();
@@ -130,6 +134,17 @@ public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLo
             ptxChars = ptx.PTXAssembly.Length;
             if (PtxKernelLoader.Missing(ptx.PTXAssembly, needs) is { } missing)
                 throw new GpuException($"kernel {name}: its PTX has no {missing} (the inline-PTX branch was removed; a trimmed build needs the trimmer settings of Directory.Build.props)");
+            if (Programmatic)
+            {
+                try
+                {
+                    GridDependencies.Retarget(ptx);
+                }
+                catch (FormatException e)
+                {
+                    throw new GpuException($"kernel {name}: its PTX could not be retargeted for programmatic launch: {e.Message} (LLAMA_PDL=0 loads it as written)", e);
+                }
+            }
         }
         return (compiled, ptxChars, compileMs);
     }
@@ -151,6 +166,7 @@ public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLo
         if (loaded is CudaKernel cuda)
         {
             if (dynamicShared > 0) GpuNative.AllowDynamicShared(cuda.FunctionPtr, dynamicShared);
+            if (Programmatic) GpuNative.MarkProgrammatic(cuda.FunctionPtr);
             (registers, local) = GpuNative.KernelResources(cuda.FunctionPtr);
         }
         var report = new KernelReport(name, ptxChars, compileMs, Stopwatch.GetElapsedTime(t1).TotalMilliseconds, registers, local);
