@@ -16,7 +16,8 @@ namespace LlamaRun.Tests;
 
 public sealed class GridDependencyTests(ITestOutputHelper output)
 {
-    private static readonly IReadOnlyList<(string Name, string Ptx, KernelNeeds Needs)> Kernels = GpuBackend.CompilePtx(CudaInstructionSet.ISA_80);
+    /// <summary>Every kernel the backend loads, compiled offline to PTX for sm_80 (also read by GpuOpsTests).</summary>
+    internal static readonly IReadOnlyList<(string Name, string Ptx, KernelNeeds Needs)> Kernels = GpuBackend.CompilePtx(CudaInstructionSet.ISA_80);
 
     // The instruction lines of an entry body (no labels, directives, comments or braces).
     private static IEnumerable<string> Instructions(string ptx) =>

@@ -44,8 +44,10 @@ public sealed unsafe partial class GpuBackend
     public string DecodeStepMode => !Replays ? (DecodeGraphSetting ?? true ? "op by op (the driver has no CUDA graphs)" : "op by op")
         : _accelerator is CudaAccelerator ? "CUDA graphs" : "recorded launches";
 
+    private long _programmaticEdges;   // made in the graphs captured so far
+
     /// <summary>Programmatic dependent launch between a decode graph's kernels (GridDependencies): "on (N edges so far)" or "off".</summary>
-    public string ProgrammaticMode => _loader!.Programmatic ? $"on ({GpuNative.ProgrammaticEdges} edges)" : "off";
+    public string ProgrammaticMode => _loader!.Programmatic ? $"on ({_programmaticEdges} edges)" : "off";
 
     // Whether decode steps replay: unless LLAMA_DECODE_GRAPH=0, where the accelerator can (CUDA needs the driver's graphs).
     private bool Replays => (DecodeGraphSetting ?? true) && (_accelerator is not CudaAccelerator || GpuNative.HasGraphs);
@@ -181,7 +183,7 @@ public sealed unsafe partial class GpuBackend
             {
                 try
                 {
-                    GpuNative.EndCapture(stream);
+                    GpuNative.DestroyGraph(GpuNative.EndCapture(stream, null, out _));   // ends the capture; the graph is not used
                 }
                 catch (GpuException)
                 {
@@ -192,7 +194,10 @@ public sealed unsafe partial class GpuBackend
             }
             try
             {
-                return new GraphReplay(GpuNative.EndCapture(stream, backend._loader!.Programmatic), stream);
+                var loader = backend._loader!;
+                nint exec = GpuNative.EndCapture(stream, loader.Programmatic ? loader.Waits : null, out int edges);
+                backend._programmaticEdges += edges;
+                return new GraphReplay(exec, stream);
             }
             catch (GpuException e)
             {

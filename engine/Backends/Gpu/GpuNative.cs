@@ -37,7 +37,6 @@ internal static unsafe class GpuNative
     private static delegate* unmanaged<nint, nint*, int> cuGraphKernelNodeGetParams_v2;
     private const int GraphNodeKernel = 0;                                        // CU_GRAPH_NODE_TYPE_KERNEL
     private const byte PortProgrammatic = 1, DependencyProgrammatic = 1;          // CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC, CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<nint, bool> Programmatic = new();
     private const int CaptureModeRelaxed = 2;   // CU_STREAM_CAPTURE_MODE_RELAXED: other threads' calls are not checked
     private static readonly Lazy<string?> LoadError = new(Load);   // null once usable, else why not (runs once)
 
@@ -150,15 +149,6 @@ internal static unsafe class GpuNative
     public static bool HasProgrammaticEdges => HasGraphs && cuGraphGetEdges_v2 != null && cuGraphRemoveDependencies_v2 != null
         && cuGraphAddDependencies_v2 != null && cuGraphNodeGetType != null && cuGraphKernelNodeGetParams_v2 != null;
 
-    /// <summary>
-    /// Marks a loaded kernel as one that waits for its predecessor's grid itself (griddepcontrol.wait first): a captured
-    /// graph's edges into it become programmatic.
-    /// </summary>
-    public static void MarkProgrammatic(nint function) => Programmatic[function] = true;
-
-    /// <summary>Edges made programmatic in the graphs captured so far (for logs and benchmarks).</summary>
-    public static long ProgrammaticEdges { get; private set; }
-
     // The layout of CUgraphEdgeData: ports and type, 5 reserved bytes.
     [StructLayout(LayoutKind.Sequential, Size = 8)]
     private struct EdgeData
@@ -166,10 +156,10 @@ internal static unsafe class GpuNative
         public byte FromPort, ToPort, Type;
     }
 
-    // The edges of a captured (linear) graph from one kernel into a kernel marked programmatic become programmatic:
-    // the second kernel's launch may begin as the first one's groups end, and its griddepcontrol.wait holds it until
-    // the first has completed (its writes visible).
-    private static int MakeProgrammatic(nint graph)
+    // The edges of a captured (linear) graph from one kernel into a kernel whose function waits for its predecessors
+    // itself become programmatic: the second kernel's launch may begin as the first one's groups end, and its
+    // griddepcontrol.wait holds it until the first has completed (its writes visible). Returns how many.
+    private static int MakeProgrammatic(nint graph, Func<nint, bool> waits)
     {
         nuint n = 0;
         Check(cuGraphGetEdges_v2(graph, null, null, null, &n));
@@ -187,14 +177,14 @@ internal static unsafe class GpuNative
         {
             if (data[i].Type != 0 || data[i].FromPort != 0 || !IsKernel(from[i]) || !IsKernel(to[i])) continue;
             Check(cuGraphKernelNodeGetParams_v2(to[i], p));
-            if (!Programmatic.ContainsKey(p[0])) continue;
+            if (!waits(p[0])) continue;
             pf.Add(from[i]);
             pt.Add(to[i]);
         }
         if (pf.Count == 0) return 0;
         var edges = new EdgeData[pf.Count];
         Array.Fill(edges, new EdgeData { FromPort = PortProgrammatic, Type = DependencyProgrammatic });
-        fixed (nint* f = pf.ToArray(), t = pt.ToArray())
+        fixed (nint* f = CollectionsMarshal.AsSpan(pf), t = CollectionsMarshal.AsSpan(pt))
         fixed (EdgeData* d = edges)
         {
             Check(cuGraphRemoveDependencies_v2(graph, f, t, null, (nuint)pf.Count));
@@ -215,17 +205,19 @@ internal static unsafe class GpuNative
 
     /// <summary>
     /// Ends the capture of stream and instantiates what it recorded as an executable graph; an invalidated capture
-    /// (an operation a graph cannot hold) throws, and the stream captures no more either way. programmatic: the edges
-    /// into kernels marked with MarkProgrammatic become programmatic first (where the driver has them).
+    /// (an operation a graph cannot hold) throws, and the stream captures no more either way. waits: which kernel
+    /// functions wait for their predecessors themselves; the edges into them become programmatic first (counted in
+    /// programmaticEdges; none where waits is null or the driver lacks programmatic edges).
     /// </summary>
-    public static nint EndCapture(nint stream, bool programmatic = false)
+    public static nint EndCapture(nint stream, Func<nint, bool>? waits, out int programmaticEdges)
     {
+        programmaticEdges = 0;
         nint graph = 0, exec = 0;
         int r = cuStreamEndCapture(stream, &graph);
         try
         {
             Check(r, "cuStreamEndCapture");
-            if (programmatic && HasProgrammaticEdges) ProgrammaticEdges += MakeProgrammatic(graph);
+            if (waits is not null && HasProgrammaticEdges) programmaticEdges = MakeProgrammatic(graph, waits);
             Check(cuGraphInstantiateWithFlags(&exec, graph, 0));
             return exec;
         }

@@ -67,6 +67,11 @@ public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLo
     public bool Programmatic { get; } = GridDependencies.Enabled && accelerator is CudaAccelerator c
         && c.Architecture >= CudaArchitecture.SM_90 && GpuNative.HasProgrammaticEdges;
 
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<nint, byte> _waiting = new();   // functions loaded retargeted
+
+    /// <summary>Whether a CUDA function is one of this loader's kernels retargeted to wait for its predecessors (GridDependencies).</summary>
+    public bool Waits(nint function) => _waiting.ContainsKey(function);
+
     private readonly List<KernelReport?> _reports = [];
     private readonly List<Task> _loads = [];
     private readonly long _start = Stopwatch.GetTimestamp();
@@ -166,7 +171,7 @@ public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLo
         if (loaded is CudaKernel cuda)
         {
             if (dynamicShared > 0) GpuNative.AllowDynamicShared(cuda.FunctionPtr, dynamicShared);
-            if (Programmatic) GpuNative.MarkProgrammatic(cuda.FunctionPtr);
+            if (Programmatic) _waiting[cuda.FunctionPtr] = 0;
             (registers, local) = GpuNative.KernelResources(cuda.FunctionPtr);
         }
         var report = new KernelReport(name, ptxChars, compileMs, Stopwatch.GetElapsedTime(t1).TotalMilliseconds, registers, local);
