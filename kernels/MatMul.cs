@@ -1,7 +1,8 @@
 // MatMul dst[T, out] = x[T, in] * weight[out, in]^T (CpuOps.MatMul); x and dst are f32.
-// GemvBf16: decode (one token): one warp per output row, the weights in 16-byte loads, sixteen in flight per lane
-// (the row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu (CpuOps.MatMulSwiGlu): the same rows of stacked
-// gate and up weights with silu(gate) * up as the epilogue, so decode's MLP needs no separate SwiGlu launch.
+// GemvBf16: decode (one token): one warp per output row, the weights in 16-byte loads that keep no line in L1
+// (StreamedU4), sixteen in flight per lane (the row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu
+// (CpuOps.MatMulSwiGlu): the same rows of stacked gate and up weights with silu(gate) * up as the epilogue, so
+// decode's MLP needs no separate SwiGlu launch.
 // GemvBf16AddRmsNorm (CpuOps.MatMulAddRmsNorm): the residual add and the next RMSNorm as the epilogue of the o and down
 // projections. GemvBf16Rope (IBackend.MatMulThenRope: the projection, then CpuOps.Rope): the stacked q/k/v rows with the
 // rotary op and the KV-cache store as the epilogue. Gemv: any weight type and shape and up to 8 tokens (the weights
@@ -37,7 +38,7 @@ public static class MatMulKernels
 
     // Chunk i of the row at w0 (8 bf16 weights), or zeros past the row's chunks.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static U4 Load(ArrayView<U4> weight, long w0, int i, int chunks) => i < chunks ? weight[w0 + i] : default;
+    private static U4 Load(StreamedU4 weight, long w0, int i, int chunks) => i < chunks ? weight[w0 + i] : default;
 
     // Dot8 of chunk i, or 0 past the row's chunks (x is not read there).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -46,7 +47,7 @@ public static class MatMulKernels
     // kernels
 
     /// <summary>One token: x as F4 [in / 4], bf16 weights as U4 (8 per element) [out, in / 8], in % 8 == 0.</summary>
-    public static void GemvBf16(ArrayView<F4> x, ArrayView<U4> weight, ArrayView<float> dst, int inDim, int outDim)
+    public static void GemvBf16(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> dst, int inDim, int outDim)
     {
         int row = (Grid.IdxX * Group.DimX + Group.IdxX) >> 5, lane = Warp.LaneIdx;
         if (row >= outDim) return;
@@ -60,7 +61,7 @@ public static class MatMulKernels
     /// Groups of 2R warps (R = Group.DimX / 64): warps 0 .. R-1 take gate rows R g .., warps R .. 2R-1 the same up rows
     /// (rows ff + R g ..); the gate warps write dst after one exchange through shared memory.
     /// </summary>
-    public static void GemvBf16SwiGlu(ArrayView<F4> x, ArrayView<U4> weight, ArrayView<float> dst, int inDim, int ff)
+    public static void GemvBf16SwiGlu(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> dst, int inDim, int ff)
     {
         var up = SharedMemory.Allocate<float>(16);
         int r = Group.DimX >> 6, w = Warp.WarpIdx, lane = Warp.LaneIdx;
@@ -79,7 +80,7 @@ public static class MatMulKernels
     /// counter[0] (fenced); the last one adds the partials in group order (reading them and the residual through L2,
     /// by integer atomics of 0 on their bits), writes dst and resets the count for the next launch.
     /// </summary>
-    public static void GemvBf16AddRmsNorm(ArrayView<F4> x, ArrayView<U4> weight, ArrayView<float> residual, ArrayView<float> norm,
+    public static void GemvBf16AddRmsNorm(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> residual, ArrayView<float> norm,
         ArrayView<float> dst, ArrayView<float> partial, ArrayView<int> counter, int inDim, int outDim, float eps)
     {
         var scratch = SharedMemory.Allocate<float>(32);
@@ -140,7 +141,7 @@ public static class MatMulKernels
     /// rotary pair (rows j and j + headDim / 2 of a q or k head), or two neighbouring v rows; the second warp hands its
     /// sum to the first through shared memory, whose lane 0 rotates and stores both.
     /// </summary>
-    public static void GemvBf16Rope(ArrayView<F4> x, ArrayView<U4> weight, ArrayView<float> dst, ArrayView<ushort> kcache,
+    public static void GemvBf16Rope(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> dst, ArrayView<ushort> kcache,
         ArrayView<ushort> vcache, ArrayView<float> invFreq, ArrayView<int> step, RopeArgs a, int inDim)
     {
         var second = SharedMemory.Allocate<float>(1);
@@ -205,7 +206,7 @@ public static class MatMulKernels
     // (Two blocks of eight loads a lane, the next block's issued before the last one is summed, ran 20-35% slower on the
     // H200: ptxas spread those loads among the sums, 68 registers against these 106.)
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float RowDot(ArrayView<F4> x, ArrayView<U4> weight, long w0, int chunks, int lane)
+    private static float RowDot(ArrayView<F4> x, StreamedU4 weight, long w0, int chunks, int lane)
     {
         float acc = 0f;
         int k = lane;

@@ -58,10 +58,10 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>>? _addRmsNormBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>> _addRmsNorm4;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>? _addRmsNorm4Bf16;
-    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>> _gemvBf16, _gemvBf16SwiGlu;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>> _gemvBf16, _gemvBf16SwiGlu;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>> _gemvF32;
-    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, F32, F32, F32, ArrayView<int>, int, int, float>> _gemvAddRmsNorm;
-    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, U16, U16, F32, ArrayView<int>, RopeArgs, int>>? _gemvBf16Rope;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, F32, F32, F32, ArrayView<int>, int, int, float>> _gemvAddRmsNorm;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, U16, U16, F32, ArrayView<int>, RopeArgs, int>>? _gemvBf16Rope;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>> _gemvBf16Any, _gemvF16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>? _gemmBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, long, int>> _toBf16;
@@ -147,14 +147,15 @@ internal sealed class GpuKernels
             _roundF16 = l.Load<Action<Stream, KernelConfig, F32, long>>("round_f16", RoundKernels.Round<F16Element>);
             _swiGluBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("swiglu_cbf16", ActivationKernels.SwiGlu<Bf16Rounding>);
         }
-        _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>>("gemv_bf16", MatMulKernels.GemvBf16,
+        var streamed = emulated ? KernelNeeds.None : KernelNeeds.StreamedLoads;
+        _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>>("gemv_bf16", MatMulKernels.GemvBf16, streamed,
             specialization: GemvBlocks > 0 && !emulated ? new KernelSpecialization(32 * GemvRows, GemvBlocks) : default);
-        _gemvAddRmsNorm = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, F32, F32, F32, ArrayView<int>, int, int, float>>(
-            "gemv_bf16_add_rmsnorm", MatMulKernels.GemvBf16AddRmsNorm);
-        _gemvBf16SwiGlu = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, int, int>>("gemv_bf16_swiglu", MatMulKernels.GemvBf16SwiGlu);
+        _gemvAddRmsNorm = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, F32, F32, F32, ArrayView<int>, int, int, float>>(
+            "gemv_bf16_add_rmsnorm", MatMulKernels.GemvBf16AddRmsNorm, streamed);
+        _gemvBf16SwiGlu = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>>("gemv_bf16_swiglu", MatMulKernels.GemvBf16SwiGlu, streamed);
         if (!f32Cache)
-            _gemvBf16Rope = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<U4>, F32, U16, U16, F32, ArrayView<int>, RopeArgs, int>>(
-                "gemv_bf16_rope", MatMulKernels.GemvBf16Rope);
+            _gemvBf16Rope = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, U16, U16, F32, ArrayView<int>, RopeArgs, int>>(
+                "gemv_bf16_rope", MatMulKernels.GemvBf16Rope, streamed);
         _gemvF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>>("gemv_f32", MatMulKernels.Gemv<float, F32Element>);
         _gemvBf16Any = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_bf16_any", MatMulKernels.Gemv<ushort, Bf16Element>);
         _gemvF16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_f16", MatMulKernels.Gemv<ushort, F16Element>);
@@ -329,7 +330,7 @@ internal sealed class GpuKernels
         string name = vector ? "gemv_bf16" : weight.DType switch { DType.F32 => "gemv_f32", DType.F16 => "gemv_f16", _ => "gemv_bf16_any" };
         if (vector)
         {
-            var w4 = GpuViews.U4(weight);
+            var w4 = GpuViews.Streamed(weight);
             for (int t = 0; t < tokens; t++)
             {
                 var (x4, d1) = (GpuViews.F4(x.SliceRows(t, 1)), GpuViews.F32(dst.SliceRows(t, 1)));
@@ -360,7 +361,7 @@ internal sealed class GpuKernels
     {
         int inDim = x.Cols, outDim = weight.Rows;
         var config = new KernelConfig(GemvGroups(outDim), 32 * _rowsPerGemvGroup);
-        var (x4, w4, r1, n1, d1) = (GpuViews.F4(x), GpuViews.U4(weight), GpuViews.F32(residual), GpuViews.F32(norm), GpuViews.F32(dst));
+        var (x4, w4, r1, n1, d1) = (GpuViews.F4(x), GpuViews.Streamed(weight), GpuViews.F32(residual), GpuViews.F32(norm), GpuViews.F32(dst));
         Queue("gemv_bf16_add_rmsnorm", config, s => _gemvAddRmsNorm.Launch(s, config, x4, w4, r1, n1, d1, partial, counter, inDim, outDim, eps));
     }
 
@@ -373,7 +374,7 @@ internal sealed class GpuKernels
     {
         int rows = Math.Max(1, _rowsPerGemvGroup / 2);   // gate rows a group (and as many up rows): 2 rows warps
         var config = new KernelConfig((ff + rows - 1) / rows, 64 * rows);
-        var (x4, w4, d1) = (GpuViews.F4(x), GpuViews.U4(gateUp), GpuViews.F32(dst));
+        var (x4, w4, d1) = (GpuViews.F4(x), GpuViews.Streamed(gateUp), GpuViews.F32(dst));
         Queue("gemv_bf16_swiglu", config, s => _gemvBf16SwiGlu.Launch(s, config, x4, w4, d1, inDim, ff));
     }
 
@@ -383,7 +384,7 @@ internal sealed class GpuKernels
         // Two warps a unit (a rotary pair, or two v rows): (qDim + 2 kvDim) / 2 units.
         var config = new KernelConfig(qkv.Rows / 2, 64);
         var kernel = Need(_gemvBf16Rope, "gemv_bf16_rope");
-        var (x4, w4, d1, kc, vc) = (GpuViews.F4(x), GpuViews.U4(qkv), GpuViews.F32(dst), GpuViews.U16(kcache), GpuViews.U16(vcache));
+        var (x4, w4, d1, kc, vc) = (GpuViews.F4(x), GpuViews.Streamed(qkv), GpuViews.F32(dst), GpuViews.U16(kcache), GpuViews.U16(vcache));
         Queue("gemv_bf16_rope", config, s => kernel(s, config, x4, w4, d1, kc, vc, invFreq, step, args, x.Cols));
     }
 

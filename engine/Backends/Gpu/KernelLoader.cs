@@ -5,7 +5,7 @@
 // as soon as its PTX is there. A kernel's first launch waits for its own load, Complete for all; the loader adds up
 // the time callers spent waiting, which is what the kernels cost a start-up beyond the work done meanwhile (not
 // counted: driver calls of that work, such as uploads, that wait behind the driver's compiles).
-// Tensor-core kernels are checked for the instructions their inline PTX must produce: a trimmed publish that dropped
+// Kernels with inline PTX (tensor cores, streamed loads) are checked for the instructions it must produce: a trimmed publish that dropped
 // the CudaAsm branches would otherwise run emulation-free kernels without them. PtxKernelLoader compiles the same
 // kernels offline (no GPU) for tests and tools. Exercised by GpuBackend's start-up and tests/KernelPtxTests.cs.
 using System.Diagnostics;
@@ -19,9 +19,9 @@ using ILGPU.Runtime.Cuda;
 using LlamaRun.Core;
 namespace LlamaRun.Backends.Gpu;
 
-/// <summary>Inline-PTX instruction families a kernel must contain on CUDA.</summary>
+/// <summary>Inline-PTX instruction families a kernel must contain on CUDA (StreamedLoads: StreamedU4's loads).</summary>
 [Flags]
-public enum KernelNeeds { None = 0, Mma = 1, Ldmatrix = 2 }
+public enum KernelNeeds { None = 0, Mma = 1, Ldmatrix = 2, StreamedLoads = 4 }
 
 /// <summary>One compiled kernel: its name, PTX size, compile and load time, and (on CUDA) registers and local memory.</summary>
 public sealed record KernelReport(string Name, int PtxChars, double CompileMs, double LoadMs, int Registers, int LocalBytes);
@@ -245,6 +245,7 @@ public sealed class PtxKernelLoader : IKernelLoader, IDisposable
     {
         if (needs.HasFlag(KernelNeeds.Mma) && !ptx.Contains("mma.sync.aligned", StringComparison.Ordinal)) return "mma.sync";
         if (needs.HasFlag(KernelNeeds.Ldmatrix) && !ptx.Contains("ldmatrix.sync.aligned", StringComparison.Ordinal)) return "ldmatrix";
+        if (needs.HasFlag(KernelNeeds.StreamedLoads) && !ptx.Contains("ld.global.nc.L1::no_allocate", StringComparison.Ordinal)) return "ld.global.nc.L1::no_allocate";
         return null;
     }
 
