@@ -1,6 +1,7 @@
 // MatMul dst[T, out] = x[T, in] * weight[out, in]^T (CpuOps.MatMul); x and dst are f32.
 // GemvBf16: decode (one token): one warp per output row, the weights in 16-byte loads that keep no line in L1
-// (StreamedU4), sixteen in flight per lane (the row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu
+// (StreamedU4), sixteen in flight per lane (eight for rows longer than 4096 weights, with twice the warps an SM; the
+// row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu
 // (CpuOps.MatMulSwiGlu): the same rows of stacked gate and up weights with silu(gate) * up as the epilogue, so
 // decode's MLP needs no separate SwiGlu launch.
 // GemvBf16AddRmsNorm (CpuOps.MatMulAddRmsNorm): the residual add and the next RMSNorm as the epilogue of the o and down
@@ -16,11 +17,30 @@ using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Kernels;
 
+/// <summary>16-byte weight loads a lane keeps in flight in a decode GEMV: sixteen, or eight (long rows).</summary>
+public interface IGemvLoads
+{
+    bool Sixteen { get; }
+}
+
+public readonly struct SixteenLoads : IGemvLoads
+{
+    public bool Sixteen => true;
+}
+
+public readonly struct EightLoads : IGemvLoads
+{
+    public bool Sixteen => false;
+}
+
 public static class MatMulKernels
 {
     // Rows (warps) a GEMV group on a GPU: H200, Llama-2-7B decode shapes, 2 rows against 8: 12288x4096 3,686 vs 3,471
     // GB/s, 22016x4096 3,981 vs 3,751, 32000x4096 4,113 vs 3,931 (smaller groups refill an SM as its rows finish).
     public const int GemvMaxTokens = 8, GemvRowsPerGroup = 2;
+
+    /// <summary>Longest row (in weights) of GemvBf16&lt;SixteenLoads&gt;'s launches: one block of sixteen loads a lane; longer rows take EightLoads.</summary>
+    public const int GemvLongRow = 16 * 32 * 8;
     public const int GemmTile = 128, GemmK = 32;
     private const int GemmRowWords = (GemmK + 8) / 2;   // padded shared row of 40 bf16: conflict-free fragment loads
 
@@ -44,15 +64,49 @@ public static class MatMulKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Dot8(in U4 w, ArrayView<F4> x4, int i, int chunks) => i < chunks ? Dot8(w, x4, 2L * i) : 0f;
 
+    // Eight chunks of a row, a lane's: k, k + 32, .., k + 224 (loaded before any is used).
+    private struct Block8
+    {
+        public U4 A0, A1, A2, A3, A4, A5, A6, A7;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Block8 Load(StreamedU4 w, long w0, int k) => new()
+        {
+            A0 = w[w0 + k], A1 = w[w0 + k + 32], A2 = w[w0 + k + 64], A3 = w[w0 + k + 96],
+            A4 = w[w0 + k + 128], A5 = w[w0 + k + 160], A6 = w[w0 + k + 192], A7 = w[w0 + k + 224],
+        };
+
+        // The row's last, partial block: chunks past the row are zeros (their loads predicated off).
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Block8 Load(StreamedU4 w, long w0, int k, int chunks) => new()
+        {
+            A0 = MatMulKernels.Load(w, w0, k, chunks), A1 = MatMulKernels.Load(w, w0, k + 32, chunks),
+            A2 = MatMulKernels.Load(w, w0, k + 64, chunks), A3 = MatMulKernels.Load(w, w0, k + 96, chunks),
+            A4 = MatMulKernels.Load(w, w0, k + 128, chunks), A5 = MatMulKernels.Load(w, w0, k + 160, chunks),
+            A6 = MatMulKernels.Load(w, w0, k + 192, chunks), A7 = MatMulKernels.Load(w, w0, k + 224, chunks),
+        };
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public readonly float Dot(ArrayView<F4> x, int k) =>
+            Dot8(A0, x, 2L * k) + Dot8(A1, x, 2L * (k + 32)) + Dot8(A2, x, 2L * (k + 64)) + Dot8(A3, x, 2L * (k + 96))
+            + Dot8(A4, x, 2L * (k + 128)) + Dot8(A5, x, 2L * (k + 160)) + Dot8(A6, x, 2L * (k + 192)) + Dot8(A7, x, 2L * (k + 224));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public readonly float Dot(ArrayView<F4> x, int k, int chunks) =>
+            Dot8(A0, x, k, chunks) + Dot8(A1, x, k + 32, chunks) + Dot8(A2, x, k + 64, chunks) + Dot8(A3, x, k + 96, chunks)
+            + Dot8(A4, x, k + 128, chunks) + Dot8(A5, x, k + 160, chunks) + Dot8(A6, x, k + 192, chunks) + Dot8(A7, x, k + 224, chunks);
+    }
+
     // kernels
 
     /// <summary>One token: x as F4 [in / 4], bf16 weights as U4 (8 per element) [out, in / 8], in % 8 == 0.</summary>
-    public static void GemvBf16(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> dst, int inDim, int outDim)
+    public static void GemvBf16<TLoads>(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> dst, int inDim, int outDim)
+        where TLoads : struct, IGemvLoads
     {
         int row = (Grid.IdxX * Group.DimX + Group.IdxX) >> 5, lane = Warp.LaneIdx;
         if (row >= outDim) return;
         int chunks = inDim / 8;
-        float sum = RowDot(x, weight, (long)row * chunks, chunks, lane);
+        float sum = RowDot<TLoads>(x, weight, (long)row * chunks, chunks, lane);
         if (lane == 0) dst[row] = sum;
     }
 
@@ -67,7 +121,7 @@ public static class MatMulKernels
         int r = Group.DimX >> 6, w = Warp.WarpIdx, lane = Warp.LaneIdx;
         bool isUp = w >= r;
         int j = Grid.IdxX * r + (isUp ? w - r : w), chunks = inDim / 8;
-        float sum = j < ff ? RowDot(x, weight, (long)(isUp ? ff + j : j) * chunks, chunks, lane) : 0f;
+        float sum = j < ff ? RowDot<SixteenLoads>(x, weight, (long)(isUp ? ff + j : j) * chunks, chunks, lane) : 0f;
         if (isUp && lane == 0) up[w - r] = sum;
         Group.Barrier();
         if (!isUp && lane == 0 && j < ff) dst[j] = ActivationKernels.Silu<NoRounding>(sum, up[w]);
@@ -89,7 +143,7 @@ public static class MatMulKernels
         float square = 0f;
         if (row < outDim)
         {
-            float sum = RowDot(x, weight, (long)row * chunks, chunks, lane);
+            float sum = RowDot<SixteenLoads>(x, weight, (long)row * chunks, chunks, lane);
             if (lane == 0)
             {
                 float r = residual[row] + sum;
@@ -161,7 +215,7 @@ public static class MatMulKernels
             r0 = qDim + kvDim + 2 * (u - ropeUnits);
         }
         int r1 = u < ropeUnits ? r0 + half : r0 + 1;
-        float sum = RowDot(x, weight, (long)(w == 0 ? r0 : r1) * chunks, chunks, lane);
+        float sum = RowDot<SixteenLoads>(x, weight, (long)(w == 0 ? r0 : r1) * chunks, chunks, lane);
         if (w == 1 && lane == 0) second[0] = sum;
         Group.Barrier();
         if (w != 0 || lane != 0) return;
@@ -203,39 +257,45 @@ public static class MatMulKernels
     }
 
     // The dot product of x with the bf16 row at w0 (chunks of 8 weights), reduced over the warp (every lane gets it).
-    // (Two blocks of eight loads a lane, the next block's issued before the last one is summed, ran 20-35% slower on the
-    // H200: ptxas spread those loads among the sums, 68 registers against these 106.)
+    // Blocks of sixteen 16-byte loads a lane in flight before the first use (a row of 4096 weights is one round trip to
+    // memory), or of eight (TLoads: EightLoads, for long rows, whose kernel is capped to 64 registers so that twice
+    // the warps share an SM: H100, 4096x11008 2,770 GB/s against 2,648, and slower at the other Llama shapes). The
+    // row's last, partial block has its loads issued at once too (predicated), so a row of 11008 weights takes three
+    // round trips (two full blocks and this one) instead of seven. (Two blocks of eight loads a lane, the next block's
+    // issued before the last one is summed, ran 20-35% slower on the H200: ptxas spread those loads among the sums.)
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float RowDot(ArrayView<F4> x, StreamedU4 weight, long w0, int chunks, int lane)
+    private static float RowDot<TLoads>(ArrayView<F4> x, StreamedU4 weight, long w0, int chunks, int lane)
+        where TLoads : struct, IGemvLoads
     {
+        bool sixteen = default(TLoads).Sixteen;
+        int span = sixteen ? 16 * 32 : 8 * 32;
         float acc = 0f;
         int k = lane;
-        for (; k + 15 * 32 < chunks; k += 16 * 32)
+        for (; k + span - 32 < chunks; k += span)
         {
-            // Sixteen independent 16-byte weight loads in flight per lane before the first use: a row of 4096 weights
-            // is one round trip to memory.
-            U4 a0 = weight[w0 + k], a1 = weight[w0 + k + 32], a2 = weight[w0 + k + 64], a3 = weight[w0 + k + 96];
-            U4 a4 = weight[w0 + k + 128], a5 = weight[w0 + k + 160], a6 = weight[w0 + k + 192], a7 = weight[w0 + k + 224];
-            U4 a8 = weight[w0 + k + 256], a9 = weight[w0 + k + 288], a10 = weight[w0 + k + 320], a11 = weight[w0 + k + 352];
-            U4 a12 = weight[w0 + k + 384], a13 = weight[w0 + k + 416], a14 = weight[w0 + k + 448], a15 = weight[w0 + k + 480];
-            acc += Dot8(a0, x, 2L * k) + Dot8(a1, x, 2L * (k + 32)) + Dot8(a2, x, 2L * (k + 64)) + Dot8(a3, x, 2L * (k + 96))
-                 + Dot8(a4, x, 2L * (k + 128)) + Dot8(a5, x, 2L * (k + 160)) + Dot8(a6, x, 2L * (k + 192)) + Dot8(a7, x, 2L * (k + 224))
-                 + Dot8(a8, x, 2L * (k + 256)) + Dot8(a9, x, 2L * (k + 288)) + Dot8(a10, x, 2L * (k + 320)) + Dot8(a11, x, 2L * (k + 352))
-                 + Dot8(a12, x, 2L * (k + 384)) + Dot8(a13, x, 2L * (k + 416)) + Dot8(a14, x, 2L * (k + 448)) + Dot8(a15, x, 2L * (k + 480));
+            var a = Block8.Load(weight, w0, k);
+            if (sixteen)
+            {
+                var b = Block8.Load(weight, w0, k + 256);
+                acc += a.Dot(x, k) + b.Dot(x, k + 256);
+            }
+            else
+            {
+                acc += a.Dot(x, k);
+            }
         }
         if (k < chunks)
         {
-            // The last, partial block: its loads issued at once too (predicated), so a row of 11008 weights takes three
-            // round trips to memory (two full blocks and this one) instead of seven (then two blocks of four loads and
-            // three single loads).
-            U4 a0 = Load(weight, w0, k, chunks), a1 = Load(weight, w0, k + 32, chunks), a2 = Load(weight, w0, k + 64, chunks), a3 = Load(weight, w0, k + 96, chunks);
-            U4 a4 = Load(weight, w0, k + 128, chunks), a5 = Load(weight, w0, k + 160, chunks), a6 = Load(weight, w0, k + 192, chunks), a7 = Load(weight, w0, k + 224, chunks);
-            U4 a8 = Load(weight, w0, k + 256, chunks), a9 = Load(weight, w0, k + 288, chunks), a10 = Load(weight, w0, k + 320, chunks), a11 = Load(weight, w0, k + 352, chunks);
-            U4 a12 = Load(weight, w0, k + 384, chunks), a13 = Load(weight, w0, k + 416, chunks), a14 = Load(weight, w0, k + 448, chunks), a15 = Load(weight, w0, k + 480, chunks);
-            acc += Dot8(a0, x, k, chunks) + Dot8(a1, x, k + 32, chunks) + Dot8(a2, x, k + 64, chunks) + Dot8(a3, x, k + 96, chunks)
-                 + Dot8(a4, x, k + 128, chunks) + Dot8(a5, x, k + 160, chunks) + Dot8(a6, x, k + 192, chunks) + Dot8(a7, x, k + 224, chunks)
-                 + Dot8(a8, x, k + 256, chunks) + Dot8(a9, x, k + 288, chunks) + Dot8(a10, x, k + 320, chunks) + Dot8(a11, x, k + 352, chunks)
-                 + Dot8(a12, x, k + 384, chunks) + Dot8(a13, x, k + 416, chunks) + Dot8(a14, x, k + 448, chunks) + Dot8(a15, x, k + 480, chunks);
+            var a = Block8.Load(weight, w0, k, chunks);
+            if (sixteen)
+            {
+                var b = Block8.Load(weight, w0, k + 256, chunks);
+                acc += a.Dot(x, k, chunks) + b.Dot(x, k + 256, chunks);
+            }
+            else
+            {
+                acc += a.Dot(x, k, chunks);
+            }
         }
         return Reduce.WarpSum(acc);
     }

@@ -47,7 +47,7 @@ public sealed class GridDependencyTests(ITestOutputHelper output)
     {
         using var context = Context.Create(b => b.CPU());
         using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_80), CudaArchitecture.SM_80, CudaInstructionSet.ISA_80, null);
-        Action<ArrayView<F4>, StreamedU4, ArrayView<float>, int, int> gemv = MatMulKernels.GemvBf16;
+        Action<ArrayView<F4>, StreamedU4, ArrayView<float>, int, int> gemv = MatMulKernels.GemvBf16<SixteenLoads>;
         var kernel = (PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(gemv.Method), default);
         string before = kernel.PTXAssembly;
         GridDependencies.Retarget(kernel);

@@ -42,6 +42,9 @@ internal sealed class GpuKernels
     private static readonly int GemvRows = Tuning("LLAMA_GEMV_ROWS", MatMulKernels.GemvRowsPerGroup, r => r is 1 or 2 or 4 or 8 or 16 or 32);
     private static readonly int GemvBlocks = Tuning("LLAMA_GEMV_BLOCKS", 0, b => b is >= 0 and <= 32);
 
+    // Decode GEMV of long rows (more than GemvLongRow weights) by gemv_bf16_long (LLAMA_GEMV_LONG=0: by gemv_bf16, for tuning).
+    private static readonly bool GemvLong = Environment.GetEnvironmentVariable("LLAMA_GEMV_LONG") != "0";
+
     private readonly Stream _stream;
     private readonly bool _sync;
     private readonly int _maxGroup, _multiprocessors;
@@ -58,7 +61,7 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>>? _addRmsNormBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>> _addRmsNorm4;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>? _addRmsNorm4Bf16;
-    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>> _gemvBf16, _gemvBf16SwiGlu;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>> _gemvBf16, _gemvBf16Long, _gemvBf16SwiGlu;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>> _gemvF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, F32, F32, F32, ArrayView<int>, int, int, float>> _gemvAddRmsNorm;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, U16, U16, F32, ArrayView<int>, RopeArgs, int>>? _gemvBf16Rope;
@@ -148,8 +151,11 @@ internal sealed class GpuKernels
             _swiGluBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("swiglu_cbf16", ActivationKernels.SwiGlu<Bf16Rounding>);
         }
         var streamed = emulated ? KernelNeeds.None : KernelNeeds.StreamedLoads;
-        _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>>("gemv_bf16", MatMulKernels.GemvBf16, streamed,
+        _gemvBf16 = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>>("gemv_bf16", MatMulKernels.GemvBf16<SixteenLoads>, streamed,
             specialization: GemvBlocks > 0 && !emulated ? new KernelSpecialization(32 * GemvRows, GemvBlocks) : default);
+        // Rows longer than one block of sixteen loads a lane: eight loads, registers capped for 32 warps an SM.
+        _gemvBf16Long = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>>("gemv_bf16_long", MatMulKernels.GemvBf16<EightLoads>, streamed,
+            specialization: emulated ? default : new KernelSpecialization(32 * GemvRows, 32 / GemvRows));
         _gemvAddRmsNorm = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, F32, F32, F32, ArrayView<int>, int, int, float>>(
             "gemv_bf16_add_rmsnorm", MatMulKernels.GemvBf16AddRmsNorm, streamed);
         _gemvBf16SwiGlu = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>>("gemv_bf16_swiglu", MatMulKernels.GemvBf16SwiGlu, streamed);
@@ -331,10 +337,13 @@ internal sealed class GpuKernels
         if (vector)
         {
             var w4 = GpuViews.Streamed(weight);
+            bool longRows = inDim > MatMulKernels.GemvLongRow && GemvLong;
+            var kernel = longRows ? _gemvBf16Long : _gemvBf16;
+            if (longRows) name = "gemv_bf16_long";
             for (int t = 0; t < tokens; t++)
             {
                 var (x4, d1) = (GpuViews.F4(x.SliceRows(t, 1)), GpuViews.F32(dst.SliceRows(t, 1)));
-                Queue(name, config, s => _gemvBf16.Launch(s, config, x4, w4, d1, inDim, outDim));
+                Queue(name, config, s => kernel.Launch(s, config, x4, w4, d1, inDim, outDim));
             }
         }
         else if (weight.DType == DType.F32)
