@@ -1,9 +1,8 @@
 // MatMul dst[T, out] = x[T, in] * weight[out, in]^T (CpuOps.MatMul); x and dst are f32.
 // GemvBf16: decode (one token): one warp per output row, the weights in 16-byte loads that keep no line in L1
 // (StreamedU4), sixteen in flight per lane (eight for rows longer than 4096 weights, with twice the warps an SM; the
-// row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu
-// (CpuOps.MatMulSwiGlu): the same rows of stacked gate and up weights with silu(gate) * up as the epilogue, so
-// decode's MLP needs no separate SwiGlu launch.
+// row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu (CpuOps.MatMulSwiGlu): the same rows of stacked
+// gate and up weights with silu(gate) * up as the epilogue, so decode's MLP needs no separate SwiGlu launch.
 // GemvBf16AddRmsNorm (CpuOps.MatMulAddRmsNorm): the residual add and the next RMSNorm as the epilogue of the o and down
 // projections. GemvBf16Rope (IBackend.MatMulThenRope: the projection, then CpuOps.Rope): the stacked q/k/v rows with the
 // rotary op and the KV-cache store as the epilogue. Gemv: any weight type and shape and up to 8 tokens (the weights
@@ -259,7 +258,7 @@ public static class MatMulKernels
     // The dot product of x with the bf16 row at w0 (chunks of 8 weights), reduced over the warp (every lane gets it).
     // Blocks of sixteen 16-byte loads a lane in flight before the first use (a row of 4096 weights is one round trip to
     // memory), or of eight (TLoads: EightLoads, for long rows, whose kernel is capped to 64 registers so that twice
-    // the warps share an SM: H100, 4096x11008 2,770 GB/s against 2,648, and slower at the other Llama shapes). The
+    // the warps share an SM: H100, 4096x11008 2,778 GB/s against 2,659, and slower at the other Llama shapes). The
     // row's last, partial block has its loads issued at once too (predicated), so a row of 11008 weights takes three
     // round trips (two full blocks and this one) instead of seven. (Two blocks of eight loads a lane, the next block's
     // issued before the last one is summed, ran 20-35% slower on the H200: ptxas spread those loads among the sums.)

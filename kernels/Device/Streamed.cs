@@ -6,7 +6,7 @@
 // ran 8-12% slower than without the hint. H100, ILGPU's GEMV with plain loads and with these, the weights rotated
 // through 16 copies (GB/s): 4096x4096 2,416 / 2,510, 12288x4096 2,869 / 2,928, 22016x4096 3,012 / 3,047, 4096x11008
 // 2,398 / 2,648, 32000x4096 3,075 / 3,102.
-// Exercised through the GEMVs by tests/GpuOpsTests.cs; the CUDA PTX checked for the load by tests/GridDependencyTests.cs.
+// Exercised through the GEMVs by tests/GpuOpsTests.cs, which also checks the CUDA PTX for the load (as the loader does).
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
