@@ -344,14 +344,13 @@ internal sealed class GpuKernels
     public void Gemv(Tensor x, Tensor weight, Tensor dst, int tokens, int inDim, int outDim)
     {
         var config = new KernelConfig((outDim + _rowsPerGemvGroup - 1) / _rowsPerGemvGroup, 32 * _rowsPerGemvGroup);
-        bool vector = GemvBf16Fits(x, weight);
-        string name = vector ? "gemv_bf16" : weight.DType switch { DType.F32 => "gemv_f32", DType.F16 => "gemv_f16", _ => "gemv_bf16_any" };
+        bool vector = GemvBf16Fits(x, weight), longRows = vector && GemvLong && inDim > MatMulKernels.GemvLongRow;
+        string name = longRows ? "gemv_bf16_long" : vector ? "gemv_bf16"
+            : weight.DType switch { DType.F32 => "gemv_f32", DType.F16 => "gemv_f16", _ => "gemv_bf16_any" };
         if (vector)
         {
             var w4 = GpuViews.Streamed(weight);
-            bool longRows = inDim > MatMulKernels.GemvLongRow && GemvLong;
             var kernel = longRows ? _gemvBf16Long : _gemvBf16;
-            if (longRows) name = "gemv_bf16_long";
             for (int t = 0; t < tokens; t++)
             {
                 var (x4, d1) = (GpuViews.F4(x.SliceRows(t, 1)), GpuViews.F32(dst.SliceRows(t, 1)));

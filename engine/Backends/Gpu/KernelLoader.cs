@@ -6,8 +6,9 @@
 // the time callers spent waiting, which is what the kernels cost a start-up beyond the work done meanwhile (not
 // counted: driver calls of that work, such as uploads, that wait behind the driver's compiles).
 // Kernels with inline PTX (tensor cores, streamed loads) are checked for the instructions it must produce: a trimmed
-// publish that dropped the CudaAsm branches would otherwise run emulation-free kernels without them. PtxKernelLoader compiles the same
-// kernels offline (no GPU) for tests and tools. Exercised by GpuBackend's start-up and tests/KernelPtxTests.cs.
+// publish that dropped the CudaAsm branches would otherwise run emulation-free kernels without them. PtxKernelLoader
+// compiles the same kernels offline (no GPU) for tests and tools. Exercised by GpuBackend's start-up and by
+// tests/GpuOpsTests.cs (CudaPtxHasItsInlineInstructions) and tests/GridDependencyTests.cs.
 using System.Diagnostics;
 using ILGPU;
 using ILGPU.Backends;
