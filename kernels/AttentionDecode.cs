@@ -1,12 +1,13 @@
-// Decode attention (CpuOps.Attention) over a bf16 cache, for few queries and long contexts: one group of 4 warps per
-// (KV head, query, key split). A key's row is read by P = headDim / 8 lanes, 16 bytes (8 dims) each, so a warp takes
-// 32 / P keys a step and the loads of the next step are in flight while this one is computed. Every query head of
-// the KV head's group (G of them, a compile-time 1, 2, 4 or 8) keeps its 8 query dims, its running max and sum and
-// its 8 output dims in registers: one read of the cache serves all G heads (GQA). Scores are reduced over the P lanes
-// by shuffles; the online softmax rescales per key. The key slots of a warp, then the 4 warps, are merged at the end
-// (shuffles, then shared memory), and the group writes dst (one split) or (m, l, acc) for AttentionKernels.Combine.
-// With an index remap the first splits take the far keys (far queries against the grouped keys), the rest the window.
-// Head dims 64, 128 or 256. Exercised by the decode cases of tests/GpuOpsTests.cs.
+// Decode attention (CpuOps.Attention) over a bf16 cache, for few queries and long contexts: one group of W warps per
+// (KV head, query, key split), W = Group.DimX / 32 (4, or more for a short context: GpuKernels.DecodeWarpsFor). A
+// key's row is read by P = headDim / 8 lanes, 16 bytes (8 dims) each, so a warp takes 32 / P keys a step and the
+// loads of the next step are in flight while this one is computed. Every query head of the KV head's group (G of
+// them, a compile-time 1, 2, 4 or 8) keeps its 8 query dims, its running max and sum and its 8 output dims in
+// registers: one read of the cache serves all G heads (GQA). Scores are reduced over the P lanes by shuffles; the
+// online softmax rescales per key. The key slots of a warp, then the W warps, are merged at the end (shuffles, then
+// shared memory), and the group writes dst (one split) or (m, l, acc) for AttentionKernels.Combine. With an index
+// remap the first splits take the far keys (far queries against the grouped keys), the rest the window. Head dims
+// 64, 128 or 256. Exercised by the decode cases of tests/GpuOpsTests.cs (4 and 8 warps on the CPU accelerator).
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
@@ -56,11 +57,12 @@ public struct HeadStates
 
 public static class AttentionDecodeKernels
 {
-    public const int Warps = 4, GroupSize = 32 * Warps;
+    /// <summary>Warps a group unless told otherwise (the kernel takes Group.DimX / 32).</summary>
+    public const int Warps = 4;
     private const float Log2E = 1.44269504088896341f, Ln2 = 0.693147180559945309f;
 
-    /// <summary>Dynamic shared memory of one group in floats: each warp's (m, l, acc[headDim]) per query head.</summary>
-    public static int SharedFloats(int heads, int headDim) => Warps * heads * (headDim + 2);
+    /// <summary>Dynamic shared memory of one group of `warps` warps in floats: each warp's (m, l, acc[headDim]) per query head.</summary>
+    public static int SharedFloats(int heads, int headDim, int warps = Warps) => warps * heads * (headDim + 2);
 
     // The head's 8 query dims of this lane (dims 8 (lane % P) ..), pre-multiplied by the softmax scale and log2(e):
     // the kernel's scores, maxima and weights are in the exp2 domain (one ex2 each), and its partial maxima go out
@@ -220,7 +222,7 @@ public static class AttentionDecodeKernels
         }
 
         // Keys of this lane: first + i * stride; the loads of key i + 1 are issued before key i is used.
-        int kvDim4 = a.NumKvHeads * hd / 8, stride = Warps * keysPerStep;
+        int warps = Group.DimX >> 5, kvDim4 = a.NumKvHeads * hd / 8, stride = warps * keysPerStep;
         long col = (long)kvh * hd / 8 + dims;
         int key = begin + warp * keysPerStep + slot;
         U4 k = key < end ? kcache[(long)key * kvDim4 + col] : default;
@@ -269,13 +271,13 @@ public static class AttentionDecodeKernels
             Publish(st.H7, smem, 7, heads, hd, lane, lanesPerKey);
         }
         Group.Barrier();
-        for (int o = Group.IdxX; o < group * hd; o += GroupSize)
+        for (int o = Group.IdxX; o < group * hd; o += Group.DimX)
         {
             int g = o / hd, d = o % hd, h = kvh * group + g;
             float mAll = float.NegativeInfinity;
-            for (int w = 0; w < Warps; w++) mAll = Reduce.MaxNaN(smem[(w * heads + g) * (hd + 2)], mAll);
+            for (int w = 0; w < warps; w++) mAll = Reduce.MaxNaN(smem[(w * heads + g) * (hd + 2)], mAll);
             float lAll = 0f, sum = 0f;
-            for (int w = 0; w < Warps; w++)
+            for (int w = 0; w < warps; w++)
             {
                 int b = (w * heads + g) * (hd + 2);
                 float m = smem[b], l = smem[b + 1];

@@ -204,6 +204,19 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
         Assert.Throws<ArgumentOutOfRangeException>(() => g.Embedding([3, 10], table, x));
     }
 
+    // The decode attention's group size on a 132-SM GPU: more warps while the groups are few, 4 once they fill it.
+    [Fact]
+    public void DecodeAttentionTakesMoreWarpsForFewGroups()
+    {
+        if (Environment.GetEnvironmentVariable("LLAMA_ATTN_DECODE_WARPS") is not null) return;   // a tuning run's override
+        Assert.Equal(16, GpuKernels.DecodeWarpsFor(32, 1, 132));     // Llama-2-7B, one split a head (a short context)
+        Assert.Equal(8, GpuKernels.DecodeWarpsFor(512, 1, 132));     // 16 splits a head
+        Assert.Equal(4, GpuKernels.DecodeWarpsFor(1024, 1, 132));    // 16k keys: 32 splits a head
+        Assert.Equal(8, GpuKernels.DecodeWarpsFor(128, 4, 132));     // Llama-3-8B at 4k: four query heads a lane
+        Assert.Equal(4, GpuKernels.DecodeWarpsFor(512, 4, 132));     // and at 16k
+        Assert.Equal(4, GpuKernels.DecodeWarpsFor(512, 8, 132));     // Llama-3-70B at 16k
+    }
+
     [Fact]
     public void CudaAvailabilityIsExplainedInOneLine()
     {

@@ -37,6 +37,28 @@ internal sealed class GpuKernels
     // combine than they gain (H200, Llama-3-8B decode at 16k: 130 us with 128 keys, 87 with 256, with the serial combine).
     private static readonly int MinSplit = Tuning("LLAMA_ATTN_MINSPLIT", 256, m => m is >= 16 and <= 65536);
 
+    // Decode attention kernel: warps a group (LLAMA_ATTN_DECODE_WARPS, for tuning; 0: DecodeWarpsFor picks).
+    private static readonly int DecodeWarps = Tuning("LLAMA_ATTN_DECODE_WARPS", 0, w => w is 0 or 1 or 2 or 4 or 8 or 16 or 32);
+
+    /// <summary>
+    /// Warps a decode-attention group: 4, or more where the groups are few (a short context, whose keys each warp would
+    /// otherwise walk one step after another) while groups x warps x the query heads a lane holds (the variant) stay
+    /// within 32 warps an SM; LLAMA_ATTN_DECODE_WARPS overrides. H100, Llama-2-7B shape (one query head a lane):
+    /// tg128 204.92 / 205.66 t/s against 203.74 / 203.40 with 4 warps always (206.38 / 206.17 against 204.55 / 204.28
+    /// with 8 forced, on another card); depth 4096 173.07 against 172.61 (its steps past 4,096 keys have 640 groups,
+    /// so 4 warps; 8 forced measured 175.21 against 173.25); depth 16384 (1,024 groups, 4 warps) 127.91 against 127.71,
+    /// where 8 forced lost (123.24 against 128.18). Kernel table, 4 / 8 / 16 warps: Llama-3-8B decode at 4k 31.3 /
+    /// 22.3 / 19.8 us (picked: 8, 22.9), at 16k 47.3 / 52.6 / 65.0 (picked: 4); Llama-3-70B at 16k 119.9 / 135.8 / 136.8
+    /// (picked: 4).
+    /// </summary>
+    internal static int DecodeWarpsFor(long groups, int variant, int multiprocessors)
+    {
+        if (DecodeWarps > 0) return DecodeWarps;
+        int warps = AttentionDecodeKernels.Warps;
+        while (warps < 16 && groups * 2 * warps * variant <= 32L * multiprocessors) warps *= 2;
+        return warps;
+    }
+
     // Decode GEMV: rows (warps) a group, and groups an SM its registers are capped for (LLAMA_GEMV_ROWS,
     // LLAMA_GEMV_BLOCKS, for tuning; 0 blocks: no cap).
     private static readonly int GemvRows = Tuning("LLAMA_GEMV_ROWS", MatMulKernels.GemvRowsPerGroup, r => r is 1 or 2 or 4 or 8 or 16 or 32);
@@ -605,8 +627,10 @@ internal sealed class GpuKernels
             StepPosition: stepLength > 0 ? 1 : 0);
         var farK = kfar ?? kcache;   // read only with a remap
         if (!remap) qFar = q;
-        int shared = useDecode ? 4 * AttentionDecodeKernels.SharedFloats(variant, headDim) : 0;
-        var config = new KernelConfig(new Index3D(units, tokens, splits), new Index3D(AttentionKernels.GroupSize, 1, 1),
+        int warps = Math.Min(DecodeWarpsFor((long)units * tokens * splits, variant, _multiprocessors), _maxGroup / 32);
+        while (warps > 1 && 4 * AttentionDecodeKernels.SharedFloats(variant, headDim, warps) > 48 << 10) warps /= 2;
+        int shared = useDecode ? 4 * AttentionDecodeKernels.SharedFloats(variant, headDim, warps) : 0;
+        var config = new KernelConfig(new Index3D(units, tokens, splits), new Index3D(useDecode ? 32 * warps : AttentionKernels.GroupSize, 1, 1),
             useDecode ? SharedMemoryConfig.RequestDynamic<byte>(shared) : default);
         string name = useDecode ? $"attention_decode_g{variant}" : f32Cache ? "attention_split_cf32" : "attention_split";
         if (useDecode)
