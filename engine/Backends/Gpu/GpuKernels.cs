@@ -46,7 +46,7 @@ internal sealed class GpuKernels
     /// within 32 warps an SM; LLAMA_ATTN_DECODE_WARPS overrides. H100, Llama-2-7B shape (one query head a lane):
     /// tg128 204.92 / 205.66 t/s against 203.74 / 203.40 with 4 warps always (206.38 / 206.17 against 204.55 / 204.28
     /// with 8 forced, on another card); depth 4096 173.07 against 172.61 (its steps past 4,096 keys have 640 groups,
-    /// so 4 warps; 8 forced measured 175.21 against 173.25); depth 16384 (1,024 groups, 4 warps) 127.91 against 127.71,
+    /// so 4 warps; 8 forced measured 175.21 against 173.25); depth 16384 (736 groups, 4 warps) 127.91 against 127.71,
     /// where 8 forced lost (123.24 against 128.18). Kernel table, 4 / 8 / 16 warps: Llama-3-8B decode at 4k 31.3 /
     /// 22.3 / 19.8 us (picked: 8, 22.9), at 16k 47.3 / 52.6 / 65.0 (picked: 4); Llama-3-70B at 16k 119.9 / 135.8 / 136.8
     /// (picked: 4).
