@@ -627,11 +627,13 @@ internal sealed class GpuKernels
             StepPosition: stepLength > 0 ? 1 : 0);
         var farK = kfar ?? kcache;   // read only with a remap
         if (!remap) qFar = q;
+        // The decode kernel's warps: as DecodeWarpsFor picks, within the largest group and 48 KiB of shared memory.
         int warps = Math.Min(DecodeWarpsFor((long)units * tokens * splits, variant, _multiprocessors), _maxGroup / 32);
         while (warps > 1 && 4 * AttentionDecodeKernels.SharedFloats(variant, headDim, warps) > 48 << 10) warps /= 2;
-        int shared = useDecode ? 4 * AttentionDecodeKernels.SharedFloats(variant, headDim, warps) : 0;
-        var config = new KernelConfig(new Index3D(units, tokens, splits), new Index3D(useDecode ? 32 * warps : AttentionKernels.GroupSize, 1, 1),
-            useDecode ? SharedMemoryConfig.RequestDynamic<byte>(shared) : default);
+        var config = useDecode
+            ? new KernelConfig(new Index3D(units, tokens, splits), new Index3D(32 * warps, 1, 1),
+                SharedMemoryConfig.RequestDynamic<byte>(4 * AttentionDecodeKernels.SharedFloats(variant, headDim, warps)))
+            : new KernelConfig(new Index3D(units, tokens, splits), new Index3D(AttentionKernels.GroupSize, 1, 1));
         string name = useDecode ? $"attention_decode_g{variant}" : f32Cache ? "attention_split_cf32" : "attention_split";
         if (useDecode)
         {
