@@ -24,7 +24,7 @@ public sealed class GridDependencyTests(ITestOutputHelper output)
         ptx[ptx.IndexOf(".entry", StringComparison.Ordinal)..].Split('\n').Select(l => l.Trim())
             .Where(l => l.Length > 0 && !l.StartsWith('.') && !l.StartsWith("//", StringComparison.Ordinal) && !l.EndsWith(':') && l != "{" && l != "}" && l != ")");
 
-        // The wait is each kernel's first instruction (after reading its parameters): nothing is read or written before it.
+    // The wait is each kernel's first instruction (after reading its parameters): nothing is read or written before it.
     [Fact]
     public void EveryKernelWaitsFirst()
     {

@@ -627,12 +627,7 @@ internal sealed class GpuKernels
             StepPosition: stepLength > 0 ? 1 : 0);
         var farK = kfar ?? kcache;   // read only with a remap
         if (!remap) qFar = q;
-        // The decode kernel's warps: as DecodeWarpsFor picks, within the largest group and 48 KiB of shared memory.
-        int warps = Math.Min(DecodeWarpsFor((long)units * tokens * splits, variant, _multiprocessors), _maxGroup / 32);
-        while (warps > 1 && 4 * AttentionDecodeKernels.SharedFloats(variant, headDim, warps) > 48 << 10) warps /= 2;
-        var config = useDecode
-            ? new KernelConfig(new Index3D(units, tokens, splits), new Index3D(32 * warps, 1, 1),
-                SharedMemoryConfig.RequestDynamic<byte>(4 * AttentionDecodeKernels.SharedFloats(variant, headDim, warps)))
+        var config = useDecode ? DecodeConfig(units, tokens, splits, variant, headDim)
             : new KernelConfig(new Index3D(units, tokens, splits), new Index3D(AttentionKernels.GroupSize, 1, 1));
         string name = useDecode ? $"attention_decode_g{variant}" : f32Cache ? "attention_split_cf32" : "attention_split";
         if (useDecode)
@@ -655,6 +650,15 @@ internal sealed class GpuKernels
         if (splits <= 1) return;
         var cc = new KernelConfig(new Index3D(numHeads, tokens, 1), new Index3D(GroupSize(AttentionKernels.CombineGroupSize), 1, 1));
         Queue("attention_combine", cc, s => _combine.Launch(s, cc, partial, dst, numHeads, headDim, splits));
+    }
+
+    // The decode kernel's launch: the warps DecodeWarpsFor picks, within the largest group and 48 KiB of shared memory.
+    private KernelConfig DecodeConfig(int units, int tokens, int splits, int variant, int headDim)
+    {
+        int warps = Math.Min(DecodeWarpsFor((long)units * tokens * splits, variant, _multiprocessors), _maxGroup / 32);
+        while (warps > 1 && 4 * AttentionDecodeKernels.SharedFloats(variant, headDim, warps) > 48 << 10) warps /= 2;
+        return new KernelConfig(new Index3D(units, tokens, splits), new Index3D(32 * warps, 1, 1),
+            SharedMemoryConfig.RequestDynamic<byte>(4 * AttentionDecodeKernels.SharedFloats(variant, headDim, warps)));
     }
 
     /// <summary>Reads every vector of src once (dst[0] ^= their XOR): 8 groups of 256 threads an SM, grid-stride.</summary>
