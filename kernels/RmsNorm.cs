@@ -3,7 +3,10 @@
 // group. Rows of n % 4 == 0 read and write 16 bytes at a time (the launcher checks alignment). AddRmsNorm fuses the
 // residual add in front: x += y (rounded under bf16 compute, as a bf16 residual stream is), then dst = RmsNorm(x);
 // dst may alias y. Under Bf16Rounding x * rsqrt(...) is rounded, then the product with the weight (LlamaRMSNorm in
-// bf16). Exercised by the RmsNorm and AddRmsNorm cases of tests/GpuOpsTests.cs.
+// bf16). A row of at most one 16-byte vector a thread (a decoded token's, in a wide group) takes one step: x (and y)
+// and the weight loaded at once and kept in registers across the reduction, where the loop reads x again and the
+// weight only after it (H100, Llama-2-7B shape, alternated: tg128 203.48 / 203.73 t/s against 202.17 / 202.71, depth
+// 16384 124.93 against 124.61). Exercised by the RmsNorm and AddRmsNorm cases of tests/GpuOpsTests.cs.
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
@@ -46,6 +49,16 @@ public static class RmsNormKernels
     {
         var scratch = SharedMemory.Allocate<float>(32);
         long row = (long)Grid.IdxX * n4;
+        if (n4 <= Group.DimX)
+        {
+            // One vector a thread (a decoded token's row in one group): x and the weight loaded at once, x kept in registers.
+            int j = Group.IdxX;
+            bool on = j < n4;
+            F4 u = on ? x[row + j] : default, wj = on ? weight[j] : default;
+            float rj = Scale(Reduce.GroupSum(u.X * u.X + u.Y * u.Y + u.Z * u.Z + u.W * u.W, scratch), 4 * n4, eps);
+            if (on) dst[row + j] = new F4(Out<TR>(u.X, rj, wj.X), Out<TR>(u.Y, rj, wj.Y), Out<TR>(u.Z, rj, wj.Z), Out<TR>(u.W, rj, wj.W));
+            return;
+        }
         float ss = 0f;
         for (int i = Group.IdxX; i < n4; i += Group.DimX)
         {
@@ -66,6 +79,19 @@ public static class RmsNormKernels
     {
         var scratch = SharedMemory.Allocate<float>(32);
         long row = (long)Grid.IdxX * n4;
+        if (n4 <= Group.DimX)
+        {
+            // One vector a thread (a decoded token's row in one group): x, y and the weight loaded at once, the sum kept
+            // in registers. GroupSum's barriers order every thread's read of y before any write of dst.
+            int j = Group.IdxX;
+            bool on = j < n4;
+            F4 a0 = on ? x[row + j] : default, b0 = on ? y[row + j] : default, wj = on ? weight[j] : default;
+            var u = new F4(default(TR).Round(a0.X + b0.X), default(TR).Round(a0.Y + b0.Y), default(TR).Round(a0.Z + b0.Z), default(TR).Round(a0.W + b0.W));
+            if (on) x[row + j] = u;
+            float rj = Scale(Reduce.GroupSum(u.X * u.X + u.Y * u.Y + u.Z * u.Z + u.W * u.W, scratch), 4 * n4, eps);
+            if (on) dst[row + j] = new F4(Out<TR>(u.X, rj, wj.X), Out<TR>(u.Y, rj, wj.Y), Out<TR>(u.Z, rj, wj.Z), Out<TR>(u.W, rj, wj.W));
+            return;
+        }
         float ss = 0f;
         for (int i = Group.IdxX; i < n4; i += Group.DimX)
         {

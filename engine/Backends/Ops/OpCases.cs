@@ -30,6 +30,10 @@ public static class OpCases
         c.Add(new AddRmsNormCase("Llama-2-7B prefill", 1e-10) { T = 64, N = 4096 });
         c.Add(new AddRmsNormCase("awkward", 1e-10) { T = 2, N = 1025 });
         c.Add(new AddRmsNormCase("awkward", 1e-10) { T = 3, N = 33, Specials = true });
+        // Rows of at most one 16-byte vector a thread of the group (ILGPU's CPU accelerator: 256 threads): the one-step path.
+        c.Add(new RmsNormCase("one vector a thread", 1e-10) { T = 3, N = 1000 });
+        c.Add(new AddRmsNormCase("one vector a thread", 1e-10) { T = 3, N = 1000 });
+        c.Add(new AddRmsNormCase("one vector a thread", 1e-6) { T = 2, N = 1000, Compute = DType.BF16 });
 
         foreach (var dt in new[] { DType.BF16, DType.F16, DType.F32 })
         {
