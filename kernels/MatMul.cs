@@ -3,8 +3,7 @@
 // (StreamedU4), sixteen in flight per lane (eight for rows longer than 4096 weights, with twice the warps an SM; the
 // row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu (CpuOps.MatMulSwiGlu): the same rows of stacked
 // gate and up weights with silu(gate) * up as the epilogue, so decode's MLP needs no separate SwiGlu launch.
-// GemvBf16AddRmsNorm (CpuOps.MatMulAddRmsNorm): the residual add and the next RMSNorm as the epilogue of the o and down
-// projections. GemvBf16Rope (IBackend.MatMulThenRope: the projection, then CpuOps.Rope): the stacked q/k/v rows with the
+// GemvBf16Rope (IBackend.MatMulThenRope: the projection, then CpuOps.Rope): the stacked q/k/v rows with the
 // rotary op and the KV-cache store as the epilogue. Gemv: any weight type and shape and up to 8 tokens (the weights
 // read once for all), 4-byte loads. Both: one warp a row, any group size (GemvRowsPerGroup on a GPU). GemmBf16: prefill
 // on tensor cores (the fallback when cuBLAS is absent): 128x128x32 tiles, 8 warps as 2 x 4, each a 64 x 32 tile of
@@ -127,67 +126,6 @@ public static class MatMulKernels
     }
 
     /// <summary>
-    /// One token, a projection whose output joins the residual stream, fused with the next RMSNorm: residual[j] +=
-    /// x . weight_j for every row j (GemvBf16's rows, a warp each), then dst = RmsNorm(residual) * norm, written by the
-    /// group that finishes last. Each group leaves the sum of its rows' squares in partial[group] and counts itself in
-    /// counter[0] (fenced); the last one adds the partials in group order (reading them and the residual through L2,
-    /// by integer atomics of 0 on their bits), writes dst and resets the count for the next launch.
-    /// </summary>
-    public static void GemvBf16AddRmsNorm(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> residual, ArrayView<float> norm,
-        ArrayView<float> dst, ArrayView<float> partial, ArrayView<int> counter, int inDim, int outDim, float eps)
-    {
-        var scratch = SharedMemory.Allocate<float>(32);
-        var last = SharedMemory.Allocate<int>(1);
-        int row = (Grid.IdxX * Group.DimX + Group.IdxX) >> 5, lane = Warp.LaneIdx, chunks = inDim / 8;
-        float square = 0f;
-        if (row < outDim)
-        {
-            float sum = RowDot<SixteenLoads>(x, weight, (long)row * chunks, chunks, lane);
-            if (lane == 0)
-            {
-                float r = residual[row] + sum;
-                residual[row] = r;
-                square = r * r;
-                MemoryFence.DeviceLevel();   // the row is visible to the last group before this group counts itself
-            }
-        }
-        float squares = Reduce.GroupSum(square, scratch);
-        if (Group.IdxX == 0)
-        {
-            partial[Grid.IdxX] = squares;
-            MemoryFence.DeviceLevel();
-            last[0] = Atomic.Add(ref counter[0], 1) == Grid.DimX - 1 ? 1 : 0;
-        }
-        Group.Barrier();
-        if (last[0] == 0) return;
-        MemoryFence.DeviceLevel();
-        // Integer atomics of 0 on the floats' bits: the values as L2 holds them (a float atomic is a compare-and-swap
-        // loop on ILGPU's CPU accelerator, which a NaN never leaves).
-        var partialBits = partial.Cast<uint>();
-        var residualBits = residual.Cast<uint>();
-        float total = 0f;
-        for (int g = Group.IdxX; g < Grid.DimX; g += Group.DimX) total += Interop.IntAsFloat(Atomic.Add(ref partialBits[g], 0u));
-        float scale = RmsNormKernels.Scale(Reduce.GroupSum(total, scratch), outDim, eps);
-        // Eight reads in flight a thread (an atomic's result is waited for only where it is used).
-        int n = Group.DimX;
-        for (int j = Group.IdxX; j < outDim; j += 8 * n)
-        {
-            uint b0 = Read(residualBits, j, outDim), b1 = Read(residualBits, j + n, outDim), b2 = Read(residualBits, j + 2 * n, outDim);
-            uint b3 = Read(residualBits, j + 3 * n, outDim), b4 = Read(residualBits, j + 4 * n, outDim), b5 = Read(residualBits, j + 5 * n, outDim);
-            uint b6 = Read(residualBits, j + 6 * n, outDim), b7 = Read(residualBits, j + 7 * n, outDim);
-            Normed(dst, norm, j, b0, scale, outDim);
-            Normed(dst, norm, j + n, b1, scale, outDim);
-            Normed(dst, norm, j + 2 * n, b2, scale, outDim);
-            Normed(dst, norm, j + 3 * n, b3, scale, outDim);
-            Normed(dst, norm, j + 4 * n, b4, scale, outDim);
-            Normed(dst, norm, j + 5 * n, b5, scale, outDim);
-            Normed(dst, norm, j + 6 * n, b6, scale, outDim);
-            Normed(dst, norm, j + 7 * n, b7, scale, outDim);
-        }
-        if (Group.IdxX == 0) counter[0] = 0;
-    }
-
-    /// <summary>
     /// One token, the stacked q/k/v projection with the rotary op as its epilogue (IBackend.MatMulRope): dst = x . qkv^T
     /// [qDim + 2 kvDim] with q and k rotated pair by pair as RopeKernels.Rope does (whole heads rotary, bf16 cache,
     /// f32 compute), k and v stored at the layer's cache row of the position. Group u (2 warps) takes one unit: a
@@ -242,17 +180,6 @@ public static class MatMulKernels
         dst[r1] = y1;
         kcache[cRow + r0 - qDim] = Bf16.FromF32(y0);
         kcache[cRow + r1 - qDim] = Bf16.FromF32(y1);
-    }
-
-    // Element j's bits as L2 holds them (an integer atomic of 0), or 0 past n.
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static uint Read(ArrayView<uint> bits, int j, int n) => j < n ? Atomic.Add(ref bits[j], 0u) : 0u;
-
-    // dst[j] = the residual value of bits, normed and weighted (below n).
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Normed(ArrayView<float> dst, ArrayView<float> norm, int j, uint bits, float scale, int n)
-    {
-        if (j < n) dst[j] = RmsNormKernels.Out<NoRounding>(Interop.IntAsFloat(bits), scale, norm[j]);
     }
 
     // The dot product of x with the bf16 row at w0 (chunks of 8 weights), reduced over the warp (every lane gets it).

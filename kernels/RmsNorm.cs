@@ -21,7 +21,7 @@ public static class RmsNormKernels
     public static float Out<TR>(float x, float r, float w) where TR : struct, IRounding =>
         default(TR).Round(default(TR).Round(x * r) * w);
 
-    /// <summary>The row's scale 1 / sqrt(mean square + eps): the one definition RMSNorm and the fused GEMV use.</summary>
+    /// <summary>The row's scale 1 / sqrt(mean square + eps): one definition for every RMSNorm kernel.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Scale(float sumSquares, int n, float eps) => 1f / XMath.Sqrt(sumSquares / n + eps);
 

@@ -38,7 +38,6 @@ internal sealed class RecordingBackend(int failAfterUploads = int.MaxValue) : IB
     public void MatMul(Tensor x, Tensor weight, Tensor dst) => throw new NotSupportedException();
     public void MatMulSwiGlu(Tensor x, Tensor gateUp, Tensor dst) => throw new NotSupportedException();
     public void MatMulRope(Tensor x, Tensor qkv, Tensor dst, KvCache cache, int layer, int startPos, RopeTable table) => throw new NotSupportedException();
-    public void MatMulAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor norm, Tensor dst, float eps) => throw new NotSupportedException();
     public void Rope(Tensor q, Tensor k, Tensor v, KvCache cache, int layer, int startPos, RopeTable table, DType compute = DType.F32, Tensor? qFar = null) => throw new NotSupportedException();
     public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32, FarQueries? far = null) => throw new NotSupportedException();
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to) => throw new NotSupportedException();

@@ -72,9 +72,6 @@ public sealed class ProfileBackend(IBackend inner) : IBackend
     public void Attention(Tensor q, KvCache cache, int layer, int startPos, Tensor dst, DType compute = DType.F32, FarQueries? far = null) =>
         Time("attention", 2L * (startPos + q.Rows) * cache.KvDim * KvElementSize, () => inner.Attention(q, cache, layer, startPos, dst, compute, far));
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to) => Time("rerotate", 0, () => inner.RerotateCache(cache, length, from, to));
-    public void MatMulAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor norm, Tensor dst, float eps) =>
-        Time($"matmul_add_rmsnorm {weight.DType.Name()} {weight.Rows}x{weight.Cols} T={x.Rows}", weight.ByteLength,
-            () => inner.MatMulAddRmsNorm(x, weight, residual, norm, dst, eps));
 
     public void MatMulRope(Tensor x, Tensor qkv, Tensor dst, KvCache cache, int layer, int startPos, RopeTable table) =>
         Time($"matmul_rope {qkv.DType.Name()} {qkv.Rows}x{qkv.Cols} T={x.Rows}", qkv.ByteLength, () => inner.MatMulRope(x, qkv, dst, cache, layer, startPos, table));

@@ -12,10 +12,9 @@ namespace LlamaRun.Core;
 /// <param name="IndexRemap">Rope and Attention take an index-remap table (Self-Extend, DPE, ReRoPE: RopeTable.Remap).</param>
 /// <param name="FastIndexRemap">Attention runs an index remap at the speed of plain RoPE (so the default may pick one).</param>
 /// <param name="FusedDecode">A decoded token's gate/up projection pays off as MatMulSwiGlu.</param>
-/// <param name="FusedNorm">A decoded token's o and down projections pay off as MatMulAddRmsNorm.</param>
 /// <param name="FusedRope">A decoded token's stacked q/k/v projection pays off as MatMulRope.</param>
 public sealed record BackendCapabilities(int PrefillChunk, bool StackedDecodeProjections, bool DeviceMemory, bool IndexRemap = false,
-    bool FastIndexRemap = false, bool FusedDecode = false, bool FusedNorm = false, bool FusedRope = false);
+    bool FastIndexRemap = false, bool FusedDecode = false, bool FusedRope = false);
 
 /// <summary>
 /// The far branch of an index-remap attention: queries rotated to their grouped positions (Q, shaped as the near
@@ -107,12 +106,6 @@ public interface IBackend : IDisposable
     /// [2 ff, in], dst[T, ff] = silu(x gate^T) * (x up^T), equal to MatMul into [T, 2 ff] then SwiGlu of its halves.
     /// </summary>
     void MatMulSwiGlu(Tensor x, Tensor gateUp, Tensor dst);
-
-    /// <summary>
-    /// A projection that joins the residual stream, with the next norm (f32 compute): residual += x weight^T, then
-    /// dst = RmsNorm(residual) * norm; equal to MatMul into a buffer then AddRmsNorm (one launch on a GPU for a token).
-    /// </summary>
-    void MatMulAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor norm, Tensor dst, float eps);
 
     /// <summary>
     /// The stacked q/k/v projection and Rope in one op (f32 compute, no index remap): dst[T, qDim + 2 kvDim] = x qkv^T,

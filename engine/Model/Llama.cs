@@ -213,10 +213,9 @@ public sealed class Llama : ILanguageModel, IDisposable
             // a.Xb holds this layer's normed input: each residual add is fused with the norm that follows it.
             var w = Weights.Layers[l];
             bool decode = tokens.Length == 1;
-            // A decoded token in f32 on one rank, where the backend says the fused ops pay off (MatMulRope, MatMulSwiGlu,
-            // MatMulAddRmsNorm).
+            // A decoded token in f32 on one rank, where the backend says the fused ops pay off (MatMulRope, MatMulSwiGlu).
             bool single = decode && Activations == DType.F32 && Shard is null;
-            bool fused = single && b.Capabilities.FusedDecode, fusedNorm = single && b.Capabilities.FusedNorm;
+            bool fused = single && b.Capabilities.FusedDecode;
             Tensor q = a.Q, k = a.K, v = a.V;
             // The rotary op as the q/k/v projection's epilogue where the backend says it pays off (plain tables; nobody
             // observing the unrotated projections).
@@ -254,20 +253,11 @@ public sealed class Llama : ILanguageModel, IDisposable
                 b.Attention(q, Cache, l, pos, a.Att, Activations);
             }
             R(a.Att);
-            // One token in f32 on one rank: each projection that joins the residual stream takes the add and the next
-            // norm as its epilogue (one launch on a GPU).
-            if (fusedNorm)
-            {
-                b.MatMulAddRmsNorm(a.Att, w.OProj, a.X, w.PostAttentionLayernorm, a.Xb, eps);
-            }
-            else
-            {
-                b.MatMul(a.Att, w.OProj, a.Xb);
-                Reduce(a.Xb);
-                R(a.Xb);
-                b.AddRmsNorm(a.X, a.Xb, w.PostAttentionLayernorm, a.Xb, eps, Activations);
-                R(a.Xb);
-            }
+            b.MatMul(a.Att, w.OProj, a.Xb);
+            Reduce(a.Xb);
+            R(a.Xb);
+            b.AddRmsNorm(a.X, a.Xb, w.PostAttentionLayernorm, a.Xb, eps, Activations);
+            R(a.Xb);
 
             Tensor gate = a.Gate, up = a.Up;
             if (decode && w.GateUp is not null && fused)
@@ -290,11 +280,6 @@ public sealed class Llama : ILanguageModel, IDisposable
                 R(gate); R(up);
                 b.SwiGlu(gate, up, gate, Activations);
                 R(gate);
-            }
-            if (fusedNorm && l + 1 < Config.NumHiddenLayers)
-            {
-                b.MatMulAddRmsNorm(gate, w.DownProj, a.X, Weights.Layers[l + 1].InputLayernorm, a.Xb, eps);
-                continue;
             }
             b.MatMul(gate, w.DownProj, a.Xb);
             Reduce(a.Xb);

@@ -147,22 +147,6 @@ public sealed unsafe partial class CpuBackend : IBackend
     }
 
     private float[]? _swiGluScratch;   // MatMulSwiGlu's [tokens, 2 ff] projections, grown on demand
-    private Tensor? _projection;       // MatMulAddRmsNorm's projection, grown on demand
-
-    public void MatMulAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor norm, Tensor dst, float eps)
-    {
-        Check(residual, nameof(residual), DType.F32);
-        Shape(residual, nameof(residual), x.Rows, weight.Rows);
-        if (_projection is null || _projection.Cols != weight.Rows || _projection.Rows < x.Rows)
-        {
-            _projection?.Dispose();
-            _projection = Alloc(DType.F32, x.Rows, weight.Rows);
-        }
-        var y = _projection.SliceRows(0, x.Rows);
-        MatMul(x, weight, y);
-        AddRmsNorm(residual, y, norm, dst, eps);
-    }
-
     public void MatMulSwiGlu(Tensor x, Tensor gateUp, Tensor dst)
     {
         Check(x, nameof(x), DType.F32);
@@ -280,7 +264,7 @@ public sealed unsafe partial class CpuBackend : IBackend
 
     public void Synchronize() => CpuParallel.WaitForWorkers();
 
-    public void Dispose() => _projection?.Dispose();
+    public void Dispose() { }   // nothing held: tensors belong to their owners
 
     private void Check(Tensor t, string name, DType? dtype = null)
     {

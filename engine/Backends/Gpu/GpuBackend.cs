@@ -29,18 +29,15 @@ public sealed unsafe partial class GpuBackend : IBackend
     private readonly bool _flashAttention = Environment.GetEnvironmentVariable("LLAMA_FLASH_ATTENTION") != "0";
     private readonly bool _fullPrecision;               // f32 KV cache, exact f32 matmuls
     private MemoryBuffer1D<int, Stride1D.Dense>? _ints; // token ids in, argmax indices out
-    private Tensor? _swiGluScratch, _projectionScratch; // the fused ops' products where their kernels do not apply
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> _normPartial;   // MatMulAddRmsNorm's sum of squares per group
-    private readonly MemoryBuffer1D<int, Stride1D.Dense> _normCounter;     // and its count of finished groups (0 between launches)
+    private Tensor? _swiGluScratch;                     // MatMulSwiGlu's products where its kernel does not apply
     private MemoryBuffer1D<float, Stride1D.Dense>? _remapPartial;   // an index remap's far-pass rows (flash attention)
     // Index remaps through flash attention and the decode kernel (far and near keys apart, merged) rather than the
     // split kernel: always on ILGPU's CPU accelerator, on CUDA unless LLAMA_REMAP_FAST=0 (FastRemapOnCuda).
     private readonly bool _fastRemap;
 
     /// <summary>
-    /// A 1/0 switch from the environment, null when unset: LLAMA_FUSE (decode's gate/up GEMV with SwiGlu), LLAMA_FUSE_NORM
-    /// (decode's o/down GEMVs with the residual add and the next norm), LLAMA_FUSE_ROPE (decode's q/k/v GEMV with the
-    /// rotary op), LLAMA_DECODE_GRAPH.
+    /// A 1/0 switch from the environment, null when unset: LLAMA_FUSE (decode's gate/up GEMV with SwiGlu), LLAMA_FUSE_ROPE
+    /// (decode's q/k/v GEMV with the rotary op), LLAMA_DECODE_GRAPH.
     /// </summary>
     private static bool? Setting(string name) => Environment.GetEnvironmentVariable(name) switch
     {
@@ -66,7 +63,6 @@ public sealed unsafe partial class GpuBackend : IBackend
                 // H100, Llama-2-7B shape, tg128 alternated twice with the weights read by StreamedU4: 196.80 / 196.67 t/s
                 // fused, 195.36 / 195.24 apart (with plain loads it measured no gain: 189.70 / 190.16 against 189.99 / 190.21).
                 FusedDecode = Setting("LLAMA_FUSE") ?? true,
-                FusedNorm = Setting("LLAMA_FUSE_NORM") ?? accelerator is not CudaAccelerator,
                 // H100, Llama-2-7B shape, tg128 alternated twice: 185.98 / 185.89 t/s fused, 185.22 / 185.16 apart.
                 FusedRope = Setting("LLAMA_FUSE_ROPE") ?? true,
             };
@@ -82,9 +78,6 @@ public sealed unsafe partial class GpuBackend : IBackend
             _attentionScratch = accelerator.Allocate1D<float>(AttentionScratchFloats);
             _rope = new GpuRopeTables(accelerator, _stream);
             _stepScalars = accelerator.Allocate1D<int>(DecodeStep.Count);
-            _normPartial = accelerator.Allocate1D<float>(1 << 16);
-            _normCounter = accelerator.Allocate1D<int>(1);
-            _normCounter.MemSetToZero(_stream);
             _stepScalars.MemSetToZero(_stream);
             EnsureInts(4096);
         }
@@ -346,30 +339,6 @@ public sealed unsafe partial class GpuBackend : IBackend
         }
     }
 
-    public void MatMulAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor norm, Tensor dst, float eps)
-    {
-        _accelerator.Bind();
-        Require(x, DType.F32, nameof(x));
-        RequireOwn(weight, nameof(weight));
-        if (weight.Cols != x.Cols) throw new ArgumentException($"weight {weight} does not match x {x}", nameof(weight));
-        Require(residual, DType.F32, nameof(residual));
-        RequireShape(residual, x.Rows, weight.Rows, nameof(residual));
-        Require(norm, DType.F32, nameof(norm));
-        RequireShape(norm, 1, weight.Rows, nameof(norm));
-        Require(dst, DType.F32, nameof(dst));
-        RequireShape(dst, x.Rows, weight.Rows, nameof(dst));
-        if (x.Rows == 0 || weight.Rows == 0) return;
-        if (x.Rows == 1 && GpuKernels.GemvBf16Fits(x, weight) && _launch.GemvGroups(weight.Rows) <= _normPartial.Length)
-        {
-            _launch.GemvAddRmsNorm(x, weight, residual, norm, dst, _normPartial.View, _normCounter.View, eps);
-            return;
-        }
-        // Other weight types, shapes and several tokens: the projection, then the add and norm.
-        var y = EnsureScratch(ref _projectionScratch, x.Rows, weight.Rows);
-        MatMul(x, weight, y);
-        AddRmsNorm(residual, y, norm, dst, eps);
-    }
-
     // The rotary kernels' scalars for a table at layer's rows of cache (the query scale gated by the layer); step: the
     // position comes from the decode step's device scalars.
     private static RopeArgs RopeArgsOf(RopeTable table, KvCache cache, int heads, int layer, int startPos, bool step)
@@ -590,9 +559,6 @@ public sealed unsafe partial class GpuBackend : IBackend
         _rope?.Dispose();
         _ints?.Dispose();
         _swiGluScratch?.Dispose();
-        _projectionScratch?.Dispose();
-        _normPartial?.Dispose();
-        _normCounter?.Dispose();
         _stepScalars?.Dispose();
         _remapPartial?.Dispose();
         _attentionScratch?.Dispose();

@@ -85,7 +85,6 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>? _addRmsNorm4Bf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>> _gemvBf16, _gemvBf16Long, _gemvBf16SwiGlu;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>> _gemvF32;
-    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, F32, F32, F32, ArrayView<int>, int, int, float>> _gemvAddRmsNorm;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, U16, U16, F32, ArrayView<int>, RopeArgs, int>>? _gemvBf16Rope;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>> _gemvBf16Any, _gemvF16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>? _gemmBf16;
@@ -178,8 +177,6 @@ internal sealed class GpuKernels
         // Rows longer than one block of sixteen loads a lane: eight loads, registers capped for 32 warps an SM.
         _gemvBf16Long = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>>("gemv_bf16_long", MatMulKernels.GemvBf16<EightLoads>, streamed,
             specialization: emulated ? default : new KernelSpecialization(32 * GemvRows, 32 / GemvRows));
-        _gemvAddRmsNorm = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, F32, F32, F32, ArrayView<int>, int, int, float>>(
-            "gemv_bf16_add_rmsnorm", MatMulKernels.GemvBf16AddRmsNorm, streamed);
         _gemvBf16SwiGlu = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>>("gemv_bf16_swiglu", MatMulKernels.GemvBf16SwiGlu, streamed);
         if (!f32Cache)
             _gemvBf16Rope = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, U16, U16, F32, ArrayView<int>, RopeArgs, int>>(
@@ -390,21 +387,6 @@ internal sealed class GpuKernels
             var (x1, w1, d1) = (GpuViews.F32(x), GpuViews.U16(weight), GpuViews.F32(dst));
             Queue(name, config, s => kernel(s, config, x1, w1, d1, tokens, inDim, outDim));
         }
-    }
-
-    /// <summary>Groups GemvAddRmsNorm launches for outDim rows (each leaves a partial sum of squares).</summary>
-    public int GemvGroups(int outDim) => (outDim + _rowsPerGemvGroup - 1) / _rowsPerGemvGroup;
-
-    /// <summary>
-    /// One token: residual += x . weight^T, then dst = RmsNorm(residual) * norm by the last group; partial holds a float
-    /// per group (GemvGroups), counter one int that is 0 between launches.
-    /// </summary>
-    public void GemvAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor norm, Tensor dst, F32 partial, ArrayView<int> counter, float eps)
-    {
-        int inDim = x.Cols, outDim = weight.Rows;
-        var config = new KernelConfig(GemvGroups(outDim), 32 * _rowsPerGemvGroup);
-        var (x4, w4, r1, n1, d1) = (GpuViews.F4(x), GpuViews.Streamed(weight), GpuViews.F32(residual), GpuViews.F32(norm), GpuViews.F32(dst));
-        Queue("gemv_bf16_add_rmsnorm", config, s => _gemvAddRmsNorm.Launch(s, config, x4, w4, r1, n1, d1, partial, counter, inDim, outDim, eps));
     }
 
     /// <summary>Whether the 16-byte bf16 GEMV (GemvBf16 and its fused variants) takes x times weight: bf16 weights, in % 8 == 0, aligned views.</summary>

@@ -1,7 +1,6 @@
 // The matmul op cases: x [T, in] times a weight [out, in] (f32, f16 or bf16) transposed: GEMV for a few tokens, the
 // tensor-core GEMM (or cuBLAS) for prefill; matmul_swiglu, the MLP's stacked gate/up projection with SwiGlu as its
-// epilogue; and matmul_add_rmsnorm, a projection with the residual add and the next norm as its epilogue (fused GEMVs
-// for a bf16 token). Kernel: kernels/MatMul.cs; CPU: Cpu/CpuOps.MatMul.cs.
+// epilogue (a fused GEMV for a bf16 token). Kernel: kernels/MatMul.cs; CPU: Cpu/CpuOps.MatMul.cs.
 using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Ops;
@@ -63,25 +62,5 @@ public sealed record MatMulSwiGluCase(string Source, double MaxNmse) : Projectio
         var (x, weights) = Inputs(s, copies);
         var dst = s.Output(T, Ff, "dst");
         return new(i => s.Backend.MatMulSwiGlu(x, weights[i % weights.Length], dst), s.Out("dst", dst));
-    }
-}
-
-public sealed record MatMulAddRmsNormCase(string Source, double MaxNmse) : ProjectionCase(Source, MaxNmse)
-{
-    /// <summary>Output features: the residual stream's width.</summary>
-    public int Out { get; init; } = 1;
-
-    protected override int Rows => Out;
-    public override string Op => "matmul_add_rmsnorm";
-    protected override string Shape => $"{Weight.Name()} T={T} in={N} out={Out}";
-    public override long Bytes(int kvElementSize) => (long)Out * N * Weight.Size() + (long)T * (N + 3L * Out) * 4 + Out * 4L;
-
-    public override PreparedOp Prepare(OpScope s, int copies = 1)
-    {
-        var (x, weights) = Inputs(s, copies);
-        var residual = s.Upload(DType.F32, T, Out, s.Uniform((long)T * Out, Compute), guard: true, name: "residual");
-        var norm = s.Upload(DType.F32, 1, Out, s.Uniform(Out, Compute));
-        var dst = s.Output(T, Out, "dst");
-        return new(i => s.Backend.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, norm, dst, 1e-5f), s.Out("residual", residual), s.Out("dst", dst));
     }
 }

@@ -61,12 +61,6 @@ public static class OpCases
         c.Add(new MatMulSwiGluCase("awkward", F32) { Weight = DType.F32, T = 1, N = 33, Ff = 9 });
         c.Add(new MatMulSwiGluCase("awkward", F32) { T = 1, N = 64, Ff = 5, Specials = true });
         // The o/down projections with the residual add and the next norm fused (bf16, one token), and the other paths.
-        c.Add(new MatMulAddRmsNormCase("Llama-2-7B down_proj + add_rmsnorm decode", 1e-8) { T = 1, N = 11008, Out = 4096 });
-        c.Add(new MatMulAddRmsNormCase("small", 1e-8) { T = 1, N = 96, Out = 64 });
-        c.Add(new MatMulAddRmsNormCase("awkward", 1e-8) { T = 1, N = 40, Out = 333 });
-        c.Add(new MatMulAddRmsNormCase("awkward", 1e-8) { T = 2, N = 40, Out = 24 });
-        c.Add(new MatMulAddRmsNormCase("awkward", 1e-8) { Weight = DType.F32, T = 1, N = 33, Out = 17 });
-        c.Add(new MatMulAddRmsNormCase("awkward", 1e-8) { T = 1, N = 64, Out = 9, Specials = true });
 
         // The fused q/k/v projection with the rotary op: the one-token GEMV (whole heads rotary, bf16 cache) and the
         // projection-then-Rope path every other shape takes.
@@ -235,8 +229,6 @@ public static class OpCases
                      (4096, 11008, "Llama-2-7B down_proj"), (32000, 4096, "Llama-2-7B lm_head") })
             c.Add(new MatMulCase(src + " decode", 0) { Weight = DType.BF16, T = 1, N = n, Out = o });
         c.Add(new MatMulSwiGluCase("Llama-2-7B gate/up + swiglu decode", 0) { T = 1, N = 4096, Ff = 11008 });
-        c.Add(new MatMulAddRmsNormCase("Llama-2-7B o_proj + add_rmsnorm decode", 0) { T = 1, N = 4096, Out = 4096 });
-        c.Add(new MatMulAddRmsNormCase("Llama-2-7B down_proj + add_rmsnorm decode", 0) { T = 1, N = 11008, Out = 4096 });
         c.Add(new MatMulSwiGluCase("Llama-3-8B gate/up + swiglu decode", 0) { T = 1, N = 4096, Ff = 14336 });
         c.Add(new MatMulRopeCase("Llama-2-7B q/k/v + rope decode", 0) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, N = 4096, StartPos = 4095 });
         foreach (var (t, o, n, src) in new[] { (512, 4096, 4096, "Llama-2-7B q_proj"), (4096, 11008, 4096, "Llama-2-7B up_proj"), (16384, 4096, 4096, "Llama-2-7B q_proj") })
