@@ -60,7 +60,6 @@ public static class OpCases
         c.Add(new MatMulSwiGluCase("awkward", F32) { T = 3, N = 40, Ff = 7 });
         c.Add(new MatMulSwiGluCase("awkward", F32) { Weight = DType.F32, T = 1, N = 33, Ff = 9 });
         c.Add(new MatMulSwiGluCase("awkward", F32) { T = 1, N = 64, Ff = 5, Specials = true });
-        // The o/down projections with the residual add and the next norm fused (bf16, one token), and the other paths.
 
         // The fused q/k/v projection with the rotary op: the one-token GEMV (whole heads rotary, bf16 cache) and the
         // projection-then-Rope path every other shape takes.
