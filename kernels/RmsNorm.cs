@@ -25,6 +25,18 @@ public static class RmsNormKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Scale(float sumSquares, int n, float eps) => 1f / XMath.Sqrt(sumSquares / n + eps);
 
+    // The 16-byte paths' element ops: a vector's sum of squares, x + y rounded as TR says, and Out of each element.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float SumSquares(F4 v) => v.X * v.X + v.Y * v.Y + v.Z * v.Z + v.W * v.W;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static F4 Sum<TR>(F4 a, F4 b) where TR : struct, IRounding =>
+        new(default(TR).Round(a.X + b.X), default(TR).Round(a.Y + b.Y), default(TR).Round(a.Z + b.Z), default(TR).Round(a.W + b.W));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static F4 Out<TR>(F4 v, float r, F4 w) where TR : struct, IRounding =>
+        new(Out<TR>(v.X, r, w.X), Out<TR>(v.Y, r, w.Y), Out<TR>(v.Z, r, w.Z), Out<TR>(v.W, r, w.W));
+
     // kernels
 
     /// <summary>Rows of any length.</summary>
@@ -55,22 +67,14 @@ public static class RmsNormKernels
             int j = Group.IdxX;
             bool on = j < n4;
             F4 u = on ? x[row + j] : default, wj = on ? weight[j] : default;
-            float rj = Scale(Reduce.GroupSum(u.X * u.X + u.Y * u.Y + u.Z * u.Z + u.W * u.W, scratch), 4 * n4, eps);
-            if (on) dst[row + j] = new F4(Out<TR>(u.X, rj, wj.X), Out<TR>(u.Y, rj, wj.Y), Out<TR>(u.Z, rj, wj.Z), Out<TR>(u.W, rj, wj.W));
+            float rj = Scale(Reduce.GroupSum(SumSquares(u), scratch), 4 * n4, eps);
+            if (on) dst[row + j] = Out<TR>(u, rj, wj);
             return;
         }
         float ss = 0f;
-        for (int i = Group.IdxX; i < n4; i += Group.DimX)
-        {
-            F4 v = x[row + i];
-            ss += v.X * v.X + v.Y * v.Y + v.Z * v.Z + v.W * v.W;
-        }
+        for (int i = Group.IdxX; i < n4; i += Group.DimX) ss += SumSquares(x[row + i]);
         float r = Scale(Reduce.GroupSum(ss, scratch), 4 * n4, eps);
-        for (int i = Group.IdxX; i < n4; i += Group.DimX)
-        {
-            F4 v = x[row + i], w = weight[i];
-            dst[row + i] = new F4(Out<TR>(v.X, r, w.X), Out<TR>(v.Y, r, w.Y), Out<TR>(v.Z, r, w.Z), Out<TR>(v.W, r, w.W));
-        }
+        for (int i = Group.IdxX; i < n4; i += Group.DimX) dst[row + i] = Out<TR>(x[row + i], r, weight[i]);
     }
 
     /// <summary>x += y, then dst = RmsNorm(x); rows of n % 4 == 0 floats as F4 vectors; dst may alias y.</summary>
@@ -86,27 +90,22 @@ public static class RmsNormKernels
             int j = Group.IdxX;
             bool on = j < n4;
             F4 a0 = on ? x[row + j] : default, b0 = on ? y[row + j] : default, wj = on ? weight[j] : default;
-            var u = new F4(default(TR).Round(a0.X + b0.X), default(TR).Round(a0.Y + b0.Y), default(TR).Round(a0.Z + b0.Z), default(TR).Round(a0.W + b0.W));
+            var u = Sum<TR>(a0, b0);
             if (on) x[row + j] = u;
-            float rj = Scale(Reduce.GroupSum(u.X * u.X + u.Y * u.Y + u.Z * u.Z + u.W * u.W, scratch), 4 * n4, eps);
-            if (on) dst[row + j] = new F4(Out<TR>(u.X, rj, wj.X), Out<TR>(u.Y, rj, wj.Y), Out<TR>(u.Z, rj, wj.Z), Out<TR>(u.W, rj, wj.W));
+            float rj = Scale(Reduce.GroupSum(SumSquares(u), scratch), 4 * n4, eps);
+            if (on) dst[row + j] = Out<TR>(u, rj, wj);
             return;
         }
         float ss = 0f;
         for (int i = Group.IdxX; i < n4; i += Group.DimX)
         {
-            F4 a = x[row + i], b = y[row + i];
-            var v = new F4(default(TR).Round(a.X + b.X), default(TR).Round(a.Y + b.Y), default(TR).Round(a.Z + b.Z), default(TR).Round(a.W + b.W));
+            var v = Sum<TR>(x[row + i], y[row + i]);
             x[row + i] = v;
-            ss += v.X * v.X + v.Y * v.Y + v.Z * v.Z + v.W * v.W;
+            ss += SumSquares(v);
         }
         // GroupSum's barriers also order every thread's reads of y before any write of dst (which may alias y).
         float r = Scale(Reduce.GroupSum(ss, scratch), 4 * n4, eps);
-        for (int i = Group.IdxX; i < n4; i += Group.DimX)
-        {
-            F4 v = x[row + i], w = weight[i];
-            dst[row + i] = new F4(Out<TR>(v.X, r, w.X), Out<TR>(v.Y, r, w.Y), Out<TR>(v.Z, r, w.Z), Out<TR>(v.W, r, w.W));
-        }
+        for (int i = Group.IdxX; i < n4; i += Group.DimX) dst[row + i] = Out<TR>(x[row + i], r, weight[i]);
     }
 
     /// <summary>x += y, then dst = RmsNorm(x), rows of any length; dst may alias y.</summary>
