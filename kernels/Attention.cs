@@ -19,7 +19,8 @@ namespace LlamaRun.Kernels;
 /// kernel, with Window above 0): splits 0 .. FarSplits - 1 score the far keys [0, i - Window] with qFar against kfar,
 /// the others the near keys (i - Window, i] with q against kcache. StepPosition 1: StartPos is read from the decode
 /// step's device scalars (DecodeStep.Position); the grid then holds splits for the longest length of the step's bucket,
-/// and the splits past the keys are empty.
+/// and the split kernel's splits past the keys are empty (the decode kernel shares a query's keys out evenly among its
+/// splits instead: SplitLen is the split kernel's).
 /// </summary>
 public readonly record struct AttentionArgs(int NumHeads, int NumKvHeads, int HeadDim, int StartPos, int SplitLen, int Splits, float Scale, int RoundP,
     int Window = 0, int FarSplits = 0, int StepPosition = 0)

@@ -1,13 +1,19 @@
 // Decode attention (CpuOps.Attention) over a bf16 cache, for few queries and long contexts: one group of W warps per
 // (KV head, query, key split), W = Group.DimX / 32 (4, or more for a short context: GpuKernels.DecodeWarpsFor). A
-// key's row is read by P = headDim / 8 lanes, 16 bytes (8 dims) each, so a warp takes 32 / P keys a step and the
-// loads of the next step are in flight while this one is computed. Every query head of the KV head's group (G of
-// them, a compile-time 1, 2, 4 or 8) keeps its 8 query dims, its running max and sum and its 8 output dims in
-// registers: one read of the cache serves all G heads (GQA). Scores are reduced over the P lanes by shuffles; the
-// online softmax rescales per key. The key slots of a warp, then the W warps, are merged at the end (shuffles, then
-// shared memory), and the group writes dst (one split) or (m, l, acc) for AttentionKernels.Combine. With an index
-// remap the first splits take the far keys (far queries against the grouped keys), the rest the window. Head dims
-// 64, 128 or 256. Exercised by the decode cases of tests/GpuOpsTests.cs (4 and 8 warps on the CPU accelerator).
+// query's keys are shared out evenly among its splits (a decode step's grid is sized for its bucket's longest length,
+// so no split idles). A key's row is read by P = headDim / 8 lanes, 16 bytes (8 dims) each (StreamedU4: the cache is
+// read once), so a warp takes 32 / P keys a step. Every query head of the KV head's group (G of them, a compile-time
+// 1, 2, 4 or 8) keeps its 8 query dims, its running max and sum and its 8 output dims in registers: one read of the
+// cache serves all G heads (GQA). Scores are reduced over the P lanes by shuffles. With one query head a lane (TT:
+// FourSteps) a warp loads four steps of keys at once and scores them before one online-softmax update; with more,
+// whose states fill the registers, the loads of the next step are in flight while this one is computed and the
+// softmax updates per key. H100, Llama-2-7B at depth 16384, tg128 @ d16384 (t/s): 124.15 / 125.46 with the splits
+// sized for the bucket and one step at a time, 127.22 with the keys shared out over whole waves of groups (fewer
+// idle SMs), 128.31 with four-step tiles as well; L2 prefetches of the keys 4 or 8 steps ahead lost (124.09, 121.62).
+// The key slots of a warp, then the W warps, are merged at the end (shuffles, then shared memory), and the group
+// writes dst (one split) or (m, l, acc) for AttentionKernels.Combine. With an index remap the first splits take the
+// far keys (far queries against the grouped keys), the rest the window. Head dims 64, 128 or 256. Exercised by the
+// decode cases of tests/GpuOpsTests.cs (4 and 8 warps, one and two query heads a lane, on the CPU accelerator).
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
@@ -39,6 +45,22 @@ public readonly struct FourQueryHeads : IQueryGroup
 public readonly struct EightQueryHeads : IQueryGroup
 {
     public int Heads => 8;
+}
+
+/// <summary>Key steps a warp loads at once before it scores them (a tile): 1, or 4 with one softmax rescale a tile.</summary>
+public interface IKeyTile
+{
+    int Steps { get; }
+}
+
+public readonly struct OneStep : IKeyTile
+{
+    public int Steps => 1;
+}
+
+public readonly struct FourSteps : IKeyTile
+{
+    public int Steps => 4;
 }
 
 /// <summary>One query head's state in one lane: 8 query dims, the running max and sum, 8 output dims.</summary>
@@ -114,6 +136,85 @@ public static class AttentionDecodeKernels
         h.A7 = h.A7 * corr + w * Bf16.Hi(v.W);
     }
 
+    // A key's score: the lane's 8 dims, reduced over the key's P lanes (every lane takes part).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Score(in HeadState h, in U4 k, int lanesPerKey)
+    {
+        float dot = h.Q0 * Bf16.Lo(k.X) + h.Q1 * Bf16.Hi(k.X) + h.Q2 * Bf16.Lo(k.Y) + h.Q3 * Bf16.Hi(k.Y)
+                  + h.Q4 * Bf16.Lo(k.Z) + h.Q5 * Bf16.Hi(k.Z) + h.Q6 * Bf16.Lo(k.W) + h.Q7 * Bf16.Hi(k.W);
+        if (lanesPerKey > 16) dot += Warp.ShuffleXor(dot, 16);
+        if (lanesPerKey > 8) dot += Warp.ShuffleXor(dot, 8);
+        dot += Warp.ShuffleXor(dot, 4);
+        dot += Warp.ShuffleXor(dot, 2);
+        dot += Warp.ShuffleXor(dot, 1);
+        return dot;
+    }
+
+    // w * v's 8 dims added into the lane's output dims.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AddWeighted(ref HeadState h, float w, in U4 v)
+    {
+        h.A0 += w * Bf16.Lo(v.X);
+        h.A1 += w * Bf16.Hi(v.X);
+        h.A2 += w * Bf16.Lo(v.Y);
+        h.A3 += w * Bf16.Hi(v.Y);
+        h.A4 += w * Bf16.Lo(v.Z);
+        h.A5 += w * Bf16.Hi(v.Z);
+        h.A6 += w * Bf16.Lo(v.W);
+        h.A7 += w * Bf16.Hi(v.W);
+    }
+
+    // Four keys (a tile's, one a step): their scores, then one online-softmax update: the running max takes the
+    // tile's, the sum and output dims are rescaled once and take the four weights. Keys not valid weigh nothing.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Tile4(ref HeadState h, in KeyTile t, int lanesPerKey, int roundP)
+    {
+        float s0 = Score(h, t.K0, lanesPerKey), s1 = Score(h, t.K1, lanesPerKey), s2 = Score(h, t.K2, lanesPerKey), s3 = Score(h, t.K3, lanesPerKey);
+        if (!t.Ok0) return;   // the tile's first key past the split: so are the rest
+        float m = h.M > s0 ? h.M : s0;   // a NaN score propagates
+        if (t.Ok1) m = m > s1 ? m : s1;
+        if (t.Ok2) m = m > s2 ? m : s2;
+        if (t.Ok3) m = m > s3 ? m : s3;
+        float corr = FastMath.Exp2(h.M - m);
+        float e0 = FastMath.Exp2(s0 - m), e1 = t.Ok1 ? FastMath.Exp2(s1 - m) : 0f, e2 = t.Ok2 ? FastMath.Exp2(s2 - m) : 0f, e3 = t.Ok3 ? FastMath.Exp2(s3 - m) : 0f;
+        h.L = h.L * corr + ((e0 + e1) + (e2 + e3));
+        h.M = m;
+        h.A0 *= corr;
+        h.A1 *= corr;
+        h.A2 *= corr;
+        h.A3 *= corr;
+        h.A4 *= corr;
+        h.A5 *= corr;
+        h.A6 *= corr;
+        h.A7 *= corr;
+        AddWeighted(ref h, roundP != 0 ? Bf16.Round(e0) : e0, t.V0);
+        AddWeighted(ref h, roundP != 0 ? Bf16.Round(e1) : e1, t.V1);
+        AddWeighted(ref h, roundP != 0 ? Bf16.Round(e2) : e2, t.V2);
+        AddWeighted(ref h, roundP != 0 ? Bf16.Round(e3) : e3, t.V3);
+    }
+
+    // A lane's four keys of a tile (steps apart) and whether each is inside the split.
+    private struct KeyTile
+    {
+        public U4 K0, K1, K2, K3, V0, V1, V2, V3;
+        public bool Ok0, Ok1, Ok2, Ok3;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static KeyTile Load(StreamedU4 kc, StreamedU4 vc, int key, int stride, int end, long rowStride, long col)
+        {
+            var t = default(KeyTile);
+            t.Ok0 = key < end;
+            t.Ok1 = key + stride < end;
+            t.Ok2 = key + 2 * stride < end;
+            t.Ok3 = key + 3 * stride < end;
+            if (t.Ok0) { t.K0 = kc[key * rowStride + col]; t.V0 = vc[key * rowStride + col]; }
+            if (t.Ok1) { t.K1 = kc[(key + stride) * rowStride + col]; t.V1 = vc[(key + stride) * rowStride + col]; }
+            if (t.Ok2) { t.K2 = kc[(key + 2 * stride) * rowStride + col]; t.V2 = vc[(key + 2 * stride) * rowStride + col]; }
+            if (t.Ok3) { t.K3 = kc[(key + 3 * stride) * rowStride + col]; t.V3 = vc[(key + 3 * stride) * rowStride + col]; }
+            return t;
+        }
+    }
+
     // Merges the state held by the lane `offset` away (another key slot, same dims) into h.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void MergeLanes(ref HeadState h, int offset)
@@ -185,9 +286,15 @@ public static class AttentionDecodeKernels
     /// q [T, numHeads * headDim] as F4; kcache, vcache the layer's rows as U4 (kvDim % 8 == 0); the group's query
     /// heads kvh * G .. (kvh + 1) * G - 1 with G = numHeads / numKvHeads &lt;= TG.Heads; partial as AttentionKernels.Split.
     /// </summary>
-    public static void Decode<TG>(ArrayView<F4> q, ArrayView<U4> kcache, ArrayView<U4> vcache, ArrayView<float> dst,
-        ArrayView<float> partial, ArrayView<F4> qFar, ArrayView<U4> kfar, ArrayView<int> step, AttentionArgs a)
+    public static void Decode<TG>(ArrayView<F4> q, StreamedU4 kcache, StreamedU4 vcache, ArrayView<float> dst,
+        ArrayView<float> partial, ArrayView<F4> qFar, StreamedU4 kfar, ArrayView<int> step, AttentionArgs a)
+        where TG : struct, IQueryGroup => Decode<TG, OneStep>(q, kcache, vcache, dst, partial, qFar, kfar, step, a);
+
+    /// <summary>Decode with TT.Steps key steps a tile (FourSteps: one query head a lane only).</summary>
+    public static void Decode<TG, TT>(ArrayView<F4> q, StreamedU4 kcache, StreamedU4 vcache, ArrayView<float> dst,
+        ArrayView<float> partial, ArrayView<F4> qFar, StreamedU4 kfar, ArrayView<int> step, AttentionArgs a)
         where TG : struct, IQueryGroup
+        where TT : struct, IKeyTile
     {
         var smem = SharedMemory.GetDynamic<float>();
         int kvh = Grid.IdxX, t = Grid.IdxY, s = Grid.IdxZ, lane = Warp.LaneIdx, warp = Warp.WarpIdx;
@@ -198,7 +305,9 @@ public static class AttentionDecodeKernels
         int len = a.Start(step) + t + 1, farEnd = XMath.Max(0, len - a.Window);
         bool far = a.Window > 0 && s < a.FarSplits, near = a.Window > 0 && !far;
         int lo = near ? farEnd : 0, hi = far ? farEnd : len, local = near ? s - a.FarSplits : s;
-        int begin = lo + local * a.SplitLen, end = XMath.Min(hi, begin + a.SplitLen);
+        // The part's keys shared out evenly among its splits (a step's grid is sized for its bucket's longest length).
+        int parts = far ? a.FarSplits : near ? a.Splits - a.FarSplits : a.Splits, per = (hi - lo + parts - 1) / parts;
+        int begin = lo + local * per, end = XMath.Min(hi, begin + per);
         if (far)
         {
             q = qFar;
@@ -221,13 +330,23 @@ public static class AttentionDecodeKernels
             if (group > 7) LoadQuery(ref st.H7, q, qRow + 7 * hd / 4, a.Scale);
         }
 
-        // Keys of this lane: first + i * stride; the loads of key i + 1 are issued before key i is used.
+        // Keys of this lane: first + i * stride. Four steps a tile (TT: FourSteps): a tile's loads are issued together,
+        // then scored. One step at a time: the loads of key i + 1 are issued before key i is used.
         int warps = Group.DimX >> 5, kvDim4 = a.NumKvHeads * hd / 8, stride = warps * keysPerStep;
         long col = (long)kvh * hd / 8 + dims;
         int key = begin + warp * keysPerStep + slot;
-        U4 k = key < end ? kcache[(long)key * kvDim4 + col] : default;
-        U4 v = key < end ? vcache[(long)key * kvDim4 + col] : default;
-        for (int first = begin + warp * keysPerStep; first < end; first += stride)   // warp-uniform: every lane shuffles
+        if (default(TT).Steps == 4)
+        {
+            for (int first = begin + warp * keysPerStep; first < end; first += 4 * stride)   // warp-uniform: every lane shuffles
+            {
+                var tile = KeyTile.Load(kcache, vcache, key, stride, end, kvDim4, col);
+                Tile4(ref st.H0, tile, lanesPerKey, a.RoundP);
+                key += 4 * stride;
+            }
+        }
+        U4 k = default(TT).Steps == 1 && key < end ? kcache[(long)key * kvDim4 + col] : default;
+        U4 v = default(TT).Steps == 1 && key < end ? vcache[(long)key * kvDim4 + col] : default;
+        for (int first = begin + warp * keysPerStep; default(TT).Steps == 1 && first < end; first += stride)   // warp-uniform: every lane shuffles
         {
             int next = key + stride;
             U4 kn = next < end ? kcache[(long)next * kvDim4 + col] : default;

@@ -217,6 +217,20 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
         Assert.Equal(4, GpuKernels.DecodeWarpsFor(512, 8, 132));     // Llama-3-70B at 16k
     }
 
+    // The decode attention's splits on a 132-SM GPU: the groups an SM holds, in whole waves where the heads allow, each
+    // split at least 256 keys (MinSplit) of the step's bucket.
+    [Fact]
+    public void DecodeAttentionSplitsFillWholeWaves()
+    {
+        if (Environment.GetEnvironmentVariable("LLAMA_ATTN_WAVES") is not null || Environment.GetEnvironmentVariable("LLAMA_ATTN_MINSPLIT") is not null) return;
+        Assert.Equal(33, GpuKernels.DecodeSplits(32, 17408, 8, 132));   // Llama-2-7B at 16k, 8 groups an SM: 1,056 = 8 x 132
+        Assert.Equal(20, GpuKernels.DecodeSplits(32, 17408, 5, 132));   // 5 an SM: 640 of the 660 slots
+        Assert.Equal(66, GpuKernels.DecodeSplits(8, 17408, 8, 132));    // Llama-3-8B at 16k: 528 = 4 x 132 (68 splits allowed)
+        Assert.Equal(4, GpuKernels.DecodeSplits(32, 1024, 8, 132));     // a short context: 256 keys a split
+        Assert.Equal(1, GpuKernels.DecodeSplits(32, 256, 8, 132));
+        Assert.Equal(1, GpuKernels.DecodeSplits(2048, 17408, 8, 132));  // more queries than the GPU holds groups
+    }
+
     [Fact]
     public void CudaAvailabilityIsExplainedInOneLine()
     {
@@ -245,13 +259,17 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
             output.WriteLine($"{name}: {ptx.Length} chars of PTX");
         }
         // The decode GEMVs read their weight rows by StreamedU4's loads, one a 16-byte vector: 16 a block of a row (8 for
-        // long rows), twice (the full blocks and the last, partial one). (ILGPU leaves the plain loads of the CPU path
-        // behind a constant false predicate, which ptxas removes.)
+        // long rows), twice (the full blocks and the last, partial one). The decode attention reads K and V by them: a
+        // tile's four steps of each (one query head a lane), or a step's pair before the loop and the next step's in it.
+        // (ILGPU leaves the plain loads of the CPU path behind a constant false predicate, which ptxas removes.)
         var streamed = kernels.Where(k => k.Needs.HasFlag(KernelNeeds.StreamedLoads)).Select(k => k.Name).Order().ToList();
-        Assert.Equal(["gemv_bf16", "gemv_bf16_long", "gemv_bf16_rope", "gemv_bf16_swiglu"], streamed);
+        Assert.Equal(["attention_decode_g1", "attention_decode_g2", "attention_decode_g4", "attention_decode_g8",
+            "gemv_bf16", "gemv_bf16_long", "gemv_bf16_rope", "gemv_bf16_swiglu"], streamed);
         foreach (var (name, ptx, _) in kernels.Where(k => k.Needs.HasFlag(KernelNeeds.StreamedLoads)))
         {
-            Assert.Equal(name == "gemv_bf16_long" ? 16 : 32, System.Text.RegularExpressions.Regex.Count(ptx, @"ld\.global\.nc\.L1::no_allocate\.v4\.b32"));
+            bool attention = name.StartsWith("attention_decode", StringComparison.Ordinal);
+            int loads = name switch { "attention_decode_g1" => 8, _ when attention => 4, "gemv_bf16_long" => 16, _ => 32 };
+            Assert.Equal(loads, System.Text.RegularExpressions.Regex.Count(ptx, @"ld\.global\.nc\.L1::no_allocate\.v4\.b32"));
             Assert.Null(PtxKernelLoader.Missing(ptx, KernelNeeds.StreamedLoads));
         }
         Assert.Equal("ld.global.nc.L1::no_allocate", PtxKernelLoader.Missing(kernels.Single(k => k.Name == "gemv_bf16_any").Ptx, KernelNeeds.StreamedLoads));

@@ -27,20 +27,28 @@ public enum KernelNeeds { None = 0, Mma = 1, Ldmatrix = 2, StreamedLoads = 4 }
 /// <summary>One compiled kernel: its name, PTX size, compile and load time, and (on CUDA) registers and local memory.</summary>
 public sealed record KernelReport(string Name, int PtxChars, double CompileMs, double LoadMs, int Registers, int LocalBytes);
 
+/// <summary>A loaded kernel: its launch delegate, and how many of its groups an SM holds at once (group size, dynamic shared bytes).</summary>
+public sealed record LoadedKernel<T>(T Launch, Func<int, int, int> ActiveGroups) where T : Delegate;
+
 /// <summary>A kernel being loaded: Launch is its launch delegate (waiting, the first time, for its load to finish).</summary>
-public sealed class KernelHandle<T>(Task<T>? load, Action<double>? waited = null) where T : Delegate
+public sealed class KernelHandle<T>(Task<LoadedKernel<T>>? load, Action<double>? waited = null) where T : Delegate
 {
-    private T? _launch;
+    private LoadedKernel<T>? _loaded;
 
-    public T Launch => _launch ??= Wait();
+    public T Launch => Loaded.Launch;
 
-    private T Wait()
+    /// <summary>Groups of this size (and dynamic shared memory, in bytes) an SM runs at once: the driver's occupancy figure.</summary>
+    public int ActiveGroups(int groupSize, int dynamicShared) => Loaded.ActiveGroups(groupSize, dynamicShared);
+
+    private LoadedKernel<T> Loaded => _loaded ??= Wait();
+
+    private LoadedKernel<T> Wait()
     {
         if (load is null) throw new InvalidOperationException("kernel compiled offline only");
         long t0 = Stopwatch.GetTimestamp();
-        var launch = load.GetAwaiter().GetResult();   // a failed compile or load throws its GpuException here
+        var loaded = load.GetAwaiter().GetResult();   // a failed compile or load throws its GpuException here
         waited?.Invoke(Stopwatch.GetElapsedTime(t0).TotalSeconds);
-        return launch;
+        return loaded;
     }
 }
 
@@ -110,7 +118,7 @@ public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLo
         var compile = _compiles.ContinueWith(_ => Compile(name, kernel, needs, specialization), CancellationToken.None,
             TaskContinuationOptions.LongRunning, TaskScheduler.Default);
         _compiles = compile;
-        Task<T> load = compile.ContinueWith(c =>
+        Task<LoadedKernel<T>> load = compile.ContinueWith(c =>
         {
             var (compiled, ptxChars, compileMs) = c.GetAwaiter().GetResult();   // a failed compile throws its GpuException here
             return LoadCompiled<T>(name, compiled, ptxChars, compileMs, dynamicShared, slot);
@@ -156,7 +164,7 @@ public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLo
     }
 
     // The driver's load of a compiled kernel (its PTX JIT on CUDA), with the kernel's resources for the report.
-    private T LoadCompiled<T>(string name, CompiledKernel compiled, int ptxChars, double compileMs, int dynamicShared, int slot) where T : Delegate
+    private LoadedKernel<T> LoadCompiled<T>(string name, CompiledKernel compiled, int ptxChars, double compileMs, int dynamicShared, int slot) where T : Delegate
     {
         long t1 = Stopwatch.GetTimestamp();
         Kernel loaded;
@@ -181,7 +189,8 @@ public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLo
             _reports[slot] = report;
             _lastDone = Math.Max(_lastDone, Stopwatch.GetTimestamp());
         }
-        return loaded.CreateLauncherDelegate<T>();
+        return new LoadedKernel<T>(loaded.CreateLauncherDelegate<T>(),
+            (groupSize, shared) => Math.Max(1, accelerator.EstimateMaxActiveGroupsPerMultiprocessor(loaded, groupSize, shared)));
     }
 
     public void Complete()
