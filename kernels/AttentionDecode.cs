@@ -107,10 +107,9 @@ public static class AttentionDecodeKernels
         h.A0 = h.A1 = h.A2 = h.A3 = h.A4 = h.A5 = h.A6 = h.A7 = 0f;
     }
 
-    // One key: the score reduced over the key's P lanes (every lane takes part), then, when the key is inside the
-    // split, the online-softmax update of the lane's 8 output dims with the value row v.
+    // A key's score: the lane's 8 dims, reduced over the key's P lanes (every lane takes part).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Step(ref HeadState h, in U4 k, in U4 v, int lanesPerKey, bool valid, int roundP)
+    private static float Score(in HeadState h, in U4 k, int lanesPerKey)
     {
         float dot = h.Q0 * Bf16.Lo(k.X) + h.Q1 * Bf16.Hi(k.X) + h.Q2 * Bf16.Lo(k.Y) + h.Q3 * Bf16.Hi(k.Y)
                   + h.Q4 * Bf16.Lo(k.Z) + h.Q5 * Bf16.Hi(k.Z) + h.Q6 * Bf16.Lo(k.W) + h.Q7 * Bf16.Hi(k.W);
@@ -120,6 +119,15 @@ public static class AttentionDecodeKernels
         dot += Warp.ShuffleXor(dot, 4);
         dot += Warp.ShuffleXor(dot, 2);
         dot += Warp.ShuffleXor(dot, 1);
+        return dot;
+    }
+
+    // One key: the score reduced over the key's P lanes (every lane takes part), then, when the key is inside the
+    // split, the online-softmax update of the lane's 8 output dims with the value row v.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Step(ref HeadState h, in U4 k, in U4 v, int lanesPerKey, bool valid, int roundP)
+    {
+        float dot = Score(h, k, lanesPerKey);
         if (!valid) return;
         float m = h.M > dot ? h.M : dot;   // a NaN score propagates
         float corr = FastMath.Exp2(h.M - m), e = FastMath.Exp2(dot - m);
@@ -134,20 +142,6 @@ public static class AttentionDecodeKernels
         h.A5 = h.A5 * corr + w * Bf16.Hi(v.Z);
         h.A6 = h.A6 * corr + w * Bf16.Lo(v.W);
         h.A7 = h.A7 * corr + w * Bf16.Hi(v.W);
-    }
-
-    // A key's score: the lane's 8 dims, reduced over the key's P lanes (every lane takes part).
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Score(in HeadState h, in U4 k, int lanesPerKey)
-    {
-        float dot = h.Q0 * Bf16.Lo(k.X) + h.Q1 * Bf16.Hi(k.X) + h.Q2 * Bf16.Lo(k.Y) + h.Q3 * Bf16.Hi(k.Y)
-                  + h.Q4 * Bf16.Lo(k.Z) + h.Q5 * Bf16.Hi(k.Z) + h.Q6 * Bf16.Lo(k.W) + h.Q7 * Bf16.Hi(k.W);
-        if (lanesPerKey > 16) dot += Warp.ShuffleXor(dot, 16);
-        if (lanesPerKey > 8) dot += Warp.ShuffleXor(dot, 8);
-        dot += Warp.ShuffleXor(dot, 4);
-        dot += Warp.ShuffleXor(dot, 2);
-        dot += Warp.ShuffleXor(dot, 1);
-        return dot;
     }
 
     // w * v's 8 dims added into the lane's output dims.

@@ -37,8 +37,16 @@ public sealed class KernelHandle<T>(Task<LoadedKernel<T>>? load, Action<double>?
 
     public T Launch => Loaded.Launch;
 
+    private Tuple<int, int, int>? _active;   // the last ActiveGroups question and answer (every launch asks again)
+
     /// <summary>Groups of this size (and dynamic shared memory, in bytes) an SM runs at once: the driver's occupancy figure.</summary>
-    public int ActiveGroups(int groupSize, int dynamicShared) => Loaded.ActiveGroups(groupSize, dynamicShared);
+    public int ActiveGroups(int groupSize, int dynamicShared)
+    {
+        if (_active is { } last && last.Item1 == groupSize && last.Item2 == dynamicShared) return last.Item3;
+        int groups = Loaded.ActiveGroups(groupSize, dynamicShared);
+        _active = Tuple.Create(groupSize, dynamicShared, groups);
+        return groups;
+    }
 
     private LoadedKernel<T> Loaded => _loaded ??= Wait();
 
