@@ -338,17 +338,20 @@ public static class AttentionDecodeKernels
                 key += 4 * stride;
             }
         }
-        U4 k = default(TT).Steps == 1 && key < end ? kcache[(long)key * kvDim4 + col] : default;
-        U4 v = default(TT).Steps == 1 && key < end ? vcache[(long)key * kvDim4 + col] : default;
-        for (int first = begin + warp * keysPerStep; default(TT).Steps == 1 && first < end; first += stride)   // warp-uniform: every lane shuffles
+        else
         {
-            int next = key + stride;
-            U4 kn = next < end ? kcache[(long)next * kvDim4 + col] : default;
-            U4 vn = next < end ? vcache[(long)next * kvDim4 + col] : default;
-            StepAll<TG>(ref st, k, v, lanesPerKey, key < end, a.RoundP);
-            key = next;
-            k = kn;
-            v = vn;
+            U4 k = key < end ? kcache[(long)key * kvDim4 + col] : default;
+            U4 v = key < end ? vcache[(long)key * kvDim4 + col] : default;
+            for (int first = begin + warp * keysPerStep; first < end; first += stride)   // warp-uniform: every lane shuffles
+            {
+                int next = key + stride;
+                U4 kn = next < end ? kcache[(long)next * kvDim4 + col] : default;
+                U4 vn = next < end ? vcache[(long)next * kvDim4 + col] : default;
+                StepAll<TG>(ref st, k, v, lanesPerKey, key < end, a.RoundP);
+                key = next;
+                k = kn;
+                v = vn;
+            }
         }
 
         // Merge the warp's key slots (lanes 8 (or 16) apart hold the same dims), then the warps through shared memory.
