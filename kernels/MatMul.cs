@@ -4,8 +4,10 @@
 // row's last block predicated); needs in % 8 == 0. GemvBf16SwiGlu (CpuOps.MatMulSwiGlu): the same rows of stacked
 // gate and up weights with silu(gate) * up as the epilogue, so decode's MLP needs no separate SwiGlu launch.
 // GemvBf16Rope (IBackend.MatMulThenRope: the projection, then CpuOps.Rope): the stacked q/k/v rows with the
-// rotary op and the KV-cache store as the epilogue. Gemv: any weight type and shape and up to 8 tokens (the weights
-// read once for all), 4-byte loads. Both: one warp a row, any group size (GemvRowsPerGroup on a GPU). GemmBf16: prefill
+// rotary op and the KV-cache store as the epilogue. GemvBf16AddNorm (IBackend.MatMulAddRmsNorm): the o/down rows with
+// the residual add and the next RMSNorm's sum of squares as the epilogue, the norm's scale applied by the Rope or SwiGlu
+// GEMV that reads its output (DeferredNorm), so the norm takes no launch. Gemv: any weight type and shape and up to 8
+// tokens (the weights read once for all), 4-byte loads. Both: one warp a row, any group size (GemvRowsPerGroup on a GPU). GemmBf16: prefill
 // on tensor cores (the fallback when cuBLAS is absent): 128x128x32 tiles, 8 warps as 2 x 4, each a 64 x 32 tile of
 // 4 x 4 mma.sync fragments; x rounded to bf16 as it is staged in shared memory, f32 accumulation. Exercised by the
 // MatMul and MatMulRope cases of tests/GpuOpsTests.cs.
@@ -109,17 +111,53 @@ public static class MatMulKernels
     }
 
     /// <summary>
-    /// One token, gate and up stacked as [2 ff, in] bf16 (U4 rows as GemvBf16): dst[j] = silu(x . gate_j) * (x . up_j).
-    /// Groups of 2R warps (R = Group.DimX / 64): warps 0 .. R-1 take gate rows R g .., warps R .. 2R-1 the same up rows
+    /// One token, the o/down projection with the residual add and the first half of the next RMSNorm as its epilogue
+    /// (IBackend.MatMulAddRmsNorm): v = residual + x . W^T is stored to residual and v times the norm's weight to dst,
+    /// and each group adds its rows' sum of v^2 to the counters sums (SquareSums); the GEMV that reads dst applies the
+    /// norm's scale to its sums (DeferredNorm), so the norm takes no launch of its own. Groups and rows as GemvBf16.
+    /// </summary>
+    public static void GemvBf16AddNorm<TLoads>(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> residual, ArrayView<float> normWeight,
+        ArrayView<float> dst, ArrayView<ulong> sums, int inDim, int outDim)
+        where TLoads : struct, IGemvLoads
+    {
+        var squares = SharedMemory.Allocate<float>(32);
+        int row = (Grid.IdxX * Group.DimX + Group.IdxX) >> 5, lane = Warp.LaneIdx;
+        float square = 0f;
+        if (row < outDim)
+        {
+            int chunks = inDim / 8;
+            float sum = RowDot<TLoads>(x, weight, (long)row * chunks, chunks, lane);
+            if (lane == 0)
+            {
+                float v = residual[row] + sum;
+                residual[row] = v;
+                dst[row] = v * normWeight[row];
+                square = v * v;
+            }
+        }
+        if (lane == 0) squares[Warp.WarpIdx] = square;
+        Group.Barrier();
+        if (Group.IdxX != 0) return;
+        float partial = 0f;
+        for (int i = 0; i < Group.DimX >> 5; i++) partial += squares[i];
+        SquareSums.Add(sums, partial);
+    }
+
+    /// <summary>
+    /// One token, gate and up stacked as [2 ff, in] bf16 (U4 rows as GemvBf16): dst[j] = silu(x . gate_j) * (x . up_j),
+    /// each product times the scale of a deferred norm (norm.On: x is the residual times the norm's weight). Groups of 2R warps (R = Group.DimX / 64): warps 0 .. R-1 take gate rows R g .., warps R .. 2R-1 the same up rows
     /// (rows ff + R g ..); the gate warps write dst after one exchange through shared memory.
     /// </summary>
-    public static void GemvBf16SwiGlu(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> dst, int inDim, int ff)
+    public static void GemvBf16SwiGlu(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> dst, ArrayView<ulong> sums, DeferredNorm norm,
+        int inDim, int ff)
     {
         var up = SharedMemory.Allocate<float>(16);
         int r = Group.DimX >> 6, w = Warp.WarpIdx, lane = Warp.LaneIdx;
         bool isUp = w >= r;
         int j = Grid.IdxX * r + (isUp ? w - r : w), chunks = inDim / 8;
+        var counters = LoadCounters(sums, norm);
         float sum = j < ff ? RowDot<SixteenLoads>(x, weight, (long)(isUp ? ff + j : j) * chunks, chunks, lane) : 0f;
+        sum *= counters.Scale(norm);
         if (isUp && lane == 0) up[w - r] = sum;
         Group.Barrier();
         if (!isUp && lane == 0 && j < ff) dst[j] = ActivationKernels.Silu<NoRounding>(sum, up[w]);
@@ -128,12 +166,13 @@ public static class MatMulKernels
     /// <summary>
     /// One token, the stacked q/k/v projection with the rotary op as its epilogue (IBackend.MatMulRope): dst = x . qkv^T
     /// [qDim + 2 kvDim] with q and k rotated pair by pair as RopeKernels.Rope does (whole heads rotary, bf16 cache,
-    /// f32 compute), k and v stored at the layer's cache row of the position. Group u (2 warps) takes one unit: a
+    /// f32 compute), k and v stored at the layer's cache row of the position; each product times the scale of a deferred
+    /// norm (norm.On: x is the residual times the norm's weight). Group u (2 warps) takes one unit: a
     /// rotary pair (rows j and j + headDim / 2 of a q or k head), or two neighbouring v rows; the second warp hands its
     /// sum to the first through shared memory, whose lane 0 rotates and stores both.
     /// </summary>
     public static void GemvBf16Rope(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> dst, ArrayView<ushort> kcache,
-        ArrayView<ushort> vcache, ArrayView<float> invFreq, ArrayView<int> step, RopeArgs a, int inDim)
+        ArrayView<ushort> vcache, ArrayView<float> invFreq, ArrayView<int> step, RopeArgs a, ArrayView<ulong> sums, DeferredNorm norm, int inDim)
     {
         var second = SharedMemory.Allocate<float>(1);
         int w = Warp.WarpIdx, lane = Warp.LaneIdx, u = Grid.IdxX, chunks = inDim / 8;
@@ -152,7 +191,8 @@ public static class MatMulKernels
             r0 = qDim + kvDim + 2 * (u - ropeUnits);
         }
         int r1 = u < ropeUnits ? r0 + half : r0 + 1;
-        float sum = RowDot<SixteenLoads>(x, weight, (long)(w == 0 ? r0 : r1) * chunks, chunks, lane);
+        var counters = LoadCounters(sums, norm);
+        float sum = RowDot<SixteenLoads>(x, weight, (long)(w == 0 ? r0 : r1) * chunks, chunks, lane) * counters.Scale(norm);
         if (w == 1 && lane == 0) second[0] = sum;
         Group.Barrier();
         if (w != 0 || lane != 0) return;
@@ -181,6 +221,21 @@ public static class MatMulKernels
         kcache[cRow + r0 - qDim] = Bf16.FromF32(y0);
         kcache[cRow + r1 - qDim] = Bf16.FromF32(y1);
     }
+
+    // A deferred norm's counters, loaded before a row's weights so that their round trip overlaps them (zeros when off).
+    private readonly struct Counters
+    {
+        public readonly ulong C0, C1, C2, C3, OutOfRange;
+
+        public Counters(ulong c0, ulong c1, ulong c2, ulong c3, ulong outOfRange) => (C0, C1, C2, C3, OutOfRange) = (c0, c1, c2, c3, outOfRange);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public float Scale(DeferredNorm norm) => norm.Scale(C0, C1, C2, C3, OutOfRange);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Counters LoadCounters(ArrayView<ulong> sums, DeferredNorm norm) =>
+        norm.On != 0 ? new Counters(sums[0], sums[1], sums[2], sums[3], sums[4]) : default;
 
     // The dot product of x with the bf16 row at w0 (chunks of 8 weights), reduced over the warp (every lane gets it).
     // Blocks of sixteen 16-byte loads a lane in flight before the first use (a row of 4096 weights is one round trip to

@@ -14,6 +14,19 @@ using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Kernels;
 
+/// <summary>
+/// An RMSNorm whose scale a GEMV applies to its sums (MatMulKernels' decode GEMVs after GemvBf16AddNorm): the GEMV's
+/// input is x times the norm's weight, and the scale 1 / sqrt(mean(x^2) + eps) comes from the sum of squares that the
+/// producing GEMV gathered (SquareSums, N values); On == 0: the input is normed already (scale 1).
+/// </summary>
+public readonly record struct DeferredNorm(int On, int N, float Eps)
+{
+    /// <summary>The scale from the sum's counters, loaded by the caller (1 when off).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public float Scale(ulong c0, ulong c1, ulong c2, ulong c3, ulong outOfRange) =>
+        On != 0 ? RmsNormKernels.Scale(SquareSums.Total(c0, c1, c2, c3, outOfRange), N, Eps) : 1f;
+}
+
 public static class RmsNormKernels
 {
     /// <summary>One normalized element: x times the row's scale r, times the weight (rounded as TR says).</summary>
@@ -106,6 +119,13 @@ public static class RmsNormKernels
         // GroupSum's barriers also order every thread's reads of y before any write of dst (which may alias y).
         float r = Scale(Reduce.GroupSum(ss, scratch), 4 * n4, eps);
         for (int i = Group.IdxX; i < n4; i += Group.DimX) dst[row + i] = Out<TR>(x[row + i], r, weight[i]);
+    }
+
+    /// <summary>One row of n: x *= the scale of a deferred norm (GpuBackend settling a GemvBf16AddNorm's output read by another op).</summary>
+    public static void ScaleDeferred(ArrayView<float> x, ArrayView<ulong> sums, DeferredNorm norm, int n)
+    {
+        float r = norm.Scale(sums[0], sums[1], sums[2], sums[3], sums[4]);
+        for (int i = Grid.GlobalIndex.X; i < n; i += Grid.DimX * Group.DimX) x[i] *= r;
     }
 
     /// <summary>x += y, then dst = RmsNorm(x), rows of any length; dst may alias y.</summary>

@@ -264,11 +264,17 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
         // (ILGPU leaves the plain loads of the CPU path behind a constant false predicate, which ptxas removes.)
         var streamed = kernels.Where(k => k.Needs.HasFlag(KernelNeeds.StreamedLoads)).Select(k => k.Name).Order().ToList();
         Assert.Equal(["attention_decode_g1", "attention_decode_g2", "attention_decode_g4", "attention_decode_g8",
-            "gemv_bf16", "gemv_bf16_long", "gemv_bf16_rope", "gemv_bf16_swiglu"], streamed);
+            "gemv_bf16", "gemv_bf16_add_norm", "gemv_bf16_add_norm_long", "gemv_bf16_long", "gemv_bf16_rope", "gemv_bf16_swiglu"], streamed);
         foreach (var (name, ptx, _) in kernels.Where(k => k.Needs.HasFlag(KernelNeeds.StreamedLoads)))
         {
             bool attention = name.StartsWith("attention_decode", StringComparison.Ordinal);
-            int loads = name switch { "attention_decode_g1" => 8, _ when attention => 4, "gemv_bf16_long" => 16, _ => 32 };
+            int loads = name switch
+            {
+                "attention_decode_g1" => 8,
+                _ when attention => 4,
+                "gemv_bf16_long" or "gemv_bf16_add_norm_long" => 16,
+                _ => 32,
+            };
             Assert.Equal(loads, System.Text.RegularExpressions.Regex.Count(ptx, @"ld\.global\.nc\.L1::no_allocate\.v4\.b32"));
             Assert.Null(PtxKernelLoader.Missing(ptx, KernelNeeds.StreamedLoads));
         }

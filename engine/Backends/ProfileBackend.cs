@@ -76,6 +76,10 @@ public sealed class ProfileBackend(IBackend inner) : IBackend
     public void MatMulRope(Tensor x, Tensor qkv, Tensor dst, KvCache cache, int layer, int startPos, RopeTable table) =>
         Time($"matmul_rope {qkv.DType.Name()} {qkv.Rows}x{qkv.Cols} T={x.Rows}", qkv.ByteLength, () => inner.MatMulRope(x, qkv, dst, cache, layer, startPos, table));
 
+    public void MatMulAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor normWeight, Tensor dst, float eps) =>
+        Time($"matmul_add_rmsnorm {weight.DType.Name()} {weight.Rows}x{weight.Cols} T={x.Rows}", weight.ByteLength,
+            () => inner.MatMulAddRmsNorm(x, weight, residual, normWeight, dst, eps));
+
     public void MatMulSwiGlu(Tensor x, Tensor gateUp, Tensor dst) =>
         Time($"matmul_swiglu {gateUp.DType.Name()} {gateUp.Rows}x{gateUp.Cols} T={x.Rows}", gateUp.ByteLength, () => inner.MatMulSwiGlu(x, gateUp, dst));
 

@@ -13,8 +13,9 @@ namespace LlamaRun.Core;
 /// <param name="FastIndexRemap">Attention runs an index remap at the speed of plain RoPE (so the default may pick one).</param>
 /// <param name="FusedDecode">A decoded token's gate/up projection pays off as MatMulSwiGlu.</param>
 /// <param name="FusedRope">A decoded token's stacked q/k/v projection pays off as MatMulRope.</param>
+/// <param name="FusedNorm">A decoded token's o/down projections pay off as MatMulAddRmsNorm (with the residual add and the next norm).</param>
 public sealed record BackendCapabilities(int PrefillChunk, bool StackedDecodeProjections, bool DeviceMemory, bool IndexRemap = false,
-    bool FastIndexRemap = false, bool FusedDecode = false, bool FusedRope = false);
+    bool FastIndexRemap = false, bool FusedDecode = false, bool FusedRope = false, bool FusedNorm = false);
 
 /// <summary>
 /// The far branch of an index-remap attention: queries rotated to their grouped positions (Q, shaped as the near
@@ -100,6 +101,18 @@ public interface IBackend : IDisposable
 
     /// <summary>dst[T, out] = x[T, in] times weight[out, in] transposed.</summary>
     void MatMul(Tensor x, Tensor weight, Tensor dst);
+
+    /// <summary>
+    /// A projection, the residual add and the next norm in one op (f32 compute): residual += x weight^T, then dst =
+    /// RmsNorm(residual) times normWeight; equal to MatMul into dst then AddRmsNorm(residual, dst, normWeight, dst).
+    /// A GPU backend may leave the norm's scale to the MatMulRope or MatMulSwiGlu that reads dst next (no launch of
+    /// its own for a decoded token); every other op sees dst normed.
+    /// </summary>
+    void MatMulAddRmsNorm(Tensor x, Tensor weight, Tensor residual, Tensor normWeight, Tensor dst, float eps)
+    {
+        MatMul(x, weight, dst);
+        AddRmsNorm(residual, dst, normWeight, dst, eps);
+    }
 
     /// <summary>
     /// The MLP's input projections and SwiGlu in one op (f32 compute): with gateUp the gate rows then the up rows

@@ -220,6 +220,8 @@ public sealed class Llama : ILanguageModel, IDisposable
             // The rotary op as the q/k/v projection's epilogue where the backend says it pays off (plain tables; nobody
             // observing the unrotated projections).
             bool fusedRope = single && b.Capabilities.FusedRope && w.Qkv is not null && table.Remap is null && ProjectionObserver is null;
+            // The o/down projections with the residual add and the next norm (whose scale the GEMV reading it applies).
+            bool fusedNorm = single && b.Capabilities.FusedNorm;
             if (decode && w.Qkv is not null)
             {
                 // One token: one matmul over the stacked q/k/v rows; q, k and v are column views of its output row.
@@ -253,11 +255,18 @@ public sealed class Llama : ILanguageModel, IDisposable
                 b.Attention(q, Cache, l, pos, a.Att, Activations);
             }
             R(a.Att);
-            b.MatMul(a.Att, w.OProj, a.Xb);
-            Reduce(a.Xb);
-            R(a.Xb);
-            b.AddRmsNorm(a.X, a.Xb, w.PostAttentionLayernorm, a.Xb, eps, Activations);
-            R(a.Xb);
+            if (fusedNorm)
+            {
+                b.MatMulAddRmsNorm(a.Att, w.OProj, a.X, w.PostAttentionLayernorm, a.Xb, eps);
+            }
+            else
+            {
+                b.MatMul(a.Att, w.OProj, a.Xb);
+                Reduce(a.Xb);
+                R(a.Xb);
+                b.AddRmsNorm(a.X, a.Xb, w.PostAttentionLayernorm, a.Xb, eps, Activations);
+                R(a.Xb);
+            }
 
             Tensor gate = a.Gate, up = a.Up;
             if (decode && w.GateUp is not null && fused)
@@ -280,6 +289,11 @@ public sealed class Llama : ILanguageModel, IDisposable
                 R(gate); R(up);
                 b.SwiGlu(gate, up, gate, Activations);
                 R(gate);
+            }
+            if (fusedNorm && l + 1 < Config.NumHiddenLayers)
+            {
+                b.MatMulAddRmsNorm(gate, w.DownProj, a.X, Weights.Layers[l + 1].InputLayernorm, a.Xb, eps);
+                continue;
             }
             b.MatMul(gate, w.DownProj, a.Xb);
             Reduce(a.Xb);

@@ -58,6 +58,7 @@ public sealed unsafe partial class GpuBackend
         NotInStep("Download");
         RequireOwn(src, nameof(src));
         if (dst.Length < src.Length) throw new ArgumentException($"destination holds {dst.Length} floats, {src} needs {src.Length}", nameof(dst));
+        Reads(src);
         if (src.Length == 0)
         {
             _stream.Synchronize();

@@ -10,6 +10,7 @@ using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
 using LlamaRun.Core;
 using LlamaRun.Kernels;
+using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Backends.Gpu;
 
@@ -65,6 +66,9 @@ public sealed unsafe partial class GpuBackend : IBackend
                 FusedDecode = Setting("LLAMA_FUSE") ?? true,
                 // H100, Llama-2-7B shape, tg128 alternated twice: 185.98 / 185.89 t/s fused, 185.22 / 185.16 apart.
                 FusedRope = Setting("LLAMA_FUSE_ROPE") ?? true,
+                // The o/down GEMVs with the residual add and the next norm, its scale left to the GEMV reading it:
+                // on for ILGPU's CPU accelerator, opt-in on CUDA (LLAMA_FUSE_NORM=1) until measured there.
+                FusedNorm = Setting("LLAMA_FUSE_NORM") ?? accelerator is not CudaAccelerator,
             };
         try
         {
@@ -79,6 +83,8 @@ public sealed unsafe partial class GpuBackend : IBackend
             _rope = new GpuRopeTables(accelerator, _stream);
             _stepScalars = accelerator.Allocate1D<int>(DecodeStep.Count);
             _stepScalars.MemSetToZero(_stream);
+            _normSums = accelerator.Allocate1D<ulong>((long)NormSlots * SquareSums.Words);
+            _normSums.MemSetToZero(_stream);
             EnsureInts(4096);
         }
         catch
@@ -263,6 +269,8 @@ public sealed unsafe partial class GpuBackend : IBackend
         foreach (int t in tokens)
             if ((uint)t >= (uint)table.Rows) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} outside the vocabulary [0, {table.Rows})");
         if (tokens.Length == 0) return;
+        if (tokens.Length == 1) ResetNormSlots();   // a decoded token's forward pass starts
+        Overwrites(dst);
         if (_inStep is { } step)
         {
             // A decode step reads its token from the step scalars (written before the step is queued or replayed).
@@ -286,6 +294,9 @@ public sealed unsafe partial class GpuBackend : IBackend
         RequireShape(weight, 1, x.Cols, nameof(weight));
         RequireShape(dst, x.Rows, x.Cols, nameof(dst));
         if (x.Rows == 0 || x.Cols == 0) return;
+        Reads(x);
+        Reads(weight);
+        Overwrites(dst);
         _launch.RmsNorm(x, weight, dst, x.Rows, x.Cols, eps, bf16);
     }
 
@@ -297,6 +308,10 @@ public sealed unsafe partial class GpuBackend : IBackend
         Require(weight, DType.F32, nameof(weight));
         RequireShape(weight, 1, x.Cols, nameof(weight));
         if (x.Rows == 0 || x.Cols == 0) return;
+        Reads(x);
+        Reads(y);
+        Reads(weight);
+        Overwrites(dst);
         _launch.AddRmsNorm(x, y, weight, dst, x.Rows, x.Cols, eps, bf16);
     }
 
@@ -310,6 +325,8 @@ public sealed unsafe partial class GpuBackend : IBackend
         RequireShape(dst, x.Rows, weight.Rows, nameof(dst));
         int tokens = x.Rows, inDim = x.Cols, outDim = weight.Rows;
         if (tokens == 0 || outDim == 0) return;
+        Reads(x);
+        Overwrites(dst);
         bool prefill = tokens > MatMulKernels.GemvMaxTokens;
         if (prefill) NotInStep("a prefill matmul");
         if (_fullPrecision && prefill && _blas is not null)
@@ -367,9 +384,12 @@ public sealed unsafe partial class GpuBackend : IBackend
             if (startPos < 0 || startPos >= cache.MaxSeq)
                 throw new ArgumentOutOfRangeException(nameof(startPos), $"position {startPos} is past the cache's {cache.MaxSeq}");
             var args = RopeArgsOf(table, cache, qDim / hd, layer, startPos, InStep(startPos, 1, "MatMulRope"));
-            _launch.GemvRope(x, qkv, dst, cache.K, cache.V, _rope.Get(table), StepView, args);
+            var (sums, norm) = DeferredInput(x);
+            Overwrites(dst);
+            _launch.GemvRope(x, qkv, dst, cache.K, cache.V, _rope.Get(table), StepView, args, sums, norm);
             return;
         }
+        Reads(x);
         IBackend.MatMulThenRope(this, x, qkv, dst, cache, layer, startPos, table);
     }
 
@@ -386,9 +406,12 @@ public sealed unsafe partial class GpuBackend : IBackend
         if (x.Rows == 0 || ff == 0) return;
         if (x.Rows == 1 && GpuKernels.GemvBf16Fits(x, gateUp))
         {
-            _launch.GemvSwiGlu(x, gateUp, dst, x.Cols, ff);
+            var (sums, norm) = DeferredInput(x);
+            Overwrites(dst);
+            _launch.GemvSwiGlu(x, gateUp, dst, sums, norm, x.Cols, ff);
             return;
         }
+        Reads(x);
         // Other weight types and several tokens: the product, then SwiGlu of its halves.
         var both = EnsureScratch(ref _swiGluScratch, x.Rows, 2 * ff);
         MatMul(x, gateUp, both);
@@ -432,6 +455,10 @@ public sealed unsafe partial class GpuBackend : IBackend
             throw new ArgumentOutOfRangeException(nameof(startPos), $"positions [{startPos}, {startPos + tokens}) exceed the cache's {cache.MaxSeq}");
         if (table.RotaryDim > hd) throw new ArgumentException($"rotary dim {table.RotaryDim} exceeds head dim {hd}", nameof(table));
         if (tokens == 0) return;
+        Reads(q);
+        Reads(k);
+        Reads(v);
+        if (qFar is not null) Overwrites(qFar);
         var inv = _rope.Get(table);
         var args = RopeArgsOf(table, cache, q.Cols / hd, layer, startPos, InStep(startPos, tokens, "Rope"));
         if (table.Remap is { } remap)
@@ -466,6 +493,9 @@ public sealed unsafe partial class GpuBackend : IBackend
         if (tokens > 65535) throw new ArgumentException($"at most 65535 queries per call, got {tokens}", nameof(q));
         if (tokens == 0) return;
         RequireCache(cache);
+        Reads(q);
+        if (far is { } fq) Reads(fq.Q);
+        Overwrites(dst);
         int stepLength = InStep(startPos, tokens, "Attention") ? _inStep!.Value.BucketLength : 0;
         if (far is { } f)
         {
@@ -504,6 +534,9 @@ public sealed unsafe partial class GpuBackend : IBackend
         bool bf16 = Bf16Compute(compute);
         _accelerator.Bind();
         RequireElementwise(gate, up, dst);
+        Reads(gate);
+        Reads(up);
+        Overwrites(dst);
         if (dst.Length > 0) _launch.SwiGlu(GpuViews.F32(gate), GpuViews.F32(up), GpuViews.F32(dst), dst.Length, bf16);
     }
 
@@ -511,6 +544,9 @@ public sealed unsafe partial class GpuBackend : IBackend
     {
         _accelerator.Bind();
         RequireElementwise(x, y, dst);
+        Reads(x);
+        Reads(y);
+        Overwrites(dst);
         if (dst.Length > 0) _launch.Add(GpuViews.F32(x), GpuViews.F32(y), GpuViews.F32(dst), dst.Length);
     }
 
@@ -521,6 +557,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         Require(x, DType.F32, nameof(x));
         if (dst.Length < x.Rows) throw new ArgumentException($"destination holds {dst.Length} ints, {x} has {x.Rows} rows", nameof(dst));
         if (x.Rows == 0) return;
+        Reads(x);
         var idx = EnsureInts(x.Rows).View.SubView(0, x.Rows);
         _launch.Argmax(GpuViews.F32(x), idx, x.Rows, x.Cols);
         fixed (int* p = dst) idx.CopyToCPU(_stream, ref *p, x.Rows);
@@ -531,6 +568,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         _accelerator.Bind();
         Require(x, DType.F32, nameof(x));
         if (dtype == DType.F32 || x.Length == 0) return;
+        Reads(x);
         _launch.Round(GpuViews.F32(x), x.Length, dtype == DType.F16);
     }
 
@@ -560,6 +598,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         _ints?.Dispose();
         _swiGluScratch?.Dispose();
         _stepScalars?.Dispose();
+        _normSums?.Dispose();
         _remapPartial?.Dispose();
         _attentionScratch?.Dispose();
         _stream?.Dispose();

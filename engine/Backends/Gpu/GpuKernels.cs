@@ -83,9 +83,12 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, int, float>>? _addRmsNormBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>> _addRmsNorm4;
     private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, ArrayView<F4>, int, float>>? _addRmsNorm4Bf16;
-    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>> _gemvBf16, _gemvBf16Long, _gemvBf16SwiGlu;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>> _gemvBf16, _gemvBf16Long;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, ArrayView<ulong>, DeferredNorm, int, int>> _gemvBf16SwiGlu;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, F32, F32, ArrayView<ulong>, int, int>> _gemvBf16AddNorm, _gemvBf16AddNormLong;
+    private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<ulong>, DeferredNorm, int>> _scaleDeferred;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>> _gemvF32;
-    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, U16, U16, F32, ArrayView<int>, RopeArgs, int>>? _gemvBf16Rope;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, U16, U16, F32, ArrayView<int>, RopeArgs, ArrayView<ulong>, DeferredNorm, int>>? _gemvBf16Rope;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>> _gemvBf16Any, _gemvF16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>? _gemmBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, U16, long, int>> _toBf16;
@@ -177,10 +180,19 @@ internal sealed class GpuKernels
         // Rows longer than one block of sixteen loads a lane: eight loads, registers capped for 32 warps an SM.
         _gemvBf16Long = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>>("gemv_bf16_long", MatMulKernels.GemvBf16<EightLoads>, streamed,
             specialization: emulated ? default : new KernelSpecialization(32 * GemvRows, 32 / GemvRows));
-        _gemvBf16SwiGlu = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, int, int>>("gemv_bf16_swiglu", MatMulKernels.GemvBf16SwiGlu, streamed);
+        _gemvBf16SwiGlu = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, ArrayView<ulong>, DeferredNorm, int, int>>(
+            "gemv_bf16_swiglu", MatMulKernels.GemvBf16SwiGlu, streamed);
         if (!f32Cache)
-            _gemvBf16Rope = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, U16, U16, F32, ArrayView<int>, RopeArgs, int>>(
+            _gemvBf16Rope = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, U16, U16, F32, ArrayView<int>, RopeArgs, ArrayView<ulong>, DeferredNorm, int>>(
                 "gemv_bf16_rope", MatMulKernels.GemvBf16Rope, streamed);
+        // The o/down projections with the residual add and the next norm's sum of squares (launched as the GEMVs are).
+        _gemvBf16AddNorm = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, F32, F32, ArrayView<ulong>, int, int>>(
+            "gemv_bf16_add_norm", MatMulKernels.GemvBf16AddNorm<SixteenLoads>, streamed,
+            specialization: GemvBlocks > 0 && !emulated ? new KernelSpecialization(32 * GemvRows, GemvBlocks) : default);
+        _gemvBf16AddNormLong = l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, F32, F32, F32, ArrayView<ulong>, int, int>>(
+            "gemv_bf16_add_norm_long", MatMulKernels.GemvBf16AddNorm<EightLoads>, streamed,
+            specialization: emulated ? default : new KernelSpecialization(32 * GemvRows, 32 / GemvRows));
+        _scaleDeferred = l.Load<Action<Stream, KernelConfig, F32, ArrayView<ulong>, DeferredNorm, int>>("scale_deferred_norm", RmsNormKernels.ScaleDeferred);
         _gemvF32 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, int, int, int>>("gemv_f32", MatMulKernels.Gemv<float, F32Element>);
         _gemvBf16Any = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_bf16_any", MatMulKernels.Gemv<ushort, Bf16Element>);
         _gemvF16 = l.Load<Action<Stream, KernelConfig, F32, U16, F32, int, int, int>>("gemv_f16", MatMulKernels.Gemv<ushort, F16Element>);
@@ -394,22 +406,54 @@ internal sealed class GpuKernels
         weight.DType == DType.BF16 && x.Cols % 8 == 0 && GpuViews.Aligned16(x, weight);
 
     /// <summary>One token: dst[j] = silu(x . gateUp[j]) * (x . gateUp[ff + j]), GemvBf16's rows with the SwiGlu epilogue.</summary>
-    public void GemvSwiGlu(Tensor x, Tensor gateUp, Tensor dst, int inDim, int ff)
+    public void GemvSwiGlu(Tensor x, Tensor gateUp, Tensor dst, ArrayView<ulong> sums, DeferredNorm norm, int inDim, int ff)
     {
         int rows = Math.Max(1, _rowsPerGemvGroup / 2);   // gate rows a group (and as many up rows): 2 rows warps
         var config = new KernelConfig((ff + rows - 1) / rows, 64 * rows);
         var (x4, w4, d1) = (GpuViews.F4(x), GpuViews.Streamed(gateUp), GpuViews.F32(dst));
-        Queue("gemv_bf16_swiglu", config, s => _gemvBf16SwiGlu.Launch(s, config, x4, w4, d1, inDim, ff));
+        Queue("gemv_bf16_swiglu", config, s => _gemvBf16SwiGlu.Launch(s, config, x4, w4, d1, sums, norm, inDim, ff));
+    }
+
+    /// <summary>
+    /// One token: residual += x . weight^T, dst = residual times normWeight, the sum of the new residual's squares added
+    /// to sums (GemvBf16's rows; rows longer than GemvLongRow by the long variant).
+    /// </summary>
+    public void GemvAddNorm(Tensor x, Tensor weight, Tensor residual, Tensor normWeight, Tensor dst, ArrayView<ulong> sums)
+    {
+        int inDim = x.Cols, outDim = weight.Rows;
+        var config = new KernelConfig((outDim + _rowsPerGemvGroup - 1) / _rowsPerGemvGroup, 32 * _rowsPerGemvGroup);
+        bool longRows = GemvLong && inDim > MatMulKernels.GemvLongRow;
+        string name = longRows ? "gemv_bf16_add_norm_long" : "gemv_bf16_add_norm";
+        var kernel = longRows ? _gemvBf16AddNormLong : _gemvBf16AddNorm;
+        var (x4, w4, r1, g1, d1) = (GpuViews.F4(x), GpuViews.Streamed(weight), GpuViews.F32(residual), GpuViews.F32(normWeight), GpuViews.F32(dst));
+        Queue(name, config, s => kernel.Launch(s, config, x4, w4, r1, g1, d1, sums, inDim, outDim));
+    }
+
+    /// <summary>Zeroes counters on the stream (a memset a decode step's graph or recording holds as it holds kernels).</summary>
+    public void Zero(ArrayView<ulong> counters)
+    {
+        var config = new KernelConfig(1, 1);
+        Queue("zero_counters", config, s => counters.MemSetToZero(s));
+    }
+
+    /// <summary>x (n values) times the scale of the deferred norm whose counters are sums.</summary>
+    public void ScaleDeferred(Tensor x, ArrayView<ulong> sums, DeferredNorm norm)
+    {
+        int n = (int)x.Length, group = GroupSize(256);
+        var config = new KernelConfig(Math.Clamp((n + group - 1) / group, 1, 4 * _multiprocessors), group);
+        var x1 = GpuViews.F32(x);
+        Queue("scale_deferred_norm", config, s => _scaleDeferred.Launch(s, config, x1, sums, norm, n));
     }
 
     /// <summary>One token: dst = x . qkv^T with q and k rotated and k, v stored at the cache row (GemvBf16's rows, a rotary pair a group).</summary>
-    public void GemvRope(Tensor x, Tensor qkv, Tensor dst, Tensor kcache, Tensor vcache, F32 invFreq, ArrayView<int> step, RopeArgs args)
+    public void GemvRope(Tensor x, Tensor qkv, Tensor dst, Tensor kcache, Tensor vcache, F32 invFreq, ArrayView<int> step, RopeArgs args,
+        ArrayView<ulong> sums, DeferredNorm norm)
     {
         // Two warps a unit (a rotary pair, or two v rows): (qDim + 2 kvDim) / 2 units.
         var config = new KernelConfig(qkv.Rows / 2, 64);
         var kernel = Need(_gemvBf16Rope, "gemv_bf16_rope");
         var (x4, w4, d1, kc, vc) = (GpuViews.F4(x), GpuViews.Streamed(qkv), GpuViews.F32(dst), GpuViews.U16(kcache), GpuViews.U16(vcache));
-        Queue("gemv_bf16_rope", config, s => kernel(s, config, x4, w4, d1, kc, vc, invFreq, step, args, x.Cols));
+        Queue("gemv_bf16_rope", config, s => kernel(s, config, x4, w4, d1, kc, vc, invFreq, step, args, sums, norm, x.Cols));
     }
 
     /// <summary>dst[M, N] = x[M, K] * weight[N, K]^T on tensor cores (bf16 weights; x rounded to bf16).</summary>

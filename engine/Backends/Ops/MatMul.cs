@@ -1,6 +1,8 @@
 // The matmul op cases: x [T, in] times a weight [out, in] (f32, f16 or bf16) transposed: GEMV for a few tokens, the
 // tensor-core GEMM (or cuBLAS) for prefill; matmul_swiglu, the MLP's stacked gate/up projection with SwiGlu as its
-// epilogue (a fused GEMV for a bf16 token). Kernel: kernels/MatMul.cs; CPU: Cpu/CpuOps.MatMul.cs.
+// epilogue (a fused GEMV for a bf16 token); matmul_add_rmsnorm, the o/down projection with the residual add and the
+// next norm, whose scale a GPU leaves to the GEMV that reads its output (checked with each reader, and read back alone).
+// Kernel: kernels/MatMul.cs; CPU: Cpu/CpuOps.MatMul.cs.
 using LlamaRun.Core;
 
 namespace LlamaRun.Backends.Ops;
@@ -62,5 +64,80 @@ public sealed record MatMulSwiGluCase(string Source, double MaxNmse) : Projectio
         var (x, weights) = Inputs(s, copies);
         var dst = s.Output(T, Ff, "dst");
         return new(i => s.Backend.MatMulSwiGlu(x, weights[i % weights.Length], dst), s.Out("dst", dst));
+    }
+}
+
+/// <summary>What reads a matmul_add_rmsnorm case's output next: nothing, the gate/up GEMV with SwiGlu, the q/k/v GEMV with the rotary op.</summary>
+public enum NormReader
+{
+    None,
+    SwiGlu,
+    Rope,
+}
+
+/// <summary>
+/// One token's o/down projection with the residual add and the next norm (bf16 weight [Out, N]), then its reader:
+/// SwiGlu over a gate/up weight [2 Ff, Out], or the rotary projection of the case's heads (QDim + 2 KvDim rows).
+/// Outputs: the residual, the reader's, and the normed row last (so that a deferred scale is read back after its reader).
+/// </summary>
+public sealed record MatMulAddRmsNormCase(string Source, double MaxNmse) : HeadsCase(Source, MaxNmse)
+{
+    /// <summary>Input features (the projection's columns).</summary>
+    public int N { get; init; } = 64;
+
+    /// <summary>Output features: the residual's width.</summary>
+    public int Out { get; init; } = 64;
+
+    public NormReader Then { get; init; }
+
+    /// <summary>FFN features of the SwiGlu reader.</summary>
+    public int Ff { get; init; } = 32;
+
+    private int ReaderRows => Then switch { NormReader.SwiGlu => 2 * Ff, NormReader.Rope => QDim + 2 * KvDim, _ => 0 };
+    public override string Op => "matmul_add_rmsnorm";
+    protected override string Shape => $"bf16 in={N} out={Out} then " + Then switch
+    {
+        NormReader.SwiGlu => $"swiglu ff={Ff}",
+        NormReader.Rope => "rope " + base.Shape,
+        _ => "nothing",
+    };
+    public override double Flops => 2.0 * ((long)N * Out + (long)ReaderRows * Out);
+    public override long Work => (long)N * Out + (long)ReaderRows * Out;
+    public override long Bytes(int kvElementSize) => ((long)Out * N + (long)ReaderRows * Out) * 2 + (N + 4L * Out + ReaderRows) * 4;
+
+    public override PreparedOp Prepare(OpScope s, int copies = 1)
+    {
+        float[] xs = s.Uniform(N);
+        if (Specials) InjectSpecials(xs, withInf: false);
+        var x = s.Upload(DType.F32, 1, N, xs);
+        var weights = Sets(copies, () => s.Random(DType.BF16, Out, N));
+        var residual = s.Upload(DType.F32, 1, Out, s.Uniform(Out), guard: true, name: "residual");
+        var normWeight = s.Upload(DType.F32, 1, Out, s.Uniform(Out));
+        var normed = s.Output(1, Out, "normed");
+        var b = s.Backend;
+        if (Then == NormReader.SwiGlu)
+        {
+            var gateUp = s.Random(DType.BF16, 2 * Ff, Out);
+            var act = s.Output(1, Ff, "swiglu");
+            return new(i =>
+            {
+                b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f);
+                b.MatMulSwiGlu(normed, gateUp, act);
+            }, s.Out("residual", residual), s.Out("swiglu", act), s.Out("normed", normed));
+        }
+        if (Then == NormReader.Rope)
+        {
+            var cache = NewCache(s);
+            var table = Table(Theta, Magnitude);
+            var qkv = s.Random(DType.BF16, QDim + 2 * KvDim, Out);
+            var dst = s.Output(1, QDim + 2 * KvDim, "qkv");
+            return new(i =>
+            {
+                b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f);
+                b.MatMulRope(normed, qkv, dst, cache, Layer, StartPos, table);
+            }, s.Out("residual", residual), s.Out("qkv", dst), s.Out("cache.K", cache.K), s.Out("cache.V", cache.V), s.Out("normed", normed));
+        }
+        return new(i => b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f),
+            s.Out("residual", residual), s.Out("normed", normed));
     }
 }

@@ -61,6 +61,16 @@ public static class OpCases
         c.Add(new MatMulSwiGluCase("awkward", F32) { Weight = DType.F32, T = 1, N = 33, Ff = 9 });
         c.Add(new MatMulSwiGluCase("awkward", F32) { T = 1, N = 64, Ff = 5, Specials = true });
 
+        // The o/down projections with the residual add and the next norm (a GPU defers its scale to the reader).
+        c.Add(new MatMulAddRmsNormCase("Llama-2-7B o_proj decode, gate/up next", F32) { N = 4096, Out = 4096, Then = NormReader.SwiGlu, Ff = 11008 });
+        c.Add(new MatMulAddRmsNormCase("Llama-2-7B down_proj decode, q/k/v next", Bf16Cache) { N = 11008, Out = 4096, Then = NormReader.Rope, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 17 });
+        c.Add(new MatMulAddRmsNormCase("small, swiglu next", F32) { N = 72, Out = 96, Then = NormReader.SwiGlu, Ff = 40 });
+        c.Add(new MatMulAddRmsNormCase("small, rope next", Bf16Cache) { N = 40, Out = 64, Then = NormReader.Rope, Heads = 4, KvHeads = 2, HeadDim = 16, StartPos = 5 });
+        c.Add(new MatMulAddRmsNormCase("small, read back alone", F32) { N = 64, Out = 72 });
+        c.Add(new MatMulAddRmsNormCase("long rows, read back alone", F32) { N = 4104, Out = 24 });
+        c.Add(new MatMulAddRmsNormCase("awkward", F32) { N = 33, Out = 31, Then = NormReader.SwiGlu, Ff = 5 });
+        c.Add(new MatMulAddRmsNormCase("awkward", F32) { N = 64, Out = 40, Then = NormReader.SwiGlu, Ff = 9, Specials = true });
+
         // The fused q/k/v projection with the rotary op: the one-token GEMV (whole heads rotary, bf16 cache) and the
         // projection-then-Rope path every other shape takes.
         c.Add(new MatMulRopeCase("Llama-2-7B decode", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, N = 4096, StartPos = 17 });
