@@ -38,7 +38,7 @@ public sealed unsafe partial class GpuBackend
         RequireShape(dst, x.Rows, weight.Rows, nameof(dst));
         RequireShape(residual, x.Rows, weight.Rows, nameof(residual));
         RequireShape(normWeight, 1, weight.Rows, nameof(normWeight));
-        if (x.Rows != 1 || !Capabilities.FusedNorm || !GpuKernels.GemvBf16Fits(x, weight) || !GpuViews.Aligned16(residual, normWeight, dst)
+        if (x.Rows != 1 || !GpuKernels.GemvBf16Fits(x, weight) || !GpuViews.Aligned16(residual, normWeight, dst)
             || Overlap(x, dst) || Overlap(x, residual) || Overlap(residual, dst))
         {
             MatMul(x, weight, dst);
@@ -61,10 +61,10 @@ public sealed unsafe partial class GpuBackend
         return _normSums!.View.SubView((long)_nextNormSlot++ * SquareSums.Words, SquareSums.Words);
     }
 
-    // Settles what is deferred, zeroes every slot and starts again at the first (a decoded token's embedding).
+    // Settles what is deferred, zeroes every slot and starts again at the first (a decoded token's embedding, where
+    // the forward pass takes MatMulAddRmsNorm: Capabilities.FusedNorm).
     private void ResetNormSlots()
     {
-        if (!Capabilities.FusedNorm) return;
         Settle();
         _launch.Zero(_normSums!.View);
         _nextNormSlot = 0;

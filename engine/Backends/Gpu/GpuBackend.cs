@@ -269,7 +269,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         foreach (int t in tokens)
             if ((uint)t >= (uint)table.Rows) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} outside the vocabulary [0, {table.Rows})");
         if (tokens.Length == 0) return;
-        if (tokens.Length == 1) ResetNormSlots();   // a decoded token's forward pass starts
+        if (tokens.Length == 1 && Capabilities.FusedNorm) ResetNormSlots();   // a decoded token's forward pass starts
         Overwrites(dst);
         if (_inStep is { } step)
         {
