@@ -7,10 +7,11 @@
 // rotary op and the KV-cache store as the epilogue. GemvBf16AddNorm (IBackend.MatMulAddRmsNorm): the o/down rows with
 // the residual add and the next RMSNorm's sum of squares as the epilogue, the norm's scale applied by the Rope or SwiGlu
 // GEMV that reads its output (DeferredNorm), so the norm takes no launch. Gemv: any weight type and shape and up to 8
-// tokens (the weights read once for all), 4-byte loads. Both: one warp a row, any group size (GemvRowsPerGroup on a GPU). GemmBf16: prefill
-// on tensor cores (the fallback when cuBLAS is absent): 128x128x32 tiles, 8 warps as 2 x 4, each a 64 x 32 tile of
-// 4 x 4 mma.sync fragments; x rounded to bf16 as it is staged in shared memory, f32 accumulation. Exercised by the
-// MatMul and MatMulRope cases of tests/GpuOpsTests.cs.
+// tokens (the weights read once for all), 4-byte loads. Both: one warp a row, any group size (GemvRowsPerGroup on a
+// GPU). GemmBf16: prefill on tensor cores (the fallback when cuBLAS is absent): 128x128x32 tiles, 8 warps as 2 x 4,
+// each a 64 x 32 tile of 4 x 4 mma.sync fragments; x rounded to bf16 as it is staged in shared memory, f32
+// accumulation. Exercised by the matmul, matmul_swiglu, matmul_rope and matmul_add_rmsnorm cases of
+// tests/GpuOpsTests.cs.
 using System.Runtime.CompilerServices;
 using ILGPU;
 using LlamaRun.Kernels.Device;
@@ -145,8 +146,9 @@ public static class MatMulKernels
 
     /// <summary>
     /// One token, gate and up stacked as [2 ff, in] bf16 (U4 rows as GemvBf16): dst[j] = silu(x . gate_j) * (x . up_j),
-    /// each product times the scale of a deferred norm (norm.On: x is the residual times the norm's weight). Groups of 2R warps (R = Group.DimX / 64): warps 0 .. R-1 take gate rows R g .., warps R .. 2R-1 the same up rows
-    /// (rows ff + R g ..); the gate warps write dst after one exchange through shared memory.
+    /// each product times the scale of a deferred norm (norm.On: x is the residual times the norm's weight). Groups of
+    /// 2R warps (R = Group.DimX / 64): warps 0 .. R-1 take gate rows R g .., warps R .. 2R-1 the same up rows (rows
+    /// ff + R g ..); the gate warps write dst after one exchange through shared memory.
     /// </summary>
     public static void GemvBf16SwiGlu(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> dst, ArrayView<ulong> sums, DeferredNorm norm,
         int inDim, int ff)
@@ -166,10 +168,10 @@ public static class MatMulKernels
     /// <summary>
     /// One token, the stacked q/k/v projection with the rotary op as its epilogue (IBackend.MatMulRope): dst = x . qkv^T
     /// [qDim + 2 kvDim] with q and k rotated pair by pair as RopeKernels.Rope does (whole heads rotary, bf16 cache,
-    /// f32 compute), k and v stored at the layer's cache row of the position; each product times the scale of a deferred
-    /// norm (norm.On: x is the residual times the norm's weight). Group u (2 warps) takes one unit: a
-    /// rotary pair (rows j and j + headDim / 2 of a q or k head), or two neighbouring v rows; the second warp hands its
-    /// sum to the first through shared memory, whose lane 0 rotates and stores both.
+    /// f32 compute), k and v stored at the layer's cache row of the position; each product times the scale of a
+    /// deferred norm (norm.On: x is the residual times the norm's weight). Group u (2 warps) takes one unit: a rotary
+    /// pair (rows j and j + headDim / 2 of a q or k head), or two neighbouring v rows; the second warp hands its sum to
+    /// the first through shared memory, whose lane 0 rotates and stores both.
     /// </summary>
     public static void GemvBf16Rope(ArrayView<F4> x, StreamedU4 weight, ArrayView<float> dst, ArrayView<ushort> kcache,
         ArrayView<ushort> vcache, ArrayView<float> invFreq, ArrayView<int> step, RopeArgs a, ArrayView<ulong> sums, DeferredNorm norm, int inDim)
