@@ -157,9 +157,9 @@ public static class MatMulKernels
         int r = Group.DimX >> 6, w = Warp.WarpIdx, lane = Warp.LaneIdx;
         bool isUp = w >= r;
         int j = Grid.IdxX * r + (isUp ? w - r : w), chunks = inDim / 8;
-        var counters = LoadCounters(sums, norm);
+        var counters = norm.Load(sums);   // before the row's weights, so that their round trip overlaps them
         float sum = j < ff ? RowDot<SixteenLoads>(x, weight, (long)(isUp ? ff + j : j) * chunks, chunks, lane) : 0f;
-        sum *= counters.Scale(norm);
+        sum *= norm.Scale(counters);
         if (isUp && lane == 0) up[w - r] = sum;
         Group.Barrier();
         if (!isUp && lane == 0 && j < ff) dst[j] = ActivationKernels.Silu<NoRounding>(sum, up[w]);
@@ -193,8 +193,8 @@ public static class MatMulKernels
             r0 = qDim + kvDim + 2 * (u - ropeUnits);
         }
         int r1 = u < ropeUnits ? r0 + half : r0 + 1;
-        var counters = LoadCounters(sums, norm);
-        float sum = RowDot<SixteenLoads>(x, weight, (long)(w == 0 ? r0 : r1) * chunks, chunks, lane) * counters.Scale(norm);
+        var counters = norm.Load(sums);   // before the row's weights, so that their round trip overlaps them
+        float sum = RowDot<SixteenLoads>(x, weight, (long)(w == 0 ? r0 : r1) * chunks, chunks, lane) * norm.Scale(counters);
         if (w == 1 && lane == 0) second[0] = sum;
         Group.Barrier();
         if (w != 0 || lane != 0) return;
@@ -223,21 +223,6 @@ public static class MatMulKernels
         kcache[cRow + r0 - qDim] = Bf16.FromF32(y0);
         kcache[cRow + r1 - qDim] = Bf16.FromF32(y1);
     }
-
-    // A deferred norm's counters, loaded before a row's weights so that their round trip overlaps them (zeros when off).
-    private readonly struct Counters
-    {
-        public readonly ulong C0, C1, C2, C3, OutOfRange;
-
-        public Counters(ulong c0, ulong c1, ulong c2, ulong c3, ulong outOfRange) => (C0, C1, C2, C3, OutOfRange) = (c0, c1, c2, c3, outOfRange);
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public float Scale(DeferredNorm norm) => norm.Scale(C0, C1, C2, C3, OutOfRange);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Counters LoadCounters(ArrayView<ulong> sums, DeferredNorm norm) =>
-        norm.On != 0 ? new Counters(sums[0], sums[1], sums[2], sums[3], sums[4]) : default;
 
     // The dot product of x with the bf16 row at w0 (chunks of 8 weights), reduced over the warp (every lane gets it).
     // Blocks of sixteen 16-byte loads a lane in flight before the first use (a row of 4096 weights is one round trip to

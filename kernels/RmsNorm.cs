@@ -21,10 +21,13 @@ namespace LlamaRun.Kernels;
 /// </summary>
 public readonly record struct DeferredNorm(int On, int N, float Eps)
 {
-    /// <summary>The scale from the sum's counters, loaded by the caller (1 when off).</summary>
+    /// <summary>The counters of the sum at sums, read where the norm is on (zeros when off: not read).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public float Scale(ulong c0, ulong c1, ulong c2, ulong c3, ulong outOfRange) =>
-        On != 0 ? RmsNormKernels.Scale(SquareSums.Total(c0, c1, c2, c3, outOfRange), N, Eps) : 1f;
+    public SquareSums.Counters Load(ArrayView<ulong> sums) => On != 0 ? SquareSums.Load(sums) : default;
+
+    /// <summary>The scale from the sum's counters (1 when off).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public float Scale(SquareSums.Counters counters) => On != 0 ? RmsNormKernels.Scale(counters.Total(), N, Eps) : 1f;
 }
 
 public static class RmsNormKernels
@@ -124,7 +127,7 @@ public static class RmsNormKernels
     /// <summary>One row of n: x *= the scale of a deferred norm (GpuBackend settling a GemvBf16AddNorm's output read by another op).</summary>
     public static void ScaleDeferred(ArrayView<float> x, ArrayView<ulong> sums, DeferredNorm norm, int n)
     {
-        float r = norm.Scale(sums[0], sums[1], sums[2], sums[3], sums[4]);
+        float r = norm.Scale(norm.Load(sums));
         for (int i = Grid.GlobalIndex.X; i < n; i += Grid.DimX * Group.DimX) x[i] *= r;
     }
 

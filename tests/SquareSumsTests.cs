@@ -29,7 +29,7 @@ public sealed class SquareSumsTests
         return sums.GetAsArray1D();
     }
 
-    private static float Total(ulong[] c) => SquareSums.Total(c[0], c[1], c[2], c[3], c[4]);
+    private static float Total(ulong[] c) => new SquareSums.Counters(c[0], c[1], c[2], c[3], c[4]).Total();
 
     // The exact sum of the terms, each cut to a multiple of 2^-64, rounded to f32 (through a double, as Total does).
     private static float Exact(float[] terms)

@@ -46,17 +46,20 @@ public static class SquareSums
         if (hi != 0) Atomic.Add(ref sums[c + 1], hi);
     }
 
-    /// <summary>The sum of the terms added to sums[0 .. Words), rounded to f32 (NaN if any was out of range).</summary>
+    /// <summary>The counters at sums[0 .. Words), read (a GEMV loads them before its weights, to use after).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Total(ulong c0, ulong c1, ulong c2, ulong c3, ulong outOfRange)
-    {
-        if (outOfRange != 0) return float.NaN;
-        // 2^-64, 2^-24, 2^16, 2^56: each product exact, the three additions in one fixed order.
-        double t = c0 * 5.421010862427522e-20 + c1 * 5.9604644775390625e-8 + c2 * 65536.0 + c3 * 72057594037927936.0;
-        return (float)t;
-    }
+    public static Counters Load(ArrayView<ulong> sums) => new(sums[0], sums[1], sums[2], sums[3], sums[4]);
 
-    /// <summary>Total of the counters at sums[0 .. Words).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Total(ArrayView<ulong> sums) => Total(sums[0], sums[1], sums[2], sums[3], sums[4]);
+    /// <summary>One sum's counters as read: the four chunk counters and the count of terms out of range.</summary>
+    public readonly record struct Counters(ulong C0, ulong C1, ulong C2, ulong C3, ulong OutOfRange)
+    {
+        /// <summary>The sum of the terms, rounded to f32 (NaN if any was out of range).</summary>
+        public float Total()
+        {
+            if (OutOfRange != 0) return float.NaN;
+            // 2^-64, 2^-24, 2^16, 2^56: each product exact, the three additions in one fixed order.
+            double t = C0 * 5.421010862427522e-20 + C1 * 5.9604644775390625e-8 + C2 * 65536.0 + C3 * 72057594037927936.0;
+            return (float)t;
+        }
+    }
 }

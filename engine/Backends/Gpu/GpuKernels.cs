@@ -374,8 +374,8 @@ internal sealed class GpuKernels
     /// <summary>dst[T, out] = x[T, in] * weight^T for T &lt;= 8 tokens: one warp per output row (bf16: one launch a token).</summary>
     public void Gemv(Tensor x, Tensor weight, Tensor dst, int tokens, int inDim, int outDim)
     {
-        var config = new KernelConfig((outDim + _rowsPerGemvGroup - 1) / _rowsPerGemvGroup, 32 * _rowsPerGemvGroup);
-        bool vector = GemvBf16Fits(x, weight), longRows = vector && GemvLong && inDim > MatMulKernels.GemvLongRow;
+        var config = GemvConfig(outDim);
+        bool vector = GemvBf16Fits(x, weight), longRows = vector && LongRows(inDim);
         string name = longRows ? "gemv_bf16_long" : vector ? "gemv_bf16"
             : weight.DType switch { DType.F32 => "gemv_f32", DType.F16 => "gemv_f16", _ => "gemv_bf16_any" };
         if (vector)
@@ -401,6 +401,12 @@ internal sealed class GpuKernels
         }
     }
 
+    // A one-warp-a-row GEMV's launch (GemvBf16, GemvBf16AddNorm, Gemv): _rowsPerGemvGroup rows a group.
+    private KernelConfig GemvConfig(int outDim) => new((outDim + _rowsPerGemvGroup - 1) / _rowsPerGemvGroup, 32 * _rowsPerGemvGroup);
+
+    // Whether a 16-byte bf16 GEMV's rows take the long-row variant (eight loads a lane in flight).
+    private static bool LongRows(int inDim) => GemvLong && inDim > MatMulKernels.GemvLongRow;
+
     /// <summary>Whether the 16-byte bf16 GEMV (GemvBf16 and its fused variants) takes x times weight: bf16 weights, in % 8 == 0, aligned views.</summary>
     public static bool GemvBf16Fits(Tensor x, Tensor weight) =>
         weight.DType == DType.BF16 && x.Cols % 8 == 0 && GpuViews.Aligned16(x, weight);
@@ -421,8 +427,8 @@ internal sealed class GpuKernels
     public void GemvAddNorm(Tensor x, Tensor weight, Tensor residual, Tensor normWeight, Tensor dst, ArrayView<ulong> sums)
     {
         int inDim = x.Cols, outDim = weight.Rows;
-        var config = new KernelConfig((outDim + _rowsPerGemvGroup - 1) / _rowsPerGemvGroup, 32 * _rowsPerGemvGroup);
-        bool longRows = GemvLong && inDim > MatMulKernels.GemvLongRow;
+        var config = GemvConfig(outDim);
+        bool longRows = LongRows(inDim);
         string name = longRows ? "gemv_bf16_add_norm_long" : "gemv_bf16_add_norm";
         var kernel = longRows ? _gemvBf16AddNormLong : _gemvBf16AddNorm;
         var (x4, w4, r1, g1, d1) = (GpuViews.F4(x), GpuViews.Streamed(weight), GpuViews.F32(residual), GpuViews.F32(normWeight), GpuViews.F32(dst));
@@ -707,9 +713,9 @@ internal sealed class GpuKernels
     private KernelConfig DecodeConfig(int units, int tokens, int splits, int variant, int headDim)
     {
         int warps = Math.Min(DecodeWarpsFor((long)units * tokens * splits, variant, _multiprocessors), _maxGroup / 32);
-        while (warps > 1 && 4 * AttentionDecodeKernels.SharedFloats(variant, headDim, warps) > 48 << 10) warps /= 2;
-        return new KernelConfig(new Index3D(units, tokens, splits), new Index3D(32 * warps, 1, 1),
-            SharedMemoryConfig.RequestDynamic<byte>(4 * AttentionDecodeKernels.SharedFloats(variant, headDim, warps)));
+        int SharedBytes() => 4 * AttentionDecodeKernels.SharedFloats(variant, headDim, warps);
+        while (warps > 1 && SharedBytes() > 48 << 10) warps /= 2;
+        return new KernelConfig(new Index3D(units, tokens, splits), new Index3D(32 * warps, 1, 1), SharedMemoryConfig.RequestDynamic<byte>(SharedBytes()));
     }
 
     /// <summary>Reads every vector of src once (dst[0] ^= their XOR): 8 groups of 256 threads an SM, grid-stride.</summary>
