@@ -67,12 +67,18 @@ public sealed record MatMulSwiGluCase(string Source, double MaxNmse) : Projectio
     }
 }
 
-/// <summary>What reads a matmul_add_rmsnorm case's output next: nothing, the gate/up GEMV with SwiGlu, the q/k/v GEMV with the rotary op.</summary>
+/// <summary>
+/// What reads a matmul_add_rmsnorm case's output next: nothing, the gate/up GEMV with SwiGlu, the q/k/v GEMV with the
+/// rotary op (the two that take a deferred norm), or an op that does not: a plain GEMV over Ff rows, or Add with the
+/// residual (a backend that defers the norm settles it first).
+/// </summary>
 public enum NormReader
 {
     None,
     SwiGlu,
     Rope,
+    MatMul,
+    Add,
 }
 
 /// <summary>
@@ -93,12 +99,14 @@ public sealed record MatMulAddRmsNormCase(string Source, double MaxNmse) : Heads
     /// <summary>FFN features of the SwiGlu reader.</summary>
     public int Ff { get; init; } = 32;
 
-    private int ReaderRows => Then switch { NormReader.SwiGlu => 2 * Ff, NormReader.Rope => QDim + 2 * KvDim, _ => 0 };
+    private int ReaderRows => Then switch { NormReader.SwiGlu => 2 * Ff, NormReader.Rope => QDim + 2 * KvDim, NormReader.MatMul => Ff, _ => 0 };
     public override string Op => "matmul_add_rmsnorm";
     protected override string Shape => $"bf16 in={N} out={Out} then " + Then switch
     {
         NormReader.SwiGlu => $"swiglu ff={Ff}",
         NormReader.Rope => "rope " + base.Shape,
+        NormReader.MatMul => $"matmul out={Ff}",
+        NormReader.Add => "add",
         _ => "nothing",
     };
     public override double Flops => 2.0 * ((long)N * Out + (long)ReaderRows * Out);
@@ -136,6 +144,25 @@ public sealed record MatMulAddRmsNormCase(string Source, double MaxNmse) : Heads
                 b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f);
                 b.MatMulRope(normed, qkv, dst, cache, Layer, StartPos, table);
             }, s.Out("residual", residual), s.Out("qkv", dst), s.Out("cache.K", cache.K), s.Out("cache.V", cache.V), s.Out("normed", normed));
+        }
+        if (Then == NormReader.MatMul)
+        {
+            var w = s.Random(DType.BF16, Ff, Out);
+            var y = s.Output(1, Ff, "matmul");
+            return new(i =>
+            {
+                b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f);
+                b.MatMul(normed, w, y);
+            }, s.Out("residual", residual), s.Out("matmul", y), s.Out("normed", normed));
+        }
+        if (Then == NormReader.Add)
+        {
+            var sum = s.Output(1, Out, "sum");
+            return new(i =>
+            {
+                b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f);
+                b.Add(normed, residual, sum);
+            }, s.Out("residual", residual), s.Out("sum", sum), s.Out("normed", normed));
         }
         return new(i => b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f),
             s.Out("residual", residual), s.Out("normed", normed));

@@ -67,6 +67,8 @@ public static class OpCases
         c.Add(new MatMulAddRmsNormCase("small, swiglu next", F32) { N = 72, Out = 96, Then = NormReader.SwiGlu, Ff = 40 });
         c.Add(new MatMulAddRmsNormCase("small, rope next", Bf16Cache) { N = 40, Out = 64, Then = NormReader.Rope, Heads = 4, KvHeads = 2, HeadDim = 16, StartPos = 5 });
         c.Add(new MatMulAddRmsNormCase("small, read back alone", F32) { N = 64, Out = 72 });
+        c.Add(new MatMulAddRmsNormCase("small, plain matmul next", F32) { N = 64, Out = 72, Then = NormReader.MatMul, Ff = 24 });
+        c.Add(new MatMulAddRmsNormCase("small, add next", F32) { N = 64, Out = 72, Then = NormReader.Add });
         c.Add(new MatMulAddRmsNormCase("long rows, read back alone", F32) { N = 4104, Out = 24 });
         c.Add(new MatMulAddRmsNormCase("awkward", F32) { N = 33, Out = 31, Then = NormReader.SwiGlu, Ff = 5 });
         c.Add(new MatMulAddRmsNormCase("awkward", F32) { N = 64, Out = 40, Then = NormReader.SwiGlu, Ff = 9, Specials = true });
