@@ -277,6 +277,13 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
             };
             Assert.Equal(loads, System.Text.RegularExpressions.Regex.Count(ptx, @"ld\.global\.nc\.L1::no_allocate\.v4\.b32"));
             Assert.Null(PtxKernelLoader.Missing(ptx, KernelNeeds.StreamedLoads));
+            // The decode attention's merge of its splits reads the other groups' rows at L2: 5 loads of the maxima pass
+            // (four splits, then one), 9 of the weighted pass (two splits, then one), after a device-wide fence.
+            if (attention)
+            {
+                Assert.Equal(14, System.Text.RegularExpressions.Regex.Count(ptx, @"ld\.global\.cg\.f32"));
+                Assert.Contains("membar.gl", ptx);
+            }
         }
         Assert.Equal("ld.global.nc.L1::no_allocate", PtxKernelLoader.Missing(kernels.Single(k => k.Name == "gemv_bf16_any").Ptx, KernelNeeds.StreamedLoads));
     }

@@ -25,6 +25,10 @@ public sealed unsafe partial class GpuBackend : IBackend
     private readonly GpuKernels _launch;
     private readonly AcceleratorKernelLoader? _loader;   // null only when the constructor failed before it
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _attentionScratch;
+    // Decode attention's split counters, one a (query, KV head) of a launch, where its last group merges the splits
+    // instead of a combine launch (LLAMA_ATTN_MERGE; on for ILGPU's CPU accelerator, opt-in on CUDA until measured).
+    private const int SplitArrivals = 4096;
+    private readonly MemoryBuffer1D<int, Stride1D.Dense>? _splitArrivals;
     private readonly GpuRopeTables _rope;
     private readonly GpuCuBlas? _blas;                  // large bf16 GEMMs when libcublas is present (CUDA only)
     private readonly bool _flashAttention = Environment.GetEnvironmentVariable("LLAMA_FLASH_ATTENTION") != "0";
@@ -85,6 +89,11 @@ public sealed unsafe partial class GpuBackend : IBackend
             _stepScalars.MemSetToZero(_stream);
             _normSums = accelerator.Allocate1D<ulong>((long)NormSlots * SquareSums.Words);
             _normSums.MemSetToZero(_stream);
+            if (Setting("LLAMA_ATTN_MERGE") ?? accelerator is not CudaAccelerator)
+            {
+                _splitArrivals = accelerator.Allocate1D<int>(SplitArrivals);
+                _splitArrivals.MemSetToZero(_stream);
+            }
             EnsureInts(4096);
         }
         catch
@@ -507,12 +516,14 @@ public sealed unsafe partial class GpuBackend : IBackend
                 ? EnsureRemapPartial((long)tokens * heads * (hd + 2)).View : _attentionScratch.View.SubView(0, 0);
             _launch.Attention(GpuViews.F32(q), cache.LayerK(layer), cache.LayerV(layer), GpuViews.F32(dst), _attentionScratch.View, tokens,
                 heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16, StepView, stepLength, GpuViews.F32(f.Q), cache.LayerKFar(layer), f.Window,
-                farPartial, _fastRemap);
+                farPartial, _fastRemap, Arrivals);
             return;
         }
         _launch.Attention(GpuViews.F32(q), cache.LayerK(layer), cache.LayerV(layer), GpuViews.F32(dst), _attentionScratch.View, tokens,
-            heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16, StepView, stepLength);
+            heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16, StepView, stepLength, arrivals: Arrivals);
     }
+
+    private ArrayView<int> Arrivals => _splitArrivals is { } a ? a.View : default;
 
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
     {
@@ -601,6 +612,7 @@ public sealed unsafe partial class GpuBackend : IBackend
         _normSums?.Dispose();
         _remapPartial?.Dispose();
         _attentionScratch?.Dispose();
+        _splitArrivals?.Dispose();
         _stream?.Dispose();
         _accelerator.Dispose();
         _context.Dispose();

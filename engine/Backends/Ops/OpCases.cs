@@ -90,6 +90,7 @@ public static class OpCases
 
         c.Add(new AttentionCase("Llama-2-7B decode", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 0 });
         c.Add(new AttentionCase("Llama-2-7B decode at 1k", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 1000 });
+        c.Add(new AttentionCase("Llama-2-7B decode at 16k", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 16383 });
         c.Add(new AttentionCase("decode over two splits, one query head a KV head", Bf16Cache) { T = 1, Heads = 2, KvHeads = 2, HeadDim = 64, StartPos = 600 });
         c.Add(new AttentionCase("Llama-3-8B decode", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 1024 });
         c.Add(new AttentionCase("Llama-3-8B decode at 16k", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16383, Theta = 500000f });
