@@ -525,6 +525,9 @@ public sealed unsafe partial class GpuBackend : IBackend
 
     private ArrayView<int> Arrivals => _splitArrivals is { } a ? a.View : default;
 
+    /// <summary>Whether decode attention merges its key splits in its own kernel (LLAMA_ATTN_MERGE) rather than by a combine launch.</summary>
+    public bool MergesSplits => _splitArrivals is not null;
+
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
     {
         _accelerator.Bind();
