@@ -458,21 +458,21 @@ public static class AttentionDecodeKernels
     }
 
     // The group's rows are out: counted, and the last of the query's splits for this KV head merges them all into dst
-    // (as AttentionKernels.Combine) and leaves its counter zero for the next launch. Every thread fences its own rows
-    // before the count; the last group fences again before it reads the others' rows (at L2).
+    // (as AttentionKernels.Combine) and leaves its counter zero for the next launch. As a grid-wide barrier does it:
+    // the group's barrier orders its threads' rows before thread 0's fence and count; the last group's thread 0
+    // fences again before the barrier that releases its threads to read the other groups' rows (at L2).
     private static void MergeIfLast(ArrayView<float> partial, ArrayView<float> dst, SplitMerge merge, int t, int kvh, int group, AttentionArgs a)
     {
         int counter = t * a.NumKvHeads + kvh;
-        MemoryFence.DeviceLevel();
         Group.Barrier();
         bool last = false;
         if (Group.IdxX == 0)
         {
             MemoryFence.DeviceLevel();
             last = Atomic.Add(ref merge.Arrivals[counter], 1) == a.Splits - 1;
+            if (last) MemoryFence.DeviceLevel();
         }
         if (!Group.BarrierOr(last)) return;
-        MemoryFence.DeviceLevel();
         int hd = a.HeadDim, stride = hd + 2, splits = a.Splits;
         for (int o = Group.IdxX; o < group * hd; o += Group.DimX)
         {
