@@ -12,9 +12,10 @@
 // idle SMs), 128.31 with four-step tiles as well; L2 prefetches of the keys 4 or 8 steps ahead lost (124.09, 121.62).
 // The key slots of a warp, then the W warps, are merged at the end (shuffles, then shared memory), and the group
 // writes dst (one split) or (m, l, acc) for AttentionKernels.Combine; or, with a SplitMerge, the last group of a
-// query's splits to finish (a counter) merges them itself, without the combine's launch. With an index remap the first splits take the
-// far keys (far queries against the grouped keys), the rest the window. Head dims 64, 128 or 256. Exercised by the
-// decode cases of tests/GpuOpsTests.cs (4 and 8 warps, one and two query heads a lane, on the CPU accelerator).
+// query's splits to finish (a counter) merges them itself, without the combine's launch. With an index remap the
+// first splits take the far keys (far queries against the grouped keys), the rest the window. Head dims 64, 128 or
+// 256. Exercised by the decode cases of tests/GpuOpsTests.cs (4 and 8 warps, one and two query heads a lane, splits
+// merged in the kernel: on the CPU accelerator) and the replayed decode steps of tests/DecodeStepTests.cs.
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
