@@ -55,7 +55,7 @@ public sealed unsafe partial class GpuBackend : IBackend
     public static bool FastRemapOnCuda => Environment.GetEnvironmentVariable("LLAMA_REMAP_FAST") != "0";
     private bool _disposed;
 
-    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels)
+    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels, bool? mergeSplits = null)
     {
         _context = context;
         _accelerator = accelerator;
@@ -89,7 +89,7 @@ public sealed unsafe partial class GpuBackend : IBackend
             _stepScalars.MemSetToZero(_stream);
             _normSums = accelerator.Allocate1D<ulong>((long)NormSlots * SquareSums.Words);
             _normSums.MemSetToZero(_stream);
-            if (Setting("LLAMA_ATTN_MERGE") ?? accelerator is not CudaAccelerator)
+            if (mergeSplits ?? Setting("LLAMA_ATTN_MERGE") ?? accelerator is not CudaAccelerator)
             {
                 _splitArrivals = accelerator.Allocate1D<int>(SplitArrivals);
                 _splitArrivals.MemSetToZero(_stream);
@@ -135,13 +135,14 @@ public sealed unsafe partial class GpuBackend : IBackend
     }
 
     /// <summary>The same kernels on ILGPU's CPU accelerator: 32-lane warps, groups of up to 256 threads; slow, for small shapes.</summary>
-    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false, GpuKernelSet? kernels = null)
+    /// <summary>ILGPU's CPU accelerator; mergeSplits: whether decode attention merges its splits in the kernel (default: LLAMA_ATTN_MERGE, else on).</summary>
+    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false, GpuKernelSet? kernels = null, bool? mergeSplits = null)
     {
         var context = Context.Create(b => b.CPU(new CPUDevice(numThreadsPerWarp: 32, numWarpsPerMultiprocessor: 8, numMultiprocessors: 1))
             .Optimize(OptimizationLevel.O2).EnableAlgorithms());
         try
         {
-            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision, kernels ?? GpuKernelSet.All);
+            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision, kernels ?? GpuKernelSet.All, mergeSplits);
         }
         catch
         {
