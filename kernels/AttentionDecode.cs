@@ -11,16 +11,12 @@
 // sized for the bucket and one step at a time, 127.22 with the keys shared out over whole waves of groups (fewer
 // idle SMs), 128.31 with four-step tiles as well; L2 prefetches of the keys 4 or 8 steps ahead lost (124.09, 121.62).
 // The key slots of a warp, then the W warps, are merged at the end (shuffles, then shared memory), and the group
-// writes dst (one split) or (m, l, acc) for AttentionKernels.Combine; or, with a SplitMerge, the last group of a
-// query's splits to finish (a counter) merges them itself, without the combine's launch. With an index remap the
-// first splits take the far keys (far queries against the grouped keys), the rest the window. Head dims 64, 128 or
-// 256. Exercised by the decode cases of tests/GpuOpsTests.cs (4 and 8 warps, one and two query heads a lane, splits
-// merged in the kernel: on the CPU accelerator) and the replayed decode steps of tests/DecodeStepTests.cs.
+// writes dst (one split) or (m, l, acc) for AttentionKernels.Combine. With an index remap the first splits take the
+// far keys (far queries against the grouped keys), the rest the window. Head dims 64, 128 or 256. Exercised by the
+// decode cases of tests/GpuOpsTests.cs (4 and 8 warps, one and two query heads a lane, on the CPU accelerator).
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
-using ILGPU.Runtime;
-using ILGPU.Runtime.Cuda;
 using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Kernels;
@@ -79,44 +75,6 @@ public struct HeadState
 public struct HeadStates
 {
     public HeadState H0, H1, H2, H3, H4, H5, H6, H7;
-}
-
-/// <summary>
-/// The decode kernel's merge of a query's splits without the combine's launch: a counter of the splits done for each
-/// (query, KV head), and the partial rows' device address, so the last group to finish reads the other groups' rows at
-/// L2 (ld.global.cg: no stale L1 line). Off (no counters): AttentionKernels.Combine merges them.
-/// </summary>
-public readonly struct SplitMerge
-{
-    public readonly ArrayView<int> Arrivals;
-    public readonly long PartialAddress;
-
-    private SplitMerge(ArrayView<int> arrivals, long partialAddress)
-    {
-        Arrivals = arrivals;
-        PartialAddress = partialAddress;
-    }
-
-    /// <summary>Counters (zero, and left zero by every launch) for up to arrivals.Length (query, KV head) pairs; host-made.</summary>
-    public static SplitMerge Of(ArrayView<int> arrivals, ArrayView<float> partial) =>
-        new(arrivals, partial.Length == 0 ? 0 : partial.LoadEffectiveAddressAsPtr().ToInt64());
-
-    /// <summary>No merge in the kernel.</summary>
-    public static SplitMerge Off(ArrayView<int> empty) => new(empty.SubView(0, 0), 0);
-
-    public bool On => Arrivals.Length > 0;
-
-    /// <summary>partial[index], read at L2 on CUDA (written by other groups of the launch).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public float Load(ArrayView<float> partial, long index)
-    {
-        if (!CudaAsm.IsSupported) return partial[index];
-        Output<float> x = default;
-        long address = PartialAddress + 4 * index;
-        Input<uint> lo = (uint)address, hi = (uint)(address >> 32);
-        CudaAsm.EmitRef("{ .reg .b64 a; mov.b64 a, {%1, %2}; ld.global.cg.f32 %0, [a]; }", ref x, ref lo, ref hi);
-        return x.Value;
-    }
 }
 
 public static class AttentionDecodeKernels
@@ -323,12 +281,12 @@ public static class AttentionDecodeKernels
     /// heads kvh * G .. (kvh + 1) * G - 1 with G = numHeads / numKvHeads &lt;= TG.Heads; partial as AttentionKernels.Split.
     /// </summary>
     public static void Decode<TG>(ArrayView<F4> q, StreamedU4 kcache, StreamedU4 vcache, ArrayView<float> dst,
-        ArrayView<float> partial, ArrayView<F4> qFar, StreamedU4 kfar, ArrayView<int> step, SplitMerge merge, AttentionArgs a)
-        where TG : struct, IQueryGroup => Decode<TG, OneStep>(q, kcache, vcache, dst, partial, qFar, kfar, step, merge, a);
+        ArrayView<float> partial, ArrayView<F4> qFar, StreamedU4 kfar, ArrayView<int> step, AttentionArgs a)
+        where TG : struct, IQueryGroup => Decode<TG, OneStep>(q, kcache, vcache, dst, partial, qFar, kfar, step, a);
 
     /// <summary>Decode with TT.Steps key steps a tile (FourSteps: one query head a lane only).</summary>
     public static void Decode<TG, TT>(ArrayView<F4> q, StreamedU4 kcache, StreamedU4 vcache, ArrayView<float> dst,
-        ArrayView<float> partial, ArrayView<F4> qFar, StreamedU4 kfar, ArrayView<int> step, SplitMerge merge, AttentionArgs a)
+        ArrayView<float> partial, ArrayView<F4> qFar, StreamedU4 kfar, ArrayView<int> step, AttentionArgs a)
         where TG : struct, IQueryGroup
         where TT : struct, IKeyTile
     {
@@ -455,66 +413,5 @@ public static class AttentionDecodeKernels
                 partial[outRow + 2 + d] = sum;
             }
         }
-        if (a.Splits > 1 && merge.On) MergeIfLast(partial, dst, merge, t, kvh, group, a);
-    }
-
-    // The group's rows are out: counted, and the last of the query's splits for this KV head merges them all into dst
-    // (as AttentionKernels.Combine) and leaves its counter zero for the next launch. As a grid-wide barrier does it:
-    // the group's barrier orders its threads' rows before thread 0's fence and count; the last group's thread 0
-    // fences again before the barrier that releases its threads to read the other groups' rows (at L2).
-    private static void MergeIfLast(ArrayView<float> partial, ArrayView<float> dst, SplitMerge merge, int t, int kvh, int group, AttentionArgs a)
-    {
-        int counter = t * a.NumKvHeads + kvh;
-        Group.Barrier();
-        bool last = false;
-        if (Group.IdxX == 0)
-        {
-            MemoryFence.DeviceLevel();
-            last = Atomic.Add(ref merge.Arrivals[counter], 1) == a.Splits - 1;
-            if (last) MemoryFence.DeviceLevel();
-        }
-        if (!Group.BarrierOr(last)) return;
-        int hd = a.HeadDim, stride = hd + 2, splits = a.Splits;
-        for (int o = Group.IdxX; o < group * hd; o += Group.DimX)
-        {
-            int h = kvh * group + o / hd, d = o % hd;
-            long first = ((long)t * a.NumHeads + h) * splits * stride;
-            // Four splits at a time, so that their loads are in flight together.
-            float m0 = float.NegativeInfinity, m1 = m0, m2 = m0, m3 = m0;
-            int s = 0;
-            for (; s + 3 < splits; s += 4)
-            {
-                m0 = Reduce.MaxNaN(merge.Load(partial, first + (long)s * stride), m0);
-                m1 = Reduce.MaxNaN(merge.Load(partial, first + (long)(s + 1) * stride), m1);
-                m2 = Reduce.MaxNaN(merge.Load(partial, first + (long)(s + 2) * stride), m2);
-                m3 = Reduce.MaxNaN(merge.Load(partial, first + (long)(s + 3) * stride), m3);
-            }
-            for (; s < splits; s++) m0 = Reduce.MaxNaN(merge.Load(partial, first + (long)s * stride), m0);
-            float mAll = Reduce.MaxNaN(Reduce.MaxNaN(m0, m1), Reduce.MaxNaN(m2, m3));
-            float l0 = 0f, l1 = 0f, a0 = 0f, a1 = 0f;
-            s = 0;
-            for (; s + 1 < splits; s += 2)
-            {
-                long r0 = first + (long)s * stride, r1 = r0 + stride;
-                float ms0 = merge.Load(partial, r0), ls0 = merge.Load(partial, r0 + 1), v0 = merge.Load(partial, r0 + 2 + d);
-                float ms1 = merge.Load(partial, r1), ls1 = merge.Load(partial, r1 + 1), v1 = merge.Load(partial, r1 + 2 + d);
-                float f0 = ls0 == 0f && ms0 == float.NegativeInfinity ? 0f : XMath.Exp(ms0 - mAll);
-                float f1 = ls1 == 0f && ms1 == float.NegativeInfinity ? 0f : XMath.Exp(ms1 - mAll);
-                l0 += ls0 * f0;
-                a0 += v0 * f0;
-                l1 += ls1 * f1;
-                a1 += v1 * f1;
-            }
-            if (s < splits)
-            {
-                long r0 = first + (long)s * stride;
-                float ms0 = merge.Load(partial, r0), ls0 = merge.Load(partial, r0 + 1), v0 = merge.Load(partial, r0 + 2 + d);
-                float f0 = ls0 == 0f && ms0 == float.NegativeInfinity ? 0f : XMath.Exp(ms0 - mAll);
-                l0 += ls0 * f0;
-                a0 += v0 * f0;
-            }
-            dst[((long)t * a.NumHeads + h) * hd + d] = (a0 + a1) / (l0 + l1);
-        }
-        if (Group.IdxX == 0) merge.Arrivals[counter] = 0;
     }
 }

@@ -24,21 +24,19 @@ public sealed class GpuBackends : IDisposable
     private readonly Lazy<GpuBackend> _cudaFull = new(() => GpuBackend.TryCreateCuda(out string why, fullPrecision: true) ?? throw new InvalidOperationException(why));
     private readonly Lazy<GpuBackend> _host = new(() => GpuBackend.CreateCpuAccelerator());
     private readonly Lazy<GpuBackend> _hostFull = new(() => GpuBackend.CreateCpuAccelerator(fullPrecision: true));
-    private readonly Lazy<GpuBackend> _hostCombine = new(() => GpuBackend.CreateCpuAccelerator(mergeSplits: false));
     public CpuBackend Cpu { get; } = new();
 
     public GpuBackend Get(string device, bool fullPrecision) => (device, fullPrecision) switch
     {
         ("cuda", false) => _cuda.Value,
         ("cuda", true) => _cudaFull.Value,
-        ("ilgpu-cpu-combine", false) => _hostCombine.Value,
         (_, false) => _host.Value,
         _ => _hostFull.Value,
     };
 
     public void Dispose()
     {
-        foreach (var b in new[] { _cuda, _cudaFull, _host, _hostFull, _hostCombine })
+        foreach (var b in new[] { _cuda, _cudaFull, _host, _hostFull })
             if (b.IsValueCreated) b.Value.Dispose();
         Cpu.Dispose();
     }
@@ -74,18 +72,6 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
 
     [Theory, MemberData(nameof(HostCases))]
     public void OnCpuAccelerator(string name) => Check("ilgpu-cpu", name);
-
-    // The attention cases again with decode attention's splits merged by the combine kernel, as CUDA does by default,
-    // where the CPU accelerator merges them in the decode kernel.
-    public static TheoryData<string> HostAttentionCases()
-    {
-        var data = new TheoryData<string>();
-        foreach (var c in OpCases.All.Where(c => c.Work <= HostWork && c.Op == "attention" && !c.FullPrecision)) data.Add(c.Name);
-        return data;
-    }
-
-    [Theory, MemberData(nameof(HostAttentionCases))]
-    public void OnCpuAcceleratorWithTheCombineKernel(string name) => Check("ilgpu-cpu-combine", name);
 
     [CudaTheory, MemberData(nameof(AllCases))]
     public void OnCuda(string name) => Check("cuda", name);
@@ -291,13 +277,6 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
             };
             Assert.Equal(loads, System.Text.RegularExpressions.Regex.Count(ptx, @"ld\.global\.nc\.L1::no_allocate\.v4\.b32"));
             Assert.Null(PtxKernelLoader.Missing(ptx, KernelNeeds.StreamedLoads));
-            // The decode attention's merge of its splits reads the other groups' rows at L2: 5 loads of the maxima pass
-            // (four splits, then one), 9 of the weighted pass (two splits, then one), after a device-wide fence.
-            if (attention)
-            {
-                Assert.Equal(14, System.Text.RegularExpressions.Regex.Count(ptx, @"ld\.global\.cg\.f32"));
-                Assert.Contains("membar.gl", ptx);
-            }
         }
         Assert.Equal("ld.global.nc.L1::no_allocate", PtxKernelLoader.Missing(kernels.Single(k => k.Name == "gemv_bf16_any").Ptx, KernelNeeds.StreamedLoads));
     }

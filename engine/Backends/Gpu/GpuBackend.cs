@@ -25,10 +25,6 @@ public sealed unsafe partial class GpuBackend : IBackend
     private readonly GpuKernels _launch;
     private readonly AcceleratorKernelLoader? _loader;   // null only when the constructor failed before it
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _attentionScratch;
-    // Decode attention's split counters, one a (query, KV head) of a launch, where its last group merges the splits
-    // instead of a combine launch (LLAMA_ATTN_MERGE; on for ILGPU's CPU accelerator, opt-in on CUDA until measured).
-    private const int SplitArrivals = 4096;
-    private readonly MemoryBuffer1D<int, Stride1D.Dense>? _splitArrivals;
     private readonly GpuRopeTables _rope;
     private readonly GpuCuBlas? _blas;                  // large bf16 GEMMs when libcublas is present (CUDA only)
     private readonly bool _flashAttention = Environment.GetEnvironmentVariable("LLAMA_FLASH_ATTENTION") != "0";
@@ -55,7 +51,7 @@ public sealed unsafe partial class GpuBackend : IBackend
     public static bool FastRemapOnCuda => Environment.GetEnvironmentVariable("LLAMA_REMAP_FAST") != "0";
     private bool _disposed;
 
-    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels, bool? mergeSplits = null)
+    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels)
     {
         _context = context;
         _accelerator = accelerator;
@@ -70,9 +66,11 @@ public sealed unsafe partial class GpuBackend : IBackend
                 FusedDecode = Setting("LLAMA_FUSE") ?? true,
                 // H100, Llama-2-7B shape, tg128 alternated twice: 185.98 / 185.89 t/s fused, 185.22 / 185.16 apart.
                 FusedRope = Setting("LLAMA_FUSE_ROPE") ?? true,
-                // The o/down GEMVs with the residual add and the next norm, its scale left to the GEMV reading it:
-                // on for ILGPU's CPU accelerator, opt-in on CUDA (LLAMA_FUSE_NORM=1) until measured there.
-                FusedNorm = Setting("LLAMA_FUSE_NORM") ?? accelerator is not CudaAccelerator,
+                // The o/down GEMVs with the residual add and the next norm, its scale left to the GEMV reading it.
+                // H100, Llama-2-7B shape, alternated twice in one call: tg128 206.28 / 206.37 t/s against 204.78 /
+                // 205.63, at depth 16384 129.89 / 129.95 against 129.36 / 129.95 (another call: 207.04 against
+                // 205.53 / 205.28, depth 16384 130.06 against 129.42 / 129.68).
+                FusedNorm = Setting("LLAMA_FUSE_NORM") ?? true,
             };
         try
         {
@@ -89,11 +87,6 @@ public sealed unsafe partial class GpuBackend : IBackend
             _stepScalars.MemSetToZero(_stream);
             _normSums = accelerator.Allocate1D<ulong>((long)NormSlots * SquareSums.Words);
             _normSums.MemSetToZero(_stream);
-            if (mergeSplits ?? Setting("LLAMA_ATTN_MERGE") ?? accelerator is not CudaAccelerator)
-            {
-                _splitArrivals = accelerator.Allocate1D<int>(SplitArrivals);
-                _splitArrivals.MemSetToZero(_stream);
-            }
             EnsureInts(4096);
         }
         catch
@@ -135,14 +128,13 @@ public sealed unsafe partial class GpuBackend : IBackend
     }
 
     /// <summary>The same kernels on ILGPU's CPU accelerator: 32-lane warps, groups of up to 256 threads; slow, for small shapes.</summary>
-    /// <summary>ILGPU's CPU accelerator; mergeSplits: whether decode attention merges its splits in the kernel (default: LLAMA_ATTN_MERGE, else on).</summary>
-    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false, GpuKernelSet? kernels = null, bool? mergeSplits = null)
+    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false, GpuKernelSet? kernels = null)
     {
         var context = Context.Create(b => b.CPU(new CPUDevice(numThreadsPerWarp: 32, numWarpsPerMultiprocessor: 8, numMultiprocessors: 1))
             .Optimize(OptimizationLevel.O2).EnableAlgorithms());
         try
         {
-            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision, kernels ?? GpuKernelSet.All, mergeSplits);
+            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision, kernels ?? GpuKernelSet.All);
         }
         catch
         {
@@ -517,17 +509,12 @@ public sealed unsafe partial class GpuBackend : IBackend
                 ? EnsureRemapPartial((long)tokens * heads * (hd + 2)).View : _attentionScratch.View.SubView(0, 0);
             _launch.Attention(GpuViews.F32(q), cache.LayerK(layer), cache.LayerV(layer), GpuViews.F32(dst), _attentionScratch.View, tokens,
                 heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16, StepView, stepLength, GpuViews.F32(f.Q), cache.LayerKFar(layer), f.Window,
-                farPartial, _fastRemap, Arrivals);
+                farPartial, _fastRemap);
             return;
         }
         _launch.Attention(GpuViews.F32(q), cache.LayerK(layer), cache.LayerV(layer), GpuViews.F32(dst), _attentionScratch.View, tokens,
-            heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16, StepView, stepLength, arrivals: Arrivals);
+            heads, cache.NumKvHeads, hd, startPos, _flashAttention, bf16, StepView, stepLength);
     }
-
-    private ArrayView<int> Arrivals => _splitArrivals is { } a ? a.View : default;
-
-    /// <summary>Whether decode attention merges its key splits in its own kernel (LLAMA_ATTN_MERGE) rather than by a combine launch.</summary>
-    public bool MergesSplits => _splitArrivals is not null;
 
     public void RerotateCache(KvCache cache, int length, RopeTable from, RopeTable to)
     {
@@ -616,7 +603,6 @@ public sealed unsafe partial class GpuBackend : IBackend
         _normSums?.Dispose();
         _remapPartial?.Dispose();
         _attentionScratch?.Dispose();
-        _splitArrivals?.Dispose();
         _stream?.Dispose();
         _accelerator.Dispose();
         _context.Dispose();

@@ -104,7 +104,7 @@ internal sealed class GpuKernels
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, F32, F32, F32, F32, ArrayView<int>, AttentionArgs>>? _splitF32;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, int, int, int>> _combine;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32>>? _flash64, _flash128, _flash64Far, _flash64Near, _flash128Far, _flash128Near;
-    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, SplitMerge, AttentionArgs>>? _decode1, _decode2, _decode4, _decode8;
+    private readonly KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, AttentionArgs>>? _decode1, _decode2, _decode4, _decode8;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long, int>> _swiGlu, _add;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, F32, F32, long, int>>? _swiGluBf16;
     private readonly KernelHandle<Action<Stream, KernelConfig, F32, ArrayView<int>, int>> _argmax;
@@ -238,9 +238,9 @@ internal sealed class GpuKernels
         _read = l.Load<Action<Stream, KernelConfig, ArrayView<U4>, ArrayView<uint>>>("memory_read", MemoryReadKernels.Read);
     }
 
-    private static KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, SplitMerge, AttentionArgs>> LoadDecode(IKernelLoader l, string name,
-        Action<ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, SplitMerge, AttentionArgs> kernel, KernelNeeds needs) =>
-        l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, SplitMerge, AttentionArgs>>(name, kernel, needs);
+    private static KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, AttentionArgs>> LoadDecode(IKernelLoader l, string name,
+        Action<ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, AttentionArgs> kernel, KernelNeeds needs) =>
+        l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, AttentionArgs>>(name, kernel, needs);
 
     // The flash variant of a head dim (64-query groups, or 128 with LLAMA_FLASH_ROWS=128) for the accelerator's tensor cores.
     private static Action<F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32> Flash<T64, T128, TP>(bool emulated)
@@ -600,7 +600,7 @@ internal sealed class GpuKernels
     /// </summary>
     public void Attention(F32 q, Tensor kcache, Tensor vcache, F32 dst, F32 partial, int tokens, int numHeads, int numKvHeads,
         int headDim, int startPos, bool flash, bool bf16, ArrayView<int> step, int stepLength = 0, F32 qFar = default, Tensor? kfar = null,
-        int window = 0, F32 farPartial = default, bool fastRemap = false, ArrayView<int> arrivals = default)
+        int window = 0, F32 farPartial = default, bool fastRemap = false)
     {
         bool f32Cache = kcache.DType == DType.F32, vectors = GpuViews.Aligned16(kcache, vcache) && (numKvHeads * headDim) % 8 == 0;
         bool remap = window > 0;
@@ -672,15 +672,12 @@ internal sealed class GpuKernels
         var config = useDecode ? DecodeConfig(units, tokens, splits, variant, headDim)
             : new KernelConfig(new Index3D(units, tokens, splits), new Index3D(AttentionKernels.GroupSize, 1, 1));
         string name = useDecode ? $"attention_decode_g{variant}" : f32Cache ? "attention_split_cf32" : "attention_split";
-        bool merged = false;   // the decode kernel's last group of each query merges its splits (no combine launch)
         if (useDecode)
         {
             var (kernel, q4, k4, v4) = (decode!.Launch, q.Cast<F4>(), GpuViews.Streamed(kcache), GpuViews.Streamed(vcache));
             var (qf4, kf4) = twoParts ? (qFar.Cast<F4>(), GpuViews.Streamed(farK)) : (q4, k4);
             var a = twoParts ? args with { FarSplits = farSplits } : args with { Window = 0 };
-            merged = splits > 1 && arrivals.Length >= (long)tokens * units;
-            var merge = merged ? SplitMerge.Of(arrivals, partial) : SplitMerge.Off(step);
-            Queue(name, config, s => kernel(s, config, q4, k4, v4, dst, partial, qf4, kf4, step, merge, a));
+            Queue(name, config, s => kernel(s, config, q4, k4, v4, dst, partial, qf4, kf4, step, a));
         }
         else if (f32Cache)
         {
@@ -692,7 +689,7 @@ internal sealed class GpuKernels
             var (kernel, kc, vc, kf) = (Need(_split, name), GpuViews.U16(kcache), GpuViews.U16(vcache), GpuViews.U16(farK));
             Queue(name, config, s => kernel(s, config, q, kc, vc, dst, partial, qFar, kf, step, args));
         }
-        if (splits <= 1 || merged) return;
+        if (splits <= 1) return;
         var cc = new KernelConfig(new Index3D(numHeads, tokens, 1), new Index3D(GroupSize(AttentionKernels.CombineGroupSize), 1, 1));
         Queue("attention_combine", cc, s => _combine.Launch(s, cc, partial, dst, numHeads, headDim, splits));
     }

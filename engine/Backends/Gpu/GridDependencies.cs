@@ -57,7 +57,7 @@ public static partial class GridDependencies
 
     // ILGPU keeps the PTX in a get-only property; the loader (CudaAccelerator.LoadKernel) reads it from there.
     [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "<PTXAssembly>k__BackingField")]
-    internal static extern ref string PtxAssembly(PTXCompiledKernel kernel);
+    private static extern ref string PtxAssembly(PTXCompiledKernel kernel);
 
     [GeneratedRegex(@"^\.target sm_(\d+)[a-z]?", RegexOptions.Multiline)]
     private static partial Regex TargetLine();

@@ -156,8 +156,6 @@ public sealed class AcceleratorKernelLoader(Accelerator accelerator) : IKernelLo
             ptxChars = ptx.PTXAssembly.Length;
             if (PtxKernelLoader.Missing(ptx.PTXAssembly, needs) is { } missing)
                 throw new GpuException($"kernel {name}: its PTX has no {missing} (the inline-PTX branch was removed; a trimmed build needs the trimmer settings of Directory.Build.props)");
-            if (L2Prefetch.Bytes > 0 && needs.HasFlag(KernelNeeds.StreamedLoads))
-                GridDependencies.PtxAssembly(ptx) = L2Prefetch.Patch(ptx.PTXAssembly, L2Prefetch.Bytes);
             if (Programmatic)
             {
                 try

@@ -138,7 +138,7 @@ public static class Bench
         Console.WriteLine();
         string kernels = s.Backend is GpuBackend gpu
             ? string.Create(Inv, $" (backend {backendSeconds:F2} s; {gpu.Kernels.Count} kernels compiled and loaded in {gpu.KernelLoadSeconds:F2} s beside the weights, {gpu.KernelWaitSeconds:F2} s of it waited for);"
-                + $" decode steps {gpu.DecodeStepMode} ({gpu.DecodeStepReplays} replayed, programmatic launch {gpu.ProgrammaticMode}), fused q/k/v+rope {(gpu.Capabilities.FusedRope ? "on" : "off")}, fused gate/up+SwiGlu {(gpu.Capabilities.FusedDecode ? "on" : "off")}, fused add+norm {(gpu.Capabilities.FusedNorm ? "on" : "off")}, attention splits merged {(gpu.MergesSplits ? "in the kernel" : "by a combine launch")}")
+                + $" decode steps {gpu.DecodeStepMode} ({gpu.DecodeStepReplays} replayed, programmatic launch {gpu.ProgrammaticMode}), fused q/k/v+rope {(gpu.Capabilities.FusedRope ? "on" : "off")}, fused gate/up+SwiGlu {(gpu.Capabilities.FusedDecode ? "on" : "off")}, fused add+norm {(gpu.Capabilities.FusedNorm ? "on" : "off")}")
             : "";
         Console.WriteLine(string.Create(Inv, $"device: {s.Backend.Device}; ctx {ctx}; load {loadSeconds:F2} s{kernels}"));
         Console.WriteLine($"memory: weights {FormatBytes(s.Weights.WeightBytes)} + KV cache {FormatBytes(kv)} = {FormatBytes(s.Weights.WeightBytes + kv)}" +
