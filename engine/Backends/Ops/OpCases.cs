@@ -231,7 +231,8 @@ public static class OpCases
 
     /// <summary>
     /// The GPU kernel benchmark (`llama-run bench --kernels`, bench/KernelBenchmarks): decode GEMV on the Llama-2-7B
-    /// projections (stacked q/k/v and gate/up as the decode step runs them), prefill GEMM, RMSNorm and rotary over 16k
+    /// projections (stacked q/k/v and gate/up as the decode step runs them, o/down with the residual add and the next
+    /// norm), prefill GEMM, RMSNorm and rotary over 16k
     /// tokens, decode attention at 4k and 16k depth and causal flash-attention prefill.
     /// </summary>
     public static IReadOnlyList<OpCase> Kernels { get; } = BuildKernels();
@@ -245,6 +246,8 @@ public static class OpCases
         c.Add(new MatMulSwiGluCase("Llama-2-7B gate/up + swiglu decode", 0) { T = 1, N = 4096, Ff = 11008 });
         c.Add(new MatMulSwiGluCase("Llama-3-8B gate/up + swiglu decode", 0) { T = 1, N = 4096, Ff = 14336 });
         c.Add(new MatMulRopeCase("Llama-2-7B q/k/v + rope decode", 0) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, N = 4096, StartPos = 4095 });
+        c.Add(new MatMulAddRmsNormCase("Llama-2-7B o_proj + add + norm decode", 0) { N = 4096, Out = 4096 });
+        c.Add(new MatMulAddRmsNormCase("Llama-2-7B down_proj + add + norm decode", 0) { N = 11008, Out = 4096 });
         foreach (var (t, o, n, src) in new[] { (512, 4096, 4096, "Llama-2-7B q_proj"), (4096, 11008, 4096, "Llama-2-7B up_proj"), (16384, 4096, 4096, "Llama-2-7B q_proj") })
             c.Add(new MatMulCase(src + " prefill", 0) { Weight = DType.BF16, T = t, N = n, Out = o });
         c.Add(new RmsNormCase("Llama-2-7B prefill 16k", 0) { T = 16384, N = 4096 });
