@@ -47,7 +47,7 @@ public readonly struct EightQueryHeads : IQueryGroup
     public int Heads => 8;
 }
 
-/// <summary>Key steps a warp loads at once before it scores them (a tile): 1, or 4 with one softmax rescale a tile.</summary>
+/// <summary>Key steps a warp loads at once before it scores them (a tile): 1, or 4 with one softmax rescale a tile, or 8 (two such tiles' loads in flight together).</summary>
 public interface IKeyTile
 {
     int Steps { get; }
@@ -61,6 +61,11 @@ public readonly struct OneStep : IKeyTile
 public readonly struct FourSteps : IKeyTile
 {
     public int Steps => 4;
+}
+
+public readonly struct EightSteps : IKeyTile
+{
+    public int Steps => 8;
 }
 
 /// <summary>One query head's state in one lane: 8 query dims, the running max and sum, 8 output dims.</summary>
@@ -325,11 +330,23 @@ public static class AttentionDecodeKernels
         }
 
         // Keys of this lane: first + i * stride. Four steps a tile (TT: FourSteps): a tile's loads are issued together,
-        // then scored. One step at a time: the loads of key i + 1 are issued before key i is used.
+        // then scored (EightSteps: two tiles' loads issued together, then each scored). One step at a time: the loads
+        // of key i + 1 are issued before key i is used.
         int warps = Group.DimX >> 5, kvDim4 = a.NumKvHeads * hd / 8, stride = warps * keysPerStep;
         long col = (long)kvh * hd / 8 + dims;
         int key = begin + warp * keysPerStep + slot;
-        if (default(TT).Steps == 4)
+        if (default(TT).Steps == 8)
+        {
+            for (int first = begin + warp * keysPerStep; first < end; first += 8 * stride)   // warp-uniform: every lane shuffles
+            {
+                var tile = KeyTile.Load(kcache, vcache, key, stride, end, kvDim4, col);
+                var next = KeyTile.Load(kcache, vcache, key + 4 * stride, stride, end, kvDim4, col);
+                Tile4(ref st.H0, tile, lanesPerKey, a.RoundP);
+                Tile4(ref st.H0, next, lanesPerKey, a.RoundP);
+                key += 8 * stride;
+            }
+        }
+        else if (default(TT).Steps == 4)
         {
             for (int first = begin + warp * keysPerStep; first < end; first += 4 * stride)   // warp-uniform: every lane shuffles
             {

@@ -24,19 +24,21 @@ public sealed class GpuBackends : IDisposable
     private readonly Lazy<GpuBackend> _cudaFull = new(() => GpuBackend.TryCreateCuda(out string why, fullPrecision: true) ?? throw new InvalidOperationException(why));
     private readonly Lazy<GpuBackend> _host = new(() => GpuBackend.CreateCpuAccelerator());
     private readonly Lazy<GpuBackend> _hostFull = new(() => GpuBackend.CreateCpuAccelerator(fullPrecision: true));
+    private readonly Lazy<GpuBackend> _hostTile8 = new(() => GpuBackend.CreateCpuAccelerator(decodeSteps: 8));
     public CpuBackend Cpu { get; } = new();
 
     public GpuBackend Get(string device, bool fullPrecision) => (device, fullPrecision) switch
     {
         ("cuda", false) => _cuda.Value,
         ("cuda", true) => _cudaFull.Value,
+        ("ilgpu-cpu-tile8", false) => _hostTile8.Value,
         (_, false) => _host.Value,
         _ => _hostFull.Value,
     };
 
     public void Dispose()
     {
-        foreach (var b in new[] { _cuda, _cudaFull, _host, _hostFull })
+        foreach (var b in new[] { _cuda, _cudaFull, _host, _hostFull, _hostTile8 })
             if (b.IsValueCreated) b.Value.Dispose();
         Cpu.Dispose();
     }
@@ -72,6 +74,17 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
 
     [Theory, MemberData(nameof(HostCases))]
     public void OnCpuAccelerator(string name) => Check("ilgpu-cpu", name);
+
+    // The attention cases again with the decode kernel's eight-step tiles (LLAMA_ATTN_TILE=8) for one query head a lane.
+    public static TheoryData<string> HostAttentionCases()
+    {
+        var data = new TheoryData<string>();
+        foreach (var c in OpCases.All.Where(c => c.Work <= HostWork && c.Op == "attention" && !c.FullPrecision)) data.Add(c.Name);
+        return data;
+    }
+
+    [Theory, MemberData(nameof(HostAttentionCases))]
+    public void OnCpuAcceleratorWithEightStepTiles(string name) => Check("ilgpu-cpu-tile8", name);
 
     [CudaTheory, MemberData(nameof(AllCases))]
     public void OnCuda(string name) => Check("cuda", name);

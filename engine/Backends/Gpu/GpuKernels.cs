@@ -37,6 +37,9 @@ internal sealed class GpuKernels
     // combine than they gain (H200, Llama-3-8B decode at 16k: 130 us with 128 keys, 87 with 256, with the serial combine).
     private static readonly int MinSplit = Tuning("LLAMA_ATTN_MINSPLIT", 256, m => m is >= 16 and <= 65536);
 
+    // Decode attention with one query head a lane: key steps a warp loads at once (LLAMA_ATTN_TILE: 4, or 8 for tuning).
+    private static readonly int DecodeSteps = Tuning("LLAMA_ATTN_TILE", 4, t => t is 4 or 8);
+
     // Decode attention kernel: warps a group (LLAMA_ATTN_DECODE_WARPS, for tuning; 0: DecodeWarpsFor picks).
     private static readonly int DecodeWarps = Tuning("LLAMA_ATTN_DECODE_WARPS", 0, w => w is 0 or 1 or 2 or 4 or 8 or 16 or 32);
 
@@ -116,7 +119,7 @@ internal sealed class GpuKernels
     /// emulated: the accelerator runs the tensor-core helpers' C# paths (ILGPU's CPU accelerator).
     /// </summary>
     public GpuKernels(IKernelLoader l, Stream stream, int maxGroup, int multiprocessors, GpuKernelSet set, bool f32Cache, bool gemm,
-        bool emulated, bool sync)
+        bool emulated, bool sync, int decodeSteps = 0)
     {
         _scratchBytes = emulated ? EmulatedTensorCores.ScratchBytes : 0;
         _rowsPerGemvGroup = emulated ? 1 : GemvRows;
@@ -226,7 +229,12 @@ internal sealed class GpuKernels
                 _ropeFar = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, ArrayView<int>, RopeArgs, int, int, int>>("rope_far", RopeKernels.RopeFar<NoRounding, ushort, Bf16Element>);
                 if (bf16) _ropeFarBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, ArrayView<int>, RopeArgs, int, int, int>>("rope_far_cbf16", RopeKernels.RopeFar<Bf16Rounding, ushort, Bf16Element>);
             }
-            if (set.Decode(1)) _decode1 = LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, FourSteps>, streamed);
+            if (set.Decode(1))
+            {
+                _decode1 = (decodeSteps > 0 ? decodeSteps : DecodeSteps) == 8
+                    ? LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, EightSteps>, streamed)
+                    : LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, FourSteps>, streamed);
+            }
             if (set.Decode(2)) _decode2 = LoadDecode(l, "attention_decode_g2", AttentionDecodeKernels.Decode<TwoQueryHeads>, streamed);
             if (set.Decode(4)) _decode4 = LoadDecode(l, "attention_decode_g4", AttentionDecodeKernels.Decode<FourQueryHeads>, streamed);
             if (set.Decode(8)) _decode8 = LoadDecode(l, "attention_decode_g8", AttentionDecodeKernels.Decode<EightQueryHeads>, streamed);
