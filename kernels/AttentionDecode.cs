@@ -335,24 +335,16 @@ public static class AttentionDecodeKernels
         int warps = Group.DimX >> 5, kvDim4 = a.NumKvHeads * hd / 8, stride = warps * keysPerStep;
         long col = (long)kvh * hd / 8 + dims;
         int key = begin + warp * keysPerStep + slot;
-        if (default(TT).Steps == 8)
+        int steps = default(TT).Steps;
+        if (steps >= 4)
         {
-            for (int first = begin + warp * keysPerStep; first < end; first += 8 * stride)   // warp-uniform: every lane shuffles
+            for (int first = begin + warp * keysPerStep; first < end; first += steps * stride)   // warp-uniform: every lane shuffles
             {
                 var tile = KeyTile.Load(kcache, vcache, key, stride, end, kvDim4, col);
-                var next = KeyTile.Load(kcache, vcache, key + 4 * stride, stride, end, kvDim4, col);
+                var next = steps == 8 ? KeyTile.Load(kcache, vcache, key + 4 * stride, stride, end, kvDim4, col) : default;
                 Tile4(ref st.H0, tile, lanesPerKey, a.RoundP);
-                Tile4(ref st.H0, next, lanesPerKey, a.RoundP);
-                key += 8 * stride;
-            }
-        }
-        else if (default(TT).Steps == 4)
-        {
-            for (int first = begin + warp * keysPerStep; first < end; first += 4 * stride)   // warp-uniform: every lane shuffles
-            {
-                var tile = KeyTile.Load(kcache, vcache, key, stride, end, kvDim4, col);
-                Tile4(ref st.H0, tile, lanesPerKey, a.RoundP);
-                key += 4 * stride;
+                if (steps == 8) Tile4(ref st.H0, next, lanesPerKey, a.RoundP);
+                key += steps * stride;
             }
         }
         else

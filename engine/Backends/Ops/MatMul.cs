@@ -123,48 +123,42 @@ public sealed record MatMulAddRmsNormCase(string Source, double MaxNmse) : Heads
         var normWeight = s.Upload(DType.F32, 1, Out, s.Uniform(Out));
         var normed = s.Output(1, Out, "normed");
         var b = s.Backend;
-        if (Then == NormReader.SwiGlu)
+        // The fused op, then the reader; outputs: the residual, the reader's, and the normed row last.
+        PreparedOp WithReader(Action read, params OpOutput[] readerOutputs) => new(i =>
         {
-            var gateUp = s.Random(DType.BF16, 2 * Ff, Out);
-            var act = s.Output(1, Ff, "swiglu");
-            return new(i =>
-            {
-                b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f);
-                b.MatMulSwiGlu(normed, gateUp, act);
-            }, s.Out("residual", residual), s.Out("swiglu", act), s.Out("normed", normed));
-        }
-        if (Then == NormReader.Rope)
+            b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f);
+            read();
+        }, [s.Out("residual", residual), .. readerOutputs, s.Out("normed", normed)]);
+        switch (Then)
         {
-            var cache = NewCache(s);
-            var table = Table(Theta, Magnitude);
-            var qkv = s.Random(DType.BF16, QDim + 2 * KvDim, Out);
-            var dst = s.Output(1, QDim + 2 * KvDim, "qkv");
-            return new(i =>
+            case NormReader.SwiGlu:
             {
-                b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f);
-                b.MatMulRope(normed, qkv, dst, cache, Layer, StartPos, table);
-            }, s.Out("residual", residual), s.Out("qkv", dst), s.Out("cache.K", cache.K), s.Out("cache.V", cache.V), s.Out("normed", normed));
-        }
-        if (Then == NormReader.MatMul)
-        {
-            var w = s.Random(DType.BF16, Ff, Out);
-            var y = s.Output(1, Ff, "matmul");
-            return new(i =>
+                var gateUp = s.Random(DType.BF16, 2 * Ff, Out);
+                var act = s.Output(1, Ff, "swiglu");
+                return WithReader(() => b.MatMulSwiGlu(normed, gateUp, act), s.Out("swiglu", act));
+            }
+            case NormReader.Rope:
             {
-                b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f);
-                b.MatMul(normed, w, y);
-            }, s.Out("residual", residual), s.Out("matmul", y), s.Out("normed", normed));
-        }
-        if (Then == NormReader.Add)
-        {
-            var sum = s.Output(1, Out, "sum");
-            return new(i =>
+                var cache = NewCache(s);
+                var table = Table(Theta, Magnitude);
+                var qkv = s.Random(DType.BF16, QDim + 2 * KvDim, Out);
+                var dst = s.Output(1, QDim + 2 * KvDim, "qkv");
+                return WithReader(() => b.MatMulRope(normed, qkv, dst, cache, Layer, StartPos, table),
+                    s.Out("qkv", dst), s.Out("cache.K", cache.K), s.Out("cache.V", cache.V));
+            }
+            case NormReader.MatMul:
             {
-                b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f);
-                b.Add(normed, residual, sum);
-            }, s.Out("residual", residual), s.Out("sum", sum), s.Out("normed", normed));
+                var w = s.Random(DType.BF16, Ff, Out);
+                var y = s.Output(1, Ff, "matmul");
+                return WithReader(() => b.MatMul(normed, w, y), s.Out("matmul", y));
+            }
+            case NormReader.Add:
+            {
+                var sum = s.Output(1, Out, "sum");
+                return WithReader(() => b.Add(normed, residual, sum), s.Out("sum", sum));
+            }
+            default:
+                return WithReader(() => { });
         }
-        return new(i => b.MatMulAddRmsNorm(x, weights[i % weights.Length], residual, normWeight, normed, 1e-5f),
-            s.Out("residual", residual), s.Out("normed", normed));
     }
 }
