@@ -68,6 +68,12 @@ public readonly struct EightSteps : IKeyTile
     public int Steps => 8;
 }
 
+/// <summary>Four-step tiles with the next tile's loads issued before this one is scored (a tile always in flight).</summary>
+public readonly struct PipelinedFourSteps : IKeyTile
+{
+    public int Steps => -4;
+}
+
 /// <summary>One query head's state in one lane: 8 query dims, the running max and sum, 8 output dims.</summary>
 public struct HeadState
 {
@@ -336,7 +342,18 @@ public static class AttentionDecodeKernels
         long col = (long)kvh * hd / 8 + dims;
         int key = begin + warp * keysPerStep + slot;
         int steps = default(TT).Steps;
-        if (steps >= 4)
+        if (steps < 0)
+        {
+            var tile = KeyTile.Load(kcache, vcache, key, stride, end, kvDim4, col);
+            for (int first = begin + warp * keysPerStep; first < end; first += 4 * stride)   // warp-uniform: every lane shuffles
+            {
+                var next = KeyTile.Load(kcache, vcache, key + 4 * stride, stride, end, kvDim4, col);
+                Tile4(ref st.H0, tile, lanesPerKey, a.RoundP);
+                tile = next;
+                key += 4 * stride;
+            }
+        }
+        else if (steps >= 4)
         {
             for (int first = begin + warp * keysPerStep; first < end; first += steps * stride)   // warp-uniform: every lane shuffles
             {

@@ -25,6 +25,7 @@ public sealed class GpuBackends : IDisposable
     private readonly Lazy<GpuBackend> _host = new(() => GpuBackend.CreateCpuAccelerator());
     private readonly Lazy<GpuBackend> _hostFull = new(() => GpuBackend.CreateCpuAccelerator(fullPrecision: true));
     private readonly Lazy<GpuBackend> _hostTile8 = new(() => GpuBackend.CreateCpuAccelerator(decodeSteps: 8));
+    private readonly Lazy<GpuBackend> _hostTilePipelined = new(() => GpuBackend.CreateCpuAccelerator(decodeSteps: -4));
     public CpuBackend Cpu { get; } = new();
 
     public GpuBackend Get(string device, bool fullPrecision) => (device, fullPrecision) switch
@@ -32,13 +33,14 @@ public sealed class GpuBackends : IDisposable
         ("cuda", false) => _cuda.Value,
         ("cuda", true) => _cudaFull.Value,
         ("ilgpu-cpu-tile8", false) => _hostTile8.Value,
+        ("ilgpu-cpu-tile4p", false) => _hostTilePipelined.Value,
         (_, false) => _host.Value,
         _ => _hostFull.Value,
     };
 
     public void Dispose()
     {
-        foreach (var b in new[] { _cuda, _cudaFull, _host, _hostFull, _hostTile8 })
+        foreach (var b in new[] { _cuda, _cudaFull, _host, _hostFull, _hostTile8, _hostTilePipelined })
             if (b.IsValueCreated) b.Value.Dispose();
         Cpu.Dispose();
     }
@@ -85,6 +87,10 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
 
     [Theory, MemberData(nameof(HostAttentionCases))]
     public void OnCpuAcceleratorWithEightStepTiles(string name) => Check("ilgpu-cpu-tile8", name);
+
+    // And with four-step tiles pipelined (LLAMA_ATTN_TILE=-4: the next tile's loads in flight while one is scored).
+    [Theory, MemberData(nameof(HostAttentionCases))]
+    public void OnCpuAcceleratorWithPipelinedTiles(string name) => Check("ilgpu-cpu-tile4p", name);
 
     [CudaTheory, MemberData(nameof(AllCases))]
     public void OnCuda(string name) => Check("cuda", name);

@@ -129,7 +129,7 @@ public sealed unsafe partial class GpuBackend : IBackend
 
     /// <summary>
     /// The same kernels on ILGPU's CPU accelerator: 32-lane warps, groups of up to 256 threads; slow, for small shapes.
-    /// decodeSteps: the decode attention's key steps a tile with one query head a lane (4 or 8; 0: LLAMA_ATTN_TILE, else 4).
+    /// decodeSteps: the decode attention's key steps a tile with one query head a lane (4 or 8, -4 pipelined; 0: LLAMA_ATTN_TILE, else 4).
     /// </summary>
     public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false, GpuKernelSet? kernels = null, int decodeSteps = 0)
     {

@@ -38,7 +38,8 @@ internal sealed class GpuKernels
     private static readonly int MinSplit = Tuning("LLAMA_ATTN_MINSPLIT", 256, m => m is >= 16 and <= 65536);
 
     // Decode attention with one query head a lane: key steps a warp loads at once (LLAMA_ATTN_TILE: 4, or 8 for tuning).
-    private static readonly int DecodeSteps = Tuning("LLAMA_ATTN_TILE", 4, t => t is 4 or 8);
+    // -4: four-step tiles pipelined (LLAMA_ATTN_TILE=-4: the next tile's loads issued before this one is scored).
+    private static readonly int DecodeSteps = Tuning("LLAMA_ATTN_TILE", 4, t => t is 4 or 8 or -4);
 
     // Decode attention kernel: warps a group (LLAMA_ATTN_DECODE_WARPS, for tuning; 0: DecodeWarpsFor picks).
     private static readonly int DecodeWarps = Tuning("LLAMA_ATTN_DECODE_WARPS", 0, w => w is 0 or 1 or 2 or 4 or 8 or 16 or 32);
@@ -231,9 +232,12 @@ internal sealed class GpuKernels
             }
             if (set.Decode(1))
             {
-                _decode1 = (decodeSteps > 0 ? decodeSteps : DecodeSteps) == 8
-                    ? LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, EightSteps>, streamed)
-                    : LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, FourSteps>, streamed);
+                _decode1 = (decodeSteps != 0 ? decodeSteps : DecodeSteps) switch
+                {
+                    8 => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, EightSteps>, streamed),
+                    -4 => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, PipelinedFourSteps>, streamed),
+                    _ => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, FourSteps>, streamed),
+                };
             }
             if (set.Decode(2)) _decode2 = LoadDecode(l, "attention_decode_g2", AttentionDecodeKernels.Decode<TwoQueryHeads>, streamed);
             if (set.Decode(4)) _decode4 = LoadDecode(l, "attention_decode_g4", AttentionDecodeKernels.Decode<FourQueryHeads>, streamed);
