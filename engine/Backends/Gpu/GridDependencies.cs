@@ -14,6 +14,7 @@ using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.RegularExpressions;
 using ILGPU.Backends.PTX;
+using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Backends.Gpu;
 
@@ -21,6 +22,10 @@ public static partial class GridDependencies
 {
     /// <summary>LLAMA_PDL: 0 turns programmatic dependent launch off; on by default where the GPU and driver have it.</summary>
     public static bool Enabled => Environment.GetEnvironmentVariable("LLAMA_PDL") != "0";
+
+    // LLAMA_PDL_TRIGGER=1 (tuning): every kernel lets the next one launch right after its wait
+    // (griddepcontrol.launch_dependents), so that a GEMV's L2 prefetches (LLAMA_GEMV_PREFETCH) overlap the tail of the kernel before.
+    private static readonly bool Trigger = Environment.GetEnvironmentVariable("LLAMA_PDL_TRIGGER") == "1";
 
     /// <summary>
     /// The kernel's PTX for sm_90 (PTX ISA 7.8 at least) with griddepcontrol.wait before its first instruction. Throws
@@ -37,6 +42,9 @@ public static partial class GridDependencies
         s.Append(ptx, version.Index + version.Length, target.Index - version.Index - version.Length);
         s.Append(int.Parse(target.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) < 90 ? ".target sm_90" : target.Value);
         string body = ptx[(target.Index + target.Length)..];
+        string wait = Trigger ? "griddepcontrol.wait; griddepcontrol.launch_dependents;" : "griddepcontrol.wait;";
+        // Where the kernel says (GridDependency.Wait: after its L2 prefetches of weights), else first.
+        if (body.Contains(GridDependency.WaitMarker, StringComparison.Ordinal)) return s.Append(body.Replace(GridDependency.WaitMarker, wait)).ToString();
         // Right after the entry's declarations, before its first instruction.
         var entry = EntryOpen().Match(body);
         if (!entry.Success) throw new FormatException("PTX without a .entry body");
@@ -49,7 +57,7 @@ public static partial class GridDependencies
                 break;
             at += line.Length + 1;
         }
-        return s.Append(body, 0, at).Append("\tgriddepcontrol.wait;\n").Append(body, at, body.Length - at).ToString();
+        return s.Append(body, 0, at).Append('\t').Append(wait).Append('\n').Append(body, at, body.Length - at).ToString();
     }
 
     /// <summary>Replaces a compiled kernel's PTX by its Patch, before the driver loads it.</summary>
