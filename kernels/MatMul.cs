@@ -107,8 +107,6 @@ public static class MatMulKernels
         int row = (Grid.IdxX * Group.DimX + Group.IdxX) >> 5, lane = Warp.LaneIdx;
         if (row >= outDim) return;
         int chunks = inDim / 8;
-        weight.PrefetchRow((long)row * chunks, chunks, lane);
-        GridDependency.Wait();
         float sum = RowDot<TLoads>(x, weight, (long)row * chunks, chunks, lane);
         if (lane == 0) dst[row] = sum;
     }
@@ -126,8 +124,6 @@ public static class MatMulKernels
         var squares = SharedMemory.Allocate<float>(32);
         int row = (Grid.IdxX * Group.DimX + Group.IdxX) >> 5, lane = Warp.LaneIdx;
         float square = 0f;
-        if (row < outDim) weight.PrefetchRow((long)row * (inDim / 8), inDim / 8, lane);
-        GridDependency.Wait();
         if (row < outDim)
         {
             int chunks = inDim / 8;
@@ -161,8 +157,6 @@ public static class MatMulKernels
         int r = Group.DimX >> 6, w = Warp.WarpIdx, lane = Warp.LaneIdx;
         bool isUp = w >= r;
         int j = Grid.IdxX * r + (isUp ? w - r : w), chunks = inDim / 8;
-        if (j < ff) weight.PrefetchRow((long)(isUp ? ff + j : j) * chunks, chunks, lane);
-        GridDependency.Wait();
         var counters = norm.Load(sums);   // before the row's weights, so that their round trip overlaps them
         float sum = j < ff ? RowDot<SixteenLoads>(x, weight, (long)(isUp ? ff + j : j) * chunks, chunks, lane) : 0f;
         sum *= norm.Scale(counters);
@@ -199,8 +193,6 @@ public static class MatMulKernels
             r0 = qDim + kvDim + 2 * (u - ropeUnits);
         }
         int r1 = u < ropeUnits ? r0 + half : r0 + 1;
-        weight.PrefetchRow((long)(w == 0 ? r0 : r1) * chunks, chunks, lane);
-        GridDependency.Wait();
         var counters = norm.Load(sums);   // before the row's weights, so that their round trip overlaps them
         float sum = RowDot<SixteenLoads>(x, weight, (long)(w == 0 ? r0 : r1) * chunks, chunks, lane) * norm.Scale(counters);
         if (w == 1 && lane == 0) second[0] = sum;

@@ -1,5 +1,5 @@
 // Programmatic dependent launch (engine/Backends/Gpu/GridDependencies.cs): every kernel's PTX, patched for sm_90, waits
-// for the grids it depends on before anything else (or where it places the wait), and is otherwise unchanged. Offline, without a GPU.
+// for the grids it depends on before anything else, and is otherwise unchanged. Offline, without a GPU.
 // Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~GridDependencyTests"
 using ILGPU;
 using ILGPU.Backends.EntryPoints;
@@ -24,37 +24,22 @@ public sealed class GridDependencyTests(ITestOutputHelper output)
         ptx[ptx.IndexOf(".entry", StringComparison.Ordinal)..].Split('\n').Select(l => l.Trim())
             .Where(l => l.Length > 0 && !l.StartsWith('.') && !l.StartsWith("//", StringComparison.Ordinal) && !l.EndsWith(':') && l != "{" && l != "}" && l != ")");
 
-    // The wait is each kernel's first instruction (after reading its parameters): nothing is read or written before
-    // it; except in a kernel that places it (GridDependency.Wait, the decode GEMVs after their L2 prefetches), where
-    // it takes the marker's place. Either way there is one wait, and the rest is as ILGPU wrote it.
+    // The wait is each kernel's first instruction (after reading its parameters): nothing is read or written before it.
     [Fact]
-    public void EveryKernelWaitsFirstOrWhereItSays()
+    public void EveryKernelWaitsFirst()
     {
         Assert.NotEmpty(Kernels);
-        int placed = 0;
         foreach (var (name, ptx, _) in Kernels)
         {
+            Assert.DoesNotContain("griddepcontrol", ptx);
             string patched = GridDependencies.Patch(ptx);
             Assert.Contains("\n.target sm_90", patched);
             Assert.Single(Instructions(patched), l => l.StartsWith("griddepcontrol", StringComparison.Ordinal));
-            Assert.DoesNotContain(GridDependency.WaitMarker, patched);
-            int marker = ptx.Split(GridDependency.WaitMarker).Length - 1;
-            if (name.StartsWith("gemv_bf16", StringComparison.Ordinal) && name != "gemv_bf16_any") Assert.Equal(1, marker);
-            if (marker == 0)
-            {
-                Assert.DoesNotContain("griddepcontrol", ptx);
-                Assert.Equal("griddepcontrol.wait;", Instructions(patched).First());
-                Assert.Equal(Instructions(ptx), Instructions(patched).Skip(1));
-            }
-            else
-            {
-                Assert.Equal(1, marker);
-                placed++;
-                Assert.Equal(Instructions(ptx).Select(l => l == GridDependency.WaitMarker ? "griddepcontrol.wait;" : l), Instructions(patched));
-            }
+            Assert.Equal("griddepcontrol.wait;", Instructions(patched).First());
+            // The rest of the kernel is as ILGPU wrote it.
+            Assert.Equal(Instructions(ptx), Instructions(patched).Skip(1));
         }
-        Assert.True(placed > 0);
-        output.WriteLine($"{Kernels.Count} kernels patched, {placed} of them with the wait where they place it");
+        output.WriteLine($"{Kernels.Count} kernels patched");
     }
 
     [Fact]

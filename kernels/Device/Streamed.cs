@@ -20,38 +20,14 @@ public readonly struct StreamedU4
     public readonly ArrayView<U4> View;
     public readonly long Address;
 
-    /// <summary>128-byte lines of a row each lane asks into L2 before the kernel waits for the one before it (PrefetchRow).</summary>
-    public readonly int PrefetchLines;
-
-    private StreamedU4(ArrayView<U4> view, long address, int prefetchLines)
+    private StreamedU4(ArrayView<U4> view, long address)
     {
         View = view;
         Address = address;
-        PrefetchLines = prefetchLines;
     }
 
     /// <summary>The view and its address (on the host; the host address on ILGPU's CPU accelerator, where it is not used).</summary>
-    public static StreamedU4 Of(ArrayView<U4> view, int prefetchLines = 0) =>
-        new(view, view.Length == 0 ? 0 : view.LoadEffectiveAddressAsPtr().ToInt64(), prefetchLines);
-
-    /// <summary>
-    /// On CUDA, asks L2 for the first PrefetchLines x 32 lines of the row of `chunks` elements at `first` (lane i the
-    /// lines i, i + 32, ..), to be called before GridDependency.Wait: the weights are never written, so a kernel
-    /// launched early (programmatic launch) can start their reads while the kernel before it ends.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void PrefetchRow(long first, int chunks, int lane)
-    {
-        if (!CudaAsm.IsSupported) return;
-        for (int i = 0; i < PrefetchLines; i++)
-        {
-            int c = 8 * (lane + 32 * i);
-            if (c >= chunks) break;
-            long address = Address + 16 * (first + c);
-            Input<uint> lo = (uint)address, hi = (uint)(address >> 32);
-            CudaAsm.Emit("{ .reg .b64 a; mov.b64 a, {%0, %1}; prefetch.global.L2 [a]; }", lo, hi);
-        }
-    }
+    public static StreamedU4 Of(ArrayView<U4> view) => new(view, view.Length == 0 ? 0 : view.LoadEffectiveAddressAsPtr().ToInt64());
 
     /// <summary>Element index.</summary>
     public U4 this[long index]

@@ -68,10 +68,6 @@ internal sealed class GpuKernels
     private static readonly int GemvRows = Tuning("LLAMA_GEMV_ROWS", MatMulKernels.GemvRowsPerGroup, r => r is 1 or 2 or 4 or 8 or 16 or 32);
     private static readonly int GemvBlocks = Tuning("LLAMA_GEMV_BLOCKS", 0, b => b is >= 0 and <= 32);
 
-    // Decode GEMV: 128-byte lines of its row each lane asks into L2 before the wait for the kernel before it
-    // (LLAMA_GEMV_PREFETCH, for tuning; 0: none).
-    private static readonly int GemvPrefetch = Tuning("LLAMA_GEMV_PREFETCH", 0, n => n is >= 0 and <= 8);
-
     // Decode GEMV of long rows (more than GemvLongRow weights) by gemv_bf16_long (LLAMA_GEMV_LONG=0: by gemv_bf16, for tuning).
     private static readonly bool GemvLong = Environment.GetEnvironmentVariable("LLAMA_GEMV_LONG") != "0";
 
@@ -396,7 +392,7 @@ internal sealed class GpuKernels
             : weight.DType switch { DType.F32 => "gemv_f32", DType.F16 => "gemv_f16", _ => "gemv_bf16_any" };
         if (vector)
         {
-            var w4 = GpuViews.Streamed(weight, GemvPrefetch);
+            var w4 = GpuViews.Streamed(weight);
             var kernel = longRows ? _gemvBf16Long : _gemvBf16;
             for (int t = 0; t < tokens; t++)
             {
@@ -432,7 +428,7 @@ internal sealed class GpuKernels
     {
         int rows = Math.Max(1, _rowsPerGemvGroup / 2);   // gate rows a group (and as many up rows): 2 rows warps
         var config = new KernelConfig((ff + rows - 1) / rows, 64 * rows);
-        var (x4, w4, d1) = (GpuViews.F4(x), GpuViews.Streamed(gateUp, GemvPrefetch), GpuViews.F32(dst));
+        var (x4, w4, d1) = (GpuViews.F4(x), GpuViews.Streamed(gateUp), GpuViews.F32(dst));
         Queue("gemv_bf16_swiglu", config, s => _gemvBf16SwiGlu.Launch(s, config, x4, w4, d1, sums, norm, inDim, ff));
     }
 
@@ -447,7 +443,7 @@ internal sealed class GpuKernels
         bool longRows = LongRows(inDim);
         string name = longRows ? "gemv_bf16_add_norm_long" : "gemv_bf16_add_norm";
         var kernel = longRows ? _gemvBf16AddNormLong : _gemvBf16AddNorm;
-        var (x4, w4, r1, g1, d1) = (GpuViews.F4(x), GpuViews.Streamed(weight, GemvPrefetch), GpuViews.F32(residual), GpuViews.F32(normWeight), GpuViews.F32(dst));
+        var (x4, w4, r1, g1, d1) = (GpuViews.F4(x), GpuViews.Streamed(weight), GpuViews.F32(residual), GpuViews.F32(normWeight), GpuViews.F32(dst));
         Queue(name, config, s => kernel.Launch(s, config, x4, w4, r1, g1, d1, sums, inDim, outDim));
     }
 
@@ -474,7 +470,7 @@ internal sealed class GpuKernels
         // Two warps a unit (a rotary pair, or two v rows): (qDim + 2 kvDim) / 2 units.
         var config = new KernelConfig(qkv.Rows / 2, 64);
         var kernel = Need(_gemvBf16Rope, "gemv_bf16_rope");
-        var (x4, w4, d1, kc, vc) = (GpuViews.F4(x), GpuViews.Streamed(qkv, GemvPrefetch), GpuViews.F32(dst), GpuViews.U16(kcache), GpuViews.U16(vcache));
+        var (x4, w4, d1, kc, vc) = (GpuViews.F4(x), GpuViews.Streamed(qkv), GpuViews.F32(dst), GpuViews.U16(kcache), GpuViews.U16(vcache));
         Queue("gemv_bf16_rope", config, s => kernel(s, config, x4, w4, d1, kc, vc, invFreq, step, args, sums, norm, x.Cols));
     }
 

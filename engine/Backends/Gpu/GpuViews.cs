@@ -23,7 +23,7 @@ internal static class GpuViews
     public static ArrayView<U4> U4(Tensor t) => Bytes(t).Cast<U4>();
 
     /// <summary>A bf16 tensor as 16-byte vectors read once (a GEMV's weight rows), with its address; the caller checked Aligned16.</summary>
-    public static StreamedU4 Streamed(Tensor t, int prefetchLines = 0) => StreamedU4.Of(U4(t), prefetchLines);
+    public static StreamedU4 Streamed(Tensor t) => StreamedU4.Of(U4(t));
 
     /// <summary>The device address of the tensor's first element (the host address on ILGPU's CPU accelerator).</summary>
     public static ulong Address(Tensor t) => (ulong)Bytes(t).LoadEffectiveAddressAsPtr();

@@ -8,13 +8,14 @@
 // H100, Llama-2-7B shape, tg128 alternated: 190.12 / 190.01 t/s against 188.23 / 188.31 off; at depth 16384 122.80
 // against 122.02. Measured and dropped (same card, another run: 189.20 this way, 188.28 / 187.85 off): the GEMVs'
 // first weight loads before their wait, with or without griddepcontrol.launch_dependents after it (171.5-175.3), and
-// launch_dependents after every kernel's wait (188.97, no better).
+// launch_dependents after every kernel's wait (188.97, no better); on another H100, the GEMVs asking L2 for the first
+// 64 (or 128) lines of their rows before their wait, with launch_dependents after every wait or without: tg128 193.65
+// / 193.32 (193.52; 192.98 without) against 205.04 / 206.11, at depth 16384 123.01 / 123.17 against 129.21 / 129.97.
 // Exercised by tests/GridDependencyTests.cs (every kernel's PTX patched) and, on a GPU, by every decode-step test.
 using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.RegularExpressions;
 using ILGPU.Backends.PTX;
-using LlamaRun.Kernels.Device;
 
 namespace LlamaRun.Backends.Gpu;
 
@@ -24,7 +25,8 @@ public static partial class GridDependencies
     public static bool Enabled => Environment.GetEnvironmentVariable("LLAMA_PDL") != "0";
 
     // LLAMA_PDL_TRIGGER=1 (tuning): every kernel lets the next one launch right after its wait
-    // (griddepcontrol.launch_dependents), so that a GEMV's L2 prefetches (LLAMA_GEMV_PREFETCH) overlap the tail of the kernel before.
+    // (griddepcontrol.launch_dependents). H100, Llama-2-7B shape, one call: tg128 208.11 t/s against 205.04 / 206.11
+    // without, at depth 16384 128.67 against 129.21 / 129.97.
     private static readonly bool Trigger = Environment.GetEnvironmentVariable("LLAMA_PDL_TRIGGER") == "1";
 
     /// <summary>
@@ -42,9 +44,6 @@ public static partial class GridDependencies
         s.Append(ptx, version.Index + version.Length, target.Index - version.Index - version.Length);
         s.Append(int.Parse(target.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) < 90 ? ".target sm_90" : target.Value);
         string body = ptx[(target.Index + target.Length)..];
-        string wait = Trigger ? "griddepcontrol.wait; griddepcontrol.launch_dependents;" : "griddepcontrol.wait;";
-        // Where the kernel says (GridDependency.Wait: after its L2 prefetches of weights), else first.
-        if (body.Contains(GridDependency.WaitMarker, StringComparison.Ordinal)) return s.Append(body.Replace(GridDependency.WaitMarker, wait)).ToString();
         // Right after the entry's declarations, before its first instruction.
         var entry = EntryOpen().Match(body);
         if (!entry.Success) throw new FormatException("PTX without a .entry body");
@@ -57,6 +56,7 @@ public static partial class GridDependencies
                 break;
             at += line.Length + 1;
         }
+        string wait = Trigger ? "griddepcontrol.wait; griddepcontrol.launch_dependents;" : "griddepcontrol.wait;";
         return s.Append(body, 0, at).Append('\t').Append(wait).Append('\n').Append(body, at, body.Length - at).ToString();
     }
 
