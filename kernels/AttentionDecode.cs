@@ -47,31 +47,39 @@ public readonly struct EightQueryHeads : IQueryGroup
     public int Heads => 8;
 }
 
-/// <summary>Key steps a warp loads at once before it scores them (a tile): 1, or 4 with one softmax rescale a tile, or 8 (two such tiles' loads in flight together).</summary>
+/// <summary>
+/// Key steps a warp loads at once before it scores them (a tile): 1, or 4 with one softmax rescale a tile, or 8 (two
+/// such tiles' loads in flight together); Pipelined: the next tile's loads are issued before this one is scored.
+/// </summary>
 public interface IKeyTile
 {
     int Steps { get; }
+    bool Pipelined { get; }
 }
 
 public readonly struct OneStep : IKeyTile
 {
     public int Steps => 1;
+    public bool Pipelined => false;
 }
 
 public readonly struct FourSteps : IKeyTile
 {
     public int Steps => 4;
+    public bool Pipelined => false;
 }
 
 public readonly struct EightSteps : IKeyTile
 {
     public int Steps => 8;
+    public bool Pipelined => false;
 }
 
 /// <summary>Four-step tiles with the next tile's loads issued before this one is scored (a tile always in flight).</summary>
 public readonly struct PipelinedFourSteps : IKeyTile
 {
-    public int Steps => -4;
+    public int Steps => 4;
+    public bool Pipelined => true;
 }
 
 /// <summary>One query head's state in one lane: 8 query dims, the running max and sum, 8 output dims.</summary>
@@ -336,31 +344,26 @@ public static class AttentionDecodeKernels
         }
 
         // Keys of this lane: first + i * stride. Four steps a tile (TT: FourSteps): a tile's loads are issued together,
-        // then scored (EightSteps: two tiles' loads issued together, then each scored). One step at a time: the loads
-        // of key i + 1 are issued before key i is used.
+        // then scored (EightSteps: two tiles' loads issued together, then each scored; PipelinedFourSteps: the next
+        // tile's loads issued before this one is scored). One step at a time: the loads of key i + 1 are issued before
+        // key i is used.
         int warps = Group.DimX >> 5, kvDim4 = a.NumKvHeads * hd / 8, stride = warps * keysPerStep;
         long col = (long)kvh * hd / 8 + dims;
         int key = begin + warp * keysPerStep + slot;
         int steps = default(TT).Steps;
-        if (steps < 0)
+        bool pipelined = default(TT).Pipelined;
+        if (steps >= 4)
         {
-            var tile = KeyTile.Load(kcache, vcache, key, stride, end, kvDim4, col);
-            for (int first = begin + warp * keysPerStep; first < end; first += 4 * stride)   // warp-uniform: every lane shuffles
-            {
-                var next = KeyTile.Load(kcache, vcache, key + 4 * stride, stride, end, kvDim4, col);
-                Tile4(ref st.H0, tile, lanesPerKey, a.RoundP);
-                tile = next;
-                key += 4 * stride;
-            }
-        }
-        else if (steps >= 4)
-        {
+            // A tile's loads, then its scores; two tiles' loads at once (eight steps), or the next tile's loads
+            // issued before this one is scored (pipelined).
+            var tile = pipelined ? KeyTile.Load(kcache, vcache, key, stride, end, kvDim4, col) : default;
             for (int first = begin + warp * keysPerStep; first < end; first += steps * stride)   // warp-uniform: every lane shuffles
             {
-                var tile = KeyTile.Load(kcache, vcache, key, stride, end, kvDim4, col);
-                var next = steps == 8 ? KeyTile.Load(kcache, vcache, key + 4 * stride, stride, end, kvDim4, col) : default;
+                if (!pipelined) tile = KeyTile.Load(kcache, vcache, key, stride, end, kvDim4, col);
+                var next = pipelined || steps == 8 ? KeyTile.Load(kcache, vcache, key + 4 * stride, stride, end, kvDim4, col) : default;
                 Tile4(ref st.H0, tile, lanesPerKey, a.RoundP);
                 if (steps == 8) Tile4(ref st.H0, next, lanesPerKey, a.RoundP);
+                if (pipelined) tile = next;
                 key += steps * stride;
             }
         }

@@ -24,8 +24,8 @@ public sealed class GpuBackends : IDisposable
     private readonly Lazy<GpuBackend> _cudaFull = new(() => GpuBackend.TryCreateCuda(out string why, fullPrecision: true) ?? throw new InvalidOperationException(why));
     private readonly Lazy<GpuBackend> _host = new(() => GpuBackend.CreateCpuAccelerator());
     private readonly Lazy<GpuBackend> _hostFull = new(() => GpuBackend.CreateCpuAccelerator(fullPrecision: true));
-    private readonly Lazy<GpuBackend> _hostTile8 = new(() => GpuBackend.CreateCpuAccelerator(decodeSteps: 8));
-    private readonly Lazy<GpuBackend> _hostTilePipelined = new(() => GpuBackend.CreateCpuAccelerator(decodeSteps: -4));
+    private readonly Lazy<GpuBackend> _hostTile8 = new(() => GpuBackend.CreateCpuAccelerator(decodeTile: DecodeTile.Eight));
+    private readonly Lazy<GpuBackend> _hostTilePipelined = new(() => GpuBackend.CreateCpuAccelerator(decodeTile: DecodeTile.PipelinedFour));
     public CpuBackend Cpu { get; } = new();
 
     public GpuBackend Get(string device, bool fullPrecision) => (device, fullPrecision) switch

@@ -51,7 +51,7 @@ public sealed unsafe partial class GpuBackend : IBackend
     public static bool FastRemapOnCuda => Environment.GetEnvironmentVariable("LLAMA_REMAP_FAST") != "0";
     private bool _disposed;
 
-    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels, int decodeSteps = 0)
+    private GpuBackend(Context context, Accelerator accelerator, string name, bool fullPrecision, GpuKernelSet kernels, DecodeTile decodeTile = DecodeTile.Setting)
     {
         _context = context;
         _accelerator = accelerator;
@@ -80,7 +80,7 @@ public sealed unsafe partial class GpuBackend : IBackend
             _loader = new AcceleratorKernelLoader(accelerator);   // compiles in the background from here
             _launch = new GpuKernels(_loader, _stream, accelerator.MaxNumThreadsPerGroup, accelerator.NumMultiprocessors, kernels,
                 f32Cache: fullPrecision, gemm: _blas is null, emulated: accelerator is not CudaAccelerator,
-                sync: Environment.GetEnvironmentVariable("LLAMA_SYNC") == "1", decodeSteps: decodeSteps);
+                sync: Environment.GetEnvironmentVariable("LLAMA_SYNC") == "1", decodeTile: decodeTile);
             _attentionScratch = accelerator.Allocate1D<float>(AttentionScratchFloats);
             _rope = new GpuRopeTables(accelerator, _stream);
             _stepScalars = accelerator.Allocate1D<int>(DecodeStep.Count);
@@ -129,15 +129,15 @@ public sealed unsafe partial class GpuBackend : IBackend
 
     /// <summary>
     /// The same kernels on ILGPU's CPU accelerator: 32-lane warps, groups of up to 256 threads; slow, for small shapes.
-    /// decodeSteps: the decode attention's key steps a tile with one query head a lane (4 or 8, -4 pipelined; 0: LLAMA_ATTN_TILE, else 4).
+    /// decodeTile: the decode attention's key tile with one query head a lane.
     /// </summary>
-    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false, GpuKernelSet? kernels = null, int decodeSteps = 0)
+    public static GpuBackend CreateCpuAccelerator(bool fullPrecision = false, GpuKernelSet? kernels = null, DecodeTile decodeTile = DecodeTile.Setting)
     {
         var context = Context.Create(b => b.CPU(new CPUDevice(numThreadsPerWarp: 32, numWarpsPerMultiprocessor: 8, numMultiprocessors: 1))
             .Optimize(OptimizationLevel.O2).EnableAlgorithms());
         try
         {
-            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision, kernels ?? GpuKernelSet.All, decodeSteps);
+            return new GpuBackend(context, context.CreateCPUAccelerator(0), "ilgpu-cpu", fullPrecision, kernels ?? GpuKernelSet.All, decodeTile);
         }
         catch
         {

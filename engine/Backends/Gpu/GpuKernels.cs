@@ -37,9 +37,14 @@ internal sealed class GpuKernels
     // combine than they gain (H200, Llama-3-8B decode at 16k: 130 us with 128 keys, 87 with 256, with the serial combine).
     private static readonly int MinSplit = Tuning("LLAMA_ATTN_MINSPLIT", 256, m => m is >= 16 and <= 65536);
 
-    // Decode attention with one query head a lane: key steps a warp loads at once (LLAMA_ATTN_TILE: 4, or 8 for tuning).
-    // -4: four-step tiles pipelined (LLAMA_ATTN_TILE=-4: the next tile's loads issued before this one is scored).
-    private static readonly int DecodeSteps = Tuning("LLAMA_ATTN_TILE", 4, t => t is 4 or 8 or -4);
+    // Decode attention with one query head a lane: its key tile (LLAMA_ATTN_TILE, for tuning: 4, 8, or -4 for four-step
+    // tiles pipelined, the next tile's loads issued before this one is scored).
+    private static readonly DecodeTile DecodeTileSetting = Tuning("LLAMA_ATTN_TILE", 4, t => t is 4 or 8 or -4) switch
+    {
+        8 => DecodeTile.Eight,
+        -4 => DecodeTile.PipelinedFour,
+        _ => DecodeTile.Four,
+    };
 
     // Decode attention kernel: warps a group (LLAMA_ATTN_DECODE_WARPS, for tuning; 0: DecodeWarpsFor picks).
     private static readonly int DecodeWarps = Tuning("LLAMA_ATTN_DECODE_WARPS", 0, w => w is 0 or 1 or 2 or 4 or 8 or 16 or 32);
@@ -120,7 +125,7 @@ internal sealed class GpuKernels
     /// emulated: the accelerator runs the tensor-core helpers' C# paths (ILGPU's CPU accelerator).
     /// </summary>
     public GpuKernels(IKernelLoader l, Stream stream, int maxGroup, int multiprocessors, GpuKernelSet set, bool f32Cache, bool gemm,
-        bool emulated, bool sync, int decodeSteps = 0)
+        bool emulated, bool sync, DecodeTile decodeTile = DecodeTile.Setting)
     {
         _scratchBytes = emulated ? EmulatedTensorCores.ScratchBytes : 0;
         _rowsPerGemvGroup = emulated ? 1 : GemvRows;
@@ -232,10 +237,10 @@ internal sealed class GpuKernels
             }
             if (set.Decode(1))
             {
-                _decode1 = (decodeSteps != 0 ? decodeSteps : DecodeSteps) switch
+                _decode1 = (decodeTile == DecodeTile.Setting ? DecodeTileSetting : decodeTile) switch
                 {
-                    8 => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, EightSteps>, streamed),
-                    -4 => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, PipelinedFourSteps>, streamed),
+                    DecodeTile.Eight => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, EightSteps>, streamed),
+                    DecodeTile.PipelinedFour => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, PipelinedFourSteps>, streamed),
                     _ => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, FourSteps>, streamed),
                 };
             }
@@ -742,4 +747,14 @@ internal sealed class GpuKernels
         var config = new KernelConfig(rows, GroupSize(256));
         Queue("argmax", config, s => _argmax.Launch(s, config, x, dst, cols));
     }
+}
+
+/// <summary>The decode attention's key tile with one query head a lane (AttentionDecodeKernels' IKeyTile variants).</summary>
+public enum DecodeTile
+{
+    /// <summary>LLAMA_ATTN_TILE's choice, else Four.</summary>
+    Setting,
+    Four,
+    Eight,
+    PipelinedFour,
 }
