@@ -46,6 +46,10 @@ internal sealed class GpuKernels
         _ => DecodeTile.Four,
     };
 
+    // Decode attention kernel: groups an SM its registers are capped for (LLAMA_ATTN_BLOCKS, for tuning: more warps an
+    // SM, each with its tile's loads in flight; 0: no cap). With a cap its groups are 4 warps.
+    private static readonly int DecodeBlocks = Tuning("LLAMA_ATTN_BLOCKS", 0, b => b is >= 0 and <= 16);
+
     // Decode attention kernel: warps a group (LLAMA_ATTN_DECODE_WARPS, for tuning; 0: DecodeWarpsFor picks).
     private static readonly int DecodeWarps = Tuning("LLAMA_ATTN_DECODE_WARPS", 0, w => w is 0 or 1 or 2 or 4 or 8 or 16 or 32);
 
@@ -62,6 +66,7 @@ internal sealed class GpuKernels
     /// </summary>
     internal static int DecodeWarpsFor(long groups, int variant, int multiprocessors)
     {
+        if (DecodeBlocks > 0) return AttentionDecodeKernels.Warps;
         if (DecodeWarps > 0) return DecodeWarps;
         int warps = AttentionDecodeKernels.Warps;
         while (warps < 16 && groups * 2 * warps * variant <= 32L * multiprocessors) warps *= 2;
@@ -235,18 +240,19 @@ internal sealed class GpuKernels
                 _ropeFar = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, ArrayView<int>, RopeArgs, int, int, int>>("rope_far", RopeKernels.RopeFar<NoRounding, ushort, Bf16Element>);
                 if (bf16) _ropeFarBf16 = l.Load<Action<Stream, KernelConfig, F32, F32, F32, U16, F32, F32, ArrayView<int>, RopeArgs, int, int, int>>("rope_far_cbf16", RopeKernels.RopeFar<Bf16Rounding, ushort, Bf16Element>);
             }
+            var decodeCap = DecodeBlocks > 0 && !emulated ? new KernelSpecialization(32 * AttentionDecodeKernels.Warps, DecodeBlocks) : default;
             if (set.Decode(1))
             {
                 _decode1 = (decodeTile == DecodeTile.Setting ? DecodeTileSetting : decodeTile) switch
                 {
-                    DecodeTile.Eight => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, EightSteps>, streamed),
-                    DecodeTile.PipelinedFour => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, PipelinedFourSteps>, streamed),
-                    _ => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, FourSteps>, streamed),
+                    DecodeTile.Eight => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, EightSteps>, streamed, decodeCap),
+                    DecodeTile.PipelinedFour => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, PipelinedFourSteps>, streamed, decodeCap),
+                    _ => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, FourSteps>, streamed, decodeCap),
                 };
             }
-            if (set.Decode(2)) _decode2 = LoadDecode(l, "attention_decode_g2", AttentionDecodeKernels.Decode<TwoQueryHeads>, streamed);
-            if (set.Decode(4)) _decode4 = LoadDecode(l, "attention_decode_g4", AttentionDecodeKernels.Decode<FourQueryHeads>, streamed);
-            if (set.Decode(8)) _decode8 = LoadDecode(l, "attention_decode_g8", AttentionDecodeKernels.Decode<EightQueryHeads>, streamed);
+            if (set.Decode(2)) _decode2 = LoadDecode(l, "attention_decode_g2", AttentionDecodeKernels.Decode<TwoQueryHeads>, streamed, decodeCap);
+            if (set.Decode(4)) _decode4 = LoadDecode(l, "attention_decode_g4", AttentionDecodeKernels.Decode<FourQueryHeads>, streamed, decodeCap);
+            if (set.Decode(8)) _decode8 = LoadDecode(l, "attention_decode_g8", AttentionDecodeKernels.Decode<EightQueryHeads>, streamed, decodeCap);
         }
         _combine = l.Load<Action<Stream, KernelConfig, F32, F32, int, int, int>>("attention_combine", AttentionKernels.Combine);
         _swiGlu = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("swiglu", ActivationKernels.SwiGlu<NoRounding>);
@@ -256,8 +262,9 @@ internal sealed class GpuKernels
     }
 
     private static KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, AttentionArgs>> LoadDecode(IKernelLoader l, string name,
-        Action<ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, AttentionArgs> kernel, KernelNeeds needs) =>
-        l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, AttentionArgs>>(name, kernel, needs);
+        Action<ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, AttentionArgs> kernel, KernelNeeds needs,
+        KernelSpecialization specialization) =>
+        l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, AttentionArgs>>(name, kernel, needs, specialization);
 
     // The flash variant of a head dim (64-query groups, or 128 with LLAMA_FLASH_ROWS=128) for the accelerator's tensor cores.
     private static Action<F32, ArrayView<U4>, ArrayView<U4>, F32, int, int, int, int, float, int, F32> Flash<T64, T128, TP>(bool emulated)
