@@ -10,6 +10,13 @@
 // softmax updates per key. H100, Llama-2-7B at depth 16384, tg128 @ d16384 (t/s): 124.15 / 125.46 with the splits
 // sized for the bucket and one step at a time, 127.22 with the keys shared out over whole waves of groups (fewer
 // idle SMs), 128.31 with four-step tiles as well; L2 prefetches of the keys 4 or 8 steps ahead lost (124.09, 121.62).
+// On an H200 a warp's work per byte of cache is near what the SMs issue at full bandwidth, so the loop is kept short:
+// the softmax scale multiplies each reduced score (not the held query dims, whose multiplies ILGPU placed inside the
+// loop), the score's shuffles take no branch, and (FullFourSteps, LLAMA_ATTN_TILE=full) the tiles whose keys all lie
+// inside the split load without guards from device addresses a lane steps along. Llama-2-7B's variant (one query head
+// a lane, head dim 128) compiled for sm_90 by ptxas 11.8: 414 instructions a four-step tile (4 KB of K and V a warp)
+// and 80 registers before, 392 and 72 after (7 groups of 4 warps an SM instead of 6); with full tiles 298 and 80, or
+// 302 and 72 with the registers capped for 7 groups (LLAMA_ATTN_BLOCKS=7).
 // The key slots of a warp, then the W warps, are merged at the end (shuffles, then shared memory), and the group
 // writes dst (one split) or (m, l, acc) for AttentionKernels.Combine. With an index remap the first splits take the
 // far keys (far queries against the grouped keys), the rest the window. Head dims 64, 128 or 256. Exercised by the
@@ -48,38 +55,33 @@ public readonly struct EightQueryHeads : IQueryGroup
 }
 
 /// <summary>
-/// Key steps a warp loads at once before it scores them (a tile): 1, or 4 with one softmax rescale a tile, or 8 (two
-/// such tiles' loads in flight together); Pipelined: the next tile's loads are issued before this one is scored.
+/// Key steps a warp loads at once before it scores them (a tile): 1, or 4 with one softmax rescale a tile. Full: the
+/// tiles whose keys all lie inside the split load without guards, from device addresses a lane steps along, and only
+/// the split's last tile takes them.
 /// </summary>
 public interface IKeyTile
 {
     int Steps { get; }
-    bool Pipelined { get; }
+    bool Full { get; }
 }
 
 public readonly struct OneStep : IKeyTile
 {
     public int Steps => 1;
-    public bool Pipelined => false;
+    public bool Full => false;
 }
 
 public readonly struct FourSteps : IKeyTile
 {
     public int Steps => 4;
-    public bool Pipelined => false;
+    public bool Full => false;
 }
 
-public readonly struct EightSteps : IKeyTile
-{
-    public int Steps => 8;
-    public bool Pipelined => false;
-}
-
-/// <summary>Four-step tiles with the next tile's loads issued before this one is scored (a tile always in flight).</summary>
-public readonly struct PipelinedFourSteps : IKeyTile
+/// <summary>Four-step tiles, the full ones without guards (IKeyTile.Full).</summary>
+public readonly struct FullFourSteps : IKeyTile
 {
     public int Steps => 4;
-    public bool Pipelined => true;
+    public bool Full => true;
 }
 
 /// <summary>One query head's state in one lane: 8 query dims, the running max and sum, 8 output dims.</summary>
@@ -105,48 +107,52 @@ public static class AttentionDecodeKernels
     /// <summary>Dynamic shared memory of one group of `warps` warps in floats: each warp's (m, l, acc[headDim]) per query head.</summary>
     public static int SharedFloats(int heads, int headDim, int warps = Warps) => warps * heads * (headDim + 2);
 
-    // The head's 8 query dims of this lane (dims 8 (lane % P) ..), pre-multiplied by the softmax scale and log2(e):
-    // the kernel's scores, maxima and weights are in the exp2 domain (one ex2 each), and its partial maxima go out
-    // in the natural one.
+    // The head's 8 query dims of this lane (dims 8 (lane % P) ..), as they are: Score scales the reduced dot product
+    // (the query scaled in the registers was recomputed for every key, its multiplies placed next to their uses).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void LoadQuery(ref HeadState h, ArrayView<F4> q4, long first, float softmaxScale)
+    private static void LoadQuery(ref HeadState h, ArrayView<F4> q4, long first)
     {
-        float scale = softmaxScale * Log2E;
         F4 a = q4[first], b = q4[first + 1];
-        h.Q0 = a.X * scale;
-        h.Q1 = a.Y * scale;
-        h.Q2 = a.Z * scale;
-        h.Q3 = a.W * scale;
-        h.Q4 = b.X * scale;
-        h.Q5 = b.Y * scale;
-        h.Q6 = b.Z * scale;
-        h.Q7 = b.W * scale;
+        h.Q0 = a.X;
+        h.Q1 = a.Y;
+        h.Q2 = a.Z;
+        h.Q3 = a.W;
+        h.Q4 = b.X;
+        h.Q5 = b.Y;
+        h.Q6 = b.Z;
+        h.Q7 = b.W;
         h.M = float.NegativeInfinity;
         h.L = 0f;
         h.A0 = h.A1 = h.A2 = h.A3 = h.A4 = h.A5 = h.A6 = h.A7 = 0f;
     }
 
-    // A key's score: the lane's 8 dims, reduced over the key's P lanes (every lane takes part).
+    // A key's score: the lane's 8 dims, reduced over the key's P lanes (every lane takes part), times the softmax scale
+    // and log2(e) (scaleLog2): the kernel's scores, maxima and weights are in the exp2 domain (one ex2 each), and its
+    // partial maxima go out in the natural one.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Score(in HeadState h, in U4 k, int lanesPerKey)
+    private static float Score(in HeadState h, in U4 k, int lanesPerKey, float scaleLog2)
     {
         float dot = h.Q0 * Bf16.Lo(k.X) + h.Q1 * Bf16.Hi(k.X) + h.Q2 * Bf16.Lo(k.Y) + h.Q3 * Bf16.Hi(k.Y)
                   + h.Q4 * Bf16.Lo(k.Z) + h.Q5 * Bf16.Hi(k.Z) + h.Q6 * Bf16.Lo(k.W) + h.Q7 * Bf16.Hi(k.W);
-        // Over the key's lanes (hd / 8 of them: 8, 16 or 32), written out: ILGPU keeps loops.
-        if (lanesPerKey > 16) dot += Warp.ShuffleXor(dot, 16);
-        if (lanesPerKey > 8) dot += Warp.ShuffleXor(dot, 8);
+        // Over the key's lanes (hd / 8 of them: 8, 16 or 32), written out: ILGPU keeps loops. Every lane shuffles at
+        // every offset and a key of fewer lanes drops what came from beyond them: no branch, so the scores of a
+        // tile's keys interleave.
+        float d16 = Warp.ShuffleXor(dot, 16);
+        dot += lanesPerKey > 16 ? d16 : 0f;
+        float d8 = Warp.ShuffleXor(dot, 8);
+        dot += lanesPerKey > 8 ? d8 : 0f;
         dot += Warp.ShuffleXor(dot, 4);
         dot += Warp.ShuffleXor(dot, 2);
         dot += Warp.ShuffleXor(dot, 1);
-        return dot;
+        return dot * scaleLog2;
     }
 
     // One key: the score reduced over the key's P lanes (every lane takes part), then, when the key is inside the
     // split, the online-softmax update of the lane's 8 output dims with the value row v.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Step(ref HeadState h, in U4 k, in U4 v, int lanesPerKey, bool valid, int roundP)
+    private static void Step(ref HeadState h, in U4 k, in U4 v, int lanesPerKey, float scaleLog2, bool valid, int roundP)
     {
-        float dot = Score(h, k, lanesPerKey);
+        float dot = Score(h, k, lanesPerKey, scaleLog2);
         if (!valid) return;
         float m = h.M > dot ? h.M : dot;   // a NaN score propagates
         float corr = FastMath.Exp2(h.M - m), e = FastMath.Exp2(dot - m);
@@ -180,9 +186,10 @@ public static class AttentionDecodeKernels
     // Four keys (a tile's, one a step): their scores, then one online-softmax update: the running max takes the
     // tile's, the sum and output dims are rescaled once and take the four weights. Keys not valid weigh nothing.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Tile4(ref HeadState h, in KeyTile t, int lanesPerKey, int roundP)
+    private static void Tile4(ref HeadState h, in KeyTile t, int lanesPerKey, float scaleLog2, int roundP)
     {
-        float s0 = Score(h, t.K0, lanesPerKey), s1 = Score(h, t.K1, lanesPerKey), s2 = Score(h, t.K2, lanesPerKey), s3 = Score(h, t.K3, lanesPerKey);
+        float s0 = Score(h, t.K0, lanesPerKey, scaleLog2), s1 = Score(h, t.K1, lanesPerKey, scaleLog2);
+        float s2 = Score(h, t.K2, lanesPerKey, scaleLog2), s3 = Score(h, t.K3, lanesPerKey, scaleLog2);
         if (!t.Ok0) return;   // the tile's first key past the split: so are the rest
         float m = h.M > s0 ? h.M : s0;   // a NaN score propagates
         if (t.Ok1) m = m > s1 ? m : s1;
@@ -225,6 +232,44 @@ public static class AttentionDecodeKernels
             if (t.Ok2) { t.K2 = kc[(key + 2 * stride) * rowStride + col]; t.V2 = vc[(key + 2 * stride) * rowStride + col]; }
             if (t.Ok3) { t.K3 = kc[(key + 3 * stride) * rowStride + col]; t.V3 = vc[(key + 3 * stride) * rowStride + col]; }
             return t;
+        }
+
+        // A tile whose four keys all lie inside the split, from c (no guards).
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static KeyTile LoadFull(StreamedU4 kc, StreamedU4 vc, in KeyCursor c) => new()
+        {
+            K0 = kc.Load(c.At, c.K), V0 = vc.Load(c.At, c.V),
+            K1 = kc.Load(c.At + c.Apart, c.K + c.Bytes), V1 = vc.Load(c.At + c.Apart, c.V + c.Bytes),
+            K2 = kc.Load(c.At + 2 * c.Apart, c.K + 2 * c.Bytes), V2 = vc.Load(c.At + 2 * c.Apart, c.V + 2 * c.Bytes),
+            K3 = kc.Load(c.At + 3 * c.Apart, c.K + 3 * c.Bytes), V3 = vc.Load(c.At + 3 * c.Apart, c.V + 3 * c.Bytes),
+            Ok0 = true, Ok1 = true, Ok2 = true, Ok3 = true,
+        };
+    }
+
+    // Where a lane's next full tile starts: its first key's vector (At) and that vector's device addresses in the K and
+    // V caches, stepped along together (StreamedU4.Load: CUDA keeps only the addresses), and the vectors (Apart) and
+    // bytes between a lane's keys of consecutive steps.
+    private struct KeyCursor
+    {
+        public long At, Apart, K, V;
+        public int Bytes;   // a step's distance fits in 32 bits (keys a warp-step x the cache's row bytes)
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public KeyCursor(StreamedU4 kc, StreamedU4 vc, long at, long apart)
+        {
+            At = at;
+            Apart = apart;
+            K = kc.Address + 16 * at;
+            V = vc.Address + 16 * at;
+            Bytes = (int)(16 * apart);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void NextTile()
+        {
+            At += 4 * Apart;
+            K += 4 * Bytes;
+            V += 4 * Bytes;
         }
     }
 
@@ -273,22 +318,22 @@ public static class AttentionDecodeKernels
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StepAll<TG>(ref HeadStates s, in U4 k, in U4 v, int lanesPerKey, bool valid, int roundP) where TG : struct, IQueryGroup
+    private static void StepAll<TG>(ref HeadStates s, in U4 k, in U4 v, int lanesPerKey, float scaleLog2, bool valid, int roundP) where TG : struct, IQueryGroup
     {
         int n = default(TG).Heads;
-        Step(ref s.H0, k, v, lanesPerKey, valid, roundP);
-        if (n > 1) Step(ref s.H1, k, v, lanesPerKey, valid, roundP);
+        Step(ref s.H0, k, v, lanesPerKey, scaleLog2, valid, roundP);
+        if (n > 1) Step(ref s.H1, k, v, lanesPerKey, scaleLog2, valid, roundP);
         if (n > 2)
         {
-            Step(ref s.H2, k, v, lanesPerKey, valid, roundP);
-            Step(ref s.H3, k, v, lanesPerKey, valid, roundP);
+            Step(ref s.H2, k, v, lanesPerKey, scaleLog2, valid, roundP);
+            Step(ref s.H3, k, v, lanesPerKey, scaleLog2, valid, roundP);
         }
         if (n > 4)
         {
-            Step(ref s.H4, k, v, lanesPerKey, valid, roundP);
-            Step(ref s.H5, k, v, lanesPerKey, valid, roundP);
-            Step(ref s.H6, k, v, lanesPerKey, valid, roundP);
-            Step(ref s.H7, k, v, lanesPerKey, valid, roundP);
+            Step(ref s.H4, k, v, lanesPerKey, scaleLog2, valid, roundP);
+            Step(ref s.H5, k, v, lanesPerKey, scaleLog2, valid, roundP);
+            Step(ref s.H6, k, v, lanesPerKey, scaleLog2, valid, roundP);
+            Step(ref s.H7, k, v, lanesPerKey, scaleLog2, valid, roundP);
         }
     }
 
@@ -327,44 +372,47 @@ public static class AttentionDecodeKernels
             kcache = kfar;
         }
         long qRow = ((long)t * a.NumHeads + (long)kvh * group) * hd / 4 + 2 * dims;   // F4 index of head 0, dims 8 dims
+        float scaleLog2 = a.Scale * Log2E;
         var st = default(HeadStates);
-        LoadQuery(ref st.H0, q, qRow, a.Scale);
-        if (heads > 1 && group > 1) LoadQuery(ref st.H1, q, qRow + hd / 4, a.Scale);
+        LoadQuery(ref st.H0, q, qRow);
+        if (heads > 1 && group > 1) LoadQuery(ref st.H1, q, qRow + hd / 4);
         if (heads > 2)
         {
-            if (group > 2) LoadQuery(ref st.H2, q, qRow + 2 * hd / 4, a.Scale);
-            if (group > 3) LoadQuery(ref st.H3, q, qRow + 3 * hd / 4, a.Scale);
+            if (group > 2) LoadQuery(ref st.H2, q, qRow + 2 * hd / 4);
+            if (group > 3) LoadQuery(ref st.H3, q, qRow + 3 * hd / 4);
         }
         if (heads > 4)
         {
-            if (group > 4) LoadQuery(ref st.H4, q, qRow + 4 * hd / 4, a.Scale);
-            if (group > 5) LoadQuery(ref st.H5, q, qRow + 5 * hd / 4, a.Scale);
-            if (group > 6) LoadQuery(ref st.H6, q, qRow + 6 * hd / 4, a.Scale);
-            if (group > 7) LoadQuery(ref st.H7, q, qRow + 7 * hd / 4, a.Scale);
+            if (group > 4) LoadQuery(ref st.H4, q, qRow + 4 * hd / 4);
+            if (group > 5) LoadQuery(ref st.H5, q, qRow + 5 * hd / 4);
+            if (group > 6) LoadQuery(ref st.H6, q, qRow + 6 * hd / 4);
+            if (group > 7) LoadQuery(ref st.H7, q, qRow + 7 * hd / 4);
         }
 
-        // Keys of this lane: first + i * stride. Four steps a tile (TT: FourSteps): a tile's loads are issued together,
-        // then scored (EightSteps: two tiles' loads issued together, then each scored; PipelinedFourSteps: the next
-        // tile's loads issued before this one is scored). One step at a time: the loads of key i + 1 are issued before
-        // key i is used.
+        // Keys of this lane: first + i * stride. Four steps a tile (TT: FourSteps, FullFourSteps): a tile's loads are
+        // issued together, then scored. One step at a time: the loads of key i + 1 are issued before key i is used.
         int warps = Group.DimX >> 5, kvDim4 = a.NumKvHeads * hd / 8, stride = warps * keysPerStep;
         long col = (long)kvh * hd / 8 + dims;
         int key = begin + warp * keysPerStep + slot;
-        int steps = default(TT).Steps;
-        bool pipelined = default(TT).Pipelined;
-        if (steps >= 4)
+        if (default(TT).Steps == 4)
         {
-            // A tile's loads, then its scores; two tiles' loads at once (eight steps), or the next tile's loads
-            // issued before this one is scored (pipelined).
-            var tile = pipelined ? KeyTile.Load(kcache, vcache, key, stride, end, kvDim4, col) : default;
-            for (int first = begin + warp * keysPerStep; first < end; first += steps * stride)   // warp-uniform: every lane shuffles
+            int first = begin + warp * keysPerStep;
+            if (default(TT).Full)
             {
-                if (!pipelined) tile = KeyTile.Load(kcache, vcache, key, stride, end, kvDim4, col);
-                var next = pipelined || steps == 8 ? KeyTile.Load(kcache, vcache, key + 4 * stride, stride, end, kvDim4, col) : default;
-                Tile4(ref st.H0, tile, lanesPerKey, a.RoundP);
-                if (steps == 8) Tile4(ref st.H0, next, lanesPerKey, a.RoundP);
-                if (pipelined) tile = next;
-                key += steps * stride;
+                // Full tiles (every lane's four keys inside the split): no guards, the addresses stepped along.
+                var cursor = new KeyCursor(kcache, vcache, (long)key * kvDim4 + col, (long)stride * kvDim4);
+                for (; first + 3 * stride + keysPerStep <= end; first += 4 * stride)   // warp-uniform: every lane shuffles
+                {
+                    Tile4(ref st.H0, KeyTile.LoadFull(kcache, vcache, cursor), lanesPerKey, scaleLog2, a.RoundP);
+                    cursor.NextTile();
+                }
+                key = first + slot;
+            }
+            // Tiles with guards: every tile, or the split's last one after the full tiles.
+            for (; first < end; first += 4 * stride)   // warp-uniform: every lane shuffles
+            {
+                Tile4(ref st.H0, KeyTile.Load(kcache, vcache, key, stride, end, kvDim4, col), lanesPerKey, scaleLog2, a.RoundP);
+                key += 4 * stride;
             }
         }
         else
@@ -376,7 +424,7 @@ public static class AttentionDecodeKernels
                 int next = key + stride;
                 U4 kn = next < end ? kcache[(long)next * kvDim4 + col] : default;
                 U4 vn = next < end ? vcache[(long)next * kvDim4 + col] : default;
-                StepAll<TG>(ref st, k, v, lanesPerKey, key < end, a.RoundP);
+                StepAll<TG>(ref st, k, v, lanesPerKey, scaleLog2, key < end, a.RoundP);
                 key = next;
                 k = kn;
                 v = vn;

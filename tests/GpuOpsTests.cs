@@ -24,23 +24,21 @@ public sealed class GpuBackends : IDisposable
     private readonly Lazy<GpuBackend> _cudaFull = new(() => GpuBackend.TryCreateCuda(out string why, fullPrecision: true) ?? throw new InvalidOperationException(why));
     private readonly Lazy<GpuBackend> _host = new(() => GpuBackend.CreateCpuAccelerator());
     private readonly Lazy<GpuBackend> _hostFull = new(() => GpuBackend.CreateCpuAccelerator(fullPrecision: true));
-    private readonly Lazy<GpuBackend> _hostTile8 = new(() => GpuBackend.CreateCpuAccelerator(decodeTile: DecodeTile.Eight));
-    private readonly Lazy<GpuBackend> _hostTilePipelined = new(() => GpuBackend.CreateCpuAccelerator(decodeTile: DecodeTile.PipelinedFour));
+    private readonly Lazy<GpuBackend> _hostTileFull = new(() => GpuBackend.CreateCpuAccelerator(decodeTile: DecodeTile.FullFour));
     public CpuBackend Cpu { get; } = new();
 
     public GpuBackend Get(string device, bool fullPrecision) => (device, fullPrecision) switch
     {
         ("cuda", false) => _cuda.Value,
         ("cuda", true) => _cudaFull.Value,
-        ("ilgpu-cpu-tile8", false) => _hostTile8.Value,
-        ("ilgpu-cpu-tile4p", false) => _hostTilePipelined.Value,
+        ("ilgpu-cpu-tilefull", false) => _hostTileFull.Value,
         (_, false) => _host.Value,
         _ => _hostFull.Value,
     };
 
     public void Dispose()
     {
-        foreach (var b in new[] { _cuda, _cudaFull, _host, _hostFull, _hostTile8, _hostTilePipelined })
+        foreach (var b in new[] { _cuda, _cudaFull, _host, _hostFull, _hostTileFull })
             if (b.IsValueCreated) b.Value.Dispose();
         Cpu.Dispose();
     }
@@ -77,7 +75,8 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
     [Theory, MemberData(nameof(HostCases))]
     public void OnCpuAccelerator(string name) => Check("ilgpu-cpu", name);
 
-    // The attention cases again with the decode kernel's eight-step tiles (LLAMA_ATTN_TILE=8) for one query head a lane.
+    // The attention cases again with the decode kernel's full tiles without guards (LLAMA_ATTN_TILE=full) for one query
+    // head a lane.
     public static TheoryData<string> HostAttentionCases()
     {
         var data = new TheoryData<string>();
@@ -86,11 +85,7 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
     }
 
     [Theory, MemberData(nameof(HostAttentionCases))]
-    public void OnCpuAcceleratorWithEightStepTiles(string name) => Check("ilgpu-cpu-tile8", name);
-
-    // And with four-step tiles pipelined (LLAMA_ATTN_TILE=-4: the next tile's loads in flight while one is scored).
-    [Theory, MemberData(nameof(HostAttentionCases))]
-    public void OnCpuAcceleratorWithPipelinedTiles(string name) => Check("ilgpu-cpu-tile4p", name);
+    public void OnCpuAcceleratorWithFullTiles(string name) => Check("ilgpu-cpu-tilefull", name);
 
     [CudaTheory, MemberData(nameof(AllCases))]
     public void OnCuda(string name) => Check("cuda", name);

@@ -33,15 +33,21 @@ public readonly struct StreamedU4
     public U4 this[long index]
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get
-        {
-            if (!CudaAsm.IsSupported) return View[index];
-            Output<uint> x = default, y = default, z = default, w = default;
-            long address = Address + 16 * index;
-            Input<uint> lo = (uint)address, hi = (uint)(address >> 32);
-            CudaAsm.EmitRef("{ .reg .b64 a; mov.b64 a, {%4, %5}; ld.global.nc.L1::no_allocate.v4.b32 {%0,%1,%2,%3}, [a]; }",
-                ref x, ref y, ref z, ref w, ref lo, ref hi);
-            return new U4 { X = x.Value, Y = y.Value, Z = z.Value, W = w.Value };
-        }
+        get => Load(index, Address + 16 * index);
+    }
+
+    /// <summary>
+    /// Element index, whose device address (Address + 16 index) the caller keeps as well, stepping it along with the
+    /// index: on CUDA only the address is used (the index's arithmetic goes), on the CPU accelerator only the index.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public U4 Load(long index, long address)
+    {
+        if (!CudaAsm.IsSupported) return View[index];
+        Output<uint> x = default, y = default, z = default, w = default;
+        Input<uint> lo = (uint)address, hi = (uint)(address >> 32);
+        CudaAsm.EmitRef("{ .reg .b64 a; mov.b64 a, {%4, %5}; ld.global.nc.L1::no_allocate.v4.b32 {%0,%1,%2,%3}, [a]; }",
+            ref x, ref y, ref z, ref w, ref lo, ref hi);
+        return new U4 { X = x.Value, Y = y.Value, Z = z.Value, W = w.Value };
     }
 }

@@ -37,14 +37,10 @@ internal sealed class GpuKernels
     // combine than they gain (H200, Llama-3-8B decode at 16k: 130 us with 128 keys, 87 with 256, with the serial combine).
     private static readonly int MinSplit = Tuning("LLAMA_ATTN_MINSPLIT", 256, m => m is >= 16 and <= 65536);
 
-    // Decode attention with one query head a lane: its key tile (LLAMA_ATTN_TILE, for tuning: 4, 8, or -4 for four-step
-    // tiles pipelined, the next tile's loads issued before this one is scored).
-    private static readonly DecodeTile DecodeTileSetting = Tuning("LLAMA_ATTN_TILE", 4, t => t is 4 or 8 or -4) switch
-    {
-        8 => DecodeTile.Eight,
-        -4 => DecodeTile.PipelinedFour,
-        _ => DecodeTile.Four,
-    };
+    // Decode attention with one query head a lane: its key tile (LLAMA_ATTN_TILE=full, for tuning: the four-step tiles
+    // whose keys all lie inside the split without guards).
+    private static readonly DecodeTile DecodeTileSetting =
+        Environment.GetEnvironmentVariable("LLAMA_ATTN_TILE") == "full" ? DecodeTile.FullFour : DecodeTile.Four;
 
     // Decode attention kernel: groups an SM its registers are capped for (LLAMA_ATTN_BLOCKS, for tuning: more warps an
     // SM, each with its tile's loads in flight; 0: no cap). With a cap its groups are 4 warps.
@@ -245,8 +241,7 @@ internal sealed class GpuKernels
             {
                 _decode1 = (decodeTile == DecodeTile.Setting ? DecodeTileSetting : decodeTile) switch
                 {
-                    DecodeTile.Eight => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, EightSteps>, streamed, decodeCap),
-                    DecodeTile.PipelinedFour => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, PipelinedFourSteps>, streamed, decodeCap),
+                    DecodeTile.FullFour => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, FullFourSteps>, streamed, decodeCap),
                     _ => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, FourSteps>, streamed, decodeCap),
                 };
             }
@@ -762,6 +757,6 @@ public enum DecodeTile
     /// <summary>LLAMA_ATTN_TILE's choice, else Four.</summary>
     Setting,
     Four,
-    Eight,
-    PipelinedFour,
+    /// <summary>Four-step tiles, the full ones without guards.</summary>
+    FullFour,
 }

@@ -92,6 +92,7 @@ public static class OpCases
         c.Add(new AttentionCase("Llama-2-7B decode at 1k", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 1000 });
         c.Add(new AttentionCase("Llama-2-7B decode at 16k", Bf16Cache) { T = 1, Heads = 32, KvHeads = 32, HeadDim = 128, StartPos = 16383 });
         c.Add(new AttentionCase("decode over two splits, one query head a KV head", Bf16Cache) { T = 1, Heads = 2, KvHeads = 2, HeadDim = 64, StartPos = 600 });
+        c.Add(new AttentionCase("decode, one query head a KV head, head dim 128", Bf16Cache) { T = 1, Heads = 2, KvHeads = 2, HeadDim = 128, StartPos = 500 });
         c.Add(new AttentionCase("Llama-3-8B decode", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 1024 });
         c.Add(new AttentionCase("Llama-3-8B decode at 16k", Bf16Cache) { T = 1, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16383, Theta = 500000f });
         c.Add(new AttentionCase("Llama-3-8B prefill", Bf16Cache) { T = 256, Heads = 32, KvHeads = 8, HeadDim = 128 });
@@ -157,6 +158,7 @@ public static class OpCases
         c.Add(new AttentionCase("small chunk, dpe, flash", Bf16Cache) { T = 32, Heads = 1, KvHeads = 1, HeadDim = 64, StartPos = 40, Remap = Dpe(32, 16, 1, 4, 8, 32) });
         c.Add(new AttentionCase("small chunk, selfextend, decode kernel", Bf16Cache) { T = 4, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 50, Remap = Uniform("selfextend", 32, 8, 3) });
         c.Add(new AttentionCase("decode inside the window", Bf16Cache) { T = 1, Heads = 2, KvHeads = 1, HeadDim = 64, StartPos = 10, Remap = Uniform("selfextend", 32, 16, 4) });
+        c.Add(new AttentionCase("decode, one query head a KV head, selfextend", Bf16Cache) { T = 1, Heads = 2, KvHeads = 2, HeadDim = 64, StartPos = 400, Remap = Uniform("selfextend", 32, 64, 4) });
         c.Add(new RopeCase("small prefill, selfextend", Bf16Cache) { T = 9, Heads = 4, KvHeads = 2, HeadDim = 64, StartPos = 3, Remap = Uniform("selfextend", 32, 4, 3) });
         c.Add(new RopeCase("dpe at 16k", Bf16Cache) { T = 2, Heads = 32, KvHeads = 8, HeadDim = 128, StartPos = 16382, Theta = 500000f, Remap = Dpe(64, 1024, 4, 4, 2, 16, 32, 32, 16, 128) });
         c.Add(new RopeCase("leaky rerope + query scale, partial rotary", Bf16Cache) { T = 5, Heads = 3, KvHeads = 1, HeadDim = 64, RotaryDim = 32, StartPos = 70, QueryScale = true, Remap = Uniform("leaky-rerope", 16, 24, 2.5f, floor: false) });
