@@ -42,8 +42,8 @@ internal sealed class GpuKernels
     private static readonly DecodeTile DecodeTileSetting =
         Environment.GetEnvironmentVariable("LLAMA_ATTN_TILE") == "full" ? DecodeTile.FullFour : DecodeTile.Four;
 
-    // Decode attention kernel: groups an SM its registers are capped for (LLAMA_ATTN_BLOCKS, for tuning: more warps an
-    // SM, each with its tile's loads in flight; 0: no cap). With a cap its groups are 4 warps.
+    // Decode attention with one query head a lane: groups an SM its registers are capped for (LLAMA_ATTN_BLOCKS, for
+    // tuning: more warps an SM, each with its tile's loads in flight; 0: no cap). With a cap its groups are 4 warps.
     private static readonly int DecodeBlocks = Tuning("LLAMA_ATTN_BLOCKS", 0, b => b is >= 0 and <= 16);
 
     // Decode attention kernel: warps a group (LLAMA_ATTN_DECODE_WARPS, for tuning; 0: DecodeWarpsFor picks).
@@ -62,7 +62,7 @@ internal sealed class GpuKernels
     /// </summary>
     internal static int DecodeWarpsFor(long groups, int variant, int multiprocessors)
     {
-        if (DecodeBlocks > 0) return AttentionDecodeKernels.Warps;
+        if (DecodeBlocks > 0 && variant == 1) return AttentionDecodeKernels.Warps;
         if (DecodeWarps > 0) return DecodeWarps;
         int warps = AttentionDecodeKernels.Warps;
         while (warps < 16 && groups * 2 * warps * variant <= 32L * multiprocessors) warps *= 2;
@@ -245,9 +245,9 @@ internal sealed class GpuKernels
                     _ => LoadDecode(l, "attention_decode_g1", AttentionDecodeKernels.Decode<OneQueryHead, FourSteps>, streamed, decodeCap),
                 };
             }
-            if (set.Decode(2)) _decode2 = LoadDecode(l, "attention_decode_g2", AttentionDecodeKernels.Decode<TwoQueryHeads>, streamed, decodeCap);
-            if (set.Decode(4)) _decode4 = LoadDecode(l, "attention_decode_g4", AttentionDecodeKernels.Decode<FourQueryHeads>, streamed, decodeCap);
-            if (set.Decode(8)) _decode8 = LoadDecode(l, "attention_decode_g8", AttentionDecodeKernels.Decode<EightQueryHeads>, streamed, decodeCap);
+            if (set.Decode(2)) _decode2 = LoadDecode(l, "attention_decode_g2", AttentionDecodeKernels.Decode<TwoQueryHeads>, streamed);
+            if (set.Decode(4)) _decode4 = LoadDecode(l, "attention_decode_g4", AttentionDecodeKernels.Decode<FourQueryHeads>, streamed);
+            if (set.Decode(8)) _decode8 = LoadDecode(l, "attention_decode_g8", AttentionDecodeKernels.Decode<EightQueryHeads>, streamed);
         }
         _combine = l.Load<Action<Stream, KernelConfig, F32, F32, int, int, int>>("attention_combine", AttentionKernels.Combine);
         _swiGlu = l.Load<Action<Stream, KernelConfig, F32, F32, F32, long, int>>("swiglu", ActivationKernels.SwiGlu<NoRounding>);
@@ -258,7 +258,7 @@ internal sealed class GpuKernels
 
     private static KernelHandle<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, AttentionArgs>> LoadDecode(IKernelLoader l, string name,
         Action<ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, AttentionArgs> kernel, KernelNeeds needs,
-        KernelSpecialization specialization) =>
+        KernelSpecialization specialization = default) =>
         l.Load<Action<Stream, KernelConfig, ArrayView<F4>, StreamedU4, StreamedU4, F32, F32, ArrayView<F4>, StreamedU4, ArrayView<int>, AttentionArgs>>(name, kernel, needs, specialization);
 
     // The flash variant of a head dim (64-query groups, or 128 with LLAMA_FLASH_ROWS=128) for the accelerator's tensor cores.
