@@ -4,6 +4,7 @@
 // stories260K against llama2.c on the CPU accelerator, austen against the CPU backend on CUDA.
 // Run: dotnet test tests/Tests.csproj --filter "FullyQualifiedName~GpuOpsTests"
 using System.Globalization;
+using ILGPU.Runtime.Cuda;
 using LlamaRun.Core;
 using LlamaRun.Backends;
 using LlamaRun.Backends.Ops;
@@ -293,6 +294,16 @@ public sealed class GpuOpsTests(GpuBackends backends, ITestOutputHelper output) 
             Assert.Null(PtxKernelLoader.Missing(ptx, KernelNeeds.StreamedLoads));
         }
         Assert.Equal("ld.global.nc.L1::no_allocate", PtxKernelLoader.Missing(kernels.Single(k => k.Name == "gemv_bf16_any").Ptx, KernelNeeds.StreamedLoads));
+    }
+
+    // The decode attention with full tiles (LLAMA_ATTN_TILE=full) reads K and V by StreamedU4's loads from the addresses
+    // it steps along: a tile's four steps of each in the full tiles, and again in the last, guarded one.
+    [Fact]
+    public void CudaPtxOfTheFullTileDecodeStreamsItsLoads()
+    {
+        var g1 = GpuBackend.CompilePtx(CudaInstructionSet.ISA_80, DecodeTile.FullFour).Single(k => k.Name == "attention_decode_g1");
+        Assert.Equal(16, System.Text.RegularExpressions.Regex.Count(g1.Ptx, @"ld\.global\.nc\.L1::no_allocate\.v4\.b32"));
+        Assert.Null(PtxKernelLoader.Missing(g1.Ptx, KernelNeeds.StreamedLoads));
     }
 
     // hf-tiny (head dim 16, 2 layers) against transformers' logits on the first tokens of its reference (causal, so a

@@ -146,12 +146,16 @@ public sealed unsafe partial class GpuBackend : IBackend
         }
     }
 
-    /// <summary>Compiles every kernel the backend loads to PTX for sm_80 without a GPU (for tests and tools), in load order.</summary>
-    public static IReadOnlyList<(string Name, string Ptx, KernelNeeds Needs)> CompilePtx(CudaInstructionSet instructionSet)
+    /// <summary>
+    /// Compiles every kernel the backend loads to PTX for sm_80 without a GPU (for tests and tools), in load order;
+    /// decodeTile: the decode attention's key tile with one query head a lane.
+    /// </summary>
+    public static IReadOnlyList<(string Name, string Ptx, KernelNeeds Needs)> CompilePtx(CudaInstructionSet instructionSet,
+        DecodeTile decodeTile = DecodeTile.Setting)
     {
         using var context = Context.Create(b => b.CPU().Optimize(OptimizationLevel.O2).EnableAlgorithms());
         using var loader = new PtxKernelLoader(context, instructionSet);
-        _ = new GpuKernels(loader, null!, 1024, 132, GpuKernelSet.All, f32Cache: false, gemm: true, emulated: false, sync: false);
+        _ = new GpuKernels(loader, null!, 1024, 132, GpuKernelSet.All, f32Cache: false, gemm: true, emulated: false, sync: false, decodeTile);
         _ = new GpuKernels(loader, null!, 1024, 132, GpuKernelSet.All, f32Cache: true, gemm: false, emulated: false, sync: false);
         return loader.Kernels.DistinctBy(k => k.Name).ToList();
     }
