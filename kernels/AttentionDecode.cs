@@ -259,8 +259,8 @@ public static class AttentionDecodeKernels
         {
             At = at;
             Apart = apart;
-            K = kc.Address + 16 * at;
-            V = vc.Address + 16 * at;
+            K = kc.AddressOf(at);
+            V = vc.AddressOf(at);
             Bytes = (int)(16 * apart);
         }
 

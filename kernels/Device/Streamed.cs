@@ -33,11 +33,15 @@ public readonly struct StreamedU4
     public U4 this[long index]
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => Load(index, Address + 16 * index);
+        get => Load(index, AddressOf(index));
     }
 
+    /// <summary>The device address of element index (CUDA; for Load).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public long AddressOf(long index) => Address + 16 * index;
+
     /// <summary>
-    /// Element index, whose device address (Address + 16 index) the caller keeps as well, stepping it along with the
+    /// Element index, whose device address (AddressOf) the caller keeps as well, stepping it along with the
     /// index: on CUDA only the address is used (the index's arithmetic goes), on the CPU accelerator only the index.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -147,16 +147,18 @@ public sealed unsafe partial class GpuBackend : IBackend
     }
 
     /// <summary>
-    /// Compiles every kernel the backend loads to PTX for sm_80 without a GPU (for tests and tools), in load order;
+    /// Compiles every kernel the backend loads to PTX for sm_80 without a GPU (for tests and tools), in load order:
+    /// the core set and the variants of kernels (default: all), with the full-precision ones unless bf16Only;
     /// decodeTile: the decode attention's key tile with one query head a lane.
     /// </summary>
     public static IReadOnlyList<(string Name, string Ptx, KernelNeeds Needs)> CompilePtx(CudaInstructionSet instructionSet,
-        DecodeTile decodeTile = DecodeTile.Setting)
+        GpuKernelSet? kernels = null, bool bf16Only = false, DecodeTile decodeTile = DecodeTile.Setting)
     {
         using var context = Context.Create(b => b.CPU().Optimize(OptimizationLevel.O2).EnableAlgorithms());
         using var loader = new PtxKernelLoader(context, instructionSet);
-        _ = new GpuKernels(loader, null!, 1024, 132, GpuKernelSet.All, f32Cache: false, gemm: true, emulated: false, sync: false, decodeTile);
-        _ = new GpuKernels(loader, null!, 1024, 132, GpuKernelSet.All, f32Cache: true, gemm: false, emulated: false, sync: false);
+        var set = kernels ?? GpuKernelSet.All;
+        _ = new GpuKernels(loader, null!, 1024, 132, set, f32Cache: false, gemm: true, emulated: false, sync: false, decodeTile);
+        if (!bf16Only) _ = new GpuKernels(loader, null!, 1024, 132, set, f32Cache: true, gemm: false, emulated: false, sync: false);
         return loader.Kernels.DistinctBy(k => k.Name).ToList();
     }
 
